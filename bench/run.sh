@@ -31,6 +31,8 @@ cleanup() {
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
   if [ "${KEEP:-0}" = 1 ]; then echo "scratch dir kept: $work"; else rm -rf "$work"; fi
 }
+forget() { local p keep=(); for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done; pids=("${keep[@]}"); }
+stop_pid() { [ -n "${1:-}" ] || return 0; kill "$1" 2>/dev/null; wait "$1" 2>/dev/null; forget "$1"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 die() { echo "bench: $*" >&2; exit 1; }
@@ -106,7 +108,7 @@ origin_count() {  # from-line path: requests for path logged after line from-lin
 # ---- nginx proxy_cache ------------------------------------------------------------------------
 n_dir=$work/ngxcache n_port=$(free_port) n_pid=""
 start_ngxcache() {  # fresh cache
-  [ -z "$n_pid" ] || { kill "$n_pid"; wait "$n_pid" 2>/dev/null; }
+  stop_pid "$n_pid"
   rm -rf "$n_dir"; mkdir -p "$n_dir/tmp" "$n_dir/cache"
   { echo "worker_processes 2;"; ngx_common "$n_dir"; cat <<EOF
 http {
@@ -145,7 +147,7 @@ vm() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null; }   
 start_hexmirror() {  # fresh data dir
   if [ -n "$h_pid" ]; then
     local hwm; hwm=$(vm "$h_pid" VmHWM); [ "${hwm:-0}" -gt "$h_hwm_max" ] && h_hwm_max=$hwm
-    kill "$h_pid"; wait "$h_pid" 2>/dev/null
+    stop_pid "$h_pid"
   fi
   h_starts=$((h_starts + 1))
   rm -rf "$h_dir/data"; mkdir -p "$h_dir/data"

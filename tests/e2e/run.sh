@@ -43,6 +43,8 @@ cleanup() {
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
   if [ "${KEEP:-0}" = 1 ]; then echo "scratch dir kept: $work"; else rm -rf "$work"; fi
 }
+forget() { local p keep=(); for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done; pids=("${keep[@]}"); }
+stop_pid() { [ -n "${1:-}" ] || return 0; kill "$1" 2>/dev/null; wait "$1" 2>/dev/null; forget "$1"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -125,7 +127,7 @@ EOF
   wait_http "http://127.0.0.1:$port/names" $! 10 || { tail -n 3 "$dir/error.log"; return 1; }
 }
 ngx_point() { ln -sfn "$sites/$2" "$work/ngx/$1/root"; }
-ngx_stop() { kill "${NPID[$1]}" 2>/dev/null; wait "${NPID[$1]}" 2>/dev/null; }
+ngx_stop() { stop_pid "${NPID[$1]:-}"; }
 ngx_url() { echo "http://127.0.0.1:${NPORT[$1]}"; }
 
 declare -A MPORT MPID
@@ -147,7 +149,7 @@ mirror_start() {
     return 1
   fi
 }
-mirror_stop() { kill "${MPID[$1]}" 2>/dev/null; wait "${MPID[$1]}" 2>/dev/null; }
+mirror_stop() { stop_pid "${MPID[$1]:-}"; }
 mirror_url() { echo "http://127.0.0.1:${MPORT[$1]}"; }
 mirror_log() { tail -n "${2:-8}" "$work/mirror/$1/stderr.log" | cut -c1-300 | sed 's/^/  | /'; }
 repo_toml() {  # name upstream-url [payload repository name]
@@ -295,7 +297,8 @@ tamper_case() {
            cfg+=$'\n'$(repo_toml acme "$(ngx_url up_ta)") ;;
     org) repo=acme; url_suffix=/repos/acme; mode=repos ;;   # /repos/acme from the hexpm upstream
   esac
-  mirror_start "t_$name" "$cfg" || { fail "tamper_$name" "mirror did not start"; return; }
+  # a long TTL: anything wrongly cached would still be served in the recovery run below
+  mirror_start "t_$name" "$cfg" 5m || { fail "tamper_$name" "mirror did not start"; return; }
   url=$(mirror_url "t_$name")$url_suffix
   client "tamper_${name}_refused" "$mode" refused "$url" "$repo" || mirror_log "t_$name"
   fetch "$(mirror_url "t_$name")$path"; s1=$STATUS

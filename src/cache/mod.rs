@@ -1,0 +1,210 @@
+//! The cache: keys, entries and the two tiers (memory in front of a persistent store).
+//!
+//! An [`Entry`] holds either a [`Verified`] body or a docs tarball (the one class with nothing to
+//! verify against, kept apart as [`Content::Docs`]); there is no third way to build one, so the
+//! cache holds nothing that skipped verification. The memory tier (`memory`) is a byte-bounded
+//! moka cache of ready-to-serve entries. The persistent tier (`disk`) stores raw bytes and
+//! metadata behind the [`Store`] trait; what it returns is *not* an entry: the mirror re-verifies
+//! it before it is served (a disk is not trusted more than the network).
+
+pub mod disk;
+pub mod memory;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::route::Kind;
+use crate::verify::{Body, Facts, Verified};
+
+pub use disk::{DiskStore, Store, StoreError};
+pub use memory::MemoryTier;
+
+/// Where an entry lives in the cache.
+///
+/// Getting a key wrong is cache poisoning: two resources that may differ must never share a key.
+/// A key therefore names the namespace the bytes were verified for (a configured repository, or
+/// `hexpm` plus a hex.pm organization), the resource path, and whether the entry is private.
+/// Private entries live in their own key space and are never keyed by a client's token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CacheKey(String);
+
+impl CacheKey {
+    /// `namespace` is a repository name, or `hexpm~ORG` for a hex.pm organization.
+    pub fn new(namespace: &str, path: &str, private: bool) -> Self {
+        let scope = if private { "private" } else { "public" };
+        CacheKey(format!("{scope}/{namespace}/{path}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.splitn(3, '/');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("public" | "private"), Some(ns), Some(path)) if !ns.is_empty() && !path.is_empty() => {
+                Some(CacheKey(text.to_string()))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn is_private(&self) -> bool {
+        self.0.starts_with("private/")
+    }
+}
+
+impl std::fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The bytes of an entry: verified, or a docs tarball (unverifiable, labelled as such).
+#[derive(Debug, Clone)]
+pub enum Content {
+    Verified(Verified<Body>),
+    Docs(Bytes),
+}
+
+impl Content {
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            Content::Verified(v) => &v.get().bytes,
+            Content::Docs(bytes) => bytes,
+        }
+    }
+
+    pub fn facts(&self) -> &Facts {
+        static NONE: Facts = Facts::None;
+        match self {
+            Content::Verified(v) => &v.get().facts,
+            Content::Docs(_) => &NONE,
+        }
+    }
+
+    pub fn class(&self) -> Class {
+        match self {
+            Content::Verified(_) => Class::Verified,
+            Content::Docs(_) => Class::Docs,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    Verified,
+    Docs,
+}
+
+/// What the upstream said about an object, kept for revalidation and for serving.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    pub cache_control: Option<String>,
+    /// A detached signature the upstream sent with the object (registry v1, installs CSVs).
+    #[serde(default)]
+    pub signature: Option<String>,
+}
+
+/// A ready-to-serve cache entry.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub content: Content,
+    pub kind: Kind,
+    /// The strong ETag hexmirror serves: the body's sha256, quoted.
+    pub etag: String,
+    pub sha256: [u8; 32],
+    pub upstream: Validators,
+    /// Unix seconds of the last time the upstream confirmed this entry.
+    pub fetched_at: u64,
+    pub private: bool,
+    pub pinned: bool,
+}
+
+impl Entry {
+    pub fn new(content: Content, kind: Kind, upstream: Validators, fetched_at: u64, private: bool) -> Entry {
+        let sha256: [u8; 32] = Sha256::digest(content.bytes()).into();
+        Entry {
+            etag: format!("\"{}\"", hex::encode(sha256)),
+            content,
+            kind,
+            sha256,
+            upstream,
+            fetched_at,
+            private,
+            pinned: false,
+        }
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        self.content.bytes()
+    }
+
+    /// The record written to the persistent tier beside the body.
+    pub fn stored_meta(&self) -> StoredMeta {
+        StoredMeta {
+            v: StoredMeta::VERSION,
+            class: self.content.class(),
+            kind: self.kind.as_str().to_string(),
+            sha256: hex::encode(self.sha256),
+            len: self.bytes().len() as u64,
+            upstream: self.upstream.clone(),
+            fetched_at: self.fetched_at,
+            private: self.private,
+            pinned: self.pinned,
+        }
+    }
+}
+
+/// The persistent tier's record of an entry. `v` is the format version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMeta {
+    pub v: u32,
+    pub class: Class,
+    pub kind: String,
+    pub sha256: String,
+    pub len: u64,
+    pub upstream: Validators,
+    pub fetched_at: u64,
+    pub private: bool,
+    #[serde(default)]
+    pub pinned: bool,
+}
+
+impl StoredMeta {
+    pub const VERSION: u32 = 1;
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_separate_scopes_and_namespaces() {
+        let public = CacheKey::new("hexpm", "packages/a", false);
+        let private = CacheKey::new("hexpm", "packages/a", true);
+        let org = CacheKey::new("hexpm~acme", "packages/a", false);
+        assert_ne!(public, private);
+        assert_ne!(public, org);
+        assert!(private.is_private() && !public.is_private());
+        assert_eq!(CacheKey::parse(public.as_str()), Some(public));
+        assert_eq!(CacheKey::parse("other/x/y"), None);
+        assert_eq!(CacheKey::parse("public//y"), None);
+    }
+
+    #[test]
+    fn docs_entries_carry_a_strong_etag_of_their_bytes() {
+        let e = Entry::new(Content::Docs(Bytes::from_static(b"abc")), Kind::Docs, Validators::default(), 1, false);
+        assert_eq!(e.etag, "\"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"");
+        assert_eq!(e.stored_meta().class, Class::Docs);
+    }
+}

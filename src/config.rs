@@ -1,0 +1,722 @@
+//! Configuration: built-in defaults < a TOML file < `HEXMIRROR_*` environment variables.
+//!
+//! `load` reads the layers with figment into a raw, serde-shaped [`RawConfig`] (unknown keys are
+//! errors), then `validate` turns it into a [`Config`] of parsed types: socket addresses, URIs,
+//! byte sizes, durations and RSA keys. Validation checks every key before it fails, so an
+//! operator sees all mistakes at once, each naming its key. Nothing here opens sockets or the
+//! store; reading a key file named in the config is the only I/O.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::verify::PublicKey;
+
+/// hex.pm's repository key (RSA 2048, in use since 2016).
+pub const HEXPM_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEApqREcFDt5vV21JVe2QNB
+Edvzk6w36aNFhVGWN5toNJRjRJ6m4hIuG4KaXtDWVLjnvct6MYMfqhC79HAGwyF+
+IqR6Q6a5bbFSsImgBJwz1oadoVKD6ZNetAuCIK84cjMrEFRkELtEIPNHblCzUkkM
+3rS9+DPlnfG8hBvGi6tvQIuZmXGCxF/73hU0/MyGhbmEjIKRtG6b0sJYKelRLTPW
+XgK7s5pESgiwf2YC/2MGDXjAJfpfCd0RpLdvd4eRiXtVlE9qO9bND94E7PgQ/xqZ
+J1i2xWFndWa6nfFnRxZmCStCOZWYYPlaxr+FZceFbpMwzTNs4g3d4tLNUcbKAIH4
+0wIDAQAB
+-----END PUBLIC KEY-----
+";
+
+/// Mix's key for the installs CSVs (`mix local.hex`, `mix local.rebar`); not a repository key.
+pub const MIX_INSTALLS_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA+ynw5jnGF5S+rdUoa2R9
+Z2iQMwN/oNpWre48XC/aQo4X9nWflzq63Mgmm/XJk3rV7oaNUu23gnP+KUwxkOSV
+6hsk9PEdE9cg/DjVB8p4332Lay5EQk96oeEm2igYk0Mj7TnaUWLZs8FqIFbX+zfb
+jAMhbz6tnjKHiVgchxDsc0gGOOMkIlY+Dwc/CHoE/c/vcGuclZyLXRt141gXmB7+
+KDG4caWTs7SHwKJNaYrgZ77fSSF4Fk+jbQF1479ZWiI/mdhMweJ+4i7v+IVh2vyz
+JAV/94hTL8xIK6grnjtxZytqPL5GMEs3vydbOMILDCqpvPnC/AhjL5LwqwpaVaRw
+jwIDAQAB
+-----END PUBLIC KEY-----
+";
+
+pub const HEXPM: &str = "hexpm";
+pub const HEXPM_UPSTREAM: &str = "https://repo.hex.pm";
+
+/// An integer or a string such as `"256MiB"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+/// Seconds as an integer, or a string such as `"5m"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawDuration {
+    Seconds(u64),
+    Text(String),
+}
+
+/// One URL or a list of URLs, tried in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawUpstreams {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
+    pub data_dir: PathBuf,
+    pub memory_cache_bytes: RawSize,
+    pub disk_cache_bytes: RawSize,
+    pub registry_ttl: RawDuration,
+    pub negative_ttl: RawDuration,
+    pub max_registry_bytes: RawSize,
+    pub max_tarball_bytes: RawSize,
+    pub connect_timeout: RawDuration,
+    pub read_timeout: RawDuration,
+    pub transfer_timeout: RawDuration,
+    pub shutdown_grace: RawDuration,
+    pub max_upstream_requests: u64,
+    pub offline: bool,
+    pub access_log: bool,
+    pub installs_public_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
+    pub repos: BTreeMap<String, RawRepo>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRepo {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<RawUpstreams>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trusted: Option<bool>,
+    #[serde(default)]
+    pub allow_http: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oauth_token_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub strip_headers: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access: Option<RawAccess>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccess {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_file: Option<PathBuf>,
+    /// Every client of this hexmirror may read the repository's private content.
+    #[serde(default)]
+    pub allow_all_clients: bool,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        let mut repos = BTreeMap::new();
+        repos.insert(
+            HEXPM.to_string(),
+            RawRepo { upstream: Some(RawUpstreams::One(HEXPM_UPSTREAM.into())), ..RawRepo::default() },
+        );
+        Self {
+            listen: "127.0.0.1:4000".into(),
+            metrics_listen: None,
+            data_dir: PathBuf::from("./data"),
+            memory_cache_bytes: RawSize::Text("256MiB".into()),
+            disk_cache_bytes: RawSize::Bytes(0),
+            registry_ttl: RawDuration::Text("5m".into()),
+            negative_ttl: RawDuration::Text("10s".into()),
+            max_registry_bytes: RawSize::Text("64MiB".into()),
+            max_tarball_bytes: RawSize::Text("16MiB".into()),
+            connect_timeout: RawDuration::Text("10s".into()),
+            read_timeout: RawDuration::Text("30s".into()),
+            transfer_timeout: RawDuration::Text("300s".into()),
+            shutdown_grace: RawDuration::Text("30s".into()),
+            max_upstream_requests: 64,
+            offline: false,
+            access_log: false,
+            installs_public_key: MIX_INSTALLS_PUBLIC_KEY.into(),
+            ca_file: None,
+            tls_cert: None,
+            tls_key: None,
+            admin_token: None,
+            admin_token_file: None,
+            repos,
+        }
+    }
+}
+
+/// A secret string (an upstream key or a client token). Its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub memory_cache_bytes: u64,
+    /// 0 means unbounded.
+    pub disk_cache_bytes: u64,
+    pub registry_ttl: Duration,
+    pub negative_ttl: Duration,
+    pub max_registry_bytes: u64,
+    pub max_tarball_bytes: u64,
+    pub timeouts: Timeouts,
+    pub shutdown_grace: Duration,
+    pub max_upstream_requests: usize,
+    pub offline: bool,
+    pub access_log: bool,
+    pub installs_public_key: PublicKey,
+    pub ca_file: Option<PathBuf>,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub admin_token: Option<Secret>,
+    pub repos: BTreeMap<String, RepoConfig>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Longest wait for the next bytes of a response: a slow but progressing transfer goes on.
+    pub read: Duration,
+    pub transfer: Duration,
+}
+
+/// One configured repository.
+#[derive(Debug, Clone)]
+pub struct RepoConfig {
+    pub name: String,
+    /// Base URLs without a trailing slash, tried in order.
+    pub upstreams: Vec<http::Uri>,
+    pub public_key: PublicKey,
+    /// The repository name the signed payloads must carry.
+    pub repository: String,
+    pub trusted: bool,
+    pub allow_http: bool,
+    pub auth_key: Option<Secret>,
+    pub oauth_token_url: Option<http::Uri>,
+    pub strip_headers: Vec<http::HeaderName>,
+    pub access: Access,
+}
+
+/// Who may read this repository's private content without asking the upstream.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub tokens: Vec<Secret>,
+    pub allow_all_clients: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigError(pub Vec<String>);
+
+/// Loads the configuration: defaults < `file` (when given) < `HEXMIRROR_*` variables.
+pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    load_from(file, Env::prefixed("HEXMIRROR_").split("__"))
+}
+
+/// Like [`load`], with the environment layer given (tests pass a fixed one).
+pub fn load_from(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(vec![format!("config file {}: cannot read: {e}", path.display())]))?;
+        figment = figment.merge(Toml::string(&text));
+    }
+    figment = figment.merge(env);
+    let raw: RawConfig = figment.extract().map_err(|errors| {
+        ConfigError(errors.into_iter().map(|e| format!("config: {e}")).collect())
+    })?;
+    validate(raw)
+}
+
+/// Parses `"256MiB"`, `"64 MB"`, `"1024"`; units are B, KB/KiB, MB/MiB, GB/GiB, TB/TiB.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a size such as \"256MiB\""))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        "tb" => 1000u64.pow(4),
+        "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?}")),
+    };
+    number.checked_mul(factor).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn size(key: &str, raw: &RawSize, errors: &mut Vec<String>) -> u64 {
+    match raw {
+        RawSize::Bytes(n) => *n,
+        RawSize::Text(text) => parse_size(text).unwrap_or_else(|e| {
+            errors.push(format!("{key}: {e}"));
+            0
+        }),
+    }
+}
+
+fn duration(key: &str, raw: &RawDuration, errors: &mut Vec<String>) -> Duration {
+    match raw {
+        RawDuration::Seconds(n) => Duration::from_secs(*n),
+        RawDuration::Text(text) => humantime::parse_duration(text.trim()).unwrap_or_else(|e| {
+            errors.push(format!("{key}: {text:?} is not a duration such as \"30s\" or \"5m\": {e}"));
+            Duration::ZERO
+        }),
+    }
+}
+
+fn address(key: &str, text: &str, errors: &mut Vec<String>) -> Option<SocketAddr> {
+    match text.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            errors.push(format!("{key}: {text:?} is not an address such as \"127.0.0.1:4000\""));
+            None
+        }
+    }
+}
+
+/// A key given inline as PEM text, or as the path of a PEM file.
+fn public_key(key: &str, value: &str, errors: &mut Vec<String>) -> Option<PublicKey> {
+    let text = if value.trim_start().starts_with("-----BEGIN") {
+        value.to_string()
+    } else {
+        match std::fs::read_to_string(value) {
+            Ok(text) => text,
+            Err(e) => {
+                errors.push(format!("{key}: cannot read key file {value:?}: {e}"));
+                return None;
+            }
+        }
+    };
+    PublicKey::from_pem(&text).map_err(|e| errors.push(format!("{key}: {e}"))).ok()
+}
+
+fn secret_file(key: &str, path: &Path, errors: &mut Vec<String>) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(text.trim().to_string()),
+        Err(e) => {
+            errors.push(format!("{key}: cannot read {}: {e}", path.display()));
+            None
+        }
+    }
+}
+
+/// Parses an upstream base URL: http or https, a host, no query, no trailing slash kept.
+pub fn upstream_uri(text: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = text.trim().parse().map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("{text:?} must start with http:// or https://")),
+    }
+    if uri.host().is_none() {
+        return Err(format!("{text:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{text:?} must not have a query"));
+    }
+    let trimmed = text.trim().trim_end_matches('/');
+    trimmed.parse().map_err(|e| format!("{text:?} is not a URL: {e}"))
+}
+
+/// True for 127.0.0.0/8, ::1 and `localhost`.
+pub fn is_loopback(uri: &http::Uri) -> bool {
+    match uri.host() {
+        Some("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+fn validate_repo(name: &str, raw: &RawRepo, errors: &mut Vec<String>) -> Option<RepoConfig> {
+    let at = |field: &str| format!("repos.{name}.{field}");
+    if crate::route::repo_name(name).is_err() {
+        errors.push(format!("repos.{name}: a repository name holds letters, digits, `_` and `-` only"));
+    }
+    let texts = match &raw.upstream {
+        Some(RawUpstreams::One(one)) => vec![one.clone()],
+        Some(RawUpstreams::Many(many)) => many.clone(),
+        None => vec![],
+    };
+    if texts.is_empty() {
+        errors.push(format!("{}: every repository needs at least one upstream URL", at("upstream")));
+    }
+    let upstreams: Vec<http::Uri> = texts
+        .iter()
+        .filter_map(|text| upstream_uri(text).map_err(|e| errors.push(format!("{}: {e}", at("upstream")))).ok())
+        .collect();
+    let key = match &raw.public_key {
+        Some(value) => public_key(&at("public_key"), value, errors),
+        None if name == HEXPM => PublicKey::from_pem(HEXPM_PUBLIC_KEY).ok(),
+        None => {
+            errors.push(format!("{}: required for every repository but hexpm", at("public_key")));
+            None
+        }
+    };
+    let trusted = raw
+        .trusted
+        .unwrap_or(name == HEXPM && texts.len() == 1 && texts[0].trim_end_matches('/') == HEXPM_UPSTREAM);
+    let mut auth_key = raw.auth_key.clone().map(Secret::new);
+    if let Some(path) = &raw.auth_key_file {
+        if auth_key.is_some() {
+            errors.push(format!("{}: set auth_key or auth_key_file, not both", at("auth_key_file")));
+        }
+        auth_key = secret_file(&at("auth_key_file"), path, errors).map(Secret::new);
+    }
+    let oauth_token_url = raw
+        .oauth_token_url
+        .as_deref()
+        .and_then(|url| upstream_uri(url).map_err(|e| errors.push(format!("{}: {e}", at("oauth_token_url")))).ok());
+    let strip_headers = raw
+        .strip_headers
+        .iter()
+        .filter_map(|h| {
+            http::HeaderName::try_from(h.as_str())
+                .map_err(|_| errors.push(format!("{}: {h:?} is not a header name", at("strip_headers"))))
+                .ok()
+        })
+        .collect();
+    let mut access = Access::default();
+    if let Some(raw_access) = &raw.access {
+        access.tokens = raw_access.tokens.iter().cloned().map(Secret::new).collect();
+        if let Some(path) = &raw_access.tokens_file {
+            if let Some(text) = secret_file(&at("access.tokens_file"), path, errors) {
+                access.tokens.extend(
+                    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(Secret::new),
+                );
+            }
+        }
+        access.allow_all_clients = raw_access.allow_all_clients;
+    }
+    if access.tokens.iter().any(|t| t.expose().is_empty()) {
+        errors.push(format!("{}: empty token", at("access.tokens")));
+    }
+    let has_credentials = auth_key.is_some() || trusted;
+    for uri in &upstreams {
+        if uri.scheme_str() == Some("http") && auth_key.is_some() && !(raw.allow_http && is_loopback(uri)) {
+            errors.push(format!(
+                "{}: credentials go only over https (plain http is allowed for a loopback upstream with allow_http = true)",
+                at("upstream")
+            ));
+        }
+    }
+    let _ = has_credentials;
+    Some(RepoConfig {
+        name: name.to_string(),
+        upstreams,
+        public_key: key?,
+        repository: raw.repository.clone().unwrap_or_else(|| name.to_string()),
+        trusted,
+        allow_http: raw.allow_http,
+        auth_key,
+        oauth_token_url,
+        strip_headers,
+        access,
+    })
+}
+
+/// Turns the raw layers into a [`Config`], reporting every invalid key.
+pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let mut errors = Vec::new();
+    let listen = address("listen", &raw.listen, &mut errors);
+    let metrics_listen = raw.metrics_listen.as_deref().and_then(|a| address("metrics_listen", a, &mut errors));
+    let memory_cache_bytes = size("memory_cache_bytes", &raw.memory_cache_bytes, &mut errors);
+    let disk_cache_bytes = size("disk_cache_bytes", &raw.disk_cache_bytes, &mut errors);
+    let max_registry_bytes = size("max_registry_bytes", &raw.max_registry_bytes, &mut errors);
+    let max_tarball_bytes = size("max_tarball_bytes", &raw.max_tarball_bytes, &mut errors);
+    let registry_ttl = duration("registry_ttl", &raw.registry_ttl, &mut errors);
+    let negative_ttl = duration("negative_ttl", &raw.negative_ttl, &mut errors);
+    let timeouts = Timeouts {
+        connect: duration("connect_timeout", &raw.connect_timeout, &mut errors),
+        read: duration("read_timeout", &raw.read_timeout, &mut errors),
+        transfer: duration("transfer_timeout", &raw.transfer_timeout, &mut errors),
+    };
+    let shutdown_grace = duration("shutdown_grace", &raw.shutdown_grace, &mut errors);
+    for (key, value) in [
+        ("connect_timeout", timeouts.connect),
+        ("read_timeout", timeouts.read),
+        ("transfer_timeout", timeouts.transfer),
+    ] {
+        if value.is_zero() && !errors.iter().any(|e| e.starts_with(key)) {
+            errors.push(format!("{key}: must be longer than zero"));
+        }
+    }
+    if max_registry_bytes == 0 {
+        errors.push("max_registry_bytes: must be larger than zero".into());
+    }
+    if max_tarball_bytes == 0 {
+        errors.push("max_tarball_bytes: must be larger than zero".into());
+    }
+    if raw.max_upstream_requests == 0 {
+        errors.push("max_upstream_requests: must be at least 1".into());
+    }
+    let installs_public_key = public_key("installs_public_key", &raw.installs_public_key, &mut errors);
+    let tls = match (&raw.tls_cert, &raw.tls_key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (None, None) => None,
+        _ => {
+            errors.push("tls_cert, tls_key: set both to serve over TLS, or neither".into());
+            None
+        }
+    };
+    if let Some(ca) = &raw.ca_file {
+        if let Err(e) = std::fs::metadata(ca) {
+            errors.push(format!("ca_file: cannot read {}: {e}", ca.display()));
+        }
+    }
+    let mut admin_token = raw.admin_token.clone().map(Secret::new);
+    if let Some(path) = &raw.admin_token_file {
+        admin_token = secret_file("admin_token_file", path, &mut errors).map(Secret::new);
+    }
+    let mut repos = BTreeMap::new();
+    for (name, raw_repo) in &raw.repos {
+        if let Some(repo) = validate_repo(name, raw_repo, &mut errors) {
+            repos.insert(name.clone(), repo);
+        }
+    }
+    if !raw.repos.contains_key(HEXPM) {
+        errors.push("repos.hexpm: the hexpm repository must stay configured".into());
+    }
+    if !errors.is_empty() {
+        return Err(ConfigError(errors));
+    }
+    Ok(Config {
+        listen: listen.expect("checked above"),
+        metrics_listen,
+        data_dir: raw.data_dir,
+        memory_cache_bytes,
+        disk_cache_bytes,
+        registry_ttl,
+        negative_ttl,
+        max_registry_bytes,
+        max_tarball_bytes,
+        timeouts,
+        shutdown_grace,
+        max_upstream_requests: raw.max_upstream_requests as usize,
+        offline: raw.offline,
+        access_log: raw.access_log,
+        installs_public_key: installs_public_key.expect("checked above"),
+        ca_file: raw.ca_file,
+        tls,
+        admin_token,
+        repos,
+    })
+}
+
+impl Config {
+    /// The configuration with no file and no environment: hex.pm on 127.0.0.1:4000.
+    pub fn defaults() -> Config {
+        validate(RawConfig::default()).expect("built-in defaults are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hexmirror.toml");
+        std::fs::write(&path, text).unwrap();
+        load_from(Some(&path), Env::prefixed("HEXMIRROR_TEST_NOTHING_"))
+    }
+
+    fn errors_of(text: &str) -> String {
+        from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_mirror_hexpm_on_loopback() {
+        let config = Config::defaults();
+        assert_eq!(config.listen, "127.0.0.1:4000".parse().unwrap());
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.memory_cache_bytes, 256 << 20);
+        assert_eq!(config.registry_ttl, Duration::from_secs(300));
+        let hexpm = &config.repos["hexpm"];
+        assert_eq!(hexpm.upstreams[0].to_string(), "https://repo.hex.pm/");
+        assert!(hexpm.trusted);
+        assert_eq!(hexpm.repository, "hexpm");
+        assert!(hexpm.public_key.pem().contains("MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEApqREcFDt5vV21JVe2QNB"));
+        assert_eq!(config.timeouts.connect, Duration::from_secs(10));
+        assert_eq!(config.timeouts.read, Duration::from_secs(30));
+        assert_eq!(config.timeouts.transfer, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_keeps_hexpm() {
+        let key = include_str!("../tests/fixtures/demo-repo/keys/pub.pem").replace('\n', "\\n");
+        let config = from_toml(&format!(
+            r#"
+listen = "0.0.0.0:8080"
+memory_cache_bytes = 1048576
+registry_ttl = "1s"
+[repos.corp]
+upstream = ["https://a.example/repos/corp/", "https://b.example/repos/corp"]
+public_key = "{key}"
+repository = "corp_signed"
+"#
+        ))
+        .unwrap();
+        assert_eq!(config.listen.port(), 8080);
+        assert_eq!(config.memory_cache_bytes, 1 << 20);
+        assert_eq!(config.registry_ttl, Duration::from_secs(1));
+        let corp = &config.repos["corp"];
+        assert_eq!(corp.upstreams.len(), 2);
+        assert_eq!(corp.upstreams[0].path(), "/repos/corp");
+        assert_eq!(corp.repository, "corp_signed");
+        assert!(!corp.trusted, "a non-hex.pm upstream is untrusted by default");
+        assert!(config.repos.contains_key("hexpm"));
+    }
+
+    #[test]
+    fn hexpm_pointed_elsewhere_is_untrusted_by_default() {
+        let config = from_toml("[repos.hexpm]\nupstream = \"https://mirror.example\"\n").unwrap();
+        assert!(!config.repos["hexpm"].trusted);
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("h.toml", "listen = \"127.0.0.1:1\"\n")?;
+            jail.set_env("HEXMIRROR_LISTEN", "127.0.0.1:2");
+            jail.set_env("HEXMIRROR_REPOS__HEXPM__UPSTREAM", "http://127.0.0.1:9");
+            jail.set_env("HEXMIRROR_MEMORY_CACHE_BYTES", "2MiB");
+            let config = load(Some(Path::new("h.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.listen.port(), 2);
+            assert_eq!(config.memory_cache_bytes, 2 << 20);
+            assert_eq!(config.repos["hexpm"].upstreams[0].port_u16(), Some(9));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_at_once() {
+        let text = errors_of(
+            r#"
+listen = "nowhere"
+registry_ttl = "soon"
+memory_cache_bytes = "12 parsecs"
+[repos.corp]
+upstream = "ftp://x"
+public_key = "/nonexistent/key.pem"
+"#,
+        );
+        for needle in ["listen", "registry_ttl", "memory_cache_bytes", "repos.corp.upstream", "repos.corp.public_key"] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(errors_of("lisen = \"127.0.0.1:1\"\n").contains("lisen"));
+        assert!(errors_of("[repos.hexpm]\nupstrem = \"https://x\"\n").contains("upstrem"));
+    }
+
+    #[test]
+    fn repo_without_key_is_an_error() {
+        assert!(errors_of("[repos.corp]\nupstream = \"https://x\"\n").contains("repos.corp.public_key"));
+    }
+
+    #[test]
+    fn credentials_over_plain_http_are_refused() {
+        let key = include_str!("../tests/fixtures/demo-repo/keys/pub.pem").replace('\n', "\\n");
+        let text = errors_of(&format!(
+            "[repos.corp]\nupstream = \"http://example.com\"\npublic_key = \"{key}\"\nauth_key = \"k\"\n"
+        ));
+        assert!(text.contains("https"), "{text}");
+        let ok = from_toml(&format!(
+            "[repos.corp]\nupstream = \"http://127.0.0.1:9\"\npublic_key = \"{key}\"\nauth_key = \"k\"\nallow_http = true\n"
+        ));
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error() {
+        let err = load_from(Some(Path::new("/nonexistent/hexmirror.toml")), Env::prefixed("X_NOTHING_")).unwrap_err();
+        assert!(err.to_string().contains("cannot read"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("64 MB"), Ok(64_000_000));
+        assert_eq!(parse_size("10"), Ok(10));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("1 parsec").is_err());
+        assert!(parse_size("99999999999999999999TiB").is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let s = Secret::new("hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn loopback_detection() {
+        for (url, want) in [
+            ("http://127.0.0.1:1", true),
+            ("http://127.5.0.1", true),
+            ("http://localhost:8", true),
+            ("http://[::1]:8", true),
+            ("http://10.0.0.1", false),
+            ("https://repo.hex.pm", false),
+        ] {
+            assert_eq!(is_loopback(&url.parse().unwrap()), want, "{url}");
+        }
+    }
+}

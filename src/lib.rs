@@ -1,0 +1,103 @@
+//! hexmirror: a caching reverse-proxy mirror for the Hex package repository that verifies
+//! registry signatures and tarball checksums before anything is cached.
+//!
+//! # Layout
+//! - `config`: figment layers (defaults < TOML < `HEXMIRROR_*`) into a validated `Config`.
+//! - `route`: pure; a request path to a `Route` (repository, resource) or a refusal.
+//! - `registry`: the Hex registry v2 protobuf messages (prost derive, no protoc).
+//! - `verify`: pure; signatures, origins and checksums; the only constructor of `Verified<T>`.
+//! - `cache`: cache keys and entries, the moka memory tier and the sled + files disk tier.
+//! - `upstream`: the HTTP client to upstreams: timeouts, fallbacks, proxy, TLS, credential rules.
+//! - `mirror`: the data path: lookup, coalesced fetch, verify, store, stale-if-error.
+//! - `service`: HTTP semantics: status codes, conditional requests, logs and request metrics.
+//! - `server`: sockets, TLS, the hyper connection loop, graceful shutdown.
+//! - `metrics`: every Prometheus family, registered once.
+//! - `lockfile`, `requirement`: mix.lock / rebar.lock parsing and Hex version requirements.
+
+#![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod config;
+pub mod metrics;
+pub mod mirror;
+pub mod registry;
+pub mod route;
+pub mod server;
+pub mod service;
+pub mod upstream;
+pub mod verify;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use mirror::Mirror;
+
+/// Builds the metrics registry with every label set of this configuration.
+pub fn metrics_for(config: &Config) -> metrics::Metrics {
+    let repos: Vec<&str> = config.repos.keys().map(String::as_str).collect();
+    let upstreams: Vec<(&str, String)> = config
+        .repos
+        .values()
+        .flat_map(|r| r.upstreams.iter().map(move |u| (r.name.as_str(), upstream::upstream_label(u))))
+        .collect();
+    metrics::Metrics::new(&repos, &upstreams)
+}
+
+/// A running server, as tests and `main` use it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub mirror: Mirror,
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+/// Opens the store, binds `config.listen` (and `metrics_listen`), and serves until `shutdown`.
+pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Running, String> {
+    let metrics = metrics_for(&config);
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(server::tls_acceptor(cert, key)?),
+        None => None,
+    };
+    let listener = TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let metrics_listener = match config.metrics_listen {
+        Some(a) => Some(TcpListener::bind(a).await.map_err(|e| format!("cannot listen on {a}: {e}"))?),
+        None => None,
+    };
+    let grace = config.shutdown_grace;
+    let offline = config.offline;
+    let mirror = Mirror::open(config, metrics)?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let service = service::Service::new(mirror.clone(), ready.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(address = %addr, scheme, offline, "listening");
+    let mut tasks = vec![tokio::spawn(server::run(listener, service.clone(), tls, server::Limits::default(), stop(), grace))];
+    if let Some(listener) = metrics_listener {
+        tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "operations endpoints listening");
+        tasks.push(tokio::spawn(server::run(listener, service, None, server::Limits::default(), stop(), grace)));
+    }
+    ready.store(true, Ordering::Relaxed);
+    let store = mirror.store().clone();
+    let done = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        for task in tasks {
+            let _ = task.await;
+        }
+        if let Err(e) = tokio::task::spawn_blocking(move || store.flush()).await.unwrap_or(Ok(())) {
+            tracing::error!(error = %e, "store: final flush failed");
+        }
+    });
+    Ok(Running { addr, mirror, done })
+}

@@ -1,0 +1,937 @@
+//! The data path: look up, fetch (coalesced), verify, store, answer.
+//!
+//! A request for a repository resource is answered by [`Mirror::get`]:
+//!
+//! 1. **Resolve the target**: which configured repository serves it, which origin its signed
+//!    payloads must carry, and the cache namespace (`target`).
+//! 2. **Look up** the memory tier, then the persistent tier. Bytes read from disk are verified
+//!    again before they become an entry (`lookup`).
+//! 3. **Authorize** private entries: hexmirror's access list, the explicit all-clients opt-in,
+//!    or a conditional re-check with the upstream using the client's own credentials
+//!    (`authorize`).
+//! 4. **Decide freshness**: registry files for `registry_ttl`; a tarball for as long as its
+//!    checksum matches the verified package record; docs per the upstream's max-age.
+//! 5. **Fetch** what is missing or stale, once for any number of concurrent requests
+//!    (`Flights`), with the credential policy applied (`credentials_for`), revalidating with
+//!    `If-None-Match`/`If-Modified-Since` where a copy exists.
+//! 6. **Verify** the upstream's bytes (`verify_content`, calling the pure `verify` module) and
+//!    **store** them in both tiers; a refusal is answered 502 and never stored or remembered.
+//! 7. When the upstream is down, times out, answers 5xx or 429, **serve the last verified copy**
+//!    (`stale`); a 404 is remembered for `negative_ttl`.
+//!
+//! The invariant: a [`Reply`] body is the bytes of an [`Entry`], and an entry holds only
+//! verified content or a docs tarball; so nothing unverified is ever served as verified.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use http::header::{HeaderMap, HeaderValue};
+use http::StatusCode;
+use sha2::{Digest, Sha256};
+
+use crate::cache::{unix_now, CacheKey, Class, Content, DiskStore, Entry, MemoryTier, Store, StoreError, Validators};
+use crate::config::{Config, RepoConfig, HEXPM};
+use crate::metrics::{CacheStatus, Metrics};
+use crate::route::{Kind, Resource};
+use crate::upstream::{Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
+use crate::verify::{self, Facts, RegistryFile, ReleaseChecksum, VerifyError};
+
+/// Where a repository request goes and what its payloads must say.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub repo: Arc<RepoConfig>,
+    /// Cache namespace: the repository name, or `hexpm~ORG` for a hex.pm organization.
+    pub namespace: String,
+    /// The `repository` the signed payloads must carry.
+    pub origin: String,
+    /// Path prefix at the upstream: empty, or `/repos/ORG` for a hex.pm organization.
+    pub prefix: String,
+}
+
+impl Target {
+    /// The metric label: the configured repository (organizations count under their parent).
+    pub fn label(&self) -> &str {
+        &self.repo.name
+    }
+}
+
+/// The credentials a client presented.
+#[derive(Clone, Default)]
+pub struct ClientCredentials {
+    pub authorization: Option<HeaderValue>,
+}
+
+impl std::fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.authorization.is_some() { "ClientCredentials(<redacted>)" } else { "ClientCredentials(none)" })
+    }
+}
+
+impl ClientCredentials {
+    /// The token a client presents to hexmirror: `Bearer TOKEN`, a raw key, or the password of
+    /// HTTP Basic (what `~/.netrc` gives Hex).
+    pub fn token(&self) -> Option<String> {
+        let value = self.authorization.as_ref()?.to_str().ok()?.trim();
+        if let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) {
+            return Some(token.trim().to_string());
+        }
+        if let Some(encoded) = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic ")) {
+            use base64::Engine;
+            let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+            let text = String::from_utf8(decoded).ok()?;
+            return text.split_once(':').map(|(_, password)| password.to_string());
+        }
+        Some(value.to_string())
+    }
+
+    /// A short digest identifying these credentials in memory (never stored, never logged).
+    fn fingerprint(authorization: Option<&HeaderValue>) -> String {
+        match authorization {
+            None => String::new(),
+            Some(value) => hex::encode(&Sha256::digest(value.as_bytes())[..12]),
+        }
+    }
+}
+
+/// What a client is sent.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub body: Bytes,
+    pub etag: String,
+    pub cache_control: Option<String>,
+    pub last_modified: Option<String>,
+    pub status: CacheStatus,
+    pub private: bool,
+    pub docs: bool,
+}
+
+impl Reply {
+    fn from_entry(entry: &Entry, status: CacheStatus) -> Reply {
+        Reply {
+            body: entry.bytes().clone(),
+            etag: entry.etag.clone(),
+            cache_control: entry.upstream.cache_control.clone(),
+            last_modified: entry.upstream.last_modified.clone(),
+            status,
+            private: entry.private,
+            docs: entry.content.class() == Class::Docs,
+        }
+    }
+}
+
+/// Why a request could not be answered with content. `status()` is the one status mapping.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MirrorError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("refused: {0}")]
+    Refused(#[from] VerifyError),
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl MirrorError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            MirrorError::NotFound(_) => StatusCode::NOT_FOUND,
+            MirrorError::Refused(_) => StatusCode::BAD_GATEWAY,
+            MirrorError::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            MirrorError::Upstream(UpstreamError::RateLimited(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            MirrorError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            MirrorError::Unauthorized => StatusCode::UNAUTHORIZED,
+            MirrorError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            MirrorError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn cache_status(&self) -> CacheStatus {
+        match self {
+            MirrorError::NotFound(_) => CacheStatus::Negative,
+            MirrorError::Refused(_) => CacheStatus::Refused,
+            MirrorError::Unauthorized => CacheStatus::Denied,
+            _ => CacheStatus::Error,
+        }
+    }
+
+    /// Seconds a client should wait, for a 503 caused by upstream rate limiting.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            MirrorError::Upstream(UpstreamError::RateLimited(s)) => Some(*s),
+            _ => None,
+        }
+    }
+}
+
+/// A refused upstream answer, kept for the admin view.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Refusal {
+    pub time: u64,
+    pub repo: String,
+    pub resource: String,
+    pub upstream: String,
+    pub reason: String,
+}
+
+const REFUSALS_KEPT: usize = 100;
+
+/// What must hold for a cached copy to be served, decided before lookup.
+#[derive(Debug, Clone)]
+enum Check {
+    /// Registry files, installs CSVs and signatures: fresh for `ttl` seconds (`None`: any age).
+    Ttl(Option<u64>),
+    /// A tarball: its checksum must match the verified package record.
+    Tarball(ReleaseChecksum),
+    /// An installer archive: its sha512 must match the verified installs CSV.
+    Installer(String),
+    /// Docs: fresh per the upstream's max-age.
+    Docs,
+}
+
+type Flight = Shared<BoxFuture<'static, Result<Reply, MirrorError>>>;
+
+/// Request coalescing: one upstream fetch per key, however many requests wait for it.
+#[derive(Clone, Default)]
+struct Flights {
+    map: Arc<Mutex<HashMap<String, (u64, Flight)>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Flights {
+    /// Joins the flight for `key`, or starts one running `work` in its own task (so that a
+    /// client going away does not cancel a fetch others are waiting for).
+    async fn join(
+        &self,
+        key: String,
+        metrics: &Metrics,
+        work: impl FnOnce() -> BoxFuture<'static, Result<Reply, MirrorError>>,
+    ) -> Result<Reply, MirrorError> {
+        let flight = {
+            let mut map = self.map.lock().expect("never poisoned: no panics while held");
+            if let Some((_, flight)) = map.get(&key) {
+                metrics.coalesced_waiters.inc();
+                flight.clone()
+            } else {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let map_handle = self.map.clone();
+                let task_key = key.clone();
+                let work = work();
+                let handle = tokio::spawn(async move {
+                    let result = work.await;
+                    let mut map = map_handle.lock().expect("never poisoned: no panics while held");
+                    if map.get(&task_key).is_some_and(|(flight_id, _)| *flight_id == id) {
+                        map.remove(&task_key);
+                    }
+                    result
+                });
+                let flight: Flight = async move {
+                    handle.await.unwrap_or_else(|e| Err(MirrorError::Internal(format!("fetch task failed: {e}"))))
+                }
+                .boxed()
+                .shared();
+                map.insert(key, (id, flight.clone()));
+                flight
+            }
+        };
+        flight.await
+    }
+}
+
+struct Inner {
+    config: Arc<Config>,
+    repos: HashMap<String, Arc<RepoConfig>>,
+    memory: MemoryTier,
+    store: Arc<dyn Store>,
+    upstream: Upstream,
+    flights: Flights,
+    negative: moka::sync::Cache<CacheKey, ()>,
+    metrics: Metrics,
+    degraded: AtomicBool,
+    refusals: Mutex<VecDeque<Refusal>>,
+}
+
+/// The mirror: a cheap handle shared by every connection.
+#[derive(Clone)]
+pub struct Mirror {
+    inner: Arc<Inner>,
+}
+
+impl Mirror {
+    /// Opens the persistent tier under `data_dir` and builds the mirror.
+    pub fn open(config: Config, metrics: Metrics) -> Result<Mirror, String> {
+        let (store, sweep) = DiskStore::open(&config.data_dir)
+            .map_err(|e| format!("cannot open the store in {}: {e}", config.data_dir.display()))?;
+        if sweep != Default::default() {
+            tracing::info!(
+                temp_files = sweep.temp_files,
+                orphan_blobs = sweep.orphan_blobs,
+                dangling_records = sweep.dangling_records,
+                "store: cleaned what an interrupted run left"
+            );
+        }
+        Self::with_store(config, metrics, Arc::new(store))
+    }
+
+    pub fn with_store(config: Config, metrics: Metrics, store: Arc<dyn Store>) -> Result<Mirror, String> {
+        let upstream = Upstream::new(&config, metrics.clone())?;
+        let evictions = metrics.cache_evictions.with_label_values(&["memory"]);
+        let memory = MemoryTier::new(config.memory_cache_bytes, move || evictions.inc());
+        let negative = moka::sync::Cache::builder().max_capacity(100_000).time_to_live(config.negative_ttl).build();
+        let repos = config.repos.iter().map(|(name, repo)| (name.clone(), Arc::new(repo.clone()))).collect();
+        for repo in config.repos.values() {
+            if repo.access.allow_all_clients {
+                tracing::warn!(
+                    repo = %repo.name,
+                    "access.allow_all_clients is set: every client of this hexmirror may read this repository's private content"
+                );
+            }
+        }
+        let mirror = Mirror {
+            inner: Arc::new(Inner {
+                config: Arc::new(config),
+                repos,
+                memory,
+                store,
+                upstream,
+                flights: Flights::default(),
+                negative,
+                metrics,
+                degraded: AtomicBool::new(false),
+                refusals: Mutex::new(VecDeque::new()),
+            }),
+        };
+        mirror.update_gauges();
+        Ok(mirror)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The most recent refusals, newest first.
+    pub fn refusals(&self) -> Vec<Refusal> {
+        self.inner.refusals.lock().expect("never poisoned").iter().rev().cloned().collect()
+    }
+
+    /// Refreshes the cache size gauges.
+    pub fn update_gauges(&self) {
+        let m = &self.inner.metrics;
+        let (entries, bytes) = self.inner.memory.usage();
+        m.cache_entries.with_label_values(&["memory"]).set(entries as i64);
+        m.cache_bytes.with_label_values(&["memory"]).set(bytes as i64);
+        let (entries, bytes) = self.inner.store.usage();
+        m.cache_entries.with_label_values(&["disk"]).set(entries as i64);
+        m.cache_bytes.with_label_values(&["disk"]).set(bytes as i64);
+    }
+
+    /// Which repository serves `/repos/NAME` (or the root when `None`).
+    ///
+    /// A configured repository wins over a hex.pm organization of the same name.
+    pub fn target(&self, repo: Option<&str>) -> Target {
+        let inner = &self.inner;
+        let hexpm = inner.repos.get(HEXPM).expect("config validation keeps hexpm").clone();
+        match repo {
+            None => Target { origin: hexpm.repository.clone(), namespace: HEXPM.into(), prefix: String::new(), repo: hexpm },
+            Some(name) => match inner.repos.get(name) {
+                Some(repo) => Target {
+                    origin: repo.repository.clone(),
+                    namespace: name.to_string(),
+                    prefix: String::new(),
+                    repo: repo.clone(),
+                },
+                None => Target {
+                    origin: name.to_string(),
+                    namespace: format!("{HEXPM}~{name}"),
+                    prefix: format!("/repos/{name}"),
+                    repo: hexpm,
+                },
+            },
+        }
+    }
+
+    /// Answers a repository request. See the module docs for the steps.
+    pub async fn get(&self, target: &Target, resource: &Resource, client: &ClientCredentials) -> Result<Reply, MirrorError> {
+        match resource {
+            Resource::PublicKey => {
+                let pem = Bytes::copy_from_slice(target.repo.public_key.pem().as_bytes());
+                Ok(Reply {
+                    etag: format!("\"{}\"", hex::encode(Sha256::digest(&pem))),
+                    body: pem,
+                    cache_control: Some("public, max-age=3600".into()),
+                    last_modified: None,
+                    status: CacheStatus::Local,
+                    private: false,
+                    docs: false,
+                })
+            }
+            Resource::Tarball { name, version } => {
+                let checksum = self.release_checksum(target, name, version, client).await?;
+                self.resolve(target, resource, client, Check::Tarball(checksum)).await
+            }
+            Resource::Installs(path) if is_installer_archive(path) => {
+                let digest = self.installer_digest(target, path, client).await?;
+                self.resolve(target, resource, client, Check::Installer(digest)).await
+            }
+            Resource::Docs { .. } => self.resolve(target, resource, client, Check::Docs).await,
+            _ => self.resolve(target, resource, client, Check::Ttl(Some(self.ttl()))).await,
+        }
+    }
+
+    fn ttl(&self) -> u64 {
+        self.inner.config.registry_ttl.as_secs()
+    }
+
+    /// The checksum a tarball must have, from the verified package record. A cached record of
+    /// any age will do while it lists the release; otherwise the record is refreshed once.
+    async fn release_checksum(
+        &self,
+        target: &Target,
+        name: &str,
+        version: &str,
+        client: &ClientCredentials,
+    ) -> Result<ReleaseChecksum, MirrorError> {
+        let package = Resource::Package(name.to_string());
+        for check in [Check::Ttl(None), Check::Ttl(Some(0))] {
+            let record = self.resolve_entry(target, &package, client, check).await?;
+            let fresh_from_upstream = record.1 == CacheStatus::Miss || record.1 == CacheStatus::Revalidated;
+            if let Facts::Releases(releases) = record.0.content.facts() {
+                if let Some(checksum) = releases.get(version) {
+                    return Ok(*checksum);
+                }
+            }
+            if fresh_from_upstream || self.inner.config.offline {
+                break;
+            }
+        }
+        Err(MirrorError::NotFound(format!("release {name} {version} is not in the verified registry")))
+    }
+
+    /// The digest an installer archive must have, from the verified installs CSV.
+    async fn installer_digest(&self, target: &Target, path: &str, client: &ClientCredentials) -> Result<String, MirrorError> {
+        let (elixir, file) = path.split_once('/').unwrap_or(("", path));
+        let stem = file.strip_suffix(".ez").unwrap_or(file);
+        let (app, version) =
+            stem.split_once('-').ok_or_else(|| MirrorError::NotFound(format!("installs/{path}")))?;
+        let csv = Resource::Installs(format!("{app}-1.x.csv"));
+        let (entry, _) = self.resolve_entry(target, &csv, client, Check::Ttl(None)).await?;
+        if let Facts::Installs(rows) = entry.content.facts() {
+            let row = rows.iter().find(|r| r.version == version && (elixir.is_empty() || r.elixir_versions.iter().any(|e| e == elixir)));
+            if let Some(row) = row {
+                return Ok(row.digest.clone());
+            }
+        }
+        Err(MirrorError::NotFound(format!("installs/{path} is not listed in the verified installs list")))
+    }
+
+    async fn resolve(&self, target: &Target, resource: &Resource, client: &ClientCredentials, check: Check) -> Result<Reply, MirrorError> {
+        let (entry, status) = self.resolve_entry(target, resource, client, check).await?;
+        Ok(Reply::from_entry(&entry, status))
+    }
+
+    /// Steps 2 to 7 of the module docs for one resource.
+    fn resolve_entry<'a>(
+        &'a self,
+        target: &'a Target,
+        resource: &'a Resource,
+        client: &'a ClientCredentials,
+        check: Check,
+    ) -> BoxFuture<'a, Result<(Arc<Entry>, CacheStatus), MirrorError>> {
+        async move {
+            let path = resource.path();
+            let public_key = CacheKey::new(&target.namespace, &path, false);
+            let private_key = CacheKey::new(&target.namespace, &path, true);
+            let offline = self.inner.config.offline;
+
+            let mut cached = self.lookup(target, &public_key, resource, &check).await;
+            if cached.is_none() {
+                cached = self.lookup(target, &private_key, resource, &check).await;
+            }
+            if let Some(entry) = &cached {
+                if entry.private {
+                    if let Some(rechecked) = self.authorize(target, resource, client, entry, &check).await? {
+                        return Ok(rechecked);
+                    }
+                }
+                if offline || self.is_fresh(entry, &check) {
+                    return Ok((entry.clone(), CacheStatus::Hit));
+                }
+            } else if offline {
+                return Err(MirrorError::NotFound(format!("{path} is not in this offline mirror's store")));
+            } else if self.inner.negative.contains_key(&public_key) {
+                return Err(MirrorError::NotFound(format!("{path} (the upstream answered 404 moments ago)")));
+            }
+
+            let authorization = self.credentials_for(target, client);
+            let flight_key = format!("{public_key}#{}", ClientCredentials::fingerprint(authorization.as_ref()));
+            let this = self.clone();
+            let (t, r, c) = (target.clone(), resource.clone(), check.clone());
+            let stale = cached.clone();
+            let reply = self
+                .inner
+                .flights
+                .join(flight_key, &self.inner.metrics, move || {
+                    async move { this.fetch(&t, &r, c, authorization, stale).await.map(|(e, s)| Reply::from_entry(&e, s)) }
+                        .boxed()
+                })
+                .await;
+            // The flight hands out replies; the entry it stored is in the memory tier.
+            let reply = reply?;
+            let key = if reply.private { &private_key } else { &public_key };
+            let entry = match self.inner.memory.get(key) {
+                Some(entry) if entry.etag == reply.etag => entry,
+                _ => self
+                    .lookup(target, key, resource, &Check::Ttl(None))
+                    .await
+                    .filter(|e| e.etag == reply.etag)
+                    .ok_or_else(|| MirrorError::Internal("fetched entry vanished from the cache".into()))?,
+            };
+            if entry.private && !self.fetched_with_client_credentials(target, client) && !self.access_allows(target, client) {
+                return Err(MirrorError::Unauthorized);
+            }
+            Ok((entry, reply.status))
+        }
+        .boxed()
+    }
+
+    fn is_fresh(&self, entry: &Entry, check: &Check) -> bool {
+        let age = unix_now().saturating_sub(entry.fetched_at);
+        match check {
+            Check::Ttl(None) => true,
+            Check::Ttl(Some(ttl)) => age < *ttl,
+            Check::Tarball(ReleaseChecksum::Outer(sum)) => entry.sha256 == *sum,
+            Check::Tarball(ReleaseChecksum::Inner(sum)) => verify::inner_checksum(entry.bytes()).is_ok_and(|s| s == *sum),
+            Check::Installer(digest) => hex::encode(sha2::Sha512::digest(entry.bytes())).eq_ignore_ascii_case(digest),
+            Check::Docs => age < max_age(entry.upstream.cache_control.as_deref()).unwrap_or(self.ttl()),
+        }
+    }
+
+    /// The memory tier, then the persistent tier (re-verified before use).
+    async fn lookup(&self, target: &Target, key: &CacheKey, resource: &Resource, check: &Check) -> Option<Arc<Entry>> {
+        if let Some(entry) = self.inner.memory.get(key) {
+            return Some(entry);
+        }
+        let store = self.inner.store.clone();
+        let disk_key = key.clone();
+        let found = tokio::task::spawn_blocking(move || store.get(&disk_key)).await.ok()?;
+        let (meta, body) = match found {
+            Ok(Some(found)) => found,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "store: entry dropped");
+                return None;
+            }
+        };
+        let content = match meta.class {
+            Class::Docs => Content::Docs(body),
+            Class::Verified => match self.verify_content(target, resource, check, body, &meta.upstream).await {
+                Ok(content) => content,
+                Err(e) => {
+                    tracing::info!(key = %key, error = %e, "store: stored copy no longer verifies; refetching");
+                    return None;
+                }
+            },
+        };
+        let mut entry = Entry::new(content, resource.kind(), meta.upstream, meta.fetched_at, meta.private);
+        entry.pinned = meta.pinned;
+        let entry = Arc::new(entry);
+        self.inner.memory.insert(key.clone(), entry.clone());
+        Some(entry)
+    }
+
+    /// The `Authorization` sent upstream for this client: hexmirror's own key for the
+    /// repository if it has one; the client's own credential only to a trusted upstream;
+    /// nothing otherwise.
+    fn credentials_for(&self, target: &Target, client: &ClientCredentials) -> Option<HeaderValue> {
+        let repo = &target.repo;
+        if repo.strip_headers.iter().any(|h| h == http::header::AUTHORIZATION) {
+            return None;
+        }
+        if let Some(key) = &repo.auth_key {
+            return HeaderValue::from_str(key.expose()).ok();
+        }
+        if repo.trusted {
+            return client.authorization.clone();
+        }
+        None
+    }
+
+    /// True when the upstream saw this client's own credential (its answer proves access).
+    fn fetched_with_client_credentials(&self, target: &Target, client: &ClientCredentials) -> bool {
+        target.repo.auth_key.is_none() && target.repo.trusted && client.authorization.is_some()
+    }
+
+    /// hexmirror's own access list, or the explicit all-clients opt-in.
+    fn access_allows(&self, target: &Target, client: &ClientCredentials) -> bool {
+        let access = &target.repo.access;
+        if access.allow_all_clients {
+            return true;
+        }
+        let Some(token) = client.token() else { return false };
+        let mut allowed = subtle::Choice::from(0);
+        for candidate in &access.tokens {
+            allowed |= constant_time_eq(candidate.expose().as_bytes(), token.as_bytes());
+        }
+        allowed.into()
+    }
+
+    /// Authorizes a request for a cached private entry. `Ok(None)`: allowed, serve the cached
+    /// copy per freshness; `Ok(Some(..))`: allowed by an upstream re-check, which also refreshed
+    /// it; `Err(Unauthorized)`: 401.
+    async fn authorize(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        client: &ClientCredentials,
+        entry: &Arc<Entry>,
+        check: &Check,
+    ) -> Result<Option<(Arc<Entry>, CacheStatus)>, MirrorError> {
+        if self.access_allows(target, client) {
+            return Ok(None);
+        }
+        if !self.fetched_with_client_credentials(target, client) || self.inner.config.offline {
+            return Err(MirrorError::Unauthorized);
+        }
+        let authorization = self.credentials_for(target, client);
+        match self.fetch(target, resource, check.clone(), authorization, Some(entry.clone())).await {
+            Ok((entry, status)) if status != CacheStatus::Stale => Ok(Some((entry, status))),
+            Ok(_) | Err(MirrorError::Upstream(_)) => {
+                Err(MirrorError::Unavailable("the upstream cannot confirm access to private content".into()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Asks the upstream (conditionally when a copy exists), verifies, stores. Runs inside a flight.
+    async fn fetch(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        check: Check,
+        authorization: Option<HeaderValue>,
+        cached: Option<Arc<Entry>>,
+    ) -> Result<(Arc<Entry>, CacheStatus), MirrorError> {
+        let path = resource.path();
+        let max_bytes = match resource.kind() {
+            Kind::Tarball | Kind::Installs => self.inner.config.max_tarball_bytes,
+            _ => self.inner.config.max_registry_bytes,
+        };
+        let request = UpstreamRequest {
+            repo: &target.repo,
+            path: format!("{}/{path}", target.prefix),
+            validators: cached.as_ref().map(|e| &e.upstream),
+            authorization,
+            max_bytes,
+        };
+        let stale = |e: MirrorError| match &cached {
+            Some(entry) => {
+                self.inner.metrics.stale_served.with_label_values(&[target.label()]).inc();
+                tracing::info!(repo = target.label(), resource = %path, error = %e, "serving the last verified copy");
+                Ok((entry.clone(), CacheStatus::Stale))
+            }
+            None => Err(e),
+        };
+        let response = match self.inner.upstream.get(request).await {
+            Ok(response) => response,
+            Err(e) => return stale(e.into()),
+        };
+        let now = unix_now();
+        match response.status.as_u16() {
+            200 => {
+                let mut validators = validators_of(&response.headers);
+                if validators.signature.is_none() {
+                    validators.signature = self.detached_signature(target, resource).await;
+                }
+                let content = match self.verify_content(target, resource, &check, response.body.clone(), &validators).await {
+                    Ok(content) => content,
+                    Err(MirrorError::Refused(e)) => {
+                        self.record_refusal(target, &path, &e);
+                        return match cached {
+                            Some(_) => stale(MirrorError::Refused(e)),
+                            None => Err(MirrorError::Refused(e)),
+                        };
+                    }
+                    Err(e) => return stale(e),
+                };
+                let private = is_private(&response);
+                let entry = Arc::new(Entry::new(content, resource.kind(), validators, now, private));
+                self.persist(target, &path, entry.clone()).await;
+                Ok((entry, CacheStatus::Miss))
+            }
+            304 => match cached {
+                Some(old) => {
+                    let mut entry = (*old).clone();
+                    entry.fetched_at = now;
+                    let fresh = validators_of(&response.headers);
+                    entry.upstream.etag = fresh.etag.or(entry.upstream.etag);
+                    entry.upstream.last_modified = fresh.last_modified.or(entry.upstream.last_modified);
+                    entry.upstream.cache_control = fresh.cache_control.or(entry.upstream.cache_control);
+                    let entry = Arc::new(entry);
+                    self.refresh(target, &path, entry.clone()).await;
+                    Ok((entry, CacheStatus::Revalidated))
+                }
+                None => Err(MirrorError::Upstream(UpstreamError::Status(304))),
+            },
+            401 => Err(MirrorError::Unauthorized),
+            403 if target.namespace != HEXPM || response.sent_credentials => Err(MirrorError::Unauthorized),
+            403 | 404 | 410 => {
+                // hex.pm answers a missing object with 403 or 404; remember it briefly.
+                if !response.sent_credentials {
+                    self.inner.negative.insert(CacheKey::new(&target.namespace, &path, false), ());
+                }
+                Err(MirrorError::NotFound(path))
+            }
+            other => stale(MirrorError::Upstream(UpstreamError::Status(other))),
+        }
+    }
+
+    /// Fetches the detached signature of a registry v1 file or an installs CSV (not cached
+    /// apart: it is kept with the object it signs).
+    async fn detached_signature(&self, target: &Target, resource: &Resource) -> Option<String> {
+        let path = match resource {
+            Resource::RegistryV1 => format!("{}/registry.ets.gz.signed", target.prefix),
+            Resource::Installs(p) if p.ends_with(".csv") => format!("{}/installs/{p}.signed", target.prefix),
+            _ => return None,
+        };
+        let request = UpstreamRequest {
+            repo: &target.repo,
+            path,
+            validators: None,
+            authorization: self.credentials_for(target, &ClientCredentials::default()),
+            max_bytes: 64 << 10,
+        };
+        match self.inner.upstream.get(request).await {
+            Ok(response) if response.status == StatusCode::OK => String::from_utf8(response.body.to_vec()).ok(),
+            _ => None,
+        }
+    }
+
+    fn record_refusal(&self, target: &Target, path: &str, error: &VerifyError) {
+        self.inner
+            .metrics
+            .verification_failures
+            .with_label_values(&[target.label(), kind_of_path(path), error.reason()])
+            .inc();
+        let refusal = Refusal {
+            time: unix_now(),
+            repo: target.namespace.clone(),
+            resource: path.to_string(),
+            upstream: target.repo.upstreams.iter().map(crate::upstream::upstream_label).collect::<Vec<_>>().join(","),
+            reason: error.to_string(),
+        };
+        let mut refusals = self.inner.refusals.lock().expect("never poisoned");
+        if refusals.len() == REFUSALS_KEPT {
+            refusals.pop_front();
+        }
+        refusals.push_back(refusal);
+    }
+
+    /// Verifies upstream (or stored) bytes for `resource`; the only path into [`Content`].
+    fn verify_content<'a>(
+        &'a self,
+        target: &'a Target,
+        resource: &'a Resource,
+        check: &'a Check,
+        body: Bytes,
+        validators: &'a Validators,
+    ) -> BoxFuture<'a, Result<Content, MirrorError>> {
+        async move {
+            let key = &target.repo.public_key;
+            let limit = self.inner.config.max_registry_bytes;
+            let origin = target.origin.as_str();
+            let verified = match resource {
+                Resource::Names => verify::registry_file(RegistryFile::Names, origin, body, key, limit)?,
+                Resource::Versions => verify::registry_file(RegistryFile::Versions, origin, body, key, limit)?,
+                Resource::Package(name) => verify::registry_file(RegistryFile::Package(name), origin, body, key, limit)?,
+                Resource::Policy(name) => verify::registry_file(RegistryFile::Policy(name), origin, body, key, limit)?,
+                Resource::Docs { .. } => return Ok(Content::Docs(body)),
+                Resource::PublicKey => return Err(MirrorError::Internal("the public key is never fetched".into())),
+                Resource::Tarball { .. } => match check {
+                    Check::Tarball(checksum) => verify::tarball(body, checksum, self.inner.config.max_tarball_bytes)?,
+                    _ => return Err(MirrorError::Internal("tarball without a checksum".into())),
+                },
+                Resource::RegistryV1 => {
+                    let signature = match &validators.signature {
+                        Some(signature) => signature.clone(),
+                        None => return Err(VerifyError::MissingSignature.into()),
+                    };
+                    verify::registry_v1(body, &signature, key)?
+                }
+                Resource::RegistryV1Signed => {
+                    let (ets, _) =
+                        self.resolve_entry(target, &Resource::RegistryV1, &ClientCredentials::default(), Check::Ttl(None)).await?;
+                    verify::registry_v1_signature(body, ets.bytes(), key)?
+                }
+                Resource::Installs(path) if path.ends_with(".csv") => {
+                    let signature = validators.signature.as_deref().ok_or(VerifyError::MissingSignature)?;
+                    verify::installs_csv(body, signature.as_bytes(), &self.inner.config.installs_public_key)?
+                }
+                Resource::Installs(path) if path.ends_with(".csv.signed") => {
+                    let csv = Resource::Installs(path.trim_end_matches(".signed").to_string());
+                    let (csv, _) = self.resolve_entry(target, &csv, &ClientCredentials::default(), Check::Ttl(None)).await?;
+                    verify::installs_signature(body, csv.bytes(), &self.inner.config.installs_public_key)?
+                }
+                Resource::Installs(_) => match check {
+                    Check::Installer(digest) => verify::installer(body, digest, self.inner.config.max_tarball_bytes)?,
+                    _ => return Err(MirrorError::NotFound("installs file without a verified listing".into())),
+                },
+            };
+            Ok(Content::Verified(verified))
+        }
+        .boxed()
+    }
+
+    /// Puts a new entry in both tiers (and drops the copy of the other privacy, if any).
+    async fn persist(&self, target: &Target, path: &str, entry: Arc<Entry>) {
+        let key = CacheKey::new(&target.namespace, path, entry.private);
+        let other = CacheKey::new(&target.namespace, path, !entry.private);
+        self.inner.memory.remove(&other);
+        self.inner.memory.insert(key.clone(), entry.clone());
+        let store = self.inner.store.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            store.remove(&other)?;
+            store.put(&key, &entry.stored_meta(), entry.bytes())
+        })
+        .await;
+        self.note_store_result(result);
+    }
+
+    /// Records a revalidation in both tiers.
+    async fn refresh(&self, target: &Target, path: &str, entry: Arc<Entry>) {
+        let key = CacheKey::new(&target.namespace, path, entry.private);
+        self.inner.memory.insert(key.clone(), entry.clone());
+        let store = self.inner.store.clone();
+        let result = tokio::task::spawn_blocking(move || store.update_meta(&key, &entry.stored_meta())).await;
+        self.note_store_result(result);
+    }
+
+    fn note_store_result(&self, result: Result<Result<(), StoreError>, tokio::task::JoinError>) {
+        let m = &self.inner.metrics;
+        match result {
+            Ok(Ok(())) => {
+                if self.inner.degraded.swap(false, Ordering::Relaxed) {
+                    m.store_degraded.set(0);
+                    tracing::info!("store: writes succeed again");
+                }
+            }
+            Ok(Err(e)) => {
+                m.store_write_errors.inc();
+                if !self.inner.degraded.swap(true, Ordering::Relaxed) {
+                    m.store_degraded.set(1);
+                    tracing::error!(error = %e, disk_full = e.is_disk_full(), "store: write failed; serving from memory and upstream until writes succeed");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "store: write task failed"),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> subtle::Choice {
+    use subtle::ConstantTimeEq;
+    // Lengths are not secret enough to hide; contents are compared in constant time.
+    if a.len() != b.len() {
+        return subtle::Choice::from(0);
+    }
+    a.ct_eq(b)
+}
+
+fn is_installer_archive(path: &str) -> bool {
+    !path.ends_with(".csv") && !path.ends_with(".csv.signed") && path.contains('/')
+}
+
+fn kind_of_path(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.split('/').collect();
+    Resource::parse(&segments).map(|r| r.kind().as_str()).unwrap_or("none")
+}
+
+/// A response is private when marked so, or when it answered credentials and is not marked
+/// public (RFC 9111 §3.5).
+fn is_private(response: &UpstreamResponse) -> bool {
+    let cc = response
+        .headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",")
+        .to_ascii_lowercase();
+    let has = |directive: &str| cc.split(',').any(|d| d.trim().split('=').next() == Some(directive));
+    has("private") || (response.sent_credentials && !has("public"))
+}
+
+fn max_age(cache_control: Option<&str>) -> Option<u64> {
+    cache_control?
+        .split(',')
+        .find_map(|d| d.trim().strip_prefix("max-age=").and_then(|v| v.trim().parse().ok()))
+}
+
+fn validators_of(headers: &HeaderMap) -> Validators {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    Validators {
+        etag: text("etag"),
+        last_modified: text("last-modified"),
+        cache_control: text("cache-control"),
+        signature: text("x-hex-signature").or_else(|| text("x-amz-meta-signature")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_tokens_from_bearer_basic_and_raw() {
+        let creds = |v: &str| ClientCredentials { authorization: Some(HeaderValue::from_str(v).unwrap()) };
+        assert_eq!(creds("Bearer abc").token().as_deref(), Some("abc"));
+        // "user:s3cret" in base64
+        assert_eq!(creds("Basic dXNlcjpzM2NyZXQ=").token().as_deref(), Some("s3cret"));
+        assert_eq!(creds("rawkey").token().as_deref(), Some("rawkey"));
+        assert_eq!(ClientCredentials::default().token(), None);
+        assert!(!format!("{:?}", creds("Bearer abc")).contains("abc"));
+    }
+
+    #[test]
+    fn privacy_follows_rfc_9111() {
+        let response = |cc: Option<&str>, sent: bool| {
+            let mut headers = HeaderMap::new();
+            if let Some(cc) = cc {
+                headers.insert("cache-control", HeaderValue::from_str(cc).unwrap());
+            }
+            UpstreamResponse { status: StatusCode::OK, headers, body: Bytes::new(), sent_credentials: sent }
+        };
+        assert!(is_private(&response(Some("private, max-age=3600"), false)));
+        assert!(!is_private(&response(Some("public, max-age=3600"), true)));
+        assert!(is_private(&response(None, true)));
+        assert!(is_private(&response(Some("max-age=60"), true)));
+        assert!(!is_private(&response(None, false)));
+    }
+
+    #[test]
+    fn max_age_parsing() {
+        assert_eq!(max_age(Some("public, max-age=86400")), Some(86400));
+        assert_eq!(max_age(Some("private")), None);
+        assert_eq!(max_age(None), None);
+    }
+
+    #[test]
+    fn installer_paths() {
+        assert!(is_installer_archive("1.14.0/hex-2.0.6.ez"));
+        assert!(!is_installer_archive("hex-1.x.csv"));
+        assert!(!is_installer_archive("hex-1.x.csv.signed"));
+    }
+}

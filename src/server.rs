@@ -1,0 +1,127 @@
+//! Sockets, TLS and the hyper connection loop; no HTTP semantics (that is `service`).
+//!
+//! `run` accepts connections until the shutdown future resolves, then stops accepting and
+//! lets in-flight requests finish within the grace period. An accept error backs off instead
+//! of ending the loop. Slow clients are bounded by a header read timeout, and the number of
+//! open connections by a limit.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::service::Service;
+
+/// Limits applied to client connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { header_read_timeout: Duration::from_secs(10), max_connections: 4096, max_header_bytes: 64 << 10 }
+    }
+}
+
+/// Loads a TLS acceptor for serving hexmirror itself over https.
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor, String> {
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    let certs = rustls_pemfile::certs(&mut &read(cert)?[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("tls_cert: {e}"))?;
+    let key = rustls_pemfile::private_key(&mut &read(key)?[..])
+        .map_err(|e| format!("tls_key: {e}"))?
+        .ok_or("tls_key: no private key found")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("tls_cert/tls_key: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves, then drains for up to `grace`.
+pub async fn run(
+    listener: TcpListener,
+    service: Service,
+    tls: Option<TlsAcceptor>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; backing off");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; closing new connection");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        let connections = service.mirror().metrics().connections.clone();
+        tokio::spawn(async move {
+            connections.inc();
+            let handler = service_fn(move |req| {
+                let service = service.clone();
+                async move { Ok::<_, Infallible>(service.handle(req).await) }
+            });
+            let result = match tls {
+                Some(acceptor) => match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => watcher.watch(builder.serve_connection(TokioIo::new(stream), handler).into_owned()).await,
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(_) => Err("tls handshake timed out".into()),
+                },
+                None => watcher.watch(builder.serve_connection(TokioIo::new(stream), handler).into_owned()).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            connections.dec();
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!(open_connections = graceful.count(), "shutting down: no longer accepting, draining");
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = tokio::time::sleep(grace) => tracing::warn!(grace_seconds = grace.as_secs(), "grace period ended with requests still in flight"),
+    }
+}

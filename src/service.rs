@@ -1,0 +1,197 @@
+//! HTTP semantics: one request in, one response out.
+//!
+//! This is the one place where a request becomes a route, where errors become status codes,
+//! where requests are logged and counted, and where conditional requests (`If-None-Match`) and
+//! HEAD are answered. Bodies are sent exactly as stored: `application/octet-stream`, never a
+//! `Content-Encoding`, whatever the client's `Accept-Encoding` says.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::metrics::{CacheStatus, NO_REPO, NO_RESOURCE};
+use crate::mirror::{ClientCredentials, Mirror, MirrorError, Reply};
+use crate::route::{route, Route, RouteError};
+
+pub type Body = Full<Bytes>;
+
+/// The request handler shared by every connection.
+#[derive(Clone)]
+pub struct Service {
+    mirror: Mirror,
+    ready: Arc<AtomicBool>,
+}
+
+/// What the access log and the metrics need to know about a finished request.
+struct Outcome {
+    repo: String,
+    resource: &'static str,
+    cache: CacheStatus,
+}
+
+impl Service {
+    pub fn new(mirror: Mirror, ready: Arc<AtomicBool>) -> Service {
+        Service { mirror, ready }
+    }
+
+    pub fn mirror(&self) -> &Mirror {
+        &self.mirror
+    }
+
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let (response, outcome) = self.dispatch(&req).await;
+        let status = response.status().as_u16();
+        let method_label = if method == Method::HEAD { "HEAD" } else { "GET" };
+        let elapsed = started.elapsed().as_secs_f64();
+        self.mirror.metrics().observe_request(&outcome.repo, outcome.resource, method_label, status, outcome.cache, elapsed);
+        if self.mirror.config().access_log {
+            let line = serde_json::json!({
+                "time": crate::cache::unix_now(),
+                "method": method.as_str(),
+                "path": path,
+                "status": status,
+                "cache": outcome.cache.as_str(),
+                "repo": outcome.repo,
+                "bytes": response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("0"),
+                "duration_ms": (elapsed * 1000.0).round(),
+            });
+            tracing::info!(target: "hexmirror::access", "{line}");
+        }
+        tracing::debug!(method = %method, path = %path, status, cache = outcome.cache.as_str(), "served");
+        response
+    }
+
+    async fn dispatch<B>(&self, req: &Request<B>) -> (Response<Body>, Outcome) {
+        let none = |cache| Outcome { repo: NO_REPO.into(), resource: NO_RESOURCE, cache };
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are supported");
+            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return (resp, none(CacheStatus::None));
+        }
+        let head = req.method() == Method::HEAD;
+        let route = match route(req.uri().path()) {
+            Ok(route) => route,
+            Err(RouteError::NotFound) => return (text(StatusCode::NOT_FOUND, "not found"), none(CacheStatus::None)),
+            Err(e @ RouteError::BadRequest(_)) => {
+                return (text(StatusCode::BAD_REQUEST, &e.to_string()), none(CacheStatus::None))
+            }
+        };
+        let (repo, resource) = match route {
+            Route::Healthz => return (text(StatusCode::OK, "ok"), none(CacheStatus::None)),
+            Route::Readyz => {
+                let resp = if self.ready.load(Ordering::Relaxed) {
+                    text(StatusCode::OK, "ready")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "starting")
+                };
+                return (resp, none(CacheStatus::None));
+            }
+            Route::Metrics => {
+                self.mirror.update_gauges();
+                let mut resp = Response::new(Full::new(Bytes::from(self.mirror.metrics().render())));
+                resp.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+                return (resp, none(CacheStatus::None));
+            }
+            Route::Repo { repo, resource } => (repo, resource),
+        };
+        let target = self.mirror.target(repo.as_deref());
+        let outcome = |cache| Outcome { repo: target.label().to_string(), resource: resource.kind().as_str(), cache };
+        let client = ClientCredentials { authorization: req.headers().get(header::AUTHORIZATION).cloned() };
+        match self.mirror.get(&target, &resource, &client).await {
+            Ok(reply) => {
+                let source = if reply.status == CacheStatus::Miss { "upstream" } else { "cache" };
+                let resp = self.reply(req, reply.clone(), head);
+                if resp.status() == StatusCode::OK && !head {
+                    self.mirror.metrics().served_bytes.with_label_values(&[source]).inc_by(reply.body.len() as u64);
+                }
+                (resp, outcome(reply.status))
+            }
+            Err(e) => {
+                let status = e.status();
+                match &e {
+                    MirrorError::Refused(_) | MirrorError::Upstream(_) | MirrorError::Internal(_) => {
+                        tracing::warn!(repo = target.label(), path = %req.uri().path(), status = status.as_u16(), error = %e, "request failed")
+                    }
+                    _ => tracing::debug!(repo = target.label(), path = %req.uri().path(), status = status.as_u16(), error = %e, "request refused"),
+                }
+                let mut resp = text(status, &e.to_string());
+                let h = resp.headers_mut();
+                h.insert("x-cache", HeaderValue::from_static(e.cache_status().as_str()));
+                if let Some(seconds) = e.retry_after() {
+                    h.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                }
+                if status == StatusCode::UNAUTHORIZED {
+                    h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"hexmirror\""));
+                }
+                if head {
+                    *resp.body_mut() = Full::new(Bytes::new());
+                }
+                (resp, outcome(e.cache_status()))
+            }
+        }
+    }
+
+    fn reply<B>(&self, req: &Request<B>, reply: Reply, head: bool) -> Response<Body> {
+        let not_modified = req
+            .headers()
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|tag| {
+                let tag = tag.trim();
+                tag == "*" || tag.trim_start_matches("W/") == reply.etag
+            });
+        let mut resp = if not_modified {
+            let mut resp = Response::new(Full::new(Bytes::new()));
+            *resp.status_mut() = StatusCode::NOT_MODIFIED;
+            resp
+        } else {
+            let len = reply.body.len();
+            let mut resp = Response::new(Full::new(if head { Bytes::new() } else { reply.body }));
+            resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            resp
+        };
+        let h = resp.headers_mut();
+        if let Ok(etag) = HeaderValue::from_str(&reply.etag) {
+            h.insert(header::ETAG, etag);
+        }
+        let cache_control = match (&reply.cache_control, reply.private) {
+            (Some(cc), false) => cc.clone(),
+            (Some(cc), true) if cc.contains("private") => cc.clone(),
+            (_, true) => "private, max-age=0".to_string(),
+            (None, false) => format!("public, max-age={}", self.mirror.config().registry_ttl.as_secs()),
+        };
+        if let Ok(cc) = HeaderValue::from_str(&cache_control) {
+            h.insert(header::CACHE_CONTROL, cc);
+        }
+        if reply.private {
+            h.insert(header::VARY, HeaderValue::from_static("authorization"));
+        }
+        if let Some(modified) = reply.last_modified.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+            h.insert(header::LAST_MODIFIED, modified);
+        }
+        if reply.docs {
+            h.insert("x-hexmirror-verified", HeaderValue::from_static("no (docs are not signed)"));
+        }
+        h.insert("x-cache", HeaderValue::from_static(reply.status.as_str()));
+        resp
+    }
+}
+
+fn text(status: StatusCode, message: &str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{message}\n"))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}

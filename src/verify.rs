@@ -1,0 +1,614 @@
+//! Verification: the only place that decides whether upstream bytes may be cached and served.
+//!
+//! Every function here is pure (bytes and keys in, a verdict out; no I/O, no clock) and is the
+//! only way to build a [`Verified`] value. The cache tiers accept nothing else, so an unverified
+//! registry file or tarball cannot reach a client through the cache by construction. Docs
+//! tarballs have nothing to be verified against and are handled apart, as `cache::Content::Docs`.
+//!
+//! What is checked:
+//! - registry v2 files (`/names`, `/versions`, `/packages/NAME`, policies): gunzip under a size
+//!   limit, decode `Signed`, RSASSA-PKCS1-v1_5 / SHA-512 over the payload, decode the payload,
+//!   check its origin (`repository`, and `name` where the path names one);
+//! - tarballs: sha256 of the whole file against the release's outer checksum from a verified
+//!   package record (the inner checksum where a release has no outer one), under a size limit;
+//! - registry v1 (`/registry.ets.gz`): hex-encoded RSA / SHA-512 signature over the gzip bytes;
+//! - installers (`/installs/...`): the CSV's base64 signature by the installs key, and each
+//!   archive's sha512 against the digest the verified CSV lists.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use rsa::pkcs1::DecodeRsaPublicKey;
+use rsa::pkcs1v15::{Signature, VerifyingKey};
+use rsa::pkcs8::DecodePublicKey;
+use rsa::signature::Verifier;
+use rsa::RsaPublicKey;
+use sha2::{Digest, Sha256, Sha512};
+
+use crate::registry::{self, Names, Package, Policy, Signed, Versions};
+
+/// A repository's RSA public key, with the PEM text it was read from (served at `/public_key`).
+#[derive(Clone)]
+pub struct PublicKey {
+    key: VerifyingKey<Sha512>,
+    pem: Arc<str>,
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublicKey").finish_non_exhaustive()
+    }
+}
+
+impl PublicKey {
+    /// Reads an RSA public key in either PEM form: SPKI (`BEGIN PUBLIC KEY`) or PKCS#1
+    /// (`BEGIN RSA PUBLIC KEY`, what `mix hex.registry build` writes).
+    pub fn from_pem(pem: &str) -> Result<Self, String> {
+        let pem = pem.trim();
+        let key = if pem.contains("BEGIN RSA PUBLIC KEY") {
+            RsaPublicKey::from_pkcs1_pem(pem).map_err(|e| format!("not a PKCS#1 RSA public key: {e}"))?
+        } else if pem.contains("BEGIN PUBLIC KEY") {
+            RsaPublicKey::from_public_key_pem(pem).map_err(|e| format!("not an RSA public key: {e}"))?
+        } else {
+            return Err("expected a PEM block `BEGIN PUBLIC KEY` or `BEGIN RSA PUBLIC KEY`".into());
+        };
+        Ok(Self { key: VerifyingKey::new(key), pem: format!("{pem}\n").into() })
+    }
+
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        match Signature::try_from(signature) {
+            Ok(sig) => self.key.verify(message, &sig).is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Why upstream bytes were refused. `reason()` is the closed set used as a metric label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("body is not valid gzip")]
+    Gzip,
+    #[error("body exceeds the size limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("cannot decode {what}")]
+    Decode { what: &'static str },
+    #[error("signature is missing")]
+    MissingSignature,
+    #[error("signature does not match the repository key")]
+    BadSignature,
+    #[error("payload belongs to repository {found:?}, expected {expected:?}")]
+    WrongRepository { expected: String, found: String },
+    #[error("payload names {found:?}, expected {expected:?}")]
+    WrongName { expected: String, found: String },
+    #[error("checksum mismatch: registry has {expected}, body has {found}")]
+    ChecksumMismatch { expected: String, found: String },
+    #[error("release {version} is not in the verified registry record")]
+    UnknownRelease { version: String },
+}
+
+impl VerifyError {
+    pub const REASONS: &'static [&'static str] = &[
+        "gzip",
+        "too_large",
+        "decode",
+        "missing_signature",
+        "bad_signature",
+        "wrong_repository",
+        "wrong_name",
+        "checksum_mismatch",
+        "unknown_release",
+    ];
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Gzip => "gzip",
+            Self::TooLarge { .. } => "too_large",
+            Self::Decode { .. } => "decode",
+            Self::MissingSignature => "missing_signature",
+            Self::BadSignature => "bad_signature",
+            Self::WrongRepository { .. } => "wrong_repository",
+            Self::WrongName { .. } => "wrong_name",
+            Self::ChecksumMismatch { .. } => "checksum_mismatch",
+            Self::UnknownRelease { .. } => "unknown_release",
+        }
+    }
+}
+
+/// A value that passed verification. Its field is private: only this module can make one.
+#[derive(Debug, Clone)]
+pub struct Verified<T>(T);
+
+impl<T> Verified<T> {
+    pub fn get(&self) -> &T {
+        &self.0
+    }
+}
+
+/// Verified bytes, exactly as the upstream sent them, and what verification learned from them.
+#[derive(Debug, Clone)]
+pub struct Body {
+    pub bytes: Bytes,
+    pub facts: Facts,
+}
+
+/// What a verified body tells about other resources.
+#[derive(Debug, Clone, Default)]
+pub enum Facts {
+    #[default]
+    None,
+    /// A package record: the checksum each of its tarballs must have.
+    Releases(Arc<Releases>),
+    /// A dependency policy and whether it declares itself public.
+    Policy { public: bool },
+    /// An installs CSV: the digest each installer archive must have.
+    Installs(Arc<Vec<InstallRow>>),
+}
+
+/// The checksum of each release of one package, keyed by version.
+#[derive(Debug, Default)]
+pub struct Releases(HashMap<String, ReleaseChecksum>);
+
+impl Releases {
+    pub fn get(&self, version: &str) -> Option<&ReleaseChecksum> {
+        self.0.get(version)
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What a tarball must hash to. `Outer` is authoritative; `Inner` only for old releases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseChecksum {
+    Outer([u8; 32]),
+    Inner([u8; 32]),
+}
+
+/// One row of an installs CSV: `artifact_version,sha512 hex digest,elixir versions...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallRow {
+    pub version: String,
+    pub digest: String,
+    pub elixir_versions: Vec<String>,
+}
+
+/// Which registry v2 file is being verified, with the origin it must carry.
+#[derive(Debug, Clone, Copy)]
+pub enum RegistryFile<'a> {
+    Names,
+    Versions,
+    Package(&'a str),
+    Policy(&'a str),
+}
+
+/// Gunzips at most `limit` bytes; a larger output is refused without reading further.
+pub fn gunzip(body: &[u8], limit: u64) -> Result<Vec<u8>, VerifyError> {
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit as usize));
+    let mut decoder = flate2::read::GzDecoder::new(body).take(limit + 1);
+    decoder.read_to_end(&mut out).map_err(|_| VerifyError::Gzip)?;
+    if out.len() as u64 > limit {
+        return Err(VerifyError::TooLarge { limit });
+    }
+    Ok(out)
+}
+
+/// Decodes and verifies a `Signed` envelope and returns its payload.
+pub fn signed_payload(raw: &[u8], key: &PublicKey) -> Result<Vec<u8>, VerifyError> {
+    let signed: Signed = registry::decode(raw).map_err(|_| VerifyError::Decode { what: "Signed" })?;
+    let signature = signed.signature.ok_or(VerifyError::MissingSignature)?;
+    if !key.verify(&signed.payload, &signature) {
+        return Err(VerifyError::BadSignature);
+    }
+    Ok(signed.payload)
+}
+
+fn check_origin(expected: &str, found: &str) -> Result<(), VerifyError> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(VerifyError::WrongRepository { expected: expected.into(), found: found.into() })
+    }
+}
+
+fn check_name(expected: &str, found: &str) -> Result<(), VerifyError> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(VerifyError::WrongName { expected: expected.into(), found: found.into() })
+    }
+}
+
+/// Verifies a gzipped registry v2 file signed by `key` for repository `repository`.
+pub fn registry_file(
+    file: RegistryFile<'_>,
+    repository: &str,
+    body: Bytes,
+    key: &PublicKey,
+    max_uncompressed: u64,
+) -> Result<Verified<Body>, VerifyError> {
+    let raw = gunzip(&body, max_uncompressed)?;
+    let payload = signed_payload(&raw, key)?;
+    let facts = match file {
+        RegistryFile::Names => {
+            let names: Names = registry::decode(&payload).map_err(|_| VerifyError::Decode { what: "Names" })?;
+            check_origin(repository, &names.repository)?;
+            Facts::None
+        }
+        RegistryFile::Versions => {
+            let versions: Versions =
+                registry::decode(&payload).map_err(|_| VerifyError::Decode { what: "Versions" })?;
+            check_origin(repository, &versions.repository)?;
+            Facts::None
+        }
+        RegistryFile::Package(name) => {
+            let package: Package =
+                registry::decode(&payload).map_err(|_| VerifyError::Decode { what: "Package" })?;
+            check_origin(repository, &package.repository)?;
+            check_name(name, &package.name)?;
+            Facts::Releases(Arc::new(releases_of(&package)?))
+        }
+        RegistryFile::Policy(name) => {
+            let policy: Policy = registry::decode(&payload).map_err(|_| VerifyError::Decode { what: "Policy" })?;
+            check_origin(repository, &policy.repository)?;
+            check_name(name, &policy.name)?;
+            Facts::Policy { public: policy.is_public() }
+        }
+    };
+    Ok(Verified(Body { bytes: body, facts }))
+}
+
+fn checksum32(bytes: &[u8]) -> Result<[u8; 32], VerifyError> {
+    bytes.try_into().map_err(|_| VerifyError::Decode { what: "release checksum" })
+}
+
+fn releases_of(package: &Package) -> Result<Releases, VerifyError> {
+    let mut map = HashMap::with_capacity(package.releases.len());
+    for release in &package.releases {
+        let checksum = match &release.outer_checksum {
+            Some(outer) => ReleaseChecksum::Outer(checksum32(outer)?),
+            None => ReleaseChecksum::Inner(checksum32(&release.inner_checksum)?),
+        };
+        map.insert(release.version.clone(), checksum);
+    }
+    Ok(Releases(map))
+}
+
+/// Verifies a release tarball against the checksum from its verified package record.
+pub fn tarball(body: Bytes, expected: &ReleaseChecksum, max_bytes: u64) -> Result<Verified<Body>, VerifyError> {
+    if body.len() as u64 > max_bytes {
+        return Err(VerifyError::TooLarge { limit: max_bytes });
+    }
+    let (want, found) = match expected {
+        ReleaseChecksum::Outer(want) => (*want, <[u8; 32]>::from(Sha256::digest(&body))),
+        ReleaseChecksum::Inner(want) => (*want, inner_checksum(&body)?),
+    };
+    if want != found {
+        return Err(VerifyError::ChecksumMismatch { expected: hex::encode(want), found: hex::encode(found) });
+    }
+    Ok(Verified(Body { bytes: body, facts: Facts::None }))
+}
+
+/// sha256(VERSION ‖ metadata.config ‖ contents.tar.gz) of a Hex tarball.
+pub fn inner_checksum(tarball: &[u8]) -> Result<[u8; 32], VerifyError> {
+    let bad = || VerifyError::Decode { what: "tarball" };
+    let mut members: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut archive = tar::Archive::new(tarball);
+    for entry in archive.entries().map_err(|_| bad())? {
+        let mut entry = entry.map_err(|_| bad())?;
+        let path = entry.path().map_err(|_| bad())?.to_string_lossy().into_owned();
+        if matches!(path.as_str(), "VERSION" | "metadata.config" | "contents.tar.gz") {
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).map_err(|_| bad())?;
+            members.insert(path, data);
+        }
+    }
+    let mut hasher = Sha256::new();
+    for name in ["VERSION", "metadata.config", "contents.tar.gz"] {
+        hasher.update(members.get(name).ok_or_else(bad)?);
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// Verifies `/registry.ets.gz` with its hex-encoded signature (from `.signed` or a header).
+pub fn registry_v1(body: Bytes, signature_hex: &str, key: &PublicKey) -> Result<Verified<Body>, VerifyError> {
+    let signature = hex::decode(signature_hex.trim()).map_err(|_| VerifyError::Decode { what: "hex signature" })?;
+    if !key.verify(&body, &signature) {
+        return Err(VerifyError::BadSignature);
+    }
+    Ok(Verified(Body { bytes: body, facts: Facts::None }))
+}
+
+/// Verifies `/registry.ets.gz.signed` against the registry bytes it signs.
+pub fn registry_v1_signature(signed: Bytes, ets: &[u8], key: &PublicKey) -> Result<Verified<Body>, VerifyError> {
+    let text = std::str::from_utf8(&signed).map_err(|_| VerifyError::Decode { what: "hex signature" })?;
+    registry_v1(Bytes::copy_from_slice(ets), text, key)?;
+    Ok(Verified(Body { bytes: signed, facts: Facts::None }))
+}
+
+fn decode_base64_signature(signature: &[u8]) -> Result<Vec<u8>, VerifyError> {
+    let compact: Vec<u8> = signature.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact)
+        .map_err(|_| VerifyError::Decode { what: "base64 signature" })
+}
+
+/// Verifies an installs CSV (`/installs/hex-1.x.csv`) with its base64 `.signed` signature.
+pub fn installs_csv(csv: Bytes, signature_b64: &[u8], key: &PublicKey) -> Result<Verified<Body>, VerifyError> {
+    let signature = decode_base64_signature(signature_b64)?;
+    if !key.verify(&csv, &signature) {
+        return Err(VerifyError::BadSignature);
+    }
+    let text = std::str::from_utf8(&csv).map_err(|_| VerifyError::Decode { what: "installs csv" })?;
+    let rows = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let mut cells = line.split(',').map(str::trim);
+            let version = cells.next().unwrap_or_default().to_string();
+            let digest = cells.next().ok_or(VerifyError::Decode { what: "installs csv" })?.to_ascii_lowercase();
+            Ok(InstallRow { version, digest, elixir_versions: cells.map(String::from).collect() })
+        })
+        .collect::<Result<Vec<_>, VerifyError>>()?;
+    Ok(Verified(Body { bytes: csv, facts: Facts::Installs(Arc::new(rows)) }))
+}
+
+/// Verifies an installs CSV's `.signed` file against the CSV bytes it signs.
+pub fn installs_signature(signed: Bytes, csv: &[u8], key: &PublicKey) -> Result<Verified<Body>, VerifyError> {
+    let signature = decode_base64_signature(&signed)?;
+    if !key.verify(csv, &signature) {
+        return Err(VerifyError::BadSignature);
+    }
+    Ok(Verified(Body { bytes: signed, facts: Facts::None }))
+}
+
+/// Verifies an installer archive against the sha512 hex digest its verified CSV lists.
+pub fn installer(body: Bytes, digest_hex: &str, max_bytes: u64) -> Result<Verified<Body>, VerifyError> {
+    if body.len() as u64 > max_bytes {
+        return Err(VerifyError::TooLarge { limit: max_bytes });
+    }
+    let found = hex::encode(Sha512::digest(&body));
+    if !found.eq_ignore_ascii_case(digest_hex) {
+        return Err(VerifyError::ChecksumMismatch { expected: digest_hex.to_string(), found });
+    }
+    Ok(Verified(Body { bytes: body, facts: Facts::None }))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use prost::Message;
+    use rsa::pkcs1v15::SigningKey;
+    use rsa::pkcs8::DecodePrivateKey;
+    use rsa::signature::{SignatureEncoding, Signer};
+    use std::io::Write;
+
+    const REAL_KEY: &str = include_str!("../tests/fixtures/hexpm-real/public_key");
+    const REAL_EXFMT: &[u8] = include_bytes!("../tests/fixtures/hexpm-real/packages-exfmt");
+    const REAL_VERSIONS: &[u8] = include_bytes!("../tests/fixtures/hexpm-real/versions-2020-06");
+    const GLEAM: &[u8] = include_bytes!("../tests/fixtures/hexpm-real/gleam_stdlib-0.14.0.tar");
+    pub(crate) const TEST_PRIV: &str = include_str!("../tests/fixtures/demo-repo/keys/priv.pem");
+    pub(crate) const TEST_PUB: &str = include_str!("../tests/fixtures/demo-repo/keys/pub.pem");
+    const DEMO_MID: &[u8] = include_bytes!("../tests/fixtures/demo-repo/hexpm/packages/hexdemo_mid");
+    const DEMO_MID_TAR: &[u8] = include_bytes!("../tests/fixtures/demo-repo/hexpm/tarballs/hexdemo_mid-0.2.0.tar");
+    const LIMIT: u64 = 64 << 20;
+
+    fn real_key() -> PublicKey {
+        PublicKey::from_pem(REAL_KEY).unwrap()
+    }
+
+    fn test_key() -> PublicKey {
+        PublicKey::from_pem(TEST_PUB).unwrap()
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    /// Signs `payload` with the test key and wraps it as a registry file body.
+    pub(crate) fn sign(payload: &[u8]) -> Vec<u8> {
+        let key = rsa::RsaPrivateKey::from_pkcs8_pem(TEST_PRIV)
+            .or_else(|_| {
+                use rsa::pkcs1::DecodeRsaPrivateKey;
+                rsa::RsaPrivateKey::from_pkcs1_pem(TEST_PRIV)
+            })
+            .unwrap();
+        let signature = SigningKey::<Sha512>::new(key).sign(payload).to_vec();
+        gzip(&Signed { payload: payload.to_vec(), signature: Some(signature) }.encode_to_vec())
+    }
+
+    #[test]
+    fn real_hexpm_package_record_verifies_with_its_checksums() {
+        let verified =
+            registry_file(RegistryFile::Package("exfmt"), "hexpm", Bytes::from_static(REAL_EXFMT), &real_key(), LIMIT)
+                .unwrap();
+        let Facts::Releases(releases) = &verified.get().facts else { panic!("no releases") };
+        assert_eq!(releases.len(), 10);
+        let want = hex::decode("97569ddada83f077c6d8caf0411139e454fc3bcff6311615342f338bbe095f6d").unwrap();
+        assert_eq!(releases.get("0.5.0"), Some(&ReleaseChecksum::Outer(want.try_into().unwrap())));
+        assert_eq!(verified.get().bytes, REAL_EXFMT, "bytes must be served unchanged");
+    }
+
+    #[test]
+    fn real_hexpm_versions_verifies() {
+        let v = registry_file(RegistryFile::Versions, "hexpm", Bytes::from_static(REAL_VERSIONS), &real_key(), LIMIT);
+        assert!(v.is_ok(), "{:?}", v.err());
+    }
+
+    #[test]
+    fn real_record_served_under_another_name_is_refused() {
+        let err = registry_file(RegistryFile::Package("ecto"), "hexpm", Bytes::from_static(REAL_EXFMT), &real_key(), LIMIT)
+            .unwrap_err();
+        assert_eq!(err.reason(), "wrong_name");
+    }
+
+    #[test]
+    fn real_record_for_another_repository_is_refused() {
+        let err = registry_file(RegistryFile::Package("exfmt"), "acme", Bytes::from_static(REAL_EXFMT), &real_key(), LIMIT)
+            .unwrap_err();
+        assert_eq!(err.reason(), "wrong_repository");
+    }
+
+    #[test]
+    fn real_record_with_another_key_is_refused() {
+        let err = registry_file(RegistryFile::Package("exfmt"), "hexpm", Bytes::from_static(REAL_EXFMT), &test_key(), LIMIT)
+            .unwrap_err();
+        assert_eq!(err, VerifyError::BadSignature);
+    }
+
+    #[test]
+    fn flipped_payload_byte_is_a_bad_signature() {
+        let raw = gunzip(REAL_EXFMT, LIMIT).unwrap();
+        let mut signed: Signed = registry::decode(&raw).unwrap();
+        let mid = signed.payload.len() / 2;
+        signed.payload[mid] ^= 1;
+        let body = gzip(&signed.encode_to_vec());
+        let err = registry_file(RegistryFile::Package("exfmt"), "hexpm", body.into(), &real_key(), LIMIT).unwrap_err();
+        assert!(matches!(err, VerifyError::BadSignature | VerifyError::Decode { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn unsigned_file_is_refused() {
+        let raw = gunzip(REAL_EXFMT, LIMIT).unwrap();
+        let mut signed: Signed = registry::decode(&raw).unwrap();
+        signed.signature = None;
+        let body = gzip(&signed.encode_to_vec());
+        let err = registry_file(RegistryFile::Package("exfmt"), "hexpm", body.into(), &real_key(), LIMIT).unwrap_err();
+        assert_eq!(err, VerifyError::MissingSignature);
+    }
+
+    #[test]
+    fn not_gzip_is_refused() {
+        let err = registry_file(RegistryFile::Names, "hexpm", Bytes::from_static(b"<html>oops</html>"), &real_key(), LIMIT)
+            .unwrap_err();
+        assert_eq!(err, VerifyError::Gzip);
+    }
+
+    #[test]
+    fn gzip_bomb_stops_at_the_limit() {
+        let bomb = gzip(&vec![0u8; 8 << 20]);
+        assert!(bomb.len() < 64 << 10);
+        let err = registry_file(RegistryFile::Names, "hexpm", bomb.into(), &real_key(), 1 << 20).unwrap_err();
+        assert_eq!(err, VerifyError::TooLarge { limit: 1 << 20 });
+    }
+
+    #[test]
+    fn demo_record_and_tarball_verify_and_swaps_are_refused() {
+        let verified =
+            registry_file(RegistryFile::Package("hexdemo_mid"), "hexpm", Bytes::from_static(DEMO_MID), &test_key(), LIMIT)
+                .unwrap();
+        let Facts::Releases(releases) = &verified.get().facts else { panic!() };
+        let good = releases.get("0.2.0").unwrap();
+        assert!(tarball(Bytes::from_static(DEMO_MID_TAR), good, 16 << 20).is_ok());
+        let older = releases.get("0.1.0").unwrap();
+        let err = tarball(Bytes::from_static(DEMO_MID_TAR), older, 16 << 20).unwrap_err();
+        assert_eq!(err.reason(), "checksum_mismatch");
+        let mut damaged = DEMO_MID_TAR.to_vec();
+        damaged[600] ^= 1;
+        assert_eq!(tarball(damaged.into(), good, 16 << 20).unwrap_err().reason(), "checksum_mismatch");
+        let truncated = Bytes::copy_from_slice(&DEMO_MID_TAR[..DEMO_MID_TAR.len() - 512]);
+        assert_eq!(tarball(truncated, good, 16 << 20).unwrap_err().reason(), "checksum_mismatch");
+    }
+
+    #[test]
+    fn demo_record_wrong_repository_is_refused() {
+        let err = registry_file(RegistryFile::Package("hexdemo_mid"), "acme", Bytes::from_static(DEMO_MID), &test_key(), LIMIT)
+            .unwrap_err();
+        assert_eq!(err.reason(), "wrong_repository");
+    }
+
+    #[test]
+    fn real_gleam_tarball_outer_and_inner_checksums() {
+        let outer: [u8; 32] =
+            hex::decode("9107f6a859cb96945ad9a099085db028ca2bebb3c8ea42eec227b51c614cc2e0").unwrap().try_into().unwrap();
+        assert!(tarball(Bytes::from_static(GLEAM), &ReleaseChecksum::Outer(outer), 16 << 20).is_ok());
+        assert_eq!(
+            tarball(Bytes::from_static(GLEAM), &ReleaseChecksum::Outer(outer), 1024).unwrap_err().reason(),
+            "too_large"
+        );
+        // The tarball's CHECKSUM member holds its inner checksum; recomputing it must agree.
+        let inner = inner_checksum(GLEAM).unwrap();
+        let mut archive = tar::Archive::new(GLEAM);
+        let mut listed = String::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            if entry.path().unwrap().to_str() == Some("CHECKSUM") {
+                entry.read_to_string(&mut listed).unwrap();
+            }
+        }
+        assert_eq!(hex::encode_upper(inner), listed.trim());
+        assert!(tarball(Bytes::from_static(GLEAM), &ReleaseChecksum::Inner(inner), 16 << 20).is_ok());
+        assert!(tarball(Bytes::from_static(GLEAM), &ReleaseChecksum::Inner([0; 32]), 16 << 20).is_err());
+    }
+
+    #[test]
+    fn pkcs1_and_spki_keys_both_parse() {
+        assert!(PublicKey::from_pem(REAL_KEY).is_ok());
+        let rsa = RsaPublicKey::from_public_key_pem(TEST_PUB).unwrap();
+        use rsa::pkcs1::EncodeRsaPublicKey;
+        let pkcs1 = rsa.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF).unwrap();
+        let key = PublicKey::from_pem(&pkcs1).unwrap();
+        assert!(registry_file(RegistryFile::Package("hexdemo_mid"), "hexpm", Bytes::from_static(DEMO_MID), &key, LIMIT).is_ok());
+        assert!(PublicKey::from_pem("hello").is_err());
+        assert!(PublicKey::from_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----").is_err());
+    }
+
+    #[test]
+    fn policy_origin_and_visibility() {
+        let policy = Policy { repository: "acme".into(), name: "strict".into(), description: None, visibility: Some(1) };
+        let body: Bytes = sign(&policy.encode_to_vec()).into();
+        let v = registry_file(RegistryFile::Policy("strict"), "acme", body.clone(), &test_key(), LIMIT).unwrap();
+        assert!(matches!(v.get().facts, Facts::Policy { public: true }));
+        assert_eq!(registry_file(RegistryFile::Policy("other"), "acme", body, &test_key(), LIMIT).unwrap_err().reason(), "wrong_name");
+    }
+
+    #[test]
+    fn registry_v1_signature_is_hex_over_gzip_bytes() {
+        let key = rsa::RsaPrivateKey::from_pkcs8_pem(TEST_PRIV)
+            .or_else(|_| {
+                use rsa::pkcs1::DecodeRsaPrivateKey;
+                rsa::RsaPrivateKey::from_pkcs1_pem(TEST_PRIV)
+            })
+            .unwrap();
+        let ets = gzip(b"ets table");
+        let sig = hex::encode(SigningKey::<Sha512>::new(key).sign(&ets).to_vec());
+        assert!(registry_v1(ets.clone().into(), &sig, &test_key()).is_ok());
+        assert!(registry_v1_signature(sig.clone().into(), &ets, &test_key()).is_ok());
+        let mut other = ets.clone();
+        other.push(0);
+        assert_eq!(registry_v1(other.into(), &sig, &test_key()).unwrap_err(), VerifyError::BadSignature);
+        assert!(registry_v1(ets.into(), "zz", &test_key()).is_err());
+    }
+
+    #[test]
+    fn installs_csv_and_archive_digest() {
+        let key = rsa::RsaPrivateKey::from_pkcs8_pem(TEST_PRIV)
+            .or_else(|_| {
+                use rsa::pkcs1::DecodeRsaPrivateKey;
+                rsa::RsaPrivateKey::from_pkcs1_pem(TEST_PRIV)
+            })
+            .unwrap();
+        let archive = b"archive bytes".to_vec();
+        let digest = hex::encode(Sha512::digest(&archive));
+        let csv = format!("2.0.0,{digest},1.13.0,1.14.0\n");
+        let sig = base64::engine::general_purpose::STANDARD.encode(SigningKey::<Sha512>::new(key).sign(csv.as_bytes()).to_vec());
+        let v = installs_csv(csv.clone().into(), sig.as_bytes(), &test_key()).unwrap();
+        let Facts::Installs(rows) = &v.get().facts else { panic!() };
+        assert_eq!(rows[0].elixir_versions, vec!["1.13.0", "1.14.0"]);
+        assert!(installer(archive.clone().into(), &rows[0].digest, 1 << 20).is_ok());
+        assert!(installer(b"other".to_vec().into(), &rows[0].digest, 1 << 20).is_err());
+        assert!(installs_signature(sig.clone().into(), csv.as_bytes(), &test_key()).is_ok());
+        assert_eq!(installs_csv("x".into(), sig.as_bytes(), &test_key()).unwrap_err(), VerifyError::BadSignature);
+    }
+}
