@@ -1,0 +1,410 @@
+//! The verified pull-through mirror against a local upstream serving the demo repository.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+async fn setup(extra: &str) -> (tempfile::TempDir, TestUpstream, TestMirror) {
+    let mut files = demo_files("hexpm", "");
+    files.extend(demo_files("acme", "/repos/acme"));
+    let upstream = TestUpstream::start(files).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = load_config(dir.path(), &config_toml(dir.path(), &upstream.url(), extra));
+    let mirror = TestMirror::start(config).await;
+    (dir, upstream, mirror)
+}
+
+const PATHS: &[&str] = &[
+    "/names",
+    "/versions",
+    "/packages/hexdemo_base",
+    "/packages/hexdemo_mid",
+    "/packages/hexdemo_top",
+    "/tarballs/hexdemo_base-1.0.0.tar",
+    "/tarballs/hexdemo_base-1.1.0.tar",
+    "/tarballs/hexdemo_mid-0.1.0.tar",
+    "/tarballs/hexdemo_mid-0.2.0.tar",
+    "/tarballs/hexdemo_top-2.0.0.tar",
+    "/tarballs/hexdemo_top-2.0.1.tar",
+];
+
+#[tokio::test]
+async fn responses_are_byte_identical_to_the_upstream() {
+    let (_dir, upstream, mirror) = setup("").await;
+    for path in PATHS {
+        let got = mirror.get(path).await;
+        assert_eq!(got.status, 200, "{path}");
+        let want = upstream.state.lock().unwrap().files[*path].clone();
+        assert_eq!(got.body, want, "{path}");
+        assert_eq!(got.header("content-type"), "application/octet-stream");
+        assert!(got.header("etag").starts_with('"'), "{path} needs a strong etag");
+        assert_eq!(got.header("x-cache"), "miss", "{path}");
+        assert_eq!(got.header("content-encoding"), "");
+    }
+}
+
+#[tokio::test]
+async fn organization_under_repos_is_fetched_from_the_upstream_repos_path() {
+    let (_dir, upstream, mirror) = setup("").await;
+    for rel in ["/names", "/packages/hexdemo_mid", "/tarballs/hexdemo_mid-0.2.0.tar"] {
+        let got = mirror.get(&format!("/repos/acme{rel}")).await;
+        assert_eq!(got.status, 200, "{rel}");
+        assert_eq!(got.body, demo_file("acme", rel.trim_start_matches('/')));
+        assert_eq!(upstream.requests_for(&format!("/repos/acme{rel}")), 1);
+    }
+    // The hexpm flavour's record says repository "hexpm": served under the org it is refused.
+    upstream.set_file("/repos/acme/packages/hexdemo_top", demo_file("hexpm", "packages/hexdemo_top"));
+    assert_eq!(mirror.get("/repos/acme/packages/hexdemo_top").await.status, 502);
+}
+
+#[tokio::test]
+async fn configured_repository_is_served_under_repos_name() {
+    let corp = TestUpstream::start(demo_files("acme", "")).await;
+    let extra = format!(
+        "[repos.corp]\nupstream = \"{}\"\npublic_key = \"{}\"\nrepository = \"acme\"\n",
+        corp.url(),
+        demo_key_path().display()
+    );
+    let (_dir, hexpm, mirror) = setup(&extra).await;
+    let got = mirror.get("/repos/corp/tarballs/hexdemo_top-2.0.1.tar").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, demo_file("acme", "tarballs/hexdemo_top-2.0.1.tar"));
+    assert_eq!(corp.requests_for("/tarballs/hexdemo_top-2.0.1.tar"), 1);
+    assert_eq!(hexpm.total_requests(), 0, "a configured repository wins over a hex.pm organization");
+}
+
+#[tokio::test]
+async fn a_hit_does_not_touch_the_upstream() {
+    let (_dir, upstream, mirror) = setup("").await;
+    for path in PATHS {
+        mirror.get(path).await;
+    }
+    let before = upstream.total_requests();
+    for path in PATHS {
+        let got = mirror.get(path).await;
+        assert_eq!(got.header("x-cache"), "hit", "{path}");
+    }
+    assert_eq!(upstream.total_requests(), before);
+    let metrics = mirror.metrics().await;
+    assert!(metric_sum(&metrics, "hexmirror_requests_total", &["cache=\"hit\""]) >= PATHS.len() as f64);
+}
+
+#[tokio::test]
+async fn tampered_registry_file_is_refused_and_never_cached() {
+    let (_dir, upstream, mirror) = setup("").await;
+    let good = demo_file("hexpm", "packages/hexdemo_mid");
+    upstream.set_file("/packages/hexdemo_mid", tamper_signed(&good));
+    let got = mirror.get("/packages/hexdemo_mid").await;
+    assert_eq!(got.status, 502);
+    assert_eq!(got.header("x-cache"), "refused");
+    assert!(String::from_utf8_lossy(&got.body).contains("signature"), "{:?}", got.body);
+    // Refusals are not remembered: the repaired upstream is picked up at once.
+    upstream.set_file("/packages/hexdemo_mid", good.clone());
+    let got = mirror.get("/packages/hexdemo_mid").await;
+    assert_eq!((got.status, got.header("x-cache")), (200, "miss"));
+    assert_eq!(got.body, good);
+    let metrics = mirror.metrics().await;
+    assert_eq!(metric_sum(&metrics, "hexmirror_verification_failures_total", &["reason=\"bad_signature\""]), 1.0);
+    assert_eq!(mirror.mirror.refusals().len(), 1);
+}
+
+#[tokio::test]
+async fn wrong_origin_and_another_packages_record_are_refused() {
+    let (_dir, upstream, mirror) = setup("").await;
+    // Validly signed, but for the organization `acme`.
+    upstream.set_file("/packages/hexdemo_mid", demo_file("acme", "packages/hexdemo_mid"));
+    let got = mirror.get("/packages/hexdemo_mid").await;
+    assert_eq!(got.status, 502);
+    assert!(String::from_utf8_lossy(&got.body).contains("repository"));
+    // Validly signed, right repository, but another package's record.
+    upstream.set_file("/packages/hexdemo_top", demo_file("hexpm", "packages/hexdemo_base"));
+    let got = mirror.get("/packages/hexdemo_top").await;
+    assert_eq!(got.status, 502);
+    assert!(String::from_utf8_lossy(&got.body).contains("hexdemo_base"));
+    let metrics = mirror.metrics().await;
+    assert_eq!(metric_sum(&metrics, "hexmirror_verification_failures_total", &["reason=\"wrong_repository\""]), 1.0);
+    assert_eq!(metric_sum(&metrics, "hexmirror_verification_failures_total", &["reason=\"wrong_name\""]), 1.0);
+    // Neither reached the store.
+    assert!(mirror.mirror.store().list("").unwrap().iter().all(|(k, _)| !k.as_str().contains("packages/hexdemo_")));
+}
+
+#[tokio::test]
+async fn tampered_truncated_and_swapped_tarballs_are_refused_and_never_cached() {
+    let (_dir, upstream, mirror) = setup("").await;
+    let path = "/tarballs/hexdemo_mid-0.2.0.tar";
+    let good = demo_file("hexpm", "tarballs/hexdemo_mid-0.2.0.tar");
+    let mut flipped = good.clone();
+    flipped[700] ^= 1;
+    let truncated = good[..good.len() - 1024].to_vec();
+    let swapped = demo_file("hexpm", "tarballs/hexdemo_mid-0.1.0.tar");
+    for bad in [flipped, truncated, swapped] {
+        upstream.set_file(path, bad);
+        let got = mirror.get(path).await;
+        assert_eq!(got.status, 502);
+        assert_eq!(got.header("x-cache"), "refused");
+        assert!(String::from_utf8_lossy(&got.body).contains("checksum mismatch"));
+    }
+    upstream.set_file(path, good.clone());
+    let got = mirror.get(path).await;
+    assert_eq!((got.status, got.header("x-cache")), (200, "miss"));
+    assert_eq!(got.body, good);
+}
+
+#[tokio::test]
+async fn tarball_of_an_unknown_release_is_404_without_fetching_it() {
+    let (_dir, upstream, mirror) = setup("").await;
+    upstream.set_file("/tarballs/hexdemo_mid-9.9.9.tar", b"anything".to_vec());
+    let got = mirror.get("/tarballs/hexdemo_mid-9.9.9.tar").await;
+    assert_eq!(got.status, 404);
+    assert_eq!(upstream.requests_for("/tarballs/hexdemo_mid-9.9.9.tar"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hundred_concurrent_cold_requests_make_one_upstream_request() {
+    let (_dir, upstream, mirror) = setup("").await;
+    upstream.state.lock().unwrap().delay = Duration::from_millis(200);
+    let path = "/tarballs/hexdemo_top-2.0.1.tar";
+    let want = demo_file("hexpm", "tarballs/hexdemo_top-2.0.1.tar");
+    let url = mirror.url(path);
+    let tasks: Vec<_> = (0..100).map(|_| tokio::spawn(get_owned(url.clone()))).collect();
+    for task in tasks {
+        let got = task.await.unwrap();
+        assert_eq!(got.status, 200);
+        assert_eq!(got.body, want);
+    }
+    assert_eq!(upstream.requests_for(path), 1);
+    assert_eq!(upstream.requests_for("/packages/hexdemo_top"), 1);
+    let metrics = mirror.metrics().await;
+    assert!(metric_sum(&metrics, "hexmirror_coalesced_waiters_total", &[]) >= 1.0);
+}
+
+async fn get_owned(url: String) -> Fetched {
+    get(&url, &[]).await
+}
+
+#[tokio::test]
+async fn restart_serves_from_disk_with_the_upstream_gone() {
+    let mut files = demo_files("hexpm", "");
+    files.extend(demo_files("acme", "/repos/acme"));
+    let upstream = TestUpstream::start(files).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config_toml(dir.path(), &upstream.url(), "");
+    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    for path in PATHS {
+        assert_eq!(mirror.get(path).await.status, 200);
+    }
+    mirror.stop().await;
+    upstream.stop();
+    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    for path in PATHS {
+        let got = mirror.get(path).await;
+        assert_eq!(got.status, 200, "{path}");
+        assert_eq!(got.header("x-cache"), "hit", "{path}");
+        assert_eq!(got.body, upstream.state.lock().unwrap().files[*path]);
+    }
+}
+
+#[tokio::test]
+async fn stale_copy_is_served_when_the_upstream_dies_after_the_ttl() {
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config_toml(dir.path(), &upstream.url(), "").replace("registry_ttl = \"1h\"", "registry_ttl = \"1s\"");
+    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    assert_eq!(mirror.get("/packages/hexdemo_mid").await.status, 200);
+    upstream.stop();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let got = mirror.get("/packages/hexdemo_mid").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.header("x-cache"), "stale");
+    assert_eq!(got.body, demo_file("hexpm", "packages/hexdemo_mid"));
+    let metrics = mirror.metrics().await;
+    assert_eq!(metric_sum(&metrics, "hexmirror_stale_served_total", &["repo=\"hexpm\""]), 1.0);
+}
+
+#[tokio::test]
+async fn expired_registry_file_is_revalidated_with_the_upstream_etag() {
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config_toml(dir.path(), &upstream.url(), "").replace("registry_ttl = \"1h\"", "registry_ttl = \"1s\"");
+    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    assert_eq!(mirror.get("/names").await.header("x-cache"), "miss");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let got = mirror.get("/names").await;
+    assert_eq!((got.status, got.header("x-cache")), (200, "revalidated"));
+    let requests = upstream.state.lock().unwrap().requests.clone();
+    let (_, headers) = requests.iter().filter(|(p, _)| p == "/names").nth(1).unwrap();
+    assert!(headers.get("if-none-match").is_some(), "revalidation must be conditional");
+    assert_eq!(mirror.get("/names").await.header("x-cache"), "hit");
+}
+
+#[tokio::test]
+async fn rate_limited_upstream_is_respected_and_stale_served_meanwhile() {
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config_toml(dir.path(), &upstream.url(), "").replace("registry_ttl = \"1h\"", "registry_ttl = \"1s\"");
+    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    assert_eq!(mirror.get("/names").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    upstream.state.lock().unwrap().scripted.insert(
+        "/names".into(),
+        Scripted { status: 429, headers: vec![("retry-after".into(), "60".into())], body: vec![] },
+    );
+    let got = mirror.get("/names").await;
+    assert_eq!((got.status, got.header("x-cache")), (200, "stale"));
+    let asked = upstream.total_requests();
+    let got = mirror.get("/names").await;
+    assert_eq!((got.status, got.header("x-cache")), (200, "stale"));
+    assert_eq!(upstream.total_requests(), asked, "no request while Retry-After runs");
+    let got = mirror.get("/versions").await;
+    assert_eq!(got.status, 503, "nothing cached: 503 with Retry-After");
+    assert!(!got.header("retry-after").is_empty());
+}
+
+#[tokio::test]
+async fn if_none_match_gets_304_for_registry_files_and_tarballs() {
+    let (_dir, _upstream, mirror) = setup("").await;
+    for path in ["/packages/hexdemo_mid", "/tarballs/hexdemo_mid-0.2.0.tar"] {
+        let first = mirror.get(path).await;
+        let etag = first.header("etag").to_string();
+        let again = get(&mirror.url(path), &[("if-none-match", &etag)]).await;
+        assert_eq!(again.status, 304, "{path}");
+        assert!(again.body.is_empty());
+        assert_eq!(again.header("etag"), etag);
+        let other = get(&mirror.url(path), &[("if-none-match", "\"nope\"")]).await;
+        assert_eq!(other.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn head_sends_the_same_headers_as_get() {
+    let (_dir, _upstream, mirror) = setup("").await;
+    let head = request("HEAD", &mirror.url("/tarballs/hexdemo_base-1.1.0.tar"), &[]).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    let get = mirror.get("/tarballs/hexdemo_base-1.1.0.tar").await;
+    assert_eq!(head.header("content-length"), get.body.len().to_string());
+    assert_eq!(head.header("etag"), get.header("etag"));
+    assert_eq!(head.header("content-type"), get.header("content-type"));
+}
+
+#[tokio::test]
+async fn never_content_encoding_even_when_the_client_accepts_gzip() {
+    let (_dir, _upstream, mirror) = setup("").await;
+    let got = get(&mirror.url("/packages/hexdemo_mid"), &[("accept-encoding", "gzip, deflate")]).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.header("content-encoding"), "");
+    assert_eq!(got.body, demo_file("hexpm", "packages/hexdemo_mid"));
+}
+
+#[tokio::test]
+async fn bad_paths_are_refused_without_touching_the_upstream() {
+    let (_dir, upstream, mirror) = setup("").await;
+    for (path, status) in [
+        ("/packages/..%2Fnames", 400),
+        ("/packages/a%2Fb", 400),
+        ("/tarballs/hexdemo_mid-..tar", 400),
+        ("/packages/1bad", 400),
+        ("/repos/a.b/names", 400),
+        ("/api/packages/x", 404),
+        ("/", 404),
+        ("/packages", 404),
+        ("/tarballs/x.zip", 404),
+    ] {
+        assert_eq!(mirror.get(path).await.status, status, "{path}");
+    }
+    assert_eq!(upstream.total_requests(), 0);
+    let post = request("POST", &mirror.url("/names"), &[]).await;
+    assert_eq!(post.status, 405);
+}
+
+#[tokio::test]
+async fn doubled_slash_from_a_trailing_slash_base_url_is_tolerated() {
+    let (_dir, _upstream, mirror) = setup("").await;
+    let got = mirror.get("//packages/hexdemo_mid").await;
+    assert_eq!(got.status, 200);
+}
+
+#[tokio::test]
+async fn upstream_404_is_remembered_briefly() {
+    let (_dir, upstream, mirror) = setup("").await;
+    assert_eq!(mirror.get("/packages/nothere").await.status, 404);
+    let got = mirror.get("/packages/nothere").await;
+    assert_eq!((got.status, got.header("x-cache")), (404, "negative"));
+    assert_eq!(upstream.requests_for("/packages/nothere"), 1);
+}
+
+#[tokio::test]
+async fn gzip_bomb_is_refused_without_a_memory_spike() {
+    let (_dir, upstream, mirror) = setup("").await;
+    // 512 MiB of zeros compresses to about 500 KiB.
+    let bomb = gzip(&vec![0u8; 512 << 20]);
+    assert!(bomb.len() < 1 << 20);
+    upstream.set_file("/names", bomb);
+    let rss_before = rss_kib();
+    let got = mirror.get("/names").await;
+    assert_eq!(got.status, 502);
+    assert!(String::from_utf8_lossy(&got.body).contains("size limit"));
+    let grown_mib = rss_kib().saturating_sub(rss_before) / 1024;
+    assert!(grown_mib < 200, "resident memory grew by {grown_mib} MiB");
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn public_key_is_the_configured_key() {
+    let (_dir, upstream, mirror) = setup("").await;
+    let got = mirror.get("/public_key").await;
+    assert_eq!(got.status, 200);
+    let want = std::fs::read_to_string(demo_key_path()).unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.body).trim(), want.trim());
+    assert_eq!(upstream.total_requests(), 0);
+}
+
+#[tokio::test]
+async fn upstream_5xx_without_a_copy_is_502_and_next_good_answer_is_served() {
+    let (_dir, upstream, mirror) = setup("").await;
+    upstream.state.lock().unwrap().fail_all = Some(500);
+    let got = mirror.get("/names").await;
+    assert_eq!((got.status, got.header("x-cache")), (502, "error"));
+    upstream.state.lock().unwrap().fail_all = None;
+    assert_eq!(mirror.get("/names").await.status, 200);
+}
+
+#[tokio::test]
+async fn operations_endpoints() {
+    let (_dir, _upstream, mirror) = setup("").await;
+    assert_eq!(mirror.get("/healthz").await.status, 200);
+    assert_eq!(mirror.get("/readyz").await.status, 200);
+    let metrics = mirror.metrics().await;
+    for family in [
+        "hexmirror_requests_total",
+        "hexmirror_upstream_requests_total",
+        "hexmirror_upstream_request_duration_seconds_bucket",
+        "hexmirror_verification_failures_total",
+    ] {
+        assert!(metrics.contains(family), "{family}");
+    }
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_an_in_flight_slow_transfer() {
+    let (_dir, upstream, mirror) = setup("").await;
+    upstream.state.lock().unwrap().delay = Duration::from_millis(1500);
+    let url = mirror.url("/packages/hexdemo_top");
+    let pending = tokio::spawn(get_owned(url));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let addr = mirror.addr;
+    mirror.stop().await;
+    let got = pending.await.unwrap();
+    assert_eq!(got.status, 200);
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+}
