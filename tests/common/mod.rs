@@ -64,6 +64,8 @@ pub struct UpstreamState {
     pub cache_control: Option<String>,
     /// Answer every request with this status (an outage that still accepts connections).
     pub fail_all: Option<u16>,
+    /// Open connections, so that `stop` can cut them too.
+    pub connections: Vec<tokio::task::AbortHandle>,
 }
 
 /// A local upstream repository on 127.0.0.1.
@@ -87,7 +89,8 @@ impl TestUpstream {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let state = shared.clone();
-                tokio::spawn(async move {
+                let registry = shared.clone();
+                let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(answer(&state, req).await) }
@@ -96,6 +99,7 @@ impl TestUpstream {
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
                 });
+                registry.lock().unwrap().connections.push(conn.abort_handle());
             }
         });
         TestUpstream { addr, state, task }
@@ -108,6 +112,9 @@ impl TestUpstream {
     /// Stops accepting connections: the upstream is gone (connection refused).
     pub fn stop(&self) {
         self.task.abort();
+        for conn in self.state.lock().unwrap().connections.drain(..) {
+            conn.abort();
+        }
     }
 
     pub fn requests_for(&self, path: &str) -> usize {
