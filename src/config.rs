@@ -268,9 +268,9 @@ pub fn load_from(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
         figment = figment.merge(Toml::string(&text));
     }
     figment = figment.merge(env);
-    let raw: RawConfig = figment.extract().map_err(|errors| {
-        ConfigError(errors.into_iter().map(|e| format!("config: {e}")).collect())
-    })?;
+    let raw: RawConfig = figment
+        .extract()
+        .map_err(|errors| ConfigError(errors.into_iter().map(|e| format!("config: {e}")).collect()))?;
     validate(raw)
 }
 
@@ -406,9 +406,8 @@ fn validate_repo(name: &str, raw: &RawRepo, errors: &mut Vec<String>) -> Option<
             None
         }
     };
-    let trusted = raw
-        .trusted
-        .unwrap_or(name == HEXPM && texts.len() == 1 && texts[0].trim_end_matches('/') == HEXPM_UPSTREAM);
+    let trusted =
+        raw.trusted.unwrap_or(name == HEXPM && texts.len() == 1 && texts[0].trim_end_matches('/') == HEXPM_UPSTREAM);
     let mut auth_key = raw.auth_key.clone().map(Secret::new);
     if let Some(path) = &raw.auth_key_file {
         if auth_key.is_some() {
@@ -628,6 +627,7 @@ repository = "corp_signed"
     }
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn environment_overrides_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("h.toml", "listen = \"127.0.0.1:1\"\n")?;

@@ -62,7 +62,8 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         Some((cert, key)) => Some(server::tls_acceptor(cert, key)?),
         None => None,
     };
-    let listener = TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let listener =
+        TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let metrics_listener = match config.metrics_listen {
         Some(a) => Some(TcpListener::bind(a).await.map_err(|e| format!("cannot listen on {a}: {e}"))?),
@@ -82,7 +83,8 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(address = %addr, scheme, offline, "listening");
-    let mut tasks = vec![tokio::spawn(server::run(listener, service.clone(), tls, server::Limits::default(), stop(), grace))];
+    let mut tasks =
+        vec![tokio::spawn(server::run(listener, service.clone(), tls, server::Limits::default(), stop(), grace))];
     if let Some(listener) = metrics_listener {
         tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "operations endpoints listening");
         tasks.push(tokio::spawn(server::run(listener, service, None, server::Limits::default(), stop(), grace)));

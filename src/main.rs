@@ -39,10 +39,23 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    for repo in config.repos.values() {
+        let upstreams: Vec<String> = repo.upstreams.iter().map(hexmirror::upstream::base_url).collect();
+        tracing::info!(
+            repo = %repo.name,
+            upstreams = %upstreams.join(", "),
+            repository = %repo.repository,
+            trusted = repo.trusted,
+            own_credentials = repo.auth_key.is_some(),
+            "repository configured"
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -213,7 +213,8 @@ impl Metrics {
         registry.register(Box::new(sync_last_success.clone())).expect("metric registered once");
         let sync_items =
             gauge_vec(&registry, "hexmirror_sync_items", "Items of the current or last sync, by state.", &["state"]);
-        let build_info = gauge_vec(&registry, "hexmirror_build_info", "Always 1; labelled with the version.", &["version"]);
+        let build_info =
+            gauge_vec(&registry, "hexmirror_build_info", "Always 1; labelled with the version.", &["version"]);
         let start_time =
             Gauge::new("hexmirror_start_time_seconds", "Unix time the process started.").expect("valid metric");
         registry.register(Box::new(start_time.clone())).expect("metric registered once");
@@ -304,7 +305,15 @@ impl Metrics {
         String::from_utf8(out).expect("prometheus text is utf-8")
     }
 
-    pub fn observe_request(&self, repo: &str, resource: &str, method: &str, status: u16, cache: CacheStatus, seconds: f64) {
+    pub fn observe_request(
+        &self,
+        repo: &str,
+        resource: &str,
+        method: &str,
+        status: u16,
+        cache: CacheStatus,
+        seconds: f64,
+    ) {
         self.requests.with_label_values(&[repo, resource, method, status_class(status), cache.as_str()]).inc();
         self.request_duration.with_label_values(&[resource, cache.as_str()]).observe(seconds);
     }

@@ -66,7 +66,11 @@ pub struct ClientCredentials {
 
 impl std::fmt::Debug for ClientCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.authorization.is_some() { "ClientCredentials(<redacted>)" } else { "ClientCredentials(none)" })
+        f.write_str(if self.authorization.is_some() {
+            "ClientCredentials(<redacted>)"
+        } else {
+            "ClientCredentials(none)"
+        })
     }
 }
 
@@ -347,7 +351,9 @@ impl Mirror {
         let inner = &self.inner;
         let hexpm = inner.repos.get(HEXPM).expect("config validation keeps hexpm").clone();
         match repo {
-            None => Target { origin: hexpm.repository.clone(), namespace: HEXPM.into(), prefix: String::new(), repo: hexpm },
+            None => {
+                Target { origin: hexpm.repository.clone(), namespace: HEXPM.into(), prefix: String::new(), repo: hexpm }
+            }
             Some(name) => match inner.repos.get(name) {
                 Some(repo) => Target {
                     origin: repo.repository.clone(),
@@ -366,7 +372,12 @@ impl Mirror {
     }
 
     /// Answers a repository request. See the module docs for the steps.
-    pub async fn get(&self, target: &Target, resource: &Resource, client: &ClientCredentials) -> Result<Reply, MirrorError> {
+    pub async fn get(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        client: &ClientCredentials,
+    ) -> Result<Reply, MirrorError> {
         match resource {
             Resource::PublicKey => {
                 let pem = Bytes::copy_from_slice(target.repo.public_key.pem().as_bytes());
@@ -423,15 +434,21 @@ impl Mirror {
     }
 
     /// The digest an installer archive must have, from the verified installs CSV.
-    async fn installer_digest(&self, target: &Target, path: &str, client: &ClientCredentials) -> Result<String, MirrorError> {
+    async fn installer_digest(
+        &self,
+        target: &Target,
+        path: &str,
+        client: &ClientCredentials,
+    ) -> Result<String, MirrorError> {
         let (elixir, file) = path.split_once('/').unwrap_or(("", path));
         let stem = file.strip_suffix(".ez").unwrap_or(file);
-        let (app, version) =
-            stem.split_once('-').ok_or_else(|| MirrorError::NotFound(format!("installs/{path}")))?;
+        let (app, version) = stem.split_once('-').ok_or_else(|| MirrorError::NotFound(format!("installs/{path}")))?;
         let csv = Resource::Installs(format!("{app}-1.x.csv"));
         let (entry, _) = self.resolve_entry(target, &csv, client, Check::Ttl(None)).await?;
         if let Facts::Installs(rows) = entry.content.facts() {
-            let row = rows.iter().find(|r| r.version == version && (elixir.is_empty() || r.elixir_versions.iter().any(|e| e == elixir)));
+            let row = rows
+                .iter()
+                .find(|r| r.version == version && (elixir.is_empty() || r.elixir_versions.iter().any(|e| e == elixir)));
             if let Some(row) = row {
                 return Ok(row.digest.clone());
             }
@@ -439,7 +456,13 @@ impl Mirror {
         Err(MirrorError::NotFound(format!("installs/{path} is not listed in the verified installs list")))
     }
 
-    async fn resolve(&self, target: &Target, resource: &Resource, client: &ClientCredentials, check: Check) -> Result<Reply, MirrorError> {
+    async fn resolve(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        client: &ClientCredentials,
+        check: Check,
+    ) -> Result<Reply, MirrorError> {
         let (entry, status) = self.resolve_entry(target, resource, client, check).await?;
         Ok(Reply::from_entry(&entry, status))
     }
@@ -482,14 +505,16 @@ impl Mirror {
             let this = self.clone();
             let (t, r, c) = (target.clone(), resource.clone(), check.clone());
             let stale = cached.clone();
-            let reply = self
-                .inner
-                .flights
-                .join(flight_key, &self.inner.metrics, move || {
-                    async move { this.fetch(&t, &r, c, authorization, stale).await.map(|(e, s)| Reply::from_entry(&e, s)) }
+            let reply =
+                self.inner
+                    .flights
+                    .join(flight_key, &self.inner.metrics, move || {
+                        async move {
+                            this.fetch(&t, &r, c, authorization, stale).await.map(|(e, s)| Reply::from_entry(&e, s))
+                        }
                         .boxed()
-                })
-                .await;
+                    })
+                    .await;
             // The flight hands out replies; the entry it stored is in the memory tier.
             let reply = reply?;
             let key = if reply.private { &private_key } else { &public_key };
@@ -501,7 +526,10 @@ impl Mirror {
                     .filter(|e| e.etag == reply.etag)
                     .ok_or_else(|| MirrorError::Internal("fetched entry vanished from the cache".into()))?,
             };
-            if entry.private && !self.fetched_with_client_credentials(target, client) && !self.access_allows(target, client) {
+            if entry.private
+                && !self.fetched_with_client_credentials(target, client)
+                && !self.access_allows(target, client)
+            {
                 return Err(MirrorError::Unauthorized);
             }
             Ok((entry, reply.status))
@@ -515,7 +543,9 @@ impl Mirror {
             Check::Ttl(None) => true,
             Check::Ttl(Some(ttl)) => age < *ttl,
             Check::Tarball(ReleaseChecksum::Outer(sum)) => entry.sha256 == *sum,
-            Check::Tarball(ReleaseChecksum::Inner(sum)) => verify::inner_checksum(entry.bytes()).is_ok_and(|s| s == *sum),
+            Check::Tarball(ReleaseChecksum::Inner(sum)) => {
+                verify::inner_checksum(entry.bytes()).is_ok_and(|s| s == *sum)
+            }
             Check::Installer(digest) => hex::encode(sha2::Sha512::digest(entry.bytes())).eq_ignore_ascii_case(digest),
             Check::Docs => age < max_age(entry.upstream.cache_control.as_deref()).unwrap_or(self.ttl()),
         }
@@ -559,7 +589,7 @@ impl Mirror {
     /// nothing otherwise.
     fn credentials_for(&self, target: &Target, client: &ClientCredentials) -> Option<HeaderValue> {
         let repo = &target.repo;
-        if repo.strip_headers.iter().any(|h| h == http::header::AUTHORIZATION) {
+        if repo.strip_headers.contains(&http::header::AUTHORIZATION) {
             return None;
         }
         if let Some(key) = &repo.auth_key {
@@ -657,17 +687,18 @@ impl Mirror {
                 if validators.signature.is_none() {
                     validators.signature = self.detached_signature(target, resource).await;
                 }
-                let content = match self.verify_content(target, resource, &check, response.body.clone(), &validators).await {
-                    Ok(content) => content,
-                    Err(MirrorError::Refused(e)) => {
-                        self.record_refusal(target, &path, &e);
-                        return match cached {
-                            Some(_) => stale(MirrorError::Refused(e)),
-                            None => Err(MirrorError::Refused(e)),
-                        };
-                    }
-                    Err(e) => return stale(e),
-                };
+                let content =
+                    match self.verify_content(target, resource, &check, response.body.clone(), &validators).await {
+                        Ok(content) => content,
+                        Err(MirrorError::Refused(e)) => {
+                            self.record_refusal(target, &path, &e);
+                            return match cached {
+                                Some(_) => stale(MirrorError::Refused(e)),
+                                None => Err(MirrorError::Refused(e)),
+                            };
+                        }
+                        Err(e) => return stale(e),
+                    };
                 let private = is_private(&response);
                 let entry = Arc::new(Entry::new(content, resource.kind(), validators, now, private));
                 self.persist(target, &path, entry.clone()).await;
@@ -757,7 +788,9 @@ impl Mirror {
             let verified = match resource {
                 Resource::Names => verify::registry_file(RegistryFile::Names, origin, body, key, limit)?,
                 Resource::Versions => verify::registry_file(RegistryFile::Versions, origin, body, key, limit)?,
-                Resource::Package(name) => verify::registry_file(RegistryFile::Package(name), origin, body, key, limit)?,
+                Resource::Package(name) => {
+                    verify::registry_file(RegistryFile::Package(name), origin, body, key, limit)?
+                }
                 Resource::Policy(name) => verify::registry_file(RegistryFile::Policy(name), origin, body, key, limit)?,
                 Resource::Docs { .. } => return Ok(Content::Docs(body)),
                 Resource::PublicKey => return Err(MirrorError::Internal("the public key is never fetched".into())),
@@ -773,8 +806,9 @@ impl Mirror {
                     verify::registry_v1(body, &signature, key)?
                 }
                 Resource::RegistryV1Signed => {
-                    let (ets, _) =
-                        self.resolve_entry(target, &Resource::RegistryV1, &ClientCredentials::default(), Check::Ttl(None)).await?;
+                    let (ets, _) = self
+                        .resolve_entry(target, &Resource::RegistryV1, &ClientCredentials::default(), Check::Ttl(None))
+                        .await?;
                     verify::registry_v1_signature(body, ets.bytes(), key)?
                 }
                 Resource::Installs(path) if path.ends_with(".csv") => {
@@ -783,7 +817,8 @@ impl Mirror {
                 }
                 Resource::Installs(path) if path.ends_with(".csv.signed") => {
                     let csv = Resource::Installs(path.trim_end_matches(".signed").to_string());
-                    let (csv, _) = self.resolve_entry(target, &csv, &ClientCredentials::default(), Check::Ttl(None)).await?;
+                    let (csv, _) =
+                        self.resolve_entry(target, &csv, &ClientCredentials::default(), Check::Ttl(None)).await?;
                     verify::installs_signature(body, csv.bytes(), &self.inner.config.installs_public_key)?
                 }
                 Resource::Installs(_) => match check {
@@ -875,9 +910,7 @@ fn is_private(response: &UpstreamResponse) -> bool {
 }
 
 fn max_age(cache_control: Option<&str>) -> Option<u64> {
-    cache_control?
-        .split(',')
-        .find_map(|d| d.trim().strip_prefix("max-age=").and_then(|v| v.trim().parse().ok()))
+    cache_control?.split(',').find_map(|d| d.trim().strip_prefix("max-age=").and_then(|v| v.trim().parse().ok()))
 }
 
 fn validators_of(headers: &HeaderMap) -> Validators {

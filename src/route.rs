@@ -18,7 +18,10 @@ pub enum Route {
     Metrics,
     /// A repository resource. `repo` is `None` for the root (the `hexpm` repository) and the name
     /// after `/repos/` otherwise (a configured repository or a hex.pm organization).
-    Repo { repo: Option<String>, resource: Resource },
+    Repo {
+        repo: Option<String>,
+        resource: Resource,
+    },
 }
 
 /// A repository resource, with its validated parts.
@@ -27,8 +30,14 @@ pub enum Resource {
     Names,
     Versions,
     Package(String),
-    Tarball { name: String, version: String },
-    Docs { name: String, version: String },
+    Tarball {
+        name: String,
+        version: String,
+    },
+    Docs {
+        name: String,
+        version: String,
+    },
     PublicKey,
     Policy(String),
     RegistryV1,
@@ -280,10 +289,7 @@ mod tests {
         check("/public_key", root(Resource::PublicKey));
         check("/registry.ets.gz", root(Resource::RegistryV1));
         check("/registry.ets.gz.signed", root(Resource::RegistryV1Signed));
-        check(
-            "/tarballs/ecto-3.10.1.tar",
-            root(Resource::Tarball { name: "ecto".into(), version: "3.10.1".into() }),
-        );
+        check("/tarballs/ecto-3.10.1.tar", root(Resource::Tarball { name: "ecto".into(), version: "3.10.1".into() }));
         check(
             "/tarballs/pkg-1.0.0-rc.1+build.5.tar",
             root(Resource::Tarball { name: "pkg".into(), version: "1.0.0-rc.1+build.5".into() }),

@@ -104,8 +104,11 @@ pub async fn run(
                 async move { Ok::<_, Infallible>(service.handle(req).await) }
             });
             let result = match tls {
-                Some(acceptor) => match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => watcher.watch(builder.serve_connection(TokioIo::new(stream), handler).into_owned()).await,
+                Some(acceptor) => match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await
+                {
+                    Ok(Ok(stream)) => {
+                        watcher.watch(builder.serve_connection(TokioIo::new(stream), handler).into_owned()).await
+                    }
                     Ok(Err(e)) => Err(e.into()),
                     Err(_) => Err("tls handshake timed out".into()),
                 },

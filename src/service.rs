@@ -51,7 +51,14 @@ impl Service {
         let status = response.status().as_u16();
         let method_label = if method == Method::HEAD { "HEAD" } else { "GET" };
         let elapsed = started.elapsed().as_secs_f64();
-        self.mirror.metrics().observe_request(&outcome.repo, outcome.resource, method_label, status, outcome.cache, elapsed);
+        self.mirror.metrics().observe_request(
+            &outcome.repo,
+            outcome.resource,
+            method_label,
+            status,
+            outcome.cache,
+            elapsed,
+        );
         if self.mirror.config().access_log {
             let line = serde_json::json!({
                 "time": crate::cache::unix_now(),
@@ -121,7 +128,9 @@ impl Service {
                     MirrorError::Refused(_) | MirrorError::Upstream(_) | MirrorError::Internal(_) => {
                         tracing::warn!(repo = target.label(), path = %req.uri().path(), status = status.as_u16(), error = %e, "request failed")
                     }
-                    _ => tracing::debug!(repo = target.label(), path = %req.uri().path(), status = status.as_u16(), error = %e, "request refused"),
+                    _ => {
+                        tracing::debug!(repo = target.label(), path = %req.uri().path(), status = status.as_u16(), error = %e, "request refused")
+                    }
                 }
                 let mut resp = text(status, &e.to_string());
                 let h = resp.headers_mut();

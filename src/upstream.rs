@@ -238,8 +238,7 @@ impl Upstream {
             let started = Instant::now();
             let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
             self.metrics.upstream_inflight.inc();
-            let result =
-                tokio::time::timeout(self.timeouts.transfer, self.attempt(&req, uri, &base)).await;
+            let result = tokio::time::timeout(self.timeouts.transfer, self.attempt(&req, uri, &base)).await;
             self.metrics.upstream_inflight.dec();
             let result = result.unwrap_or(Err(UpstreamError::Timeout));
             let class = match &result {
@@ -272,7 +271,12 @@ impl Upstream {
         Err(last)
     }
 
-    async fn attempt(&self, req: &UpstreamRequest<'_>, base_uri: &Uri, base: &str) -> Result<UpstreamResponse, UpstreamError> {
+    async fn attempt(
+        &self,
+        req: &UpstreamRequest<'_>,
+        base_uri: &Uri,
+        base: &str,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         // Credentials go only over https, or plain http to a loopback upstream that allows it.
         let may_send_credentials =
             base_uri.scheme_str() == Some("https") || (req.repo.allow_http && is_loopback(base_uri));
@@ -317,9 +321,13 @@ impl Upstream {
                     .and_then(|l| l.to_str().ok())
                     .ok_or(UpstreamError::Status(parts.status.as_u16()))?;
                 let next: Uri = if location.starts_with('/') {
-                    format!("{}://{}{location}", uri.scheme_str().unwrap_or("https"), uri.authority().map(|a| a.as_str()).unwrap_or(""))
-                        .parse()
-                        .map_err(|_| UpstreamError::Redirect)?
+                    format!(
+                        "{}://{}{location}",
+                        uri.scheme_str().unwrap_or("https"),
+                        uri.authority().map(|a| a.as_str()).unwrap_or("")
+                    )
+                    .parse()
+                    .map_err(|_| UpstreamError::Redirect)?
                 } else {
                     location.parse().map_err(|_| UpstreamError::Redirect)?
                 };
@@ -329,7 +337,9 @@ impl Upstream {
                 uri = next;
                 continue;
             }
-            if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+            if let Some(len) =
+                parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            {
                 if len > req.max_bytes {
                     return Err(UpstreamError::TooLarge { limit: req.max_bytes });
                 }

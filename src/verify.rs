@@ -251,8 +251,7 @@ pub fn registry_file(
             Facts::None
         }
         RegistryFile::Package(name) => {
-            let package: Package =
-                registry::decode(&payload).map_err(|_| VerifyError::Decode { what: "Package" })?;
+            let package: Package = registry::decode(&payload).map_err(|_| VerifyError::Decode { what: "Package" })?;
             check_origin(repository, &package.repository)?;
             check_name(name, &package.name)?;
             Facts::Releases(Arc::new(releases_of(&package)?))
@@ -448,22 +447,25 @@ pub(crate) mod tests {
 
     #[test]
     fn real_record_served_under_another_name_is_refused() {
-        let err = registry_file(RegistryFile::Package("ecto"), "hexpm", Bytes::from_static(REAL_EXFMT), &real_key(), LIMIT)
-            .unwrap_err();
+        let err =
+            registry_file(RegistryFile::Package("ecto"), "hexpm", Bytes::from_static(REAL_EXFMT), &real_key(), LIMIT)
+                .unwrap_err();
         assert_eq!(err.reason(), "wrong_name");
     }
 
     #[test]
     fn real_record_for_another_repository_is_refused() {
-        let err = registry_file(RegistryFile::Package("exfmt"), "acme", Bytes::from_static(REAL_EXFMT), &real_key(), LIMIT)
-            .unwrap_err();
+        let err =
+            registry_file(RegistryFile::Package("exfmt"), "acme", Bytes::from_static(REAL_EXFMT), &real_key(), LIMIT)
+                .unwrap_err();
         assert_eq!(err.reason(), "wrong_repository");
     }
 
     #[test]
     fn real_record_with_another_key_is_refused() {
-        let err = registry_file(RegistryFile::Package("exfmt"), "hexpm", Bytes::from_static(REAL_EXFMT), &test_key(), LIMIT)
-            .unwrap_err();
+        let err =
+            registry_file(RegistryFile::Package("exfmt"), "hexpm", Bytes::from_static(REAL_EXFMT), &test_key(), LIMIT)
+                .unwrap_err();
         assert_eq!(err, VerifyError::BadSignature);
     }
 
@@ -490,8 +492,9 @@ pub(crate) mod tests {
 
     #[test]
     fn not_gzip_is_refused() {
-        let err = registry_file(RegistryFile::Names, "hexpm", Bytes::from_static(b"<html>oops</html>"), &real_key(), LIMIT)
-            .unwrap_err();
+        let err =
+            registry_file(RegistryFile::Names, "hexpm", Bytes::from_static(b"<html>oops</html>"), &real_key(), LIMIT)
+                .unwrap_err();
         assert_eq!(err, VerifyError::Gzip);
     }
 
@@ -505,9 +508,14 @@ pub(crate) mod tests {
 
     #[test]
     fn demo_record_and_tarball_verify_and_swaps_are_refused() {
-        let verified =
-            registry_file(RegistryFile::Package("hexdemo_mid"), "hexpm", Bytes::from_static(DEMO_MID), &test_key(), LIMIT)
-                .unwrap();
+        let verified = registry_file(
+            RegistryFile::Package("hexdemo_mid"),
+            "hexpm",
+            Bytes::from_static(DEMO_MID),
+            &test_key(),
+            LIMIT,
+        )
+        .unwrap();
         let Facts::Releases(releases) = &verified.get().facts else { panic!() };
         let good = releases.get("0.2.0").unwrap();
         assert!(tarball(Bytes::from_static(DEMO_MID_TAR), good, 16 << 20).is_ok());
@@ -523,15 +531,23 @@ pub(crate) mod tests {
 
     #[test]
     fn demo_record_wrong_repository_is_refused() {
-        let err = registry_file(RegistryFile::Package("hexdemo_mid"), "acme", Bytes::from_static(DEMO_MID), &test_key(), LIMIT)
-            .unwrap_err();
+        let err = registry_file(
+            RegistryFile::Package("hexdemo_mid"),
+            "acme",
+            Bytes::from_static(DEMO_MID),
+            &test_key(),
+            LIMIT,
+        )
+        .unwrap_err();
         assert_eq!(err.reason(), "wrong_repository");
     }
 
     #[test]
     fn real_gleam_tarball_outer_and_inner_checksums() {
-        let outer: [u8; 32] =
-            hex::decode("9107f6a859cb96945ad9a099085db028ca2bebb3c8ea42eec227b51c614cc2e0").unwrap().try_into().unwrap();
+        let outer: [u8; 32] = hex::decode("9107f6a859cb96945ad9a099085db028ca2bebb3c8ea42eec227b51c614cc2e0")
+            .unwrap()
+            .try_into()
+            .unwrap();
         assert!(tarball(Bytes::from_static(GLEAM), &ReleaseChecksum::Outer(outer), 16 << 20).is_ok());
         assert_eq!(
             tarball(Bytes::from_static(GLEAM), &ReleaseChecksum::Outer(outer), 1024).unwrap_err().reason(),
@@ -559,18 +575,29 @@ pub(crate) mod tests {
         use rsa::pkcs1::EncodeRsaPublicKey;
         let pkcs1 = rsa.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF).unwrap();
         let key = PublicKey::from_pem(&pkcs1).unwrap();
-        assert!(registry_file(RegistryFile::Package("hexdemo_mid"), "hexpm", Bytes::from_static(DEMO_MID), &key, LIMIT).is_ok());
+        assert!(registry_file(
+            RegistryFile::Package("hexdemo_mid"),
+            "hexpm",
+            Bytes::from_static(DEMO_MID),
+            &key,
+            LIMIT
+        )
+        .is_ok());
         assert!(PublicKey::from_pem("hello").is_err());
         assert!(PublicKey::from_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----").is_err());
     }
 
     #[test]
     fn policy_origin_and_visibility() {
-        let policy = Policy { repository: "acme".into(), name: "strict".into(), description: None, visibility: Some(1) };
+        let policy =
+            Policy { repository: "acme".into(), name: "strict".into(), description: None, visibility: Some(1) };
         let body: Bytes = sign(&policy.encode_to_vec()).into();
         let v = registry_file(RegistryFile::Policy("strict"), "acme", body.clone(), &test_key(), LIMIT).unwrap();
         assert!(matches!(v.get().facts, Facts::Policy { public: true }));
-        assert_eq!(registry_file(RegistryFile::Policy("other"), "acme", body, &test_key(), LIMIT).unwrap_err().reason(), "wrong_name");
+        assert_eq!(
+            registry_file(RegistryFile::Policy("other"), "acme", body, &test_key(), LIMIT).unwrap_err().reason(),
+            "wrong_name"
+        );
     }
 
     #[test]
@@ -602,7 +629,8 @@ pub(crate) mod tests {
         let archive = b"archive bytes".to_vec();
         let digest = hex::encode(Sha512::digest(&archive));
         let csv = format!("2.0.0,{digest},1.13.0,1.14.0\n");
-        let sig = base64::engine::general_purpose::STANDARD.encode(SigningKey::<Sha512>::new(key).sign(csv.as_bytes()).to_vec());
+        let sig = base64::engine::general_purpose::STANDARD
+            .encode(SigningKey::<Sha512>::new(key).sign(csv.as_bytes()).to_vec());
         let v = installs_csv(csv.clone().into(), sig.as_bytes(), &test_key()).unwrap();
         let Facts::Installs(rows) = &v.get().facts else { panic!() };
         assert_eq!(rows[0].elixir_versions, vec!["1.13.0", "1.14.0"]);

@@ -81,11 +81,8 @@ impl DiskStore {
     pub fn open(root: &Path) -> Result<(DiskStore, Sweep), StoreError> {
         fs::create_dir_all(root.join("blobs"))?;
         fs::create_dir_all(root.join("tmp"))?;
-        let index = sled::Config::new()
-            .path(root.join("index"))
-            .cache_capacity(8 << 20)
-            .flush_every_ms(Some(1000))
-            .open()?;
+        let index =
+            sled::Config::new().path(root.join("index")).cache_capacity(8 << 20).flush_every_ms(Some(1000)).open()?;
         let store = DiskStore {
             root: root.to_path_buf(),
             index,

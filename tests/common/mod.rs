@@ -77,8 +77,11 @@ pub struct TestUpstream {
 
 impl TestUpstream {
     pub async fn start(files: HashMap<String, Vec<u8>>) -> TestUpstream {
-        Self::start_on("127.0.0.1:0".parse().unwrap(), Arc::new(Mutex::new(UpstreamState { files, ..Default::default() })))
-            .await
+        Self::start_on(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Mutex::new(UpstreamState { files, ..Default::default() })),
+        )
+        .await
     }
 
     pub async fn start_on(addr: SocketAddr, state: Arc<Mutex<UpstreamState>>) -> TestUpstream {
