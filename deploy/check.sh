@@ -103,7 +103,8 @@ for v in "${k8s_versions[@]}"; do
 done
 
 # Structure and cross-references that schema validation cannot see.
-if out=$("$ypython" - "${strict_manifests[@]}" -- "${optional_manifests[@]}" <<'PY' 2>&1
+configs=$(mktemp -d)
+if out=$(CONFIG_OUT=$configs "$ypython" - "${strict_manifests[@]}" -- "${optional_manifests[@]}" <<'PY' 2>&1
 import os, re, sys
 import yaml
 try:
@@ -116,9 +117,15 @@ sep = args.index("--")
 strict, optional = args[:sep], args[sep + 1:]
 errors, notes = [], []
 
-TOP_KEYS = {"listen", "data_dir", "memory_cache_bytes", "disk_cache_bytes", "registry_ttl",
-            "offline", "shutdown_grace", "repos"}
-REPO_KEYS = {"upstream", "public_key", "trusted", "auth_key", "auth_key_file", "repository"}
+# The keys hexmirror's configuration accepts (it rejects unknown keys).
+TOP_KEYS = {"listen", "metrics_listen", "data_dir", "memory_cache_bytes", "disk_cache_bytes",
+            "registry_ttl", "negative_ttl", "max_registry_bytes", "max_tarball_bytes",
+            "connect_timeout", "read_timeout", "transfer_timeout", "shutdown_grace",
+            "max_upstream_requests", "offline", "access_log", "installs_public_key", "ca_file",
+            "tls_cert", "tls_key", "admin_token", "admin_token_file", "repos"}
+REPO_KEYS = {"upstream", "public_key", "repository", "trusted", "allow_http", "auth_key",
+             "auth_key_file", "oauth_token_url", "strip_headers", "access"}
+outdir = os.environ.get("CONFIG_OUT")
 
 def load(path):
     with open(path) as f:
@@ -126,6 +133,10 @@ def load(path):
 
 def check_toml(where, text, files):
     """files: names that exist beside the config (ConfigMap keys or deploy/config/)."""
+    if outdir:  # for the load test with a hexmirror binary below
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", where) + ".toml"
+        with open(os.path.join(outdir, name), "w") as f:
+            f.write(text)
     if tomllib is None:
         notes.append("tomllib missing (Python < 3.11): hexmirror.toml contents not checked")
         return
@@ -147,6 +158,8 @@ def check_toml(where, text, files):
             errors.append(f"{where}: [repos.{name}] has no upstream")
         for key in ("public_key", "auth_key_file"):
             path = repo.get(key)
+            if key == "public_key" and isinstance(path, str) and path.lstrip().startswith("-----BEGIN"):
+                continue
             if isinstance(path, str) and path.startswith("/etc/hexmirror/") and \
                     path[len("/etc/hexmirror/"):] not in files:
                 errors.append(f"{where}: [repos.{name}] {key} {path} is not provided beside the config")
@@ -154,14 +167,11 @@ def check_toml(where, text, files):
         errors.append(f"{where}: listen {cfg['listen']} is not reachable by the kubelet's probes")
 
 # deploy/config: the image's default configuration
-if os.path.isdir("deploy/config"):
+if os.path.isfile("deploy/config/hexmirror.toml"):
     with open("deploy/config/hexmirror.toml") as f:
         check_toml("deploy/config/hexmirror.toml", f.read(), set(os.listdir("deploy/config")))
-    with open("deploy/config/hexpm_public_key.pem") as f:
-        hexpm_key = f.read().strip()
 else:
-    errors.append("deploy/config is missing")
-    hexpm_key = None
+    errors.append("deploy/config/hexmirror.toml is missing")
 
 by_dir = {}
 for path in strict:
@@ -173,9 +183,6 @@ for d, docs in by_dir.items():
     for name, data in configmaps.items():
         if "hexmirror.toml" in data:
             check_toml(f"{d} ConfigMap {name}", data["hexmirror.toml"], set(data))
-        for key, value in data.items():
-            if key.endswith(".pem") and "hexpm" in key and hexpm_key and value.strip() != hexpm_key:
-                errors.append(f"{d} ConfigMap {name}: {key} differs from deploy/config/hexpm_public_key.pem")
     for path, doc in docs:
         kind = doc["kind"]
         if kind in ("StatefulSet", "Deployment", "Job", "DaemonSet"):
@@ -248,6 +255,59 @@ PY
   [ -z "$out" ] || printf '%s\n' "$out" | sed 's/^/  | /'
 else
   fail "manifest consistency" "$out"
+fi
+
+# Every configuration, started by hexmirror itself when a binary is at hand: offline, on a free
+# loopback port, with a scratch store. It must answer /readyz; a bad configuration exits at once
+# with status 64. The first one's /metrics is kept to check the dashboard against.
+bin=${HEXMIRROR_BIN:-}
+for candidate in target/release/hexmirror target/debug/hexmirror; do
+  [ -n "$bin" ] || { [ -x "$candidate" ] && bin=$candidate; }
+done
+live_metrics=
+if [ -n "$bin" ] && [ -x "$bin" ]; then
+  live_metrics=$configs/metrics.txt
+  for cfg in "$configs"/*.toml; do
+    [ -e "$cfg" ] || continue
+    name=$(basename "$cfg" .toml)
+    scratch=$(mktemp -d)
+    port=$("$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    # A clean environment: hexmirror rejects unknown HEXMIRROR_* variables (HEXMIRROR_BIN too).
+    env -i PATH="$PATH" HOME="${HOME:-/}" RUST_LOG=warn HEXMIRROR_LISTEN="127.0.0.1:$port" \
+      HEXMIRROR_DATA_DIR="$scratch/data" HEXMIRROR_OFFLINE=true \
+      "$bin" serve --config "$cfg" > "$scratch/log" 2>&1 &
+    pid=$!
+    if "$python" - "$port" "$pid" "$live_metrics" <<'PY'
+import os, sys, time, urllib.request
+port, pid, metrics = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+for _ in range(100):
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        sys.exit(1)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            if r.status == 200:
+                break
+    except Exception:
+        pass
+    time.sleep(0.2)
+else:
+    sys.exit(1)
+if not os.path.exists(metrics):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r, open(metrics, "wb") as f:
+        f.write(r.read())
+PY
+    then
+      pass "hexmirror serves with $name"
+    else
+      fail "hexmirror serves with $name" "$(cat "$scratch/log")"
+    fi
+    kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+    rm -rf "$scratch"
+  done
+else
+  warn "no hexmirror binary (target/release, target/debug or HEXMIRROR_BIN): configurations not started"
 fi
 
 # ---- Dockerfile -----------------------------------------------------------------------------
@@ -358,12 +418,33 @@ PY
 else
   fail "grafana/hexmirror.json" "$out"
 fi
+if [ -n "$live_metrics" ] && [ -s "$live_metrics" ]; then
+  if out=$("$python" - grafana/hexmirror.json "$live_metrics" <<'PY' 2>&1
+import json, re, sys
+with open(sys.argv[1]) as f:
+    dash = json.load(f)
+with open(sys.argv[2]) as f:
+    exported = set(re.findall(r"^(hexmirror_[a-z_]+)[{ ]", f.read(), re.M))
+used = set()
+def walk(panels):
+    for p in panels:
+        walk(p.get("panels", []))
+        for t in p.get("targets", []):
+            used.update(re.findall(r"hexmirror_[a-z_]+", t.get("expr", "")))
+walk(dash["panels"])
+missing = sorted(used - exported)
+print("\n".join(missing) if missing else f"{len(used)} names")
+sys.exit(1 if missing else 0)
+PY
+  ); then pass "dashboard metric names all in hexmirror's /metrics ($out)"
+  else fail "dashboard metric names all in hexmirror's /metrics" "$out"; fi
+fi
 if command -v promtool >/dev/null 2>&1 && [ -s "$tmp/rules.yml" ]; then
   if out=$(promtool check rules "$tmp/rules.yml" 2>&1); then pass "promtool: dashboard PromQL parses"
   else fail "promtool: dashboard PromQL parses" "$out"; fi
 else
   warn "promtool not found (apt-get install prometheus): dashboard PromQL not parsed"
 fi
-rm -rf "$tmp"
+rm -rf "$tmp" "$configs"
 
 finish
