@@ -443,7 +443,14 @@ fn validate_repo(name: &str, raw: &RawRepo, errors: &mut Vec<String>) -> Option<
     if access.tokens.iter().any(|t| t.expose().is_empty()) {
         errors.push(format!("{}: empty token", at("access.tokens")));
     }
-    let has_credentials = auth_key.is_some() || trusted;
+    if oauth_token_url.is_some() && auth_key.is_none() {
+        errors.push(format!("{}: needs auth_key or auth_key_file to exchange", at("oauth_token_url")));
+    }
+    if let Some(url) = &oauth_token_url {
+        if url.scheme_str() == Some("http") && !(raw.allow_http && is_loopback(url)) {
+            errors.push(format!("{}: credentials go only over https", at("oauth_token_url")));
+        }
+    }
     for uri in &upstreams {
         if uri.scheme_str() == Some("http") && auth_key.is_some() && !(raw.allow_http && is_loopback(uri)) {
             errors.push(format!(
@@ -452,7 +459,6 @@ fn validate_repo(name: &str, raw: &RawRepo, errors: &mut Vec<String>) -> Option<
             ));
         }
     }
-    let _ = has_credentials;
     Some(RepoConfig {
         name: name.to_string(),
         upstreams,

@@ -12,15 +12,19 @@
 //! - `service`: HTTP semantics: status codes, conditional requests, logs and request metrics.
 //! - `server`: sockets, TLS, the hyper connection loop, graceful shutdown.
 //! - `metrics`: every Prometheus family, registered once.
+//! - `oauth`: exchanges hexmirror's own key for short-lived upstream tokens.
 //! - `lockfile`, `requirement`: mix.lock / rebar.lock parsing and Hex version requirements.
 
 #![forbid(unsafe_code)]
 
 pub mod cache;
 pub mod config;
+pub mod lockfile;
 pub mod metrics;
 pub mod mirror;
+pub mod oauth;
 pub mod registry;
+pub mod requirement;
 pub mod route;
 pub mod server;
 pub mod service;

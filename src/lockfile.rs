@@ -192,11 +192,7 @@ pub struct Lockfile {
 
 impl Lockfile {
     fn empty(format: LockfileFormat) -> Lockfile {
-        Lockfile {
-            format,
-            packages: Vec::new(),
-            skipped: Vec::new(),
-        }
+        Lockfile { format, packages: Vec::new(), skipped: Vec::new() }
     }
 }
 
@@ -204,11 +200,7 @@ impl Lockfile {
 /// `.mix.lock` / `.rebar.lock`; any directory part is ignored), or else from the first
 /// meaningful characters of the content (`%{` for Mix, `{` or `[` for rebar3).
 pub fn detect_format(path_name_hint: &str, text: &str) -> Option<LockfileFormat> {
-    let file = path_name_hint
-        .rsplit(['/', '\\'])
-        .next()
-        .unwrap_or(path_name_hint)
-        .to_ascii_lowercase();
+    let file = path_name_hint.rsplit(['/', '\\']).next().unwrap_or(path_name_hint).to_ascii_lowercase();
     if file == "mix.lock" || file.ends_with(".mix.lock") {
         return Some(LockfileFormat::Mix);
     }
@@ -237,9 +229,7 @@ pub fn parse_lockfile(path_name_hint: &str, text: &str) -> Result<Lockfile, Lock
     match detect_format(path_name_hint, text) {
         Some(LockfileFormat::Mix) => parse_mix_lock(text),
         Some(LockfileFormat::Rebar) => parse_rebar_lock(text),
-        None => Err(LockfileError::UnknownFormat {
-            hint: path_name_hint.to_string(),
-        }),
+        None => Err(LockfileError::UnknownFormat { hint: path_name_hint.to_string() }),
     }
 }
 
@@ -254,27 +244,18 @@ pub fn parse_mix_lock(text: &str) -> Result<Lockfile, LockfileError> {
         return Ok(lock);
     };
     let Value::Map(entries) = &doc.value else {
-        return Err(invalid(
-            doc.at,
-            format!("expected a map `%{{...}}`, found {}", doc.describe()),
-        ));
+        return Err(invalid(doc.at, format!("expected a map `%{{...}}`, found {}", doc.describe())));
     };
     for (key, value) in entries {
-        let app = key.text().ok_or_else(|| {
-            invalid(
-                key.at,
-                format!("expected a dependency name, found {}", key.describe()),
-            )
-        })?;
+        let app = key
+            .text()
+            .ok_or_else(|| invalid(key.at, format!("expected a dependency name, found {}", key.describe())))?;
         let elems = match &value.value {
             Value::Tuple(elems) if elems.first().and_then(Term::atom).is_some() => elems,
             _ => {
                 return Err(invalid(
                     value.at,
-                    format!(
-                        "dependency {app:?}: expected a tuple such as `{{:hex, ...}}`, found {}",
-                        value.describe()
-                    ),
+                    format!("dependency {app:?}: expected a tuple such as `{{:hex, ...}}`, found {}", value.describe()),
                 ))
             }
         };
@@ -292,10 +273,7 @@ pub fn parse_mix_lock(text: &str) -> Result<Lockfile, LockfileError> {
 
 fn mix_hex_entry(app: &str, at: Position, elems: &[Term]) -> Result<LockedPackage, LockfileError> {
     if elems.len() < 3 {
-        return Err(invalid(
-            at,
-            format!("dependency {app:?}: a `:hex` entry needs a package name and a version"),
-        ));
+        return Err(invalid(at, format!("dependency {app:?}: a `:hex` entry needs a package name and a version")));
     }
     let name = package_name(app, &elems[1])?;
     let version = package_version(app, &elems[2])?;
@@ -306,13 +284,7 @@ fn mix_hex_entry(app: &str, at: Position, elems: &[Term]) -> Result<LockedPackag
         Some(term) => repo_name(app, term)?,
     };
     let outer_checksum = optional_checksum(elems.get(7), name, "outer")?;
-    Ok(LockedPackage {
-        name: name.to_string(),
-        version: version.to_string(),
-        repo,
-        inner_checksum,
-        outer_checksum,
-    })
+    Ok(LockedPackage { name: name.to_string(), version: version.to_string(), repo, inner_checksum, outer_checksum })
 }
 
 /// Parses a `rebar.lock`: either the versioned form `{"1.2.0", [Locks]}.` followed by
@@ -330,27 +302,19 @@ pub fn parse_rebar_lock(text: &str) -> Result<Lockfile, LockfileError> {
     };
     let locks = match &first.value {
         Value::List(locks) => locks,
-        Value::Tuple(items) if items.len() == 2 && items[0].string().is_some() => {
-            match &items[1].value {
-                Value::List(locks) => locks,
-                _ => {
-                    return Err(invalid(
-                        items[1].at,
-                        format!(
-                            "expected the list of locked dependencies, found {}",
-                            items[1].describe()
-                        ),
-                    ))
-                }
+        Value::Tuple(items) if items.len() == 2 && items[0].string().is_some() => match &items[1].value {
+            Value::List(locks) => locks,
+            _ => {
+                return Err(invalid(
+                    items[1].at,
+                    format!("expected the list of locked dependencies, found {}", items[1].describe()),
+                ))
             }
-        }
+        },
         _ => {
             return Err(invalid(
                 first.at,
-                format!(
-                    "expected `{{\"1.2.0\", [...]}}` or a list of locked dependencies, found {}",
-                    first.describe()
-                ),
+                format!("expected `{{\"1.2.0\", [...]}}` or a list of locked dependencies, found {}", first.describe()),
             ))
         }
     };
@@ -364,18 +328,12 @@ pub fn parse_rebar_lock(text: &str) -> Result<Lockfile, LockfileError> {
             _ => {
                 return Err(invalid(
                     entry.at,
-                    format!(
-                        "expected a lock entry `{{Name, Source, Level}}`, found {}",
-                        entry.describe()
-                    ),
+                    format!("expected a lock entry `{{Name, Source, Level}}`, found {}", entry.describe()),
                 ))
             }
         };
         let app = items[0].text().ok_or_else(|| {
-            invalid(
-                items[0].at,
-                format!("expected a dependency name, found {}", items[0].describe()),
-            )
+            invalid(items[0].at, format!("expected a dependency name, found {}", items[0].describe()))
         })?;
         let source = &items[1];
         let src = match &source.value {
@@ -434,19 +392,14 @@ struct RebarHashes {
 
 /// The first checksum listed for `name`, as rebar3's `proplists:get_value/2` picks.
 fn find_hash(list: &[(String, [u8; 32], Position)], name: &str) -> Option<([u8; 32], Position)> {
-    list.iter()
-        .find(|(n, _, _)| n == name)
-        .map(|&(_, sum, at)| (sum, at))
+    list.iter().find(|(n, _, _)| n == name).map(|&(_, sum, at)| (sum, at))
 }
 
 fn rebar_hashes(attrs: &Term) -> Result<RebarHashes, LockfileError> {
     let Value::List(props) = &attrs.value else {
         return Err(invalid(
             attrs.at,
-            format!(
-                "expected the attribute list `[{{pkg_hash, [...]}}, ...]`, found {}",
-                attrs.describe()
-            ),
+            format!("expected the attribute list `[{{pkg_hash, [...]}}, ...]`, found {}", attrs.describe()),
         ));
     };
     let mut hashes = RebarHashes::default();
@@ -464,10 +417,7 @@ fn rebar_hashes(attrs: &Term) -> Result<RebarHashes, LockfileError> {
             _ => {
                 return Err(invalid(
                     prop.at,
-                    format!(
-                        "expected `{{pkg_hash{}, [...]}}`",
-                        if which == "outer" { "_ext" } else { "" }
-                    ),
+                    format!("expected `{{pkg_hash{}, [...]}}`", if which == "outer" { "_ext" } else { "" }),
                 ))
             }
         };
@@ -477,10 +427,7 @@ fn rebar_hashes(attrs: &Term) -> Result<RebarHashes, LockfileError> {
                 _ => None,
             };
             let Some((name, hash)) = named else {
-                return Err(invalid(
-                    pair.at,
-                    format!("expected `{{Name, Hash}}`, found {}", pair.describe()),
-                ));
+                return Err(invalid(pair.at, format!("expected `{{Name, Hash}}`, found {}", pair.describe())));
             };
             let sum = checksum(hash, name, which)?;
             list.push((name.to_string(), sum, hash.at));
@@ -513,78 +460,44 @@ fn invalid(at: Position, message: String) -> LockfileError {
 
 fn check_size(text: &str) -> Result<(), LockfileError> {
     if text.len() > MAX_INPUT_BYTES {
-        return Err(LockfileError::TooLarge {
-            size: text.len(),
-            limit: MAX_INPUT_BYTES,
-        });
+        return Err(LockfileError::TooLarge { size: text.len(), limit: MAX_INPUT_BYTES });
     }
     Ok(())
 }
 
 fn package_name<'t>(app: &str, term: &'t Term) -> Result<&'t str, LockfileError> {
     let name = term.text().ok_or_else(|| {
-        invalid(
-            term.at,
-            format!(
-                "dependency {app:?}: expected the package name, found {}",
-                term.describe()
-            ),
-        )
+        invalid(term.at, format!("dependency {app:?}: expected the package name, found {}", term.describe()))
     })?;
     let mut chars = name.chars();
-    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let valid =
+        chars.next().is_some_and(|c| c.is_ascii_alphabetic()) && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !valid {
-        return Err(invalid(
-            term.at,
-            format!("dependency {app:?}: invalid package name {name:?}"),
-        ));
+        return Err(invalid(term.at, format!("dependency {app:?}: invalid package name {name:?}")));
     }
     Ok(name)
 }
 
 fn package_version<'t>(app: &str, term: &'t Term) -> Result<&'t str, LockfileError> {
     let version = term.string().ok_or_else(|| {
-        invalid(
-            term.at,
-            format!(
-                "dependency {app:?}: expected the version as a string, found {}",
-                term.describe()
-            ),
-        )
+        invalid(term.at, format!("dependency {app:?}: expected the version as a string, found {}", term.describe()))
     })?;
     let valid = version.starts_with(|c: char| c.is_ascii_digit())
-        && version
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-'));
+        && version.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-'));
     if !valid {
-        return Err(invalid(
-            term.at,
-            format!("dependency {app:?}: invalid version {version:?}"),
-        ));
+        return Err(invalid(term.at, format!("dependency {app:?}: invalid version {version:?}")));
     }
     Ok(version)
 }
 
 fn repo_name(app: &str, term: &Term) -> Result<String, LockfileError> {
     let repo = term.string().ok_or_else(|| {
-        invalid(
-            term.at,
-            format!(
-                "dependency {app:?}: expected the repository as a string, found {}",
-                term.describe()
-            ),
-        )
+        invalid(term.at, format!("dependency {app:?}: expected the repository as a string, found {}", term.describe()))
     })?;
-    let valid = !repo.is_empty()
-        && repo
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    let valid =
+        !repo.is_empty() && repo.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
     if !valid {
-        return Err(invalid(
-            term.at,
-            format!("dependency {app:?}: invalid repository name {repo:?}"),
-        ));
+        return Err(invalid(term.at, format!("dependency {app:?}: invalid repository name {repo:?}")));
     }
     Ok(repo.to_string())
 }
@@ -603,25 +516,15 @@ fn optional_checksum(
 }
 
 fn checksum(term: &Term, package: &str, which: &'static str) -> Result<[u8; 32], LockfileError> {
-    let error = |reason: String| LockfileError::InvalidChecksum {
-        at: term.at,
-        package: package.to_string(),
-        which,
-        reason,
-    };
-    let text = term
-        .string()
-        .ok_or_else(|| error(format!("expected a string, found {}", term.describe())))?;
+    let error =
+        |reason: String| LockfileError::InvalidChecksum { at: term.at, package: package.to_string(), which, reason };
+    let text = term.string().ok_or_else(|| error(format!("expected a string, found {}", term.describe())))?;
     decode_checksum(text).map_err(error)
 }
 
 /// Decodes 64 hex digits (either case) into 32 bytes.
 fn decode_checksum(text: &str) -> Result<[u8; 32], String> {
-    if let Some((offset, c)) = text
-        .chars()
-        .enumerate()
-        .find(|(_, c)| !c.is_ascii_hexdigit())
-    {
+    if let Some((offset, c)) = text.chars().enumerate().find(|(_, c)| !c.is_ascii_hexdigit()) {
         return Err(format!("{c:?} at offset {offset} is not a hex digit"));
     }
     if text.len() != 64 {
@@ -792,13 +695,7 @@ struct Lexer<'a> {
 
 impl<'a> Lexer<'a> {
     fn new(src: &'a str, dialect: Dialect) -> Lexer<'a> {
-        Lexer {
-            src: src.strip_prefix('\u{feff}').unwrap_or(src),
-            pos: 0,
-            line: 1,
-            column: 1,
-            dialect,
-        }
+        Lexer { src: src.strip_prefix('\u{feff}').unwrap_or(src), pos: 0, line: 1, column: 1, dialect }
     }
 
     /// All tokens, and the position just past the input.
@@ -811,10 +708,7 @@ impl<'a> Lexer<'a> {
     }
 
     fn here(&self) -> Position {
-        Position {
-            line: self.line,
-            column: self.column,
-        }
+        Position { line: self.line, column: self.column }
     }
 
     fn rest(&self) -> &'a str {
@@ -876,11 +770,7 @@ impl<'a> Lexer<'a> {
         let Some(c) = self.peek() else {
             return Ok(None);
         };
-        if at.column == 1
-            && ["<<<<<<<", ">>>>>>>", "======="]
-                .iter()
-                .any(|m| self.rest().starts_with(m))
-        {
+        if at.column == 1 && ["<<<<<<<", ">>>>>>>", "======="].iter().any(|m| self.rest().starts_with(m)) {
             return Err(LockfileError::MergeConflict { at });
         }
         let elixir = self.dialect == Dialect::Elixir;
@@ -974,10 +864,7 @@ impl<'a> Lexer<'a> {
 
     fn identifier(&mut self) -> String {
         let start = self.pos;
-        while self
-            .peek()
-            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '@')
-        {
+        while self.peek().is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '@') {
             self.bump();
         }
         if self.dialect == Dialect::Elixir && matches!(self.peek(), Some('?' | '!')) {
@@ -991,28 +878,19 @@ impl<'a> Lexer<'a> {
         let negative = self.eat('-');
         let mut value = self.digits(10).ok_or_else(out_of_range)?;
         if self.dialect == Dialect::Erlang && self.peek() == Some('#') {
-            let base = u32::try_from(value)
-                .ok()
-                .filter(|b| (2..=36).contains(b))
-                .ok_or_else(out_of_range)?;
+            let base = u32::try_from(value).ok().filter(|b| (2..=36).contains(b)).ok_or_else(out_of_range)?;
             self.bump();
             if !self.peek().is_some_and(|c| c.is_digit(base)) {
                 return Err(LockfileError::Unexpected {
                     at: self.here(),
                     expected: "a digit",
-                    found: self
-                        .peek()
-                        .map_or("end of input".to_string(), |c| format!("{c:?}")),
+                    found: self.peek().map_or("end of input".to_string(), |c| format!("{c:?}")),
                 });
             }
             value = self.digits(base).ok_or_else(out_of_range)?;
         }
         if self.peek() == Some('.') && self.peek_second().is_some_and(|c| c.is_ascii_digit()) {
-            return Err(LockfileError::Unexpected {
-                at,
-                expected: "an integer",
-                found: "a float".to_string(),
-            });
+            return Err(LockfileError::Unexpected { at, expected: "an integer", found: "a float".to_string() });
         }
         Ok(Tok::Int(if negative { -value } else { value }))
     }
@@ -1023,10 +901,7 @@ impl<'a> Lexer<'a> {
         let mut overflow = false;
         while let Some(c) = self.peek() {
             if let Some(d) = c.to_digit(base) {
-                match value
-                    .checked_mul(i64::from(base))
-                    .and_then(|v| v.checked_add(i64::from(d)))
-                {
+                match value.checked_mul(i64::from(base)).and_then(|v| v.checked_add(i64::from(d))) {
                     Some(v) => value = v,
                     None => overflow = true,
                 }
@@ -1095,11 +970,7 @@ impl<'a> Lexer<'a> {
                 if self.eat('{') {
                     self.hex_braced().ok_or_else(bad)?
                 } else {
-                    let min = if self.dialect == Dialect::Elixir {
-                        1
-                    } else {
-                        2
-                    };
+                    let min = if self.dialect == Dialect::Elixir { 1 } else { 2 };
                     self.hex_digits(min, 2).ok_or_else(bad)?
                 }
             }
@@ -1198,11 +1069,7 @@ impl<'t> Parser<'t> {
     }
 
     fn unexpected(&self, expected: &'static str) -> LockfileError {
-        LockfileError::Unexpected {
-            at: self.here(),
-            expected,
-            found: describe_token(self.peek()),
-        }
+        LockfileError::Unexpected { at: self.here(), expected, found: describe_token(self.peek()) }
     }
 
     /// One term; `depth` is the number of enclosing containers.
@@ -1211,34 +1078,18 @@ impl<'t> Parser<'t> {
             return Err(self.unexpected("a term"));
         };
         let at = token.at;
-        let container = matches!(
-            token.tok,
-            Tok::LBrace | Tok::LBracket | Tok::MapOpen | Tok::BinOpen
-        );
+        let container = matches!(token.tok, Tok::LBrace | Tok::LBracket | Tok::MapOpen | Tok::BinOpen);
         if container && depth >= MAX_DEPTH {
-            return Err(LockfileError::TooDeep {
-                at,
-                limit: MAX_DEPTH,
-            });
+            return Err(LockfileError::TooDeep { at, limit: MAX_DEPTH });
         }
         let value = match &token.tok {
             Tok::LBrace => {
                 self.pos += 1;
-                Value::Tuple(self.sequence(
-                    &Tok::RBrace,
-                    "`,` or `}`",
-                    depth,
-                    KeywordTail::Wrapped,
-                )?)
+                Value::Tuple(self.sequence(&Tok::RBrace, "`,` or `}`", depth, KeywordTail::Wrapped)?)
             }
             Tok::LBracket => {
                 self.pos += 1;
-                Value::List(self.sequence(
-                    &Tok::RBracket,
-                    "`,` or `]`",
-                    depth,
-                    KeywordTail::Inline,
-                )?)
+                Value::List(self.sequence(&Tok::RBracket, "`,` or `]`", depth, KeywordTail::Inline)?)
             }
             Tok::MapOpen => {
                 self.pos += 1;
@@ -1262,10 +1113,7 @@ impl<'t> Parser<'t> {
                 // Erlang concatenates adjacent string literals.
                 while self.dialect == Dialect::Erlang {
                     match self.peek() {
-                        Some(Token {
-                            tok: Tok::Str(more),
-                            ..
-                        }) => {
+                        Some(Token { tok: Tok::Str(more), .. }) => {
                             text.push_str(more);
                             self.pos += 1;
                         }
@@ -1275,8 +1123,7 @@ impl<'t> Parser<'t> {
                 Value::Str(text)
             }
             Tok::Ident(name)
-                if self.dialect == Dialect::Elixir
-                    && matches!(name.as_str(), "true" | "false" | "nil") =>
+                if self.dialect == Dialect::Elixir && matches!(name.as_str(), "true" | "false" | "nil") =>
             {
                 self.pos += 1;
                 Value::Atom(name.clone())
@@ -1300,25 +1147,12 @@ impl<'t> Parser<'t> {
             if self.eat(close) {
                 break;
             }
-            if let Some(Token {
-                tok: Tok::Key(key),
-                at,
-            }) = self.peek()
-            {
+            if let Some(Token { tok: Tok::Key(key), at }) = self.peek() {
                 self.pos += 1;
                 let value = self.term(depth + 1)?;
-                let key = Term {
-                    value: Value::Atom(key.clone()),
-                    at: *at,
-                };
-                let pair = Term {
-                    value: Value::Tuple(vec![key, value]),
-                    at: *at,
-                };
-                keywords
-                    .get_or_insert_with(|| (*at, Vec::new()))
-                    .1
-                    .push(pair);
+                let key = Term { value: Value::Atom(key.clone()), at: *at };
+                let pair = Term { value: Value::Tuple(vec![key, value]), at: *at };
+                keywords.get_or_insert_with(|| (*at, Vec::new())).1.push(pair);
             } else if keywords.is_some() {
                 return Err(self.unexpected("a `key: value` entry (keyword entries come last)"));
             } else {
@@ -1335,10 +1169,7 @@ impl<'t> Parser<'t> {
         if let Some((at, pairs)) = keywords {
             match tail {
                 KeywordTail::Inline => items.extend(pairs),
-                KeywordTail::Wrapped => items.push(Term {
-                    value: Value::List(pairs),
-                    at,
-                }),
+                KeywordTail::Wrapped => items.push(Term { value: Value::List(pairs), at }),
             }
         }
         Ok(items)
@@ -1351,16 +1182,9 @@ impl<'t> Parser<'t> {
             if self.eat(&Tok::RBrace) {
                 break;
             }
-            let entry = if let Some(Token {
-                tok: Tok::Key(key),
-                at,
-            }) = self.peek()
-            {
+            let entry = if let Some(Token { tok: Tok::Key(key), at }) = self.peek() {
                 self.pos += 1;
-                let key = Term {
-                    value: Value::Atom(key.clone()),
-                    at: *at,
-                };
+                let key = Term { value: Value::Atom(key.clone()), at: *at };
                 (key, self.term(depth + 1)?)
             } else {
                 let key = self.term(depth + 1)?;
@@ -1390,22 +1214,14 @@ impl<'t> Parser<'t> {
                 break;
             }
             let segment = match self.peek() {
-                Some(Token {
-                    tok: Tok::Str(text),
-                    at,
-                }) => (Some(text.as_str()), 0, *at),
-                Some(Token {
-                    tok: Tok::Int(n),
-                    at,
-                }) => (None, *n, *at),
+                Some(Token { tok: Tok::Str(text), at }) => (Some(text.as_str()), 0, *at),
+                Some(Token { tok: Tok::Int(n), at }) => (None, *n, *at),
                 _ => return Err(self.unexpected("a string or integer segment")),
             };
             self.pos += 1;
             let utf8 = if self.eat(&Tok::Slash) {
                 match self.advance() {
-                    Some(Token {
-                        tok: Tok::Atom(t), ..
-                    }) if t == "utf8" => true,
+                    Some(Token { tok: Tok::Atom(t), .. }) if t == "utf8" => true,
                     _ => {
                         self.pos -= 1;
                         return Err(self.unexpected("the segment type `utf8`"));
@@ -1448,12 +1264,7 @@ fn parse_elixir(text: &str) -> Result<Option<Term>, LockfileError> {
     if tokens.is_empty() {
         return Ok(None);
     }
-    let mut parser = Parser {
-        tokens: &tokens,
-        pos: 0,
-        end,
-        dialect: Dialect::Elixir,
-    };
+    let mut parser = Parser { tokens: &tokens, pos: 0, end, dialect: Dialect::Elixir };
     let term = parser.term(0)?;
     if parser.peek().is_some() {
         return Err(parser.unexpected("end of input"));
@@ -1464,12 +1275,7 @@ fn parse_elixir(text: &str) -> Result<Option<Term>, LockfileError> {
 /// An Erlang consult file: terms, each followed by `.`.
 fn parse_erlang(text: &str) -> Result<Vec<Term>, LockfileError> {
     let (tokens, end) = Lexer::new(text, Dialect::Erlang).tokenize()?;
-    let mut parser = Parser {
-        tokens: &tokens,
-        pos: 0,
-        end,
-        dialect: Dialect::Erlang,
-    };
+    let mut parser = Parser { tokens: &tokens, pos: 0, end, dialect: Dialect::Erlang };
     let mut terms = Vec::new();
     while parser.peek().is_some() {
         terms.push(parser.term(0)?);
@@ -1486,8 +1292,7 @@ mod tests {
 
     const PHOENIX_APP: &str = include_str!("../tests/fixtures/lockfiles/phoenix_app.mix.lock");
     const LEGACY_APP: &str = include_str!("../tests/fixtures/lockfiles/legacy_app.mix.lock");
-    const COWBOY_SERVICE: &str =
-        include_str!("../tests/fixtures/lockfiles/cowboy_service.rebar.lock");
+    const COWBOY_SERVICE: &str = include_str!("../tests/fixtures/lockfiles/cowboy_service.rebar.lock");
 
     const SUM_A: &str = "2c21a71ecf65c3db7207bbd82fcc36f748c265a1bd4aa81df459310cda84a90f";
     const SUM_B: &str = "23bdffddcb742545ee8ea14447ce543c3612f751e1d377eb3ca930b40a673dde";
@@ -1511,10 +1316,8 @@ mod tests {
             Value::Tuple(items) => format!("{{{}}}", join(items)),
             Value::List(items) => format!("[{}]", join(items)),
             Value::Map(entries) => {
-                let entries: Vec<String> = entries
-                    .iter()
-                    .map(|(k, v)| format!("{} => {}", render(k), render(v)))
-                    .collect();
+                let entries: Vec<String> =
+                    entries.iter().map(|(k, v)| format!("{} => {}", render(k), render(v))).collect();
                 format!("%{{{}}}", entries.join(", "))
             }
         }
@@ -1539,33 +1342,21 @@ mod tests {
         let skipped = lock
             .skipped
             .iter()
-            .map(|s| {
-                format!(
-                    "{} {} {}",
-                    s.name,
-                    s.kind,
-                    s.source.as_deref().unwrap_or("-")
-                )
-            })
+            .map(|s| format!("{} {} {}", s.name, s.kind, s.source.as_deref().unwrap_or("-")))
             .collect();
         (packages, skipped)
     }
 
     #[track_caller]
     fn check_ex(input: &str, expected: &str) {
-        let term = parse_elixir(input)
-            .unwrap_or_else(|e| panic!("{input:?}: {e}"))
-            .expect("a term");
+        let term = parse_elixir(input).unwrap_or_else(|e| panic!("{input:?}: {e}")).expect("a term");
         assert_eq!(render(&term), expected, "{input:?}");
     }
 
     #[track_caller]
     fn check_ex_err(input: &str, expected: &str) {
         match parse_elixir(input) {
-            Ok(term) => panic!(
-                "{input:?} parsed as {:?}, expected an error",
-                term.map(|t| render(&t))
-            ),
+            Ok(term) => panic!("{input:?} parsed as {:?}, expected an error", term.map(|t| render(&t))),
             Err(e) => assert_eq!(e.to_string(), expected, "{input:?}"),
         }
     }
@@ -1580,10 +1371,7 @@ mod tests {
     #[track_caller]
     fn check_erl_err(input: &str, expected: &str) {
         match parse_erlang(input) {
-            Ok(terms) => panic!(
-                "{input:?} parsed as {} terms, expected an error",
-                terms.len()
-            ),
+            Ok(terms) => panic!("{input:?} parsed as {} terms, expected an error", terms.len()),
             Err(e) => assert_eq!(e.to_string(), expected, "{input:?}"),
         }
     }
@@ -1592,20 +1380,13 @@ mod tests {
     fn check_mix(input: &str, packages: &[&str], skipped: &[&str]) {
         let lock = parse_mix_lock(input).unwrap_or_else(|e| panic!("{input:?}: {e}"));
         assert_eq!(lock.format, LockfileFormat::Mix);
-        assert_eq!(
-            summary(&lock),
-            (strings(packages), strings(skipped)),
-            "{input:?}"
-        );
+        assert_eq!(summary(&lock), (strings(packages), strings(skipped)), "{input:?}");
     }
 
     #[track_caller]
     fn check_mix_err(input: &str, expected: &str) {
         match parse_mix_lock(input) {
-            Ok(lock) => panic!(
-                "{input:?} parsed as {:?}, expected an error",
-                summary(&lock)
-            ),
+            Ok(lock) => panic!("{input:?} parsed as {:?}, expected an error", summary(&lock)),
             Err(e) => assert_eq!(e.to_string(), expected, "{input:?}"),
         }
     }
@@ -1614,20 +1395,13 @@ mod tests {
     fn check_rebar(input: &str, packages: &[&str], skipped: &[&str]) {
         let lock = parse_rebar_lock(input).unwrap_or_else(|e| panic!("{input:?}: {e}"));
         assert_eq!(lock.format, LockfileFormat::Rebar);
-        assert_eq!(
-            summary(&lock),
-            (strings(packages), strings(skipped)),
-            "{input:?}"
-        );
+        assert_eq!(summary(&lock), (strings(packages), strings(skipped)), "{input:?}");
     }
 
     #[track_caller]
     fn check_rebar_err(input: &str, expected: &str) {
         match parse_rebar_lock(input) {
-            Ok(lock) => panic!(
-                "{input:?} parsed as {:?}, expected an error",
-                summary(&lock)
-            ),
+            Ok(lock) => panic!("{input:?} parsed as {:?}, expected an error", summary(&lock)),
             Err(e) => assert_eq!(e.to_string(), expected, "{input:?}"),
         }
     }
@@ -1637,10 +1411,7 @@ mod tests {
     }
 
     fn package<'a>(lock: &'a Lockfile, name: &str) -> &'a LockedPackage {
-        lock.packages
-            .iter()
-            .find(|p| p.name == name)
-            .unwrap_or_else(|| panic!("no package {name:?}"))
+        lock.packages.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no package {name:?}"))
     }
 
     // --- Elixir terms -------------------------------------------------------------
@@ -1652,10 +1423,7 @@ mod tests {
         check_ex(r#"%{"a" => 1, "b" => 2}"#, r#"%{"a" => 1, "b" => 2}"#);
         check_ex(r#"%{"a" => 1, b: 2}"#, r#"%{"a" => 1, :b => 2}"#);
         check_ex(r#"%{"a": 1,}"#, "%{:a => 1}");
-        check_ex(
-            "%{\n  \"x\": {:hex},\n  \"y\": [],\n}",
-            "%{:x => {:hex}, :y => []}",
-        );
+        check_ex("%{\n  \"x\": {:hex},\n  \"y\": [],\n}", "%{:x => {:hex}, :y => []}");
         check_ex("%{:a => %{1 => 2}}", "%{:a => %{1 => 2}}");
     }
 
@@ -1717,73 +1485,31 @@ mod tests {
 
     #[test]
     fn elixir_syntax_errors_name_the_position() {
-        check_ex_err(
-            r#""a#{b}""#,
-            "line 1, column 3: string interpolation is not allowed in a lock file",
-        );
+        check_ex_err(r#""a#{b}""#, "line 1, column 3: string interpolation is not allowed in a lock file");
         check_ex_err("\n  \"abc", "line 2, column 3: unterminated string");
         check_ex_err(r#":"abc"#, "line 1, column 2: unterminated quoted atom");
-        check_ex_err(
-            r#"%{"a" 1}"#,
-            "line 1, column 7: expected `=>`, found integer 1",
-        );
-        check_ex_err(
-            "[1 2]",
-            "line 1, column 4: expected `,` or `]`, found integer 2",
-        );
-        check_ex_err(
-            "{1 2}",
-            "line 1, column 4: expected `,` or `}`, found integer 2",
-        );
-        check_ex_err(
-            "%{1 => 2 3}",
-            "line 1, column 10: expected `,` or `}`, found integer 3",
-        );
+        check_ex_err(r#"%{"a" 1}"#, "line 1, column 7: expected `=>`, found integer 1");
+        check_ex_err("[1 2]", "line 1, column 4: expected `,` or `]`, found integer 2");
+        check_ex_err("{1 2}", "line 1, column 4: expected `,` or `}`, found integer 2");
+        check_ex_err("%{1 => 2 3}", "line 1, column 10: expected `,` or `}`, found integer 3");
         check_ex_err(
             "{1, a: 2, 3}",
             "line 1, column 11: expected a `key: value` entry (keyword entries come last), found integer 3",
         );
-        check_ex_err(
-            "foo",
-            "line 1, column 1: expected a term, found identifier `foo`",
-        );
+        check_ex_err("foo", "line 1, column 1: expected a term, found identifier `foo`");
         check_ex_err("[1,,2]", "line 1, column 4: expected a term, found `,`");
         check_ex_err("[", "line 1, column 2: expected a term, found end of input");
-        check_ex_err(
-            "[1",
-            "line 1, column 3: expected `,` or `]`, found end of input",
-        );
-        check_ex_err(
-            "1.5",
-            "line 1, column 1: expected an integer, found a float",
-        );
-        check_ex_err(
-            "99999999999999999999",
-            "line 1, column 1: integer out of range",
-        );
-        check_ex_err(
-            "%{} %{}",
-            "line 1, column 5: expected end of input, found a map",
-        );
-        check_ex_err(
-            r#""\u{110000}""#,
-            "line 1, column 2: invalid escape sequence in string",
-        );
-        check_ex_err(
-            r#""\u12""#,
-            "line 1, column 2: invalid escape sequence in string",
-        );
-        check_ex_err(
-            r#""\x""#,
-            "line 1, column 2: invalid escape sequence in string",
-        );
+        check_ex_err("[1", "line 1, column 3: expected `,` or `]`, found end of input");
+        check_ex_err("1.5", "line 1, column 1: expected an integer, found a float");
+        check_ex_err("99999999999999999999", "line 1, column 1: integer out of range");
+        check_ex_err("%{} %{}", "line 1, column 5: expected end of input, found a map");
+        check_ex_err(r#""\u{110000}""#, "line 1, column 2: invalid escape sequence in string");
+        check_ex_err(r#""\u12""#, "line 1, column 2: invalid escape sequence in string");
+        check_ex_err(r#""\x""#, "line 1, column 2: invalid escape sequence in string");
         check_ex_err("@", "line 1, column 1: unexpected character '@'");
         check_ex_err(r#""é" @"#, "line 1, column 5: unexpected character '@'");
         check_ex_err(r#"["a":1]"#, "line 1, column 5: unexpected character ':'");
-        check_ex_err(
-            "x: 1",
-            "line 1, column 1: expected a term, found keyword key `x:`",
-        );
+        check_ex_err("x: 1", "line 1, column 1: expected a term, found keyword key `x:`");
         check_ex_err("<<1>>", "line 1, column 1: unexpected character '<'");
         check_ex_err("- 1", "line 1, column 1: unexpected character '-'");
     }
@@ -1794,28 +1520,19 @@ mod tests {
             "%{\n<<<<<<< HEAD\n  \"a\": {:hex, :a, \"1.0.0\"},\n",
             "line 2, column 1: merge conflict marker in lock file",
         );
-        check_erl_err(
-            "[].\n=======\n",
-            "line 2, column 1: merge conflict marker in lock file",
-        );
+        check_erl_err("[].\n=======\n", "line 2, column 1: merge conflict marker in lock file");
     }
 
     // --- Erlang terms -------------------------------------------------------------
 
     #[test]
     fn erlang_terms() {
-        check_erl(
-            "{a, 'Quoted Atom', \"str\", 42, -7}.",
-            r#"{:a, :Quoted Atom, "str", 42, -7}"#,
-        );
+        check_erl("{a, 'Quoted Atom', \"str\", 42, -7}.", r#"{:a, :Quoted Atom, "str", 42, -7}"#);
         check_erl("[1,2,3].", "[1, 2, 3]");
         check_erl("[].", "[]");
         check_erl("{}.", "{}");
         check_erl("16#ff. 2#1010. 1_000.", "255. 10. 1000");
-        check_erl(
-            "pkg_hash_ext. node@host. 'hello world'.",
-            ":pkg_hash_ext. :node@host. :hello world",
-        );
+        check_erl("pkg_hash_ext. node@host. 'hello world'.", ":pkg_hash_ext. :node@host. :hello world");
         check_erl("#{a => 1, <<\"b\">> => [x]}.", r#"%{:a => 1, "b" => [:x]}"#);
         check_erl("\"ab\" \"cd\".", r#""abcd""#);
         check_erl("", "");
@@ -1846,60 +1563,24 @@ mod tests {
 
     #[test]
     fn erlang_syntax_errors_name_the_position() {
-        check_erl_err(
-            "{a, B}.",
-            "line 1, column 5: expected a term, found identifier `B`",
-        );
-        check_erl_err(
-            "{a, _}.",
-            "line 1, column 5: expected a term, found identifier `_`",
-        );
-        check_erl_err(
-            "[1,2]",
-            "line 1, column 6: expected `.` after the term, found end of input",
-        );
-        check_erl_err(
-            "[1,2] [3].",
-            "line 1, column 7: expected `.` after the term, found `[`",
-        );
+        check_erl_err("{a, B}.", "line 1, column 5: expected a term, found identifier `B`");
+        check_erl_err("{a, _}.", "line 1, column 5: expected a term, found identifier `_`");
+        check_erl_err("[1,2]", "line 1, column 6: expected `.` after the term, found end of input");
+        check_erl_err("[1,2] [3].", "line 1, column 7: expected `.` after the term, found `[`");
         check_erl_err("<<\"ü\">>.", "line 1, column 1: binary is not valid UTF-8");
-        check_erl_err(
-            "<<256>>.",
-            "line 1, column 3: binary segment value out of range",
-        );
-        check_erl_err(
-            "<<-1>>.",
-            "line 1, column 3: binary segment value out of range",
-        );
-        check_erl_err(
-            "<<\"x\"/binary>>.",
-            "line 1, column 7: expected the segment type `utf8`, found atom `binary`",
-        );
-        check_erl_err(
-            "<<a>>.",
-            "line 1, column 3: expected a string or integer segment, found atom `a`",
-        );
+        check_erl_err("<<256>>.", "line 1, column 3: binary segment value out of range");
+        check_erl_err("<<-1>>.", "line 1, column 3: binary segment value out of range");
+        check_erl_err("<<\"x\"/binary>>.", "line 1, column 7: expected the segment type `utf8`, found atom `binary`");
+        check_erl_err("<<a>>.", "line 1, column 3: expected a string or integer segment, found atom `a`");
         check_erl_err("[H|T].", "line 1, column 3: unexpected character '|'");
         check_erl_err("'abc", "line 1, column 1: unterminated quoted atom");
         check_erl_err("\n\n  \"abc\\", "line 3, column 3: unterminated string");
         check_erl_err("37#1.", "line 1, column 1: integer out of range");
         check_erl_err("16#.", "line 1, column 4: expected a digit, found '.'");
-        check_erl_err(
-            "1.5.",
-            "line 1, column 1: expected an integer, found a float",
-        );
-        check_erl_err(
-            r#""\^1"."#,
-            "line 1, column 2: invalid escape sequence in string",
-        );
-        check_erl_err(
-            r#""\x4"."#,
-            "line 1, column 2: invalid escape sequence in string",
-        );
-        check_erl_err(
-            "{a => 1}.",
-            "line 1, column 4: expected `,` or `}`, found `=>`",
-        );
+        check_erl_err("1.5.", "line 1, column 1: expected an integer, found a float");
+        check_erl_err(r#""\^1"."#, "line 1, column 2: invalid escape sequence in string");
+        check_erl_err(r#""\x4"."#, "line 1, column 2: invalid escape sequence in string");
+        check_erl_err("{a => 1}.", "line 1, column 4: expected `,` or `}`, found `=>`");
         check_erl_err("a: 1.", "line 1, column 2: unexpected character ':'");
     }
 
@@ -1915,50 +1596,32 @@ mod tests {
     #[test]
     fn nesting_past_the_limit_is_refused() {
         let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
-        let message = format!(
-            "line 1, column {}: nesting deeper than 64 levels",
-            MAX_DEPTH + 1
-        );
+        let message = format!("line 1, column {}: nesting deeper than 64 levels", MAX_DEPTH + 1);
         check_ex_err(&deep, &message);
         check_erl_err(&format!("{deep}."), &message);
         check_ex_err(&"{".repeat(MAX_DEPTH + 1), &message);
         check_ex_err(
             &"%{1 => ".repeat(MAX_DEPTH + 1),
-            &format!(
-                "line 1, column {}: nesting deeper than 64 levels",
-                7 * MAX_DEPTH + 1
-            ),
+            &format!("line 1, column {}: nesting deeper than 64 levels", 7 * MAX_DEPTH + 1),
         );
     }
 
     #[test]
     fn hostile_nesting_does_not_overflow_the_stack() {
         let hostile = "[".repeat(1_000_000);
-        assert!(matches!(
-            parse_mix_lock(&hostile),
-            Err(LockfileError::TooDeep { .. })
-        ));
+        assert!(matches!(parse_mix_lock(&hostile), Err(LockfileError::TooDeep { .. })));
         let hostile = "{[".repeat(300_000);
-        assert!(matches!(
-            parse_rebar_lock(&hostile),
-            Err(LockfileError::TooDeep { .. })
-        ));
+        assert!(matches!(parse_rebar_lock(&hostile), Err(LockfileError::TooDeep { .. })));
     }
 
     #[test]
     fn oversized_input_is_refused() {
         let big = " ".repeat(MAX_INPUT_BYTES + 1);
-        let expected = format!(
-            "lock file is {} bytes, over the limit of {} bytes",
-            MAX_INPUT_BYTES + 1,
-            MAX_INPUT_BYTES
-        );
+        let expected =
+            format!("lock file is {} bytes, over the limit of {} bytes", MAX_INPUT_BYTES + 1, MAX_INPUT_BYTES);
         assert_eq!(parse_mix_lock(&big).unwrap_err().to_string(), expected);
         assert_eq!(parse_rebar_lock(&big).unwrap_err().to_string(), expected);
-        assert_eq!(
-            parse_lockfile("mix.lock", &big).unwrap_err().to_string(),
-            expected
-        );
+        assert_eq!(parse_lockfile("mix.lock", &big).unwrap_err().to_string(), expected);
         assert!(parse_mix_lock(&" ".repeat(MAX_INPUT_BYTES)).is_ok());
     }
 
@@ -1976,10 +1639,7 @@ mod tests {
             ascending.push_str(&format!("{:02x}", i * 8));
         }
         let expected: Vec<u8> = (0..32u8).map(|i| i * 8).collect();
-        assert_eq!(
-            decode_checksum(&ascending).map(|b| b.to_vec()),
-            Ok(expected)
-        );
+        assert_eq!(decode_checksum(&ascending).map(|b| b.to_vec()), Ok(expected));
     }
 
     #[test]
@@ -1990,22 +1650,10 @@ mod tests {
         check("", "expected 64 hex digits, found 0");
         check(&SUM_A[..62], "expected 64 hex digits, found 62");
         check(&format!("{SUM_A}00"), "expected 64 hex digits, found 66");
-        check(
-            &format!("{}g", &SUM_A[..63]),
-            "'g' at offset 63 is not a hex digit",
-        );
-        check(
-            &format!(" {}", &SUM_A[..63]),
-            "' ' at offset 0 is not a hex digit",
-        );
-        check(
-            &format!("{}é", &SUM_A[..62]),
-            "'é' at offset 62 is not a hex digit",
-        );
-        check(
-            &format!("0x{}", &SUM_A[..62]),
-            "'x' at offset 1 is not a hex digit",
-        );
+        check(&format!("{}g", &SUM_A[..63]), "'g' at offset 63 is not a hex digit");
+        check(&format!(" {}", &SUM_A[..63]), "' ' at offset 0 is not a hex digit");
+        check(&format!("{}é", &SUM_A[..62]), "'é' at offset 62 is not a hex digit");
+        check(&format!("0x{}", &SUM_A[..62]), "'x' at offset 1 is not a hex digit");
     }
 
     // --- mix.lock -----------------------------------------------------------------
@@ -2023,22 +1671,12 @@ mod tests {
 
     #[test]
     fn mix_older_entry_shapes() {
-        let six =
-            format!(r#"%{{"cowboy": {{:hex, :cowboy, "1.0.4", "{SUM_A}", [:rebar, :make], []}}}}"#);
+        let six = format!(r#"%{{"cowboy": {{:hex, :cowboy, "1.0.4", "{SUM_A}", [:rebar, :make], []}}}}"#);
         check_mix(&six, &["cowboy 1.0.4 hexpm i-"], &[]);
-        let seven =
-            format!(r#"%{{"plug" => {{:hex, :plug, "1.1.6", "{SUM_A}", [:mix], [], "hexpm"}}}}"#);
+        let seven = format!(r#"%{{"plug" => {{:hex, :plug, "1.1.6", "{SUM_A}", [:mix], [], "hexpm"}}}}"#);
         check_mix(&seven, &["plug 1.1.6 hexpm i-"], &[]);
-        check_mix(
-            r#"%{"ex_doc" => {:hex, :ex_doc, "0.11.5"}}"#,
-            &["ex_doc 0.11.5 hexpm --"],
-            &[],
-        );
-        check_mix(
-            r#"%{"a": {:hex, :a, "1.0.0", nil, [:mix], [], nil, nil}}"#,
-            &["a 1.0.0 hexpm --"],
-            &[],
-        );
+        check_mix(r#"%{"ex_doc" => {:hex, :ex_doc, "0.11.5"}}"#, &["ex_doc 0.11.5 hexpm --"], &[]);
+        check_mix(r#"%{"a": {:hex, :a, "1.0.0", nil, [:mix], [], nil, nil}}"#, &["a 1.0.0 hexpm --"], &[]);
         let newer = format!(
             r#"%{{"a": {{:hex, :a, "1.0.0", "{SUM_A}", [:mix], [], "hexpm", "{SUM_B}", %{{future: 1}}, :more}}}}"#
         );
@@ -2047,23 +1685,14 @@ mod tests {
 
     #[test]
     fn mix_package_name_comes_from_the_tuple_not_the_key() {
-        check_mix(
-            r#"%{"my_json": {:hex, :jason, "1.4.4"}}"#,
-            &["jason 1.4.4 hexpm --"],
-            &[],
-        );
-        check_mix(
-            r#"%{"x" => {:hex, "jason", "1.4.4"}}"#,
-            &["jason 1.4.4 hexpm --"],
-            &[],
-        );
+        check_mix(r#"%{"my_json": {:hex, :jason, "1.4.4"}}"#, &["jason 1.4.4 hexpm --"], &[]);
+        check_mix(r#"%{"x" => {:hex, "jason", "1.4.4"}}"#, &["jason 1.4.4 hexpm --"], &[]);
     }
 
     #[test]
     fn mix_organisation_repository() {
-        let input = format!(
-            r#"%{{"billing": {{:hex, :billing, "2.3.0", "{SUM_A}", [:mix], [], "hexpm:acme", "{SUM_B}"}}}}"#
-        );
+        let input =
+            format!(r#"%{{"billing": {{:hex, :billing, "2.3.0", "{SUM_A}", [:mix], [], "hexpm:acme", "{SUM_B}"}}}}"#);
         check_mix(&input, &["billing 2.3.0 hexpm:acme io"], &[]);
     }
 
@@ -2074,11 +1703,7 @@ mod tests {
             &[],
             &["icons git https://example.com/icons.git"],
         );
-        check_mix(
-            r#"%{"local": {:path, "../local"}}"#,
-            &[],
-            &["local path ../local"],
-        );
+        check_mix(r#"%{"local": {:path, "../local"}}"#, &[], &["local path ../local"]);
         check_mix(r#"%{"odd": {:custom_scm}}"#, &[], &["odd custom_scm -"]);
         check_mix(
             r#"%{"a": {:hex, :a, "1.0.0"}, "b": {:git, "u", "r", []}, "c": {:hex, :c, "2.0.0-rc.1+build.5"}}"#,
@@ -2096,14 +1721,8 @@ mod tests {
 
     #[test]
     fn mix_shape_errors_name_the_position() {
-        check_mix_err(
-            "[]",
-            "line 1, column 1: expected a map `%{...}`, found a list",
-        );
-        check_mix_err(
-            "%{1 => {:hex, :a, \"1.0.0\"}}",
-            "line 1, column 3: expected a dependency name, found integer 1",
-        );
+        check_mix_err("[]", "line 1, column 1: expected a map `%{...}`, found a list");
+        check_mix_err("%{1 => {:hex, :a, \"1.0.0\"}}", "line 1, column 3: expected a dependency name, found integer 1");
         check_mix_err(
             "%{\n  \"a\": \"1.0.0\"}",
             "line 2, column 8: dependency \"a\": expected a tuple such as `{:hex, ...}`, found string \"1.0.0\"",
@@ -2132,10 +1751,7 @@ mod tests {
             "%{\"a\": {:hex, :a, \"1.0.0/../../x\"}}",
             "line 1, column 19: dependency \"a\": invalid version \"1.0.0/../../x\"",
         );
-        check_mix_err(
-            "%{\"a\": {:hex, :a, \"\"}}",
-            "line 1, column 19: dependency \"a\": invalid version \"\"",
-        );
+        check_mix_err("%{\"a\": {:hex, :a, \"\"}}", "line 1, column 19: dependency \"a\": invalid version \"\"");
         check_mix_err(
             "%{\"a\": {:hex, :a, \"v1.0.0\"}}",
             "line 1, column 19: dependency \"a\": invalid version \"v1.0.0\"",
@@ -2156,10 +1772,8 @@ mod tests {
             "%{\"a\": {:hex, :a, \"1.0.0\", \"abc\", [:mix], []}}",
             "line 1, column 28: invalid inner checksum for package \"a\": expected 64 hex digits, found 3",
         );
-        let bad_outer = format!(
-            "%{{\"a\": {{:hex, :a, \"1.0.0\", \"{SUM_A}\", [:mix], [], \"hexpm\",\n \"{}z\"}}}}",
-            &SUM_B[..63]
-        );
+        let bad_outer =
+            format!("%{{\"a\": {{:hex, :a, \"1.0.0\", \"{SUM_A}\", [:mix], [], \"hexpm\",\n \"{}z\"}}}}", &SUM_B[..63]);
         check_mix_err(
             &bad_outer,
             "line 2, column 2: invalid outer checksum for package \"a\": 'z' at offset 63 is not a hex digit",
@@ -2195,24 +1809,14 @@ mod tests {
         assert_eq!(phoenix.repo, "hexpm");
         assert_eq!(
             phoenix.inner_checksum,
-            Some(hex32(
-                "f6e1377caa9f58a6c21657422bfc920f9a08a12a02cf1fb877ca6e6248b53b6a"
-            ))
+            Some(hex32("f6e1377caa9f58a6c21657422bfc920f9a08a12a02cf1fb877ca6e6248b53b6a"))
         );
         assert_eq!(
             phoenix.outer_checksum,
-            Some(hex32(
-                "82b76ac61f6d7afde701c07c0f1213029ddddc8d69189962d7233cadb5d1590e"
-            ))
+            Some(hex32("82b76ac61f6d7afde701c07c0f1213029ddddc8d69189962d7233cadb5d1590e"))
         );
-        assert_eq!(
-            package(&lock, "acme_billing").inner_checksum,
-            Some(hex32(SUM_A))
-        );
-        assert_eq!(
-            package(&lock, "acme_billing").outer_checksum,
-            Some(hex32(SUM_B))
-        );
+        assert_eq!(package(&lock, "acme_billing").inner_checksum, Some(hex32(SUM_A)));
+        assert_eq!(package(&lock, "acme_billing").outer_checksum, Some(hex32(SUM_B)));
         assert_eq!(package(&lock, "telemetry").version, "1.3.0");
         assert_eq!(package(&lock, "phoenix_live_view").version, "0.20.17");
         let mut names: Vec<&str> = lock.packages.iter().map(|p| p.name.as_str()).collect();
@@ -2242,21 +1846,14 @@ mod tests {
                 "ssl_verify_fun 1.1.0 hexpm i-",
             ])
         );
-        assert_eq!(
-            skipped,
-            strings(&["oauth git https://github.com/tim/erlang-oauth.git"])
-        );
+        assert_eq!(skipped, strings(&["oauth git https://github.com/tim/erlang-oauth.git"]));
         assert_eq!(
             package(&lock, "certifi").inner_checksum,
-            Some(hex32(
-                "1d54c39db785f5638ecf146d1cff0e0542ad3c1e54085ddc77c7e85b59f4b27a"
-            ))
+            Some(hex32("1d54c39db785f5638ecf146d1cff0e0542ad3c1e54085ddc77c7e85b59f4b27a"))
         );
         assert_eq!(
             package(&lock, "poison").outer_checksum,
-            Some(hex32(
-                "5f851d3e426c9d7c60eeac523e897471bddffe06150ca0e1acb7d8664158a268"
-            ))
+            Some(hex32("5f851d3e426c9d7c60eeac523e897471bddffe06150ca0e1acb7d8664158a268"))
         );
     }
 
@@ -2293,18 +1890,13 @@ mod tests {
 
     #[test]
     fn rebar_checksums_inside_the_pkg_tuple() {
-        let five = format!(
-            "[{{<<\"a\">>,{{pkg,<<\"a\">>,<<\"1.0.0\">>,<<\"{SUM_A}\">>,<<\"{SUM_B}\">>}},0}}]."
-        );
+        let five = format!("[{{<<\"a\">>,{{pkg,<<\"a\">>,<<\"1.0.0\">>,<<\"{SUM_A}\">>,<<\"{SUM_B}\">>}},0}}].");
         check_rebar(&five, &["a 1.0.0 hexpm io"], &[]);
         let four = format!("[{{<<\"a\">>,{{pkg,<<\"a\">>,<<\"1.0.0\">>,<<\"{SUM_A}\">>}},0}}].");
         check_rebar(&four, &["a 1.0.0 hexpm i-"], &[]);
-        check_rebar(
-            "[{<<\"a\">>,{pkg,<<\"a\">>,<<\"1.0.0\">>,undefined,undefined},0}].",
-            &["a 1.0.0 hexpm --"],
-            &[],
-        );
-        let six = format!("[{{<<\"a\">>,{{pkg,<<\"a\">>,<<\"1.0.0\">>,<<\"{SUM_A}\">>,undefined,<<\"hexpm:acme\">>}},0}}].");
+        check_rebar("[{<<\"a\">>,{pkg,<<\"a\">>,<<\"1.0.0\">>,undefined,undefined},0}].", &["a 1.0.0 hexpm --"], &[]);
+        let six =
+            format!("[{{<<\"a\">>,{{pkg,<<\"a\">>,<<\"1.0.0\">>,<<\"{SUM_A}\">>,undefined,<<\"hexpm:acme\">>}},0}}].");
         check_rebar(&six, &["a 1.0.0 hexpm:acme i-"], &[]);
         let same = format!(
             "{{\"1.2.0\",[{{<<\"a\">>,{{pkg,<<\"a\">>,<<\"1.0.0\">>,<<\"{SUM_A}\">>}},0}}]}}.\n[{{pkg_hash,[{{<<\"a\">>,<<\"{}\">>}}]}}].",
@@ -2319,25 +1911,14 @@ mod tests {
             "{{\"1.2.0\",[{{<<\"my_json\">>,{{pkg,<<\"jsx\">>,<<\"3.1.0\">>}},0}}]}}.\n[{{pkg_hash,[{{<<\"jsx\">>,<<\"{SUM_B}\">>}},{{<<\"my_json\">>,<<\"{SUM_A}\">>}}]}}]."
         );
         check_rebar(&input, &["jsx 3.1.0 hexpm i-"], &[]);
-        assert_eq!(
-            parse_rebar_lock(&input).unwrap().packages[0].inner_checksum,
-            Some(hex32(SUM_A))
-        );
+        assert_eq!(parse_rebar_lock(&input).unwrap().packages[0].inner_checksum, Some(hex32(SUM_A)));
     }
 
     #[test]
     fn rebar_liberal_spellings() {
-        check_rebar(
-            "[{\"a\",{pkg,\"a\",\"1.0.0\"},0}].",
-            &["a 1.0.0 hexpm --"],
-            &[],
-        );
+        check_rebar("[{\"a\",{pkg,\"a\",\"1.0.0\"},0}].", &["a 1.0.0 hexpm --"], &[]);
         check_rebar("[{a,{pkg,a,<<\"1.0.0\">>},0}].", &["a 1.0.0 hexpm --"], &[]);
-        check_rebar(
-            "[{<<\"a\">>,{pkg,<<\"a\">>,<<\"1.0.0\">>}}].",
-            &["a 1.0.0 hexpm --"],
-            &[],
-        );
+        check_rebar("[{<<\"a\">>,{pkg,<<\"a\">>,<<\"1.0.0\">>}}].", &["a 1.0.0 hexpm --"], &[]);
         check_rebar(
             "{\"1.2.0\",[{<<\"a\">>,{pkg,<<\"a\">>,<<\"1.0.0\">>},0}]}.\n[{pkg_hash,[]},{future_attr,[x]},ignored].\nextra.",
             &["a 1.0.0 hexpm --"],
@@ -2362,11 +1943,7 @@ mod tests {
             &[],
             &["m hg https://example.com/m"],
         );
-        check_rebar(
-            "[{<<\"r\">>,{raw,{git,\"u\",{ref,\"x\"}}},0}].",
-            &[],
-            &["r raw -"],
-        );
+        check_rebar("[{<<\"r\">>,{raw,{git,\"u\",{ref,\"x\"}}},0}].", &[], &["r raw -"]);
     }
 
     #[test]
@@ -2379,15 +1956,12 @@ mod tests {
             "locks.",
             "line 1, column 1: expected `{\"1.2.0\", [...]}` or a list of locked dependencies, found atom `locks`",
         );
+        check_rebar_err("[foo].", "line 1, column 2: expected a lock entry `{Name, Source, Level}`, found atom `foo`");
         check_rebar_err(
-            "[foo].",
-            "line 1, column 2: expected a lock entry `{Name, Source, Level}`, found atom `foo`",
+            "[{<<\"a\">>}].",
+            "line 1, column 2: expected a lock entry `{Name, Source, Level}`, found a tuple of 1 element(s)",
         );
-        check_rebar_err("[{<<\"a\">>}].", "line 1, column 2: expected a lock entry `{Name, Source, Level}`, found a tuple of 1 element(s)");
-        check_rebar_err(
-            "[{1,{pkg,a,<<\"1\">>},0}].",
-            "line 1, column 3: expected a dependency name, found integer 1",
-        );
+        check_rebar_err("[{1,{pkg,a,<<\"1\">>},0}].", "line 1, column 3: expected a dependency name, found integer 1");
         check_rebar_err(
             "[{<<\"a\">>,<<\"1.0.0\">>,0}].",
             "line 1, column 11: dependency \"a\": expected a source such as `{pkg, ...}`, found string \"1.0.0\"",
@@ -2404,15 +1978,12 @@ mod tests {
             "[{<<\"a\">>,{pkg,<<\"a\">>,<<\"1.0.0 \">>},0}].",
             "line 1, column 24: dependency \"a\": invalid version \"1.0.0 \"",
         );
-        check_rebar_err("[].\nfoo.", "line 2, column 1: expected the attribute list `[{pkg_hash, [...]}, ...]`, found atom `foo`");
         check_rebar_err(
-            "[].\n[{pkg_hash, foo}].",
-            "line 2, column 2: expected `{pkg_hash, [...]}`",
+            "[].\nfoo.",
+            "line 2, column 1: expected the attribute list `[{pkg_hash, [...]}, ...]`, found atom `foo`",
         );
-        check_rebar_err(
-            "[].\n[{pkg_hash_ext, [a]}].",
-            "line 2, column 18: expected `{Name, Hash}`, found atom `a`",
-        );
+        check_rebar_err("[].\n[{pkg_hash, foo}].", "line 2, column 2: expected `{pkg_hash, [...]}`");
+        check_rebar_err("[].\n[{pkg_hash_ext, [a]}].", "line 2, column 18: expected `{Name, Hash}`, found atom `a`");
     }
 
     #[test]
@@ -2470,28 +2041,20 @@ mod tests {
         let cowboy = package(&lock, "cowboy");
         assert_eq!(
             cowboy.inner_checksum,
-            Some(hex32(
-                "056f2fad000e284993bbcab4235955bb394fe19765711c380d54677bd6969a7c"
-            ))
+            Some(hex32("056f2fad000e284993bbcab4235955bb394fe19765711c380d54677bd6969a7c"))
         );
         assert_eq!(
             cowboy.outer_checksum,
-            Some(hex32(
-                "7d89632ba0c66116711c105a5ee388d4fce013840ec8679a95ce22bb7cfced34"
-            ))
+            Some(hex32("7d89632ba0c66116711c105a5ee388d4fce013840ec8679a95ce22bb7cfced34"))
         );
         let compat = package(&lock, "unicode_util_compat");
         assert_eq!(
             compat.inner_checksum,
-            Some(hex32(
-                "78024a761612b1433afdb83e4d044ea2029e03b1b788284f786a8ae137f185c2"
-            ))
+            Some(hex32("78024a761612b1433afdb83e4d044ea2029e03b1b788284f786a8ae137f185c2"))
         );
         assert_eq!(
             compat.outer_checksum,
-            Some(hex32(
-                "40f08a516e02053646f963d96b5685d853ed6ea7da7ffb38746e5a326052be9b"
-            ))
+            Some(hex32("40f08a516e02053646f963d96b5685d853ed6ea7da7ffb38746e5a326052be9b"))
         );
     }
 
@@ -2505,9 +2068,7 @@ mod tests {
                 let _ = parse_rebar_lock(prefix);
             }
             for &at in boundaries.iter().step_by(6) {
-                for junk in [
-                    "}", "]", "\"", "'", "<<", ">>", "%{", "#{", ":", "\\", "\n.", "-",
-                ] {
+                for junk in ["}", "]", "\"", "'", "<<", ">>", "%{", "#{", ":", "\\", "\n.", "-"] {
                     let corrupted = format!("{}{junk}{}", &text[..at], &text[at..]);
                     let _ = parse_lockfile("mix.lock", &corrupted);
                     let _ = parse_lockfile("rebar.lock", &corrupted);
@@ -2545,36 +2106,21 @@ mod tests {
     #[test]
     fn parse_lockfile_dispatches() {
         let lock = parse_lockfile("deps/mix.lock", PHOENIX_APP).unwrap();
-        assert_eq!(
-            (lock.format, lock.packages.len()),
-            (LockfileFormat::Mix, 39)
-        );
+        assert_eq!((lock.format, lock.packages.len()), (LockfileFormat::Mix, 39));
         let lock = parse_lockfile("rebar.lock", COWBOY_SERVICE).unwrap();
-        assert_eq!(
-            (lock.format, lock.packages.len()),
-            (LockfileFormat::Rebar, 13)
-        );
+        assert_eq!((lock.format, lock.packages.len()), (LockfileFormat::Rebar, 13));
         let lock = parse_lockfile("upload.bin", LEGACY_APP).unwrap();
+        assert_eq!((lock.format, lock.packages.len()), (LockfileFormat::Mix, 13));
         assert_eq!(
-            (lock.format, lock.packages.len()),
-            (LockfileFormat::Mix, 13)
-        );
-        assert_eq!(
-            parse_lockfile("upload.bin", "garbage")
-                .unwrap_err()
-                .to_string(),
+            parse_lockfile("upload.bin", "garbage").unwrap_err().to_string(),
             "cannot tell whether \"upload.bin\" is a mix.lock or a rebar.lock"
         );
         assert_eq!(
-            parse_lockfile("mix.lock", COWBOY_SERVICE)
-                .unwrap_err()
-                .to_string(),
+            parse_lockfile("mix.lock", COWBOY_SERVICE).unwrap_err().to_string(),
             "line 2, column 3: unexpected character '<'"
         );
         assert_eq!(
-            parse_lockfile("rebar.lock", PHOENIX_APP)
-                .unwrap_err()
-                .to_string(),
+            parse_lockfile("rebar.lock", PHOENIX_APP).unwrap_err().to_string(),
             "line 2, column 17: unexpected character ':'"
         );
     }

@@ -90,12 +90,26 @@ impl ClientCredentials {
         }
         Some(value.to_string())
     }
+}
 
-    /// A short digest identifying these credentials in memory (never stored, never logged).
-    fn fingerprint(authorization: Option<&HeaderValue>) -> String {
-        match authorization {
-            None => String::new(),
-            Some(value) => hex::encode(&Sha256::digest(value.as_bytes())[..12]),
+/// The credential an upstream request carries, decided by the repository's trust policy.
+#[derive(Clone)]
+enum Credential {
+    None,
+    /// The client's own `Authorization`, to a trusted upstream.
+    Client(HeaderValue),
+    /// hexmirror's own key (or the OAuth token obtained with it).
+    Own,
+}
+
+impl Credential {
+    /// Identifies the credential within the in-flight map only (never stored, never logged),
+    /// so that one client's credentials never answer another's request.
+    fn fingerprint(&self) -> String {
+        match self {
+            Credential::None => "anonymous".into(),
+            Credential::Own => "own".into(),
+            Credential::Client(value) => hex::encode(&Sha256::digest(value.as_bytes())[..12]),
         }
     }
 }
@@ -258,6 +272,7 @@ struct Inner {
     flights: Flights,
     negative: moka::sync::Cache<CacheKey, ()>,
     metrics: Metrics,
+    tokens: HashMap<String, crate::oauth::TokenSource>,
     degraded: AtomicBool,
     refusals: Mutex<VecDeque<Refusal>>,
 }
@@ -298,8 +313,17 @@ impl Mirror {
                 );
             }
         }
+        let tokens = config
+            .repos
+            .values()
+            .filter_map(|repo| {
+                let (url, key) = (repo.oauth_token_url.clone()?, repo.auth_key.clone()?);
+                Some((repo.name.clone(), crate::oauth::TokenSource::new(url, key, repo.allow_http)))
+            })
+            .collect();
         let mirror = Mirror {
             inner: Arc::new(Inner {
+                tokens,
                 config: Arc::new(config),
                 repos,
                 memory,
@@ -500,21 +524,19 @@ impl Mirror {
                 return Err(MirrorError::NotFound(format!("{path} (the upstream answered 404 moments ago)")));
             }
 
-            let authorization = self.credentials_for(target, client);
-            let flight_key = format!("{public_key}#{}", ClientCredentials::fingerprint(authorization.as_ref()));
+            let credential = self.credential_for(target, client);
+            let flight_key = format!("{public_key}#{}", credential.fingerprint());
             let this = self.clone();
             let (t, r, c) = (target.clone(), resource.clone(), check.clone());
             let stale = cached.clone();
-            let reply =
-                self.inner
-                    .flights
-                    .join(flight_key, &self.inner.metrics, move || {
-                        async move {
-                            this.fetch(&t, &r, c, authorization, stale).await.map(|(e, s)| Reply::from_entry(&e, s))
-                        }
+            let reply = self
+                .inner
+                .flights
+                .join(flight_key, &self.inner.metrics, move || {
+                    async move { this.fetch(&t, &r, c, credential, stale).await.map(|(e, s)| Reply::from_entry(&e, s)) }
                         .boxed()
-                    })
-                    .await;
+                })
+                .await;
             // The flight hands out replies; the entry it stored is in the memory tier.
             let reply = reply?;
             let key = if reply.private { &private_key } else { &public_key };
@@ -584,21 +606,47 @@ impl Mirror {
         Some(entry)
     }
 
-    /// The `Authorization` sent upstream for this client: hexmirror's own key for the
-    /// repository if it has one; the client's own credential only to a trusted upstream;
-    /// nothing otherwise.
-    fn credentials_for(&self, target: &Target, client: &ClientCredentials) -> Option<HeaderValue> {
+    /// Which credential goes upstream for this client: hexmirror's own for the repository if
+    /// it has one; the client's own only to a trusted upstream; nothing otherwise.
+    fn credential_for(&self, target: &Target, client: &ClientCredentials) -> Credential {
         let repo = &target.repo;
         if repo.strip_headers.contains(&http::header::AUTHORIZATION) {
-            return None;
+            return Credential::None;
         }
-        if let Some(key) = &repo.auth_key {
-            return HeaderValue::from_str(key.expose()).ok();
+        if repo.auth_key.is_some() {
+            return Credential::Own;
         }
-        if repo.trusted {
-            return client.authorization.clone();
+        match (&client.authorization, repo.trusted) {
+            (Some(value), true) => Credential::Client(value.clone()),
+            _ => Credential::None,
         }
-        None
+    }
+
+    /// The `Authorization` value for a credential (exchanging hexmirror's key for a token
+    /// where the repository uses OAuth).
+    async fn authorization(
+        &self,
+        target: &Target,
+        credential: &Credential,
+    ) -> Result<Option<HeaderValue>, MirrorError> {
+        match credential {
+            Credential::None => Ok(None),
+            Credential::Client(value) => Ok(Some(value.clone())),
+            Credential::Own => {
+                if let Some(source) = self.inner.tokens.get(&target.repo.name) {
+                    return source
+                        .authorization(&self.inner.upstream)
+                        .await
+                        .map(Some)
+                        .map_err(|e| MirrorError::Upstream(UpstreamError::Unreachable(e)));
+                }
+                let key = target.repo.auth_key.as_ref().map(|k| k.expose()).unwrap_or_default();
+                let mut value = HeaderValue::from_str(key)
+                    .map_err(|_| MirrorError::Internal("auth_key is not a valid header value".into()))?;
+                value.set_sensitive(true);
+                Ok(Some(value))
+            }
+        }
     }
 
     /// True when the upstream saw this client's own credential (its answer proves access).
@@ -637,8 +685,8 @@ impl Mirror {
         if !self.fetched_with_client_credentials(target, client) || self.inner.config.offline {
             return Err(MirrorError::Unauthorized);
         }
-        let authorization = self.credentials_for(target, client);
-        match self.fetch(target, resource, check.clone(), authorization, Some(entry.clone())).await {
+        let credential = self.credential_for(target, client);
+        match self.fetch(target, resource, check.clone(), credential, Some(entry.clone())).await {
             Ok((entry, status)) if status != CacheStatus::Stale => Ok(Some((entry, status))),
             Ok(_) | Err(MirrorError::Upstream(_)) => {
                 Err(MirrorError::Unavailable("the upstream cannot confirm access to private content".into()))
@@ -653,10 +701,14 @@ impl Mirror {
         target: &Target,
         resource: &Resource,
         check: Check,
-        authorization: Option<HeaderValue>,
+        credential: Credential,
         cached: Option<Arc<Entry>>,
     ) -> Result<(Arc<Entry>, CacheStatus), MirrorError> {
         let path = resource.path();
+        let authorization = match self.authorization(target, &credential).await {
+            Ok(authorization) => authorization,
+            Err(e) => return cached.map(|c| (c, CacheStatus::Stale)).ok_or(e),
+        };
         let max_bytes = match resource.kind() {
             Kind::Tarball | Kind::Installs => self.inner.config.max_tarball_bytes,
             _ => self.inner.config.max_registry_bytes,
@@ -743,7 +795,11 @@ impl Mirror {
             repo: &target.repo,
             path,
             validators: None,
-            authorization: self.credentials_for(target, &ClientCredentials::default()),
+            authorization: self
+                .authorization(target, &self.credential_for(target, &ClientCredentials::default()))
+                .await
+                .ok()
+                .flatten(),
             max_bytes: 64 << 10,
         };
         match self.inner.upstream.get(request).await {

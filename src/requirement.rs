@@ -169,14 +169,14 @@ impl fmt::Display for Comparator {
 /// SemVer 2.0 precedence: numeric triple, then pre-release (a release outranks any of
 /// its pre-releases); build metadata is ignored.
 fn precedence(a: &Version, b: &Version) -> Ordering {
-    (a.major, a.minor, a.patch)
-        .cmp(&(b.major, b.minor, b.patch))
-        .then_with(|| match (a.pre.is_empty(), b.pre.is_empty()) {
+    (a.major, a.minor, a.patch).cmp(&(b.major, b.minor, b.patch)).then_with(|| {
+        match (a.pre.is_empty(), b.pre.is_empty()) {
             (true, true) => Ordering::Equal,
             (true, false) => Ordering::Greater,
             (false, true) => Ordering::Less,
             (false, false) => a.pre.cmp(&b.pre),
-        })
+        }
+    })
 }
 
 /// A parsed Hex version requirement: alternatives joined by `or`, each a conjunction of
@@ -197,9 +197,7 @@ impl Requirement {
     /// matched by `>`, `>=` and `~>` comparators whose operand is itself a
     /// pre-release, unless `allow_pre` is true.
     pub fn matches(&self, version: &Version, allow_pre: bool) -> bool {
-        self.alternatives
-            .iter()
-            .any(|all| all.iter().all(|c| c.matches(version, allow_pre)))
+        self.alternatives.iter().any(|all| all.iter().all(|c| c.matches(version, allow_pre)))
     }
 }
 
@@ -237,16 +235,8 @@ pub fn parse_version(text: &str) -> Result<Version, RequirementError> {
 
 /// Parses a version whose first character is at `column`; returns it and whether the
 /// patch number was present (it may be missing only when `allow_no_patch`).
-fn parse_version_at(
-    text: &str,
-    column: usize,
-    allow_no_patch: bool,
-) -> Result<(Version, bool), RequirementError> {
-    let invalid = |reason: String| RequirementError::InvalidVersion {
-        column,
-        version: text.to_string(),
-        reason,
-    };
+fn parse_version_at(text: &str, column: usize, allow_no_patch: bool) -> Result<(Version, bool), RequirementError> {
+    let invalid = |reason: String| RequirementError::InvalidVersion { column, version: text.to_string(), reason };
     let (rest, build) = match text.split_once('+') {
         Some((rest, build)) => (rest, Some(build)),
         None => (text, None),
@@ -257,10 +247,7 @@ fn parse_version_at(
     };
     let parts: Vec<&str> = core.split('.').collect();
     if parts.len() > 3 || parts.len() < 2 {
-        return Err(invalid(format!(
-            "expected MAJOR.MINOR.PATCH, found {} dot-separated part(s)",
-            parts.len()
-        )));
+        return Err(invalid(format!("expected MAJOR.MINOR.PATCH, found {} dot-separated part(s)", parts.len())));
     }
     let mut numbers = [0u64; 3];
     for (slot, part) in numbers.iter_mut().zip(&parts) {
@@ -268,10 +255,7 @@ fn parse_version_at(
     }
     let has_patch = parts.len() == 3;
     if !has_patch && !allow_no_patch {
-        return Err(RequirementError::MissingPatch {
-            column,
-            version: text.to_string(),
-        });
+        return Err(RequirementError::MissingPatch { column, version: text.to_string() });
     }
     let pre = match pre {
         None => Prerelease::EMPTY,
@@ -287,13 +271,7 @@ fn parse_version_at(
             BuildMetadata::new(build).map_err(|e| invalid(e.to_string()))?
         }
     };
-    let version = Version {
-        major: numbers[0],
-        minor: numbers[1],
-        patch: numbers[2],
-        pre,
-        build,
-    };
+    let version = Version { major: numbers[0], minor: numbers[1], patch: numbers[2], pre, build };
     Ok((version, has_patch))
 }
 
@@ -318,19 +296,12 @@ fn check_identifiers(text: &str, what: &str) -> Result<(), String> {
         if ident.is_empty() {
             return Err(format!("empty {what} identifier"));
         }
-        if !ident
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err(format!(
-                "{what} identifier {ident:?} has a character outside [0-9A-Za-z-]"
-            ));
+        if !ident.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(format!("{what} identifier {ident:?} has a character outside [0-9A-Za-z-]"));
         }
         let numeric = ident.bytes().all(|b| b.is_ascii_digit());
         if what == "pre-release" && numeric && ident.len() > 1 && ident.starts_with('0') {
-            return Err(format!(
-                "numeric pre-release identifier {ident:?} has a leading zero"
-            ));
+            return Err(format!("numeric pre-release identifier {ident:?} has a leading zero"));
         }
     }
     Ok(())
@@ -438,12 +409,7 @@ fn parse_requirement_at(text: &str, offset: usize) -> Result<Requirement, Requir
         };
         i += 1;
         let (version, has_patch) = parse_version_at(word, column, op == Op::Tilde)?;
-        group.push(Comparator {
-            op,
-            version,
-            has_patch,
-            text: word.to_string(),
-        });
+        group.push(Comparator { op, version, has_patch, text: word.to_string() });
         match tokens.get(i) {
             None => break,
             Some((Token::And, _)) => {}
@@ -478,12 +444,10 @@ impl PackageSpec {
         let body = text.trim_start();
         let name_end = body.find(char::is_whitespace).unwrap_or(body.len());
         let name = &body[..name_end];
-        check_package_name(name).map_err(|(index, reason)| {
-            RequirementError::InvalidPackageName {
-                column: leading + index + 1,
-                name: name.to_string(),
-                reason,
-            }
+        check_package_name(name).map_err(|(index, reason)| RequirementError::InvalidPackageName {
+            column: leading + index + 1,
+            name: name.to_string(),
+            reason,
         })?;
         let rest = &body[name_end..];
         let requirement = if rest.trim().is_empty() {
@@ -492,10 +456,7 @@ impl PackageSpec {
             let offset = leading + name.chars().count();
             Some(parse_requirement_at(rest, offset)?)
         };
-        Ok(PackageSpec {
-            name: name.to_string(),
-            requirement,
-        })
+        Ok(PackageSpec { name: name.to_string(), requirement })
     }
 
     /// Whether `version` is wanted by this spec. Without a requirement every release
@@ -535,16 +496,11 @@ fn check_package_name(name: &str) -> Result<(), (usize, &'static str)> {
     let mut chars = name.chars();
     match chars.next() {
         None => return Err((0, "name is empty")),
-        Some(c) if !c.is_ascii_alphabetic() => {
-            return Err((0, "name must start with an ASCII letter"))
-        }
+        Some(c) if !c.is_ascii_alphabetic() => return Err((0, "name must start with an ASCII letter")),
         Some(_) => {}
     }
     match chars.position(|c| !(c.is_ascii_alphanumeric() || c == '_')) {
-        Some(index) => Err((
-            index + 1,
-            "name may only contain ASCII letters, digits and `_`",
-        )),
+        Some(index) => Err((index + 1, "name may only contain ASCII letters, digits and `_`")),
         None => Ok(()),
     }
 }
@@ -579,23 +535,12 @@ mod tests {
 
     #[track_caller]
     fn check_display(requirement: &str, expected: &str) {
-        assert_eq!(
-            Requirement::parse(requirement).unwrap().to_string(),
-            expected
-        );
+        assert_eq!(Requirement::parse(requirement).unwrap().to_string(), expected);
     }
 
     #[track_caller]
     fn check_version(text: &str, expected: Option<(u64, u64, u64, &str, &str)>) {
-        let got = parse_version(text).ok().map(|v| {
-            (
-                v.major,
-                v.minor,
-                v.patch,
-                v.pre.to_string(),
-                v.build.to_string(),
-            )
-        });
+        let got = parse_version(text).ok().map(|v| (v.major, v.minor, v.patch, v.pre.to_string(), v.build.to_string()));
         let expected = expected.map(|(a, b, c, p, m)| (a, b, c, p.to_string(), m.to_string()));
         assert_eq!(got, expected, "parse_version({text:?})");
     }
@@ -604,14 +549,7 @@ mod tests {
     fn check_spec(text: &str, name: &str, requirement: Option<&str>) {
         let spec = PackageSpec::parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
         assert_eq!(spec.name, name, "{text:?}");
-        assert_eq!(
-            spec.requirement
-                .as_ref()
-                .map(ToString::to_string)
-                .as_deref(),
-            requirement,
-            "{text:?}"
-        );
+        assert_eq!(spec.requirement.as_ref().map(ToString::to_string).as_deref(), requirement, "{text:?}");
     }
 
     #[track_caller]
@@ -826,21 +764,13 @@ mod tests {
     fn display_normalises_spacing() {
         check_display("~>1.2", "~> 1.2");
         check_display("1.0.0", "== 1.0.0");
-        check_display(
-            ">= 1.0.0   and <2.0.0 or  ==3.0.0-rc.1+b",
-            ">= 1.0.0 and < 2.0.0 or == 3.0.0-rc.1+b",
-        );
+        check_display(">= 1.0.0   and <2.0.0 or  ==3.0.0-rc.1+b", ">= 1.0.0 and < 2.0.0 or == 3.0.0-rc.1+b");
         check_display("! 1.0.0", "!= 1.0.0");
     }
 
     #[test]
     fn display_round_trips() {
-        for text in [
-            "~> 1.2",
-            ">= 1.0.0 and < 2.0.0 or == 3.0.0",
-            "~> 2.1-dev",
-            "!= 0.1.0",
-        ] {
+        for text in ["~> 1.2", ">= 1.0.0 and < 2.0.0 or == 3.0.0", "~> 2.1-dev", "!= 0.1.0"] {
             let once = Requirement::parse(text).unwrap();
             let twice = Requirement::parse(&once.to_string()).unwrap();
             assert_eq!(once, twice, "{text:?}");
@@ -861,45 +791,18 @@ mod tests {
         check_err(">=", "column 3: expected a version, found end of input");
         check_err(">= >= 1.0.0", "column 4: expected a version, found `>=`");
         check_err("== == 1.0.0", "column 4: expected a version, found `==`");
-        check_err(
-            "~> 1.0 and",
-            "column 11: expected a version, found end of input",
-        );
+        check_err("~> 1.0 and", "column 11: expected a version, found end of input");
         check_err("and 1.0.0", "column 1: expected a version, found `and`");
-        check_err(
-            "~> 1.0 or or ~> 2.0",
-            "column 11: expected a version, found `or`",
-        );
-        check_err(
-            "1.0.0 2.0.0",
-            "column 7: expected `and` or `or`, found \"2.0.0\"",
-        );
-        check_err(
-            "1.0.0 >= 2.0.0",
-            "column 7: expected `and` or `or`, found `>=`",
-        );
+        check_err("~> 1.0 or or ~> 2.0", "column 11: expected a version, found `or`");
+        check_err("1.0.0 2.0.0", "column 7: expected `and` or `or`, found \"2.0.0\"");
+        check_err("1.0.0 >= 2.0.0", "column 7: expected `and` or `or`, found `>=`");
         check_err("= 1.0.0", "column 1: unexpected character '='");
         check_err("~ 1.0.0", "column 1: unexpected character '~'");
-        check_err(
-            ">= 1.0",
-            "column 4: version \"1.0\" lacks a patch number, which only `~>` may omit",
-        );
-        check_err(
-            "~> 1.0 and < 2.0",
-            "column 14: version \"2.0\" lacks a patch number, which only `~>` may omit",
-        );
-        check_err(
-            "~> 1",
-            "column 4: invalid version \"1\": expected MAJOR.MINOR.PATCH, found 1 dot-separated part(s)",
-        );
-        check_err(
-            ">= 01.0.0",
-            "column 4: invalid version \"01.0.0\": version numbers must not have leading zeros",
-        );
-        check_err(
-            ">= 1.0.x",
-            "column 4: invalid version \"1.0.x\": version numbers must be ASCII digits",
-        );
+        check_err(">= 1.0", "column 4: version \"1.0\" lacks a patch number, which only `~>` may omit");
+        check_err("~> 1.0 and < 2.0", "column 14: version \"2.0\" lacks a patch number, which only `~>` may omit");
+        check_err("~> 1", "column 4: invalid version \"1\": expected MAJOR.MINOR.PATCH, found 1 dot-separated part(s)");
+        check_err(">= 01.0.0", "column 4: invalid version \"01.0.0\": version numbers must not have leading zeros");
+        check_err(">= 1.0.x", "column 4: invalid version \"1.0.x\": version numbers must be ASCII digits");
         check_err(
             "~> 1.0 or >= é",
             "column 14: invalid version \"é\": expected MAJOR.MINOR.PATCH, found 1 dot-separated part(s)",
@@ -965,11 +868,7 @@ mod tests {
         check_spec("ecto ~> 3.10", "ecto", Some("~> 3.10"));
         check_spec("phoenix", "phoenix", None);
         check_spec("  phoenix  ", "phoenix", None);
-        check_spec(
-            "plug_cowboy >= 2.0.0 and < 3.0.0",
-            "plug_cowboy",
-            Some(">= 2.0.0 and < 3.0.0"),
-        );
+        check_spec("plug_cowboy >= 2.0.0 and < 3.0.0", "plug_cowboy", Some(">= 2.0.0 and < 3.0.0"));
         check_spec("jason\t1.4.1", "jason", Some("== 1.4.1"));
         check_spec("Elixir_Pkg2 ~>1.0", "Elixir_Pkg2", Some("~> 1.0"));
         check_spec("a", "a", None);
@@ -983,10 +882,7 @@ mod tests {
             "1ecto ~> 3.0",
             "column 1: invalid package name \"1ecto\": name must start with an ASCII letter",
         );
-        check_spec_err(
-            "_ecto",
-            "column 1: invalid package name \"_ecto\": name must start with an ASCII letter",
-        );
+        check_spec_err("_ecto", "column 1: invalid package name \"_ecto\": name must start with an ASCII letter");
         check_spec_err(
             "  ec-to ~> 3.0",
             "column 5: invalid package name \"ec-to\": name may only contain ASCII letters, digits and `_`",
@@ -999,14 +895,8 @@ mod tests {
             "../etc ~> 1.0",
             "column 1: invalid package name \"../etc\": name must start with an ASCII letter",
         );
-        check_spec_err(
-            "ecto ~>",
-            "column 8: expected a version, found end of input",
-        );
-        check_spec_err(
-            "ecto >= 3.0",
-            "column 9: version \"3.0\" lacks a patch number, which only `~>` may omit",
-        );
+        check_spec_err("ecto ~>", "column 8: expected a version, found end of input");
+        check_spec_err("ecto >= 3.0", "column 9: version \"3.0\" lacks a patch number, which only `~>` may omit");
     }
 
     #[test]

@@ -127,11 +127,13 @@ impl Service<Uri> for EgressConnector {
 }
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<EgressConnector>, Empty<Bytes>>;
+type PostClient = Client<hyper_rustls::HttpsConnector<EgressConnector>, http_body_util::Full<Bytes>>;
 
 /// The shared upstream client.
 #[derive(Clone)]
 pub struct Upstream {
     client: HttpsClient,
+    post_client: PostClient,
     timeouts: Timeouts,
     permits: Arc<Semaphore>,
     metrics: Metrics,
@@ -202,9 +204,11 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(32)
-            .build(https);
+            .build(https.clone());
+        let post_client = Client::builder(TokioExecutor::new()).build(https);
         Ok(Upstream {
             client,
+            post_client,
             timeouts: config.timeouts,
             permits: Arc::new(Semaphore::new(config.max_upstream_requests)),
             metrics,
@@ -353,6 +357,28 @@ impl Upstream {
             });
         }
         Err(UpstreamError::Redirect)
+    }
+
+    /// POSTs a form to `uri` (the OAuth token endpoint) and returns the status and body.
+    pub async fn post_form(
+        &self,
+        uri: &Uri,
+        form: String,
+        max_bytes: u64,
+    ) -> Result<(StatusCode, Bytes), UpstreamError> {
+        let request = Request::post(uri.clone())
+            .header(header::USER_AGENT, concat!("hexmirror/", env!("CARGO_PKG_VERSION")))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "application/json")
+            .body(http_body_util::Full::new(Bytes::from(form)))
+            .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+        let exchange = async {
+            let response =
+                self.post_client.request(request).await.map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+            let (parts, body) = response.into_parts();
+            Ok((parts.status, self.read_body(body, max_bytes).await?))
+        };
+        tokio::time::timeout(self.timeouts.transfer, exchange).await.unwrap_or(Err(UpstreamError::Timeout))
     }
 
     async fn read_body(&self, mut body: hyper::body::Incoming, max: u64) -> Result<Bytes, UpstreamError> {

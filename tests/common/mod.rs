@@ -66,6 +66,15 @@ pub struct UpstreamState {
     pub fail_all: Option<u16>,
     /// Open connections, so that `stop` can cut them too.
     pub connections: Vec<tokio::task::AbortHandle>,
+    /// Paths under this prefix need one of `allowed` as `Authorization` (401 without, 403 wrong).
+    pub protected_prefix: Option<String>,
+    pub allowed: Vec<String>,
+    /// Tokens the stand-in OAuth endpoint (`POST /api/oauth/token`) issues, with this lifetime.
+    pub token_lifetime: u64,
+    pub issued: Vec<String>,
+    pub token_requests: Vec<String>,
+    pub in_flight: usize,
+    pub max_in_flight: usize,
 }
 
 /// A local upstream repository on 127.0.0.1.
@@ -85,6 +94,20 @@ impl TestUpstream {
     }
 
     pub async fn start_on(addr: SocketAddr, state: Arc<Mutex<UpstreamState>>) -> TestUpstream {
+        Self::start_with(addr, state, None).await
+    }
+
+    /// Serves over TLS with the given acceptor.
+    pub async fn start_tls(files: HashMap<String, Vec<u8>>, tls: tokio_rustls::TlsAcceptor) -> TestUpstream {
+        let state = Arc::new(Mutex::new(UpstreamState { files, ..Default::default() }));
+        Self::start_with("127.0.0.1:0".parse().unwrap(), state, Some(tls)).await
+    }
+
+    pub async fn start_with(
+        addr: SocketAddr,
+        state: Arc<Mutex<UpstreamState>>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> TestUpstream {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = state.clone();
@@ -93,14 +116,23 @@ impl TestUpstream {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let state = shared.clone();
                 let registry = shared.clone();
+                let tls = tls.clone();
                 let conn = tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(answer(&state, req).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
                 registry.lock().unwrap().connections.push(conn.abort_handle());
             }
@@ -151,17 +183,48 @@ fn etag_of(body: &[u8]) -> String {
     format!("\"{}\"", hex::encode(&Sha256::digest(body)[..8]))
 }
 
+fn status(code: u16, body: &'static [u8]) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body)));
+    *resp.status_mut() = StatusCode::from_u16(code).unwrap();
+    resp
+}
+
 async fn answer(state: &Arc<Mutex<UpstreamState>>, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     let delay = {
         let mut s = state.lock().unwrap();
         s.requests.push((path.clone(), req.headers().clone()));
+        s.in_flight += 1;
+        s.max_in_flight = s.max_in_flight.max(s.in_flight);
         s.delay
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let s = state.lock().unwrap();
+    if req.method() == http::Method::POST && path == "/api/oauth/token" {
+        let form = String::from_utf8(req.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        let mut s = state.lock().unwrap();
+        s.in_flight -= 1;
+        s.token_requests.push(form);
+        let token = format!("tok-{}", s.issued.len() + 1);
+        s.issued.push(token.clone());
+        let body =
+            format!("{{\"access_token\":\"{token}\",\"token_type\":\"bearer\",\"expires_in\":{}}}", s.token_lifetime);
+        return Response::new(Full::new(Bytes::from(body)));
+    }
+    let mut s = state.lock().unwrap();
+    s.in_flight -= 1;
+    if let Some(prefix) = &s.protected_prefix {
+        if path.starts_with(prefix.as_str()) {
+            let presented = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let issued: Vec<String> = s.issued.iter().map(|t| format!("Bearer {t}")).collect();
+            match presented {
+                None => return status(401, b"unauthorized"),
+                Some(p) if !s.allowed.contains(&p) && !issued.contains(&p) => return status(403, b"forbidden"),
+                Some(_) => {}
+            }
+        }
+    }
     if let Some(status) = s.fail_all {
         let mut resp = Response::new(Full::new(Bytes::from_static(b"outage")));
         *resp.status_mut() = StatusCode::from_u16(status).unwrap();
