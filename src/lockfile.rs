@@ -854,7 +854,7 @@ impl<'a> Lexer<'a> {
     /// After an Elixir identifier or string: a `:` followed by whitespace (or the end)
     /// makes it a keyword key. Consumes the colon when it does.
     fn keyword_colon(&mut self) -> bool {
-        if self.peek() == Some(':') && self.peek_second().map_or(true, char::is_whitespace) {
+        if self.peek() == Some(':') && self.peek_second().is_none_or(char::is_whitespace) {
             self.bump();
             true
         } else {
