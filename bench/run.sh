@@ -160,7 +160,8 @@ registry_ttl = "10m"
 upstream = "$origin"
 public_key = "$keys/pub.pem"
 EOF
-  RUST_LOG=${RUST_LOG:-warn} "$bin" serve --config "$h_dir/config.toml" > "$h_dir/stdout.log" 2>> "$h_dir/stderr.log" &
+  # hexmirror reads HEXMIRROR_* variables as configuration: keep ours (HEXMIRROR_BIN) away from it
+  env $(compgen -e | grep '^HEXMIRROR_' | sed 's/^/-u /') RUST_LOG="${RUST_LOG:-warn}" "$bin" serve --config "$h_dir/config.toml" > "$h_dir/stdout.log" 2>> "$h_dir/stderr.log" &
   h_pid=$!; pids+=($h_pid)
   wait_http "http://127.0.0.1:$h_port/readyz" $h_pid 30 \
     || { tail -n 20 "$h_dir/stderr.log"; die "hexmirror did not become ready"; }

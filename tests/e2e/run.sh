@@ -140,7 +140,8 @@ mirror_start() {
     printf 'listen = "127.0.0.1:%s"\ndata_dir = "%s"\nregistry_ttl = "%s"\n\n' "$port" "$dir/data" "${3:-$registry_ttl}"
     printf '%s\n' "$2"
   } > "$dir/config.toml"
-  RUST_LOG=${RUST_LOG:-info} "$bin" serve --config "$dir/config.toml" 2> "$dir/stderr.log" > "$dir/stdout.log" &
+  # hexmirror reads HEXMIRROR_* variables as configuration: keep ours (HEXMIRROR_BIN) away from it
+  env $(compgen -e | grep '^HEXMIRROR_' | sed 's/^/-u /') RUST_LOG="${RUST_LOG:-info}" "$bin" serve --config "$dir/config.toml" 2> "$dir/stderr.log" > "$dir/stdout.log" &
   MPID[$name]=$! MPORT[$name]=$port
   pids+=($!)
   if ! wait_http "http://127.0.0.1:$port/readyz" $! 30; then
