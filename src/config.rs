@@ -95,6 +95,8 @@ pub struct RawConfig {
     pub tls_cert: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// The admin endpoint (sync, import, export, verify, cache): loopback by default.
+    pub admin_listen: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -167,6 +169,7 @@ impl Default for RawConfig {
             ca_file: None,
             tls_cert: None,
             tls_key: None,
+            admin_listen: "127.0.0.1:0".into(),
             admin_token: None,
             admin_token_file: None,
             repos,
@@ -214,6 +217,7 @@ pub struct Config {
     pub installs_public_key: PublicKey,
     pub ca_file: Option<PathBuf>,
     pub tls: Option<(PathBuf, PathBuf)>,
+    pub admin_listen: SocketAddr,
     pub admin_token: Option<Secret>,
     pub repos: BTreeMap<String, RepoConfig>,
 }
@@ -522,6 +526,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             errors.push(format!("ca_file: cannot read {}: {e}", ca.display()));
         }
     }
+    let admin_listen = address("admin_listen", &raw.admin_listen, &mut errors);
     let mut admin_token = raw.admin_token.clone().map(Secret::new);
     if let Some(path) = &raw.admin_token_file {
         admin_token = secret_file("admin_token_file", path, &mut errors).map(Secret::new);
@@ -556,6 +561,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         installs_public_key: installs_public_key.expect("checked above"),
         ca_file: raw.ca_file,
         tls,
+        admin_listen: admin_listen.expect("checked above"),
         admin_token,
         repos,
     })

@@ -14,9 +14,16 @@
 //! - `metrics`: every Prometheus family, registered once.
 //! - `oauth`: exchanges hexmirror's own key for short-lived upstream tokens.
 //! - `lockfile`, `requirement`: mix.lock / rebar.lock parsing and Hex version requirements.
+//! - `sync`: selects releases (specs, lockfiles, all) and fills the store through `mirror`.
+//! - `audit`: `verify`: re-verifies the whole store and the completeness of what was selected.
+//! - `bundle`, `transfer`: the air-gap bundle format, and export/import with full verification.
+//! - `admin`: the loopback admin endpoint and the command line's client for it.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod audit;
+pub mod bundle;
 pub mod cache;
 pub mod config;
 pub mod lockfile;
@@ -28,6 +35,8 @@ pub mod requirement;
 pub mod route;
 pub mod server;
 pub mod service;
+pub mod sync;
+pub mod transfer;
 pub mod upstream;
 pub mod verify;
 
@@ -73,11 +82,24 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         Some(a) => Some(TcpListener::bind(a).await.map_err(|e| format!("cannot listen on {a}: {e}"))?),
         None => None,
     };
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.admin_listen))?;
+    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+    let admin_token = config.admin_token.clone().unwrap_or_else(|| config::Secret::new(admin::random_token()));
+    let data_dir = config.data_dir.clone();
     let grace = config.shutdown_grace;
     let offline = config.offline;
     let mirror = Mirror::open(config, metrics)?;
     let ready = Arc::new(AtomicBool::new(false));
     let service = service::Service::new(mirror.clone(), ready.clone());
+    let admin_service = service::Service::admin(mirror.clone(), ready.clone(), admin_token.clone());
+    let endpoint = admin::Endpoint {
+        url: format!("http://{admin_addr}"),
+        token: admin_token.expose().to_string(),
+        pid: std::process::id(),
+    };
+    admin::write_endpoint(&data_dir, &endpoint).map_err(|e| format!("cannot write the admin endpoint file: {e}"))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop = move || {
         let mut rx = stop_rx.clone();
@@ -93,6 +115,15 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "operations endpoints listening");
         tasks.push(tokio::spawn(server::run(listener, service, None, server::Limits::default(), stop(), grace)));
     }
+    tracing::info!(address = %admin_addr, "admin endpoint listening");
+    tasks.push(tokio::spawn(server::run(
+        admin_listener,
+        admin_service,
+        None,
+        server::Limits::default(),
+        stop(),
+        grace,
+    )));
     ready.store(true, Ordering::Relaxed);
     let store = mirror.store().clone();
     let done = tokio::spawn(async move {
@@ -104,6 +135,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         if let Err(e) = tokio::task::spawn_blocking(move || store.flush()).await.unwrap_or(Ok(())) {
             tracing::error!(error = %e, "store: final flush failed");
         }
+        let _ = std::fs::remove_file(admin::endpoint_file(&data_dir));
     });
     Ok(Running { addr, mirror, done })
 }

@@ -1,10 +1,21 @@
 //! The `hexmirror` command line: parses arguments, loads the configuration, sets up logging and
 //! calls into the library. A bad configuration exits with status 64 and one line per mistake.
+//!
+//! Every command but `serve` and `inspect` works on the store of the configured `data_dir`:
+//! through the admin endpoint of a running server when one answers (see `admin`), otherwise by
+//! opening the store itself.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use bytes::Bytes;
 use clap::{Parser, Subcommand};
+use hexmirror::admin::{AdminClient, CacheRow};
+use hexmirror::audit::AuditReport;
+use hexmirror::sync::{Event, Outcome, SyncRequest};
+use hexmirror::transfer::{ExportRequest, ImportReport};
+use hexmirror::{Config, Mirror};
+use http::Method;
 
 #[derive(Parser)]
 #[command(name = "hexmirror", version, about = "A verifying, caching mirror for the Hex package repository")]
@@ -24,6 +35,85 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Fill the store from the upstream: packages, lockfiles or everything, with dependencies.
+    Sync {
+        /// A package, optionally with a requirement: `phoenix`, `"ecto ~> 3.10"`.
+        #[arg(long = "package", value_name = "SPEC")]
+        packages: Vec<String>,
+        /// A mix.lock or rebar.lock: exactly its versions, its checksums checked too.
+        #[arg(long = "lockfile", value_name = "PATH")]
+        lockfiles: Vec<PathBuf>,
+        /// Every package of the repository.
+        #[arg(long)]
+        all: bool,
+        /// A repository or organization served at /repos/NAME (default: hexpm).
+        #[arg(long)]
+        repo: Option<String>,
+        /// Include pre-release versions.
+        #[arg(long)]
+        pre: bool,
+        /// Include retired versions.
+        #[arg(long)]
+        retired: bool,
+        /// Do not follow dependencies.
+        #[arg(long)]
+        no_deps: bool,
+        /// Skip optional dependencies.
+        #[arg(long)]
+        no_optional: bool,
+        /// Also the installers (mix local.hex, mix local.rebar).
+        #[arg(long)]
+        installers: bool,
+        /// Concurrent downloads.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// Check every stored entry and the completeness of what sync and import selected.
+    Verify {
+        /// Refetch what is damaged or missing from an upstream.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Write the store (or a selection) into one portable bundle.
+    Export {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// A previous bundle: write only what is new or changed since.
+        #[arg(long, value_name = "FILE")]
+        base: Option<PathBuf>,
+        /// Only keys containing this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Only what sync or import selected.
+        #[arg(long)]
+        selected: bool,
+    },
+    /// Import a bundle, verifying every object before accepting any.
+    Import { file: PathBuf },
+    /// Show a bundle's manifest, and what it would change in the configured store.
+    Inspect {
+        file: PathBuf,
+        /// Print every package release.
+        #[arg(long)]
+        packages: bool,
+    },
+    /// What the cache holds.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+    /// The last upstream answers refused by verification.
+    Refusals,
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// List entries (optionally those whose key contains FILTER).
+    List { filter: Option<String> },
+    /// Show the entries of one package.
+    Show { name: String },
+    /// Remove the entries of one package.
+    Purge { name: String },
 }
 
 const EXIT_CONFIG: u8 = 64;
@@ -45,6 +135,71 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("hexmirror: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { offline } => {
+                config.offline |= offline;
+                serve(config).await
+            }
+            Command::Sync {
+                packages,
+                lockfiles,
+                all,
+                repo,
+                pre,
+                retired,
+                no_deps,
+                no_optional,
+                installers,
+                concurrency,
+            } => {
+                let mut request = SyncRequest {
+                    repo,
+                    packages,
+                    all,
+                    include_prereleases: pre,
+                    include_retired: retired,
+                    dependencies: !no_deps,
+                    include_optional: !no_optional,
+                    installers,
+                    concurrency,
+                    ..Default::default()
+                };
+                for path in lockfiles {
+                    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    request.lockfiles.push((name, text));
+                }
+                if request.packages.is_empty() && request.lockfiles.is_empty() && !request.all && !request.installers {
+                    return Err("nothing to sync: give --package, --lockfile, --all or --installers".into());
+                }
+                sync(config, request).await
+            }
+            Command::Verify { repair } => verify(config, repair).await,
+            Command::Export { out, base, filter, selected } => export(config, out, base, filter, selected).await,
+            Command::Import { file } => import(config, file).await,
+            Command::Inspect { file, packages } => inspect(config, file, packages).await,
+            Command::Cache { action } => cache(config, action).await,
+            Command::Refusals => refusals(config).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hexmirror: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<ExitCode, String> {
     for repo in config.repos.values() {
         let upstreams: Vec<String> = repo.upstreams.iter().map(hexmirror::upstream::base_url).collect();
         tracing::info!(
@@ -56,31 +211,313 @@ fn main() -> ExitCode {
             "repository configured"
         );
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("hexmirror: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match cli.command {
-        Command::Serve { offline } => {
-            config.offline |= offline;
-            runtime.block_on(async move {
-                match hexmirror::start(config, shutdown_signal()).await {
-                    Ok(running) => {
-                        let _ = running.done.await;
-                        tracing::info!("stopped");
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("hexmirror: {e}");
-                        ExitCode::FAILURE
-                    }
+    let running = hexmirror::start(config, shutdown_signal()).await?;
+    let _ = running.done.await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where a command's work runs: a running server, or this process on the store.
+enum Store {
+    Remote(Box<AdminClient>),
+    Local(Mirror),
+}
+
+async fn open(config: Config) -> Result<Store, String> {
+    if let Some(admin) = AdminClient::discover(&config.data_dir).await {
+        tracing::debug!(url = admin.url(), "using the running server's admin endpoint");
+        return Ok(Store::Remote(Box::new(admin)));
+    }
+    let metrics = hexmirror::metrics_for(&config);
+    let data_dir = config.data_dir.display().to_string();
+    Mirror::open(config, metrics).map(Store::Local).map_err(|e| {
+        format!("{e}\n(no running hexmirror answered at the admin endpoint recorded in {data_dir}/admin.json)")
+    })
+}
+
+fn ok_or_failure(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Shows sync progress: a bar on a terminal, a line per item otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+                    .expect("valid template"),
+            );
+            bar.set_message("resolving");
+            bar
+        });
+        Progress { bar }
+    }
+
+    fn event(&self, event: &Event) {
+        match (event, &self.bar) {
+            (Event::Planned { releases, packages }, Some(bar)) => {
+                bar.set_length((*releases + *packages) as u64);
+                bar.set_message(format!("{packages} records, {releases} releases"));
+            }
+            (Event::Planned { releases, packages }, None) => {
+                eprintln!("planned: {packages} package records, {releases} releases")
+            }
+            (Event::Item { resource, outcome, detail }, Some(bar)) => {
+                bar.inc(1);
+                if *outcome == Outcome::Failed {
+                    bar.println(format!("failed  {resource}: {}", detail.clone().unwrap_or_default()));
                 }
-            })
+            }
+            (Event::Item { resource, outcome, detail }, None) => {
+                let word = match outcome {
+                    Outcome::Fetched => "fetched",
+                    Outcome::Present => "present",
+                    Outcome::Skipped => "skipped",
+                    Outcome::Failed => "FAILED ",
+                };
+                match detail {
+                    Some(detail) => eprintln!("{word} {resource}: {detail}"),
+                    None => eprintln!("{word} {resource}"),
+                }
+            }
+            (Event::Finished { .. }, Some(bar)) => bar.finish_and_clear(),
+            (Event::Finished { .. }, None) => {}
         }
     }
+}
+
+async fn sync(config: Config, request: SyncRequest) -> Result<ExitCode, String> {
+    let progress = std::sync::Arc::new(Progress::new());
+    let summary = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let (p, s) = (progress.clone(), summary.clone());
+    let on_event = move |event: Event| {
+        p.event(&event);
+        if let Event::Finished { summary } = event {
+            *s.lock().expect("never poisoned") = Some(summary);
+        }
+    };
+    match open(config).await? {
+        Store::Remote(admin) => admin.sync(&request, &on_event).await?,
+        Store::Local(mirror) => {
+            hexmirror::sync::run(&mirror, &request, &on_event).await;
+        }
+    }
+    let summary = summary.lock().expect("never poisoned").clone().ok_or("the sync ended without a summary")?;
+    println!(
+        "sync: {} fetched, {} already present, {} skipped, {} failed",
+        summary.fetched, summary.present, summary.skipped, summary.failed
+    );
+    for failure in &summary.failures {
+        println!("  failed: {failure}");
+    }
+    Ok(ok_or_failure(summary.ok()))
+}
+
+async fn verify(config: Config, repair: bool) -> Result<ExitCode, String> {
+    let report: AuditReport = match open(config).await? {
+        Store::Remote(admin) => {
+            let path = format!("/_admin/verify?repair={repair}");
+            serde_json::from_slice(&admin.call_bytes(Method::POST, &path, Bytes::new()).await?)
+                .map_err(|e| e.to_string())?
+        }
+        Store::Local(mirror) => hexmirror::audit::run(&mirror, repair).await,
+    };
+    println!("verify: {} entries checked, {} intact", report.checked, report.intact);
+    for (key, reason) in &report.damaged {
+        println!("  damaged: {key}: {reason}");
+    }
+    for key in &report.missing {
+        println!("  missing: {key}");
+    }
+    for key in &report.repaired {
+        println!("  repaired: {key}");
+    }
+    if report.unselected_releases > 0 {
+        println!(
+            "  note: {} releases listed by synced records were not selected (offline clients cannot resolve to them)",
+            report.unselected_releases
+        );
+    }
+    println!("verify: {}", if report.ok() { "ok" } else { "FAILED" });
+    Ok(ok_or_failure(report.ok()))
+}
+
+async fn export(
+    config: Config,
+    out: PathBuf,
+    base: Option<PathBuf>,
+    filter: Option<String>,
+    selected: bool,
+) -> Result<ExitCode, String> {
+    let mut request = ExportRequest { filter, selected_only: selected, ..Default::default() };
+    if let Some(base) = base {
+        let file = std::fs::File::open(&base).map_err(|e| format!("{}: {e}", base.display()))?;
+        let (manifest, digest) =
+            hexmirror::bundle::read_manifest(std::io::BufReader::new(file), &hexmirror::transfer::limits())
+                .map_err(|e| format!("{}: {e}", base.display()))?;
+        request.base = Some(manifest);
+        request.base_digest = Some(digest);
+    }
+    let bytes = match open(config).await? {
+        Store::Remote(admin) => {
+            let body = Bytes::from(serde_json::to_vec(&request).map_err(|e| e.to_string())?);
+            admin.call_bytes(Method::POST, "/_admin/export", body).await?.to_vec()
+        }
+        Store::Local(mirror) => hexmirror::transfer::export(&mirror, &request).await?,
+    };
+    let tmp = out.with_extension("partial");
+    std::fs::write(&tmp, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let (manifest, digest) =
+        hexmirror::bundle::read_manifest(&bytes[..], &hexmirror::transfer::limits()).map_err(|e| e.to_string())?;
+    std::fs::write(out.with_extension("sha256"), format!("{digest}  {}\n", out.display()))
+        .map_err(|e| e.to_string())?;
+    println!(
+        "export: {} objects ({} packages, {} bytes) to {}\nsha256: {digest}",
+        manifest.objects.len(),
+        manifest.packages.len(),
+        bytes.len(),
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn import(config: Config, file: PathBuf) -> Result<ExitCode, String> {
+    let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let report: ImportReport = match open(config).await? {
+        Store::Remote(admin) => {
+            serde_json::from_slice(&admin.call_bytes(Method::POST, "/_admin/import", Bytes::from(bytes)).await?)
+                .map_err(|e| e.to_string())?
+        }
+        Store::Local(mirror) => hexmirror::transfer::import(&mirror, &bytes).await?,
+    };
+    println!(
+        "import: {} objects verified; {} new, {} already present\nsha256: {}",
+        report.objects, report.new, report.unchanged, report.digest
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn inspect(config: Config, file: PathBuf, packages: bool) -> Result<ExitCode, String> {
+    let reader = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let (manifest, digest) =
+        hexmirror::bundle::read_manifest(std::io::BufReader::new(reader), &hexmirror::transfer::limits())
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+    println!("bundle: {}\nsha256: {digest}", file.display());
+    println!("{}", serde_json::to_string_pretty(&manifest.totals).map_err(|e| e.to_string())?);
+    if let Some(base) = &manifest.base {
+        println!("incremental to: {}", base.sha256);
+    }
+    if packages {
+        for p in &manifest.packages {
+            println!(
+                "  {} {} {} {} bytes [{}] {}",
+                p.repo,
+                p.name,
+                p.version,
+                p.size,
+                p.licenses.join(", "),
+                p.outer_checksum
+            );
+        }
+    }
+    let rows = match open(config).await {
+        Ok(Store::Remote(admin)) => serde_json::from_slice::<Vec<CacheRow>>(
+            &admin.call_bytes(Method::GET, "/_admin/cache", Bytes::new()).await?,
+        )
+        .map_err(|e| e.to_string())?,
+        Ok(Store::Local(mirror)) => hexmirror::admin::cache_rows(&mirror, "", None),
+        Err(e) => {
+            println!("(no store to compare with: {e})");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let store: std::collections::BTreeMap<String, String> =
+        rows.iter().map(|r| (r.key.clone(), r.sha256.clone())).collect();
+    let diff = hexmirror::bundle::diff(&manifest, &store);
+    println!(
+        "against the store: {} new, {} changed, {} already present",
+        diff.new.len(),
+        diff.changed.len(),
+        diff.same
+    );
+    for key in &diff.changed {
+        println!("  changed: {key}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cache(config: Config, action: CacheAction) -> Result<ExitCode, String> {
+    let store = open(config).await?;
+    let rows: Vec<CacheRow> = match (&action, &store) {
+        (CacheAction::List { filter }, Store::Remote(admin)) => {
+            let path = format!("/_admin/cache?filter={}", filter.clone().unwrap_or_default());
+            serde_json::from_slice(&admin.call_bytes(Method::GET, &path, Bytes::new()).await?)
+                .map_err(|e| e.to_string())?
+        }
+        (CacheAction::List { filter }, Store::Local(mirror)) => {
+            hexmirror::admin::cache_rows(mirror, filter.as_deref().unwrap_or(""), None)
+        }
+        (CacheAction::Show { name }, Store::Remote(admin)) => {
+            let path = format!("/_admin/cache?package={name}");
+            serde_json::from_slice(&admin.call_bytes(Method::GET, &path, Bytes::new()).await?)
+                .map_err(|e| e.to_string())?
+        }
+        (CacheAction::Show { name }, Store::Local(mirror)) => hexmirror::admin::cache_rows(mirror, "", Some(name)),
+        (CacheAction::Purge { name }, _) => {
+            hexmirror::route::package_name(name).map_err(|e| e.to_string())?;
+            let removed: Vec<String> = match &store {
+                Store::Remote(admin) => {
+                    let path = format!("/_admin/purge?package={name}");
+                    serde_json::from_slice(&admin.call_bytes(Method::POST, &path, Bytes::new()).await?)
+                        .map_err(|e| e.to_string())?
+                }
+                Store::Local(mirror) => mirror.purge(name).await.map_err(|e| e.to_string())?,
+            };
+            for key in &removed {
+                println!("removed {key}");
+            }
+            println!("purge: {} entries removed", removed.len());
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    for row in &rows {
+        println!(
+            "{:<70} {:>10} {:<9} {}{}",
+            row.key,
+            row.size,
+            row.class,
+            if row.pinned { "pinned " } else { "" },
+            if row.private { "private" } else { "" }
+        );
+    }
+    println!("{} entries, {} bytes", rows.len(), rows.iter().map(|r| r.size).sum::<u64>());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn refusals(config: Config) -> Result<ExitCode, String> {
+    match open(config).await? {
+        Store::Remote(admin) => {
+            let bytes = admin.call_bytes(Method::GET, "/_admin/refusals", Bytes::new()).await?;
+            let refusals: Vec<hexmirror::mirror::Refusal> =
+                serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+            for r in &refusals {
+                println!("{} {} {} from {}: {}", r.time, r.repo, r.resource, r.upstream, r.reason);
+            }
+            println!("{} refusals since the server started", refusals.len());
+        }
+        Store::Local(_) => println!("no running server: refusals are kept in the server's memory only"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -61,7 +61,10 @@ impl Target {
 /// The credentials a client presented.
 #[derive(Clone, Default)]
 pub struct ClientCredentials {
-    pub authorization: Option<HeaderValue>,
+    authorization: Option<HeaderValue>,
+    /// hexmirror's own work (sync, verify): authorized for every repository it is configured
+    /// for. Never built from a request.
+    internal: bool,
 }
 
 impl std::fmt::Debug for ClientCredentials {
@@ -75,6 +78,17 @@ impl std::fmt::Debug for ClientCredentials {
 }
 
 impl ClientCredentials {
+    /// What a client sent in `Authorization`.
+    pub fn from_header(authorization: Option<HeaderValue>) -> Self {
+        ClientCredentials { authorization, internal: false }
+    }
+
+    /// hexmirror's own requests (sync, verify, repair); they use the repository's own
+    /// credential, never a client's.
+    pub(crate) fn internal() -> Self {
+        ClientCredentials { authorization: None, internal: true }
+    }
+
     /// The token a client presents to hexmirror: `Bearer TOKEN`, a raw key, or the password of
     /// HTTP Basic (what `~/.netrc` gives Hex).
     pub fn token(&self) -> Option<String> {
@@ -190,7 +204,7 @@ impl MirrorError {
 }
 
 /// A refused upstream answer, kept for the admin view.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Refusal {
     pub time: u64,
     pub repo: String,
@@ -357,6 +371,238 @@ impl Mirror {
         self.inner.refusals.lock().expect("never poisoned").iter().rev().cloned().collect()
     }
 
+    /// The cache key a reply for `resource` was stored under.
+    pub fn key_for(&self, target: &Target, resource: &Resource, private: bool) -> CacheKey {
+        CacheKey::new(&target.namespace, &resource.path(), private)
+    }
+
+    /// Marks an entry as selected by sync or import: disk-size eviction never removes it.
+    pub async fn pin(&self, key: &CacheKey) -> Result<(), StoreError> {
+        if let Some(entry) = self.inner.memory.get(key) {
+            let mut pinned = (*entry).clone();
+            pinned.pinned = true;
+            self.inner.memory.insert(key.clone(), Arc::new(pinned));
+        }
+        let store = self.inner.store.clone();
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || match store.get(&key)? {
+            Some((mut meta, _)) if !meta.pinned => {
+                meta.pinned = true;
+                store.update_meta(&key, &meta)
+            }
+            _ => Ok(()),
+        })
+        .await
+        .map_err(|e| StoreError::Damaged(e.to_string()))?
+    }
+
+    /// Removes every entry of package `name` (records, tarballs, docs) in every namespace.
+    pub async fn purge(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        let store = self.inner.store.clone();
+        let name = name.to_string();
+        let removed = tokio::task::spawn_blocking(move || -> Result<Vec<CacheKey>, StoreError> {
+            let mut removed = Vec::new();
+            for (key, _) in store.list("")? {
+                if key_names_package(&key, &name) {
+                    store.remove(&key)?;
+                    removed.push(key);
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .map_err(|e| StoreError::Damaged(e.to_string()))??;
+        for key in &removed {
+            self.inner.memory.remove(key);
+        }
+        Ok(removed.into_iter().map(|k| k.to_string()).collect())
+    }
+
+    /// Evicts least recently used, unpinned entries from the disk tier until it fits its
+    /// budget. Entries that are being served are untouched: a served reply holds its own bytes.
+    pub async fn evict_disk(&self) -> Result<u64, StoreError> {
+        let budget = self.inner.config.disk_cache_bytes;
+        if budget == 0 || self.inner.store.usage().1 <= budget {
+            return Ok(0);
+        }
+        let store = self.inner.store.clone();
+        let memory = self.inner.memory.clone();
+        let evicted = tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
+            let mut candidates: Vec<(u64, CacheKey)> = store
+                .list("")?
+                .into_iter()
+                .filter(|(_, meta)| !meta.pinned)
+                .map(|(key, meta)| {
+                    let used = memory.get(&key).map(|e| e.last_used()).unwrap_or(0).max(meta.fetched_at);
+                    (used, key)
+                })
+                .collect();
+            candidates.sort();
+            let mut evicted = 0;
+            for (_, key) in candidates {
+                if store.usage().1 <= budget {
+                    break;
+                }
+                store.remove(&key)?;
+                evicted += 1;
+            }
+            Ok(evicted)
+        })
+        .await
+        .map_err(|e| StoreError::Damaged(e.to_string()))??;
+        if evicted > 0 {
+            self.inner.metrics.cache_evictions.with_label_values(&["disk"]).inc_by(evicted);
+            tracing::info!(evicted, budget, "store: evicted least recently used entries");
+        }
+        Ok(evicted)
+    }
+
+    /// The target a cache namespace belongs to (`hexpm`, `hexpm~ORG` or a repository name).
+    pub fn target_of_namespace(&self, namespace: &str) -> Target {
+        match namespace.split_once('~') {
+            Some((_, org)) => self.target(Some(org)),
+            None if namespace == HEXPM => self.target(None),
+            None => self.target(Some(namespace)),
+        }
+    }
+
+    /// Re-verifies a stored entry from the disk tier alone: its checksum on read, then its
+    /// signature or its checksum against the stored verified record. `Ok(false)`: not stored.
+    pub async fn check_stored(&self, key: &CacheKey) -> Result<bool, String> {
+        let mut parts = key.as_str().splitn(3, '/');
+        let (_, namespace, path) = (parts.next(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        let segments: Vec<&str> = path.split('/').collect();
+        let resource = Resource::parse(&segments).map_err(|e| format!("not a repository resource: {e}"))?;
+        let target = self.target_of_namespace(namespace);
+        let store = self.inner.store.clone();
+        let disk_key = key.clone();
+        let found = tokio::task::spawn_blocking(move || store.get(&disk_key)).await.map_err(|e| e.to_string())?;
+        let (meta, body) = match found {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(false),
+            Err(e) => return Err(e.to_string()),
+        };
+        if meta.class == Class::Docs {
+            return Ok(true);
+        }
+        let client = ClientCredentials::internal();
+        let check = match &resource {
+            Resource::Tarball { name, version } => {
+                let record = Resource::Package(name.clone());
+                let (entry, _) = self
+                    .resolve_stored(&target, &record, &client)
+                    .await
+                    .ok_or_else(|| format!("no stored verified record of {name} lists it"))?;
+                match entry.content.facts() {
+                    Facts::Releases(releases) => Check::Tarball(
+                        *releases
+                            .get(version)
+                            .ok_or_else(|| format!("the stored record of {name} does not list {version}"))?,
+                    ),
+                    _ => return Err("the stored record has no releases".into()),
+                }
+            }
+            Resource::Installs(path) if is_installer_archive(path) => {
+                Check::Installer(self.installer_digest(&target, path, &client).await.map_err(|e| e.to_string())?)
+            }
+            _ => Check::Ttl(None),
+        };
+        self.verify_content(&target, &resource, &check, body, &meta.upstream).await.map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
+    /// A stored entry of `resource` (public or private), verified, without asking the upstream.
+    async fn resolve_stored(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        _client: &ClientCredentials,
+    ) -> Option<(Arc<Entry>, CacheStatus)> {
+        let path = resource.path();
+        for private in [false, true] {
+            let key = CacheKey::new(&target.namespace, &path, private);
+            if let Some(entry) = self.lookup(target, &key, resource, &Check::Ttl(None)).await {
+                return Some((entry, CacheStatus::Hit));
+            }
+        }
+        None
+    }
+
+    /// Answers a repository request on behalf of hexmirror itself (sync, repair).
+    pub async fn fetch_internal(&self, target: &Target, resource: &Resource) -> Result<Reply, MirrorError> {
+        self.get(target, resource, &ClientCredentials::internal()).await
+    }
+
+    /// Verifies bytes brought in from outside (an import bundle) as the resource `key` names.
+    /// Tarballs are checked against `records` (verified records of the same bundle) or, failing
+    /// that, the stored verified record; registry v1 files and installs CSVs need `signature`.
+    pub async fn verify_import(
+        &self,
+        key: &CacheKey,
+        bytes: Bytes,
+        signature: Option<String>,
+        records: &HashMap<(String, String), Arc<Entry>>,
+    ) -> Result<Entry, String> {
+        let mut parts = key.as_str().splitn(3, '/');
+        let (_, namespace, path) = (parts.next(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        let segments: Vec<&str> = path.split('/').collect();
+        let resource = Resource::parse(&segments).map_err(|e| format!("not a repository resource: {e}"))?;
+        let target = self.target_of_namespace(namespace);
+        let check = match &resource {
+            Resource::Tarball { name, version } => {
+                let record = match records.get(&(namespace.to_string(), name.clone())) {
+                    Some(entry) => entry.clone(),
+                    None => {
+                        self.resolve_stored(&target, &Resource::Package(name.clone()), &ClientCredentials::internal())
+                            .await
+                            .ok_or_else(|| format!("no verified record of {name} in the bundle or the store"))?
+                            .0
+                    }
+                };
+                match record.content.facts() {
+                    Facts::Releases(releases) => Check::Tarball(
+                        *releases
+                            .get(version)
+                            .ok_or_else(|| format!("the record of {name} does not list {version}"))?,
+                    ),
+                    _ => return Err(format!("the record of {name} lists no releases")),
+                }
+            }
+            Resource::Docs { .. } => Check::Docs,
+            Resource::Installs(path) if is_installer_archive(path) => Check::Installer(
+                self.installer_digest(&target, path, &ClientCredentials::internal())
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+            _ => Check::Ttl(None),
+        };
+        let validators = Validators { signature, ..Validators::default() };
+        let content =
+            self.verify_content(&target, &resource, &check, bytes, &validators).await.map_err(|e| e.to_string())?;
+        let mut entry = Entry::new(content, resource.kind(), validators, unix_now(), key.is_private());
+        entry.pinned = true;
+        Ok(entry)
+    }
+
+    /// Stores an imported entry in both tiers, pinned.
+    pub async fn store_imported(&self, key: &CacheKey, entry: Entry) -> Result<(), StoreError> {
+        let entry = Arc::new(entry);
+        self.inner.memory.insert(key.clone(), entry.clone());
+        let store = self.inner.store.clone();
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || store.put(&key, &entry.stored_meta(), entry.bytes()))
+            .await
+            .map_err(|e| StoreError::Damaged(e.to_string()))?
+    }
+
+    /// Removes one entry from both tiers.
+    pub async fn remove(&self, key: &CacheKey) -> Result<(), StoreError> {
+        self.inner.memory.remove(key);
+        let store = self.inner.store.clone();
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || store.remove(&key)).await.map_err(|e| StoreError::Damaged(e.to_string()))?
+    }
+
     /// Refreshes the cache size gauges.
     pub fn update_gauges(&self) {
         let m = &self.inner.metrics;
@@ -510,6 +756,7 @@ impl Mirror {
                 cached = self.lookup(target, &private_key, resource, &check).await;
             }
             if let Some(entry) = &cached {
+                entry.touch();
                 if entry.private {
                     if let Some(rechecked) = self.authorize(target, resource, client, entry, &check).await? {
                         return Ok(rechecked);
@@ -657,7 +904,7 @@ impl Mirror {
     /// hexmirror's own access list, or the explicit all-clients opt-in.
     fn access_allows(&self, target: &Target, client: &ClientCredentials) -> bool {
         let access = &target.repo.access;
-        if access.allow_all_clients {
+        if access.allow_all_clients || client.internal {
             return true;
         }
         let Some(token) = client.token() else { return false };
@@ -900,6 +1147,11 @@ impl Mirror {
         })
         .await;
         self.note_store_result(result);
+        if self.inner.config.disk_cache_bytes > 0 {
+            if let Err(e) = self.evict_disk().await {
+                tracing::warn!(error = %e, "store: eviction failed");
+            }
+        }
     }
 
     /// Records a revalidation in both tiers.
@@ -939,6 +1191,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> subtle::Choice {
         return subtle::Choice::from(0);
     }
     a.ct_eq(b)
+}
+
+/// True when `key` is package `name`'s record, tarball or docs in any namespace.
+pub fn key_names_package(key: &CacheKey, name: &str) -> bool {
+    let path = key.as_str().splitn(3, '/').nth(2).unwrap_or_default();
+    let segments: Vec<&str> = path.split('/').collect();
+    match Resource::parse(&segments) {
+        Ok(Resource::Package(n)) => n == name,
+        Ok(Resource::Tarball { name: n, .. } | Resource::Docs { name: n, .. }) => n == name,
+        _ => false,
+    }
 }
 
 fn is_installer_archive(path: &str) -> bool {
@@ -985,7 +1248,7 @@ mod tests {
 
     #[test]
     fn client_tokens_from_bearer_basic_and_raw() {
-        let creds = |v: &str| ClientCredentials { authorization: Some(HeaderValue::from_str(v).unwrap()) };
+        let creds = |v: &str| ClientCredentials::from_header(Some(HeaderValue::from_str(v).unwrap()));
         assert_eq!(creds("Bearer abc").token().as_deref(), Some("abc"));
         // "user:s3cret" in base64
         assert_eq!(creds("Basic dXNlcjpzM2NyZXQ=").token().as_deref(), Some("s3cret"));

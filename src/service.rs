@@ -12,19 +12,34 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Either, Full};
 
 use crate::metrics::{CacheStatus, NO_REPO, NO_RESOURCE};
 use crate::mirror::{ClientCredentials, Mirror, MirrorError, Reply};
 use crate::route::{route, Route, RouteError};
 
-pub type Body = Full<Bytes>;
+/// A response body: a whole buffer (every repository response), or a stream (admin sync).
+pub type Body = Either<Full<Bytes>, BoxBody<Bytes, std::convert::Infallible>>;
+
+pub fn full(bytes: Bytes) -> Body {
+    Either::Left(Full::new(bytes))
+}
+
+pub fn streaming<B>(body: B) -> Body
+where
+    B: hyper::body::Body<Data = Bytes, Error = std::convert::Infallible> + Send + Sync + 'static,
+{
+    Either::Right(body.boxed())
+}
 
 /// The request handler shared by every connection.
 #[derive(Clone)]
 pub struct Service {
     mirror: Mirror,
     ready: Arc<AtomicBool>,
+    /// Set on the admin listener only: it then serves `/_admin/...` and nothing of the repository.
+    admin: Option<crate::config::Secret>,
 }
 
 /// What the access log and the metrics need to know about a finished request.
@@ -36,14 +51,27 @@ struct Outcome {
 
 impl Service {
     pub fn new(mirror: Mirror, ready: Arc<AtomicBool>) -> Service {
-        Service { mirror, ready }
+        Service { mirror, ready, admin: None }
+    }
+
+    /// The service of the admin listener, authenticated by `token`.
+    pub fn admin(mirror: Mirror, ready: Arc<AtomicBool>, token: crate::config::Secret) -> Service {
+        Service { mirror, ready, admin: Some(token) }
     }
 
     pub fn mirror(&self) -> &Mirror {
         &self.mirror
     }
 
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
+    pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
+        if let Some(token) = &self.admin {
+            if req.uri().path().starts_with("/_admin/") {
+                return crate::admin::handle(&self.mirror, token, req).await;
+            }
+            if !matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics") {
+                return text(StatusCode::NOT_FOUND, "the admin listener serves /_admin/ only");
+            }
+        }
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
@@ -103,7 +131,7 @@ impl Service {
             }
             Route::Metrics => {
                 self.mirror.update_gauges();
-                let mut resp = Response::new(Full::new(Bytes::from(self.mirror.metrics().render())));
+                let mut resp = Response::new(full(Bytes::from(self.mirror.metrics().render())));
                 resp.headers_mut()
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
                 return (resp, none(CacheStatus::None));
@@ -112,7 +140,7 @@ impl Service {
         };
         let target = self.mirror.target(repo.as_deref());
         let outcome = |cache| Outcome { repo: target.label().to_string(), resource: resource.kind().as_str(), cache };
-        let client = ClientCredentials { authorization: req.headers().get(header::AUTHORIZATION).cloned() };
+        let client = ClientCredentials::from_header(req.headers().get(header::AUTHORIZATION).cloned());
         match self.mirror.get(&target, &resource, &client).await {
             Ok(reply) => {
                 let source = if reply.status == CacheStatus::Miss { "upstream" } else { "cache" };
@@ -142,7 +170,7 @@ impl Service {
                     h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"hexmirror\""));
                 }
                 if head {
-                    *resp.body_mut() = Full::new(Bytes::new());
+                    *resp.body_mut() = full(Bytes::new());
                 }
                 (resp, outcome(e.cache_status()))
             }
@@ -161,12 +189,12 @@ impl Service {
                 tag == "*" || tag.trim_start_matches("W/") == reply.etag
             });
         let mut resp = if not_modified {
-            let mut resp = Response::new(Full::new(Bytes::new()));
+            let mut resp = Response::new(full(Bytes::new()));
             *resp.status_mut() = StatusCode::NOT_MODIFIED;
             resp
         } else {
             let len = reply.body.len();
-            let mut resp = Response::new(Full::new(if head { Bytes::new() } else { reply.body }));
+            let mut resp = Response::new(full(if head { Bytes::new() } else { reply.body }));
             resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
             resp
@@ -198,8 +226,9 @@ impl Service {
     }
 }
 
-fn text(status: StatusCode, message: &str) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(format!("{message}\n"))));
+/// A one-line plain-text answer.
+pub fn text(status: StatusCode, message: &str) -> Response<Body> {
+    let mut resp = Response::new(full(Bytes::from(format!("{message}\n"))));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp

@@ -211,6 +211,8 @@ impl Store for DiskStore {
         self.write_blob(&path, body)?;
         let encoded = serde_json::to_vec(meta).expect("records always serialize");
         let previous = self.index.insert(key.as_str().as_bytes(), encoded)?;
+        // Durable before the caller moves on: a killed process keeps what it finished.
+        self.index.flush()?;
         match previous.map(|p| Self::decode_meta(&p)) {
             Some(Ok(old)) => {
                 self.bytes.fetch_sub(old.len, Ordering::Relaxed);

@@ -123,9 +123,20 @@ pub struct Entry {
     pub fetched_at: u64,
     pub private: bool,
     pub pinned: bool,
+    /// Unix seconds of the last time it was served (for disk eviction).
+    last_used: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Entry {
+    /// Records that the entry was served now.
+    pub fn touch(&self) {
+        self.last_used.store(unix_now(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn last_used(&self) -> u64 {
+        self.last_used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn new(content: Content, kind: Kind, upstream: Validators, fetched_at: u64, private: bool) -> Entry {
         let sha256: [u8; 32] = Sha256::digest(content.bytes()).into();
         Entry {
@@ -137,6 +148,7 @@ impl Entry {
             fetched_at,
             private,
             pinned: false,
+            last_used: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(fetched_at)),
         }
     }
 

@@ -1,0 +1,293 @@
+//! The admin endpoint, and the client the command line uses to find it.
+//!
+//! sled allows one process per data directory, so while `hexmirror serve` runs, the other
+//! commands (`sync`, `import`, `export`, `verify`, `cache`, `refusals`) hand their work to it.
+//! At start-up the server binds `admin_listen` (loopback, an ephemeral port by default) and
+//! writes `DATA_DIR/admin.json` (mode 0600) with the endpoint's URL and a bearer token (random
+//! per start, or `admin_token`). A command given the same configuration reads that file, checks
+//! that the endpoint answers, and calls it; when no server answers, it opens the store itself.
+//! Admin routes are served only on the admin listener, never on the public one.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::CacheKey;
+use crate::config::Secret;
+use crate::mirror::Mirror;
+use crate::service::{self, Body};
+use crate::sync::{self, Event, SyncRequest};
+
+/// The largest request body the admin endpoint reads (an import bundle).
+pub const MAX_ADMIN_BODY: u64 = 8 << 30;
+
+/// What `admin.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub url: String,
+    pub token: String,
+    pub pid: u32,
+}
+
+pub fn endpoint_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.json")
+}
+
+/// A random token from the operating system.
+pub fn random_token() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    if let Ok(mut urandom) = std::fs::File::open("/dev/urandom") {
+        let _ = urandom.read_exact(&mut bytes);
+    }
+    hex::encode(bytes)
+}
+
+/// Writes `admin.json` crash-safely, readable by the owner only.
+pub fn write_endpoint(data_dir: &Path, endpoint: &Endpoint) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = data_dir.join("admin.json.tmp");
+    {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&tmp)?;
+        file.write_all(&serde_json::to_vec(endpoint).expect("endpoint serializes"))?;
+        file.sync_all()?;
+    }
+    std::fs::rename(tmp, endpoint_file(data_dir))
+}
+
+/// One row of `hexmirror cache list`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheRow {
+    pub key: String,
+    pub kind: String,
+    pub class: String,
+    pub size: u64,
+    pub sha256: String,
+    pub fetched_at: u64,
+    pub pinned: bool,
+    pub private: bool,
+}
+
+/// Lists stored entries whose key contains `filter` (every entry when empty).
+pub fn cache_rows(mirror: &Mirror, filter: &str, package: Option<&str>) -> Vec<CacheRow> {
+    let rows = mirror.store().list("").unwrap_or_default();
+    rows.into_iter()
+        .filter(|(key, _)| key.as_str().contains(filter))
+        .filter(|(key, _)| package.is_none_or(|name| crate::mirror::key_names_package(key, name)))
+        .map(|(key, meta)| CacheRow {
+            key: key.to_string(),
+            kind: meta.kind,
+            class: format!("{:?}", meta.class).to_lowercase(),
+            size: meta.len,
+            sha256: meta.sha256,
+            fetched_at: meta.fetched_at,
+            pinned: meta.pinned,
+            private: meta.private,
+        })
+        .collect()
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let mut resp = Response::new(service::full(Bytes::from(serde_json::to_vec_pretty(value).expect("serializes"))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn query(req: &Request<hyper::body::Incoming>, name: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| v.to_string())
+    })
+}
+
+/// Serves one admin request (already known to be on the admin listener).
+pub async fn handle(mirror: &Mirror, token: &Secret, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    let presented = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let expected = format!("Bearer {}", token.expose());
+    let authorized: bool = subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), expected.as_bytes()).into();
+    if !authorized {
+        return service::text(StatusCode::UNAUTHORIZED, "admin token required");
+    }
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/_admin/ping") => service::text(StatusCode::OK, "ok"),
+        (Method::GET, "/_admin/refusals") => json(StatusCode::OK, &mirror.refusals()),
+        (Method::GET, "/_admin/cache") => {
+            let filter = query(&req, "filter").unwrap_or_default();
+            let package = query(&req, "package");
+            json(StatusCode::OK, &cache_rows(mirror, &filter, package.as_deref()))
+        }
+        (Method::POST, "/_admin/purge") => match query(&req, "package") {
+            Some(name) if crate::route::package_name(&name).is_ok() => match mirror.purge(&name).await {
+                Ok(removed) => json(StatusCode::OK, &removed),
+                Err(e) => service::text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            },
+            _ => service::text(StatusCode::BAD_REQUEST, "purge needs ?package=NAME"),
+        },
+        (Method::POST, "/_admin/verify") => {
+            let repair = query(&req, "repair").is_some_and(|v| v == "1" || v == "true");
+            json(StatusCode::OK, &crate::audit::run(mirror, repair).await)
+        }
+        (Method::POST, "/_admin/sync") => {
+            let body = match read_body(req, 64 << 20).await {
+                Ok(body) => body,
+                Err(resp) => return resp,
+            };
+            let request: SyncRequest = match serde_json::from_slice(&body) {
+                Ok(request) => request,
+                Err(e) => return service::text(StatusCode::BAD_REQUEST, &format!("bad sync request: {e}")),
+            };
+            stream_sync(mirror.clone(), request)
+        }
+        (Method::POST, "/_admin/import") => {
+            let body = match read_body(req, MAX_ADMIN_BODY).await {
+                Ok(body) => body,
+                Err(resp) => return resp,
+            };
+            match crate::transfer::import(mirror, &body).await {
+                Ok(report) => json(StatusCode::OK, &report),
+                Err(e) => service::text(StatusCode::UNPROCESSABLE_ENTITY, &e),
+            }
+        }
+        (Method::POST, "/_admin/export") => {
+            let body = match read_body(req, 64 << 20).await {
+                Ok(body) => body,
+                Err(resp) => return resp,
+            };
+            let request: crate::transfer::ExportRequest = match serde_json::from_slice(&body) {
+                Ok(request) => request,
+                Err(e) => return service::text(StatusCode::BAD_REQUEST, &format!("bad export request: {e}")),
+            };
+            match crate::transfer::export(mirror, &request).await {
+                Ok(bytes) => {
+                    let mut resp = Response::new(service::full(Bytes::from(bytes)));
+                    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
+                    resp
+                }
+                Err(e) => service::text(StatusCode::INTERNAL_SERVER_ERROR, &e),
+            }
+        }
+        _ => service::text(StatusCode::NOT_FOUND, "no such admin route"),
+    }
+}
+
+async fn read_body(req: Request<hyper::body::Incoming>, limit: u64) -> Result<Bytes, Response<Body>> {
+    let limited = http_body_util::Limited::new(req.into_body(), limit as usize);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => Err(service::text(StatusCode::PAYLOAD_TOO_LARGE, &format!("cannot read the request body: {e}"))),
+    }
+}
+
+/// Runs a sync in its own task and streams its events as JSON lines.
+fn stream_sync(mirror: Mirror, request: SyncRequest) -> Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    tokio::spawn(async move {
+        let sink = tx.clone();
+        let emit = move |event: Event| {
+            let mut line = serde_json::to_vec(&event).expect("events serialize");
+            line.push(b'\n');
+            let _ = sink.send(Bytes::from(line));
+        };
+        sync::run(&mirror, &request, &emit).await;
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk)), rx))
+    });
+    let mut resp = Response::new(service::streaming(http_body_util::StreamBody::new(stream)));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    resp
+}
+
+/// The command line's handle on a running server's admin endpoint.
+pub struct AdminClient {
+    endpoint: Endpoint,
+    client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl AdminClient {
+    /// Finds a running server for this data directory: `admin.json` and an answering endpoint.
+    pub async fn discover(data_dir: &Path) -> Option<AdminClient> {
+        let text = std::fs::read(endpoint_file(data_dir)).ok()?;
+        let endpoint: Endpoint = serde_json::from_slice(&text).ok()?;
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        let admin = AdminClient { endpoint, client };
+        let ping =
+            tokio::time::timeout(Duration::from_secs(3), admin.call(Method::GET, "/_admin/ping", Bytes::new())).await;
+        match ping {
+            Ok(Ok(resp)) if resp.status() == StatusCode::OK => Some(admin),
+            _ => None,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.endpoint.url
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Bytes,
+    ) -> Result<Response<hyper::body::Incoming>, String> {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path_and_query}", self.endpoint.url))
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.endpoint.token))
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        self.client.request(request).await.map_err(|e| format!("admin endpoint {}: {e}", self.endpoint.url))
+    }
+
+    /// Calls and reads the whole answer; a non-2xx status is an error with the server's message.
+    pub async fn call_bytes(&self, method: Method, path_and_query: &str, body: Bytes) -> Result<Bytes, String> {
+        let resp = self.call(method, path_and_query, body).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        if status.is_success() {
+            Ok(bytes)
+        } else {
+            Err(String::from_utf8_lossy(&bytes).trim().to_string())
+        }
+    }
+
+    /// Runs a sync on the server, passing each event to `on_event` as it arrives.
+    pub async fn sync(&self, request: &SyncRequest, on_event: &(dyn Fn(Event) + Send + Sync)) -> Result<(), String> {
+        let body = Bytes::from(serde_json::to_vec(request).expect("requests serialize"));
+        let resp = self.call(Method::POST, "/_admin/sync", body).await?;
+        if !resp.status().is_success() {
+            let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+            return Err(String::from_utf8_lossy(&bytes).trim().to_string());
+        }
+        let mut body = resp.into_body();
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            if let Ok(data) = frame.into_data() {
+                pending.extend_from_slice(&data);
+                while let Some(at) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=at).collect();
+                    if let Ok(event) = serde_json::from_slice::<Event>(&line) {
+                        on_event(event);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The key of a cache entry as text, validated.
+pub fn parse_key(text: &str) -> Option<CacheKey> {
+    CacheKey::parse(text)
+}

@@ -1,0 +1,110 @@
+//! `hexmirror verify`: checks the whole store and the completeness of what sync and import
+//! selected, and optionally repairs it from an upstream.
+//!
+//! Every stored entry is read from disk and verified again (its checksum on read, then its
+//! signature, or its checksum against the stored verified record). Selected entries that are
+//! missing or damaged make the audit fail; releases that records list but nobody selected are
+//! reported for information only.
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::CacheKey;
+use crate::mirror::Mirror;
+use crate::route::Resource;
+use crate::sync::{decode_package, Selection};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditReport {
+    pub checked: usize,
+    pub intact: usize,
+    /// (key, reason) of stored entries that no longer verify.
+    pub damaged: Vec<(String, String)>,
+    /// Selected keys that are not stored.
+    pub missing: Vec<String>,
+    /// Keys repaired from an upstream.
+    pub repaired: Vec<String>,
+    /// Releases listed by selected records whose tarballs nobody selected (informational).
+    pub unselected_releases: usize,
+}
+
+impl AuditReport {
+    /// True when everything stored is intact and everything selected is present.
+    pub fn ok(&self) -> bool {
+        self.damaged.is_empty() && self.missing.is_empty()
+    }
+}
+
+/// Audits the store; with `repair`, refetches what is damaged or missing (when an upstream is
+/// reachable) and reports it as repaired instead.
+pub async fn run(mirror: &Mirror, repair: bool) -> AuditReport {
+    let mut report = AuditReport::default();
+    let store = mirror.store().clone();
+    let stored =
+        tokio::task::spawn_blocking(move || store.list("")).await.ok().and_then(Result::ok).unwrap_or_default();
+    let stored_keys: std::collections::BTreeSet<String> = stored.iter().map(|(k, _)| k.to_string()).collect();
+    for (key, _) in &stored {
+        report.checked += 1;
+        match mirror.check_stored(key).await {
+            Ok(true) => report.intact += 1,
+            Ok(false) => {}
+            Err(reason) => report.damaged.push((key.to_string(), reason)),
+        }
+    }
+    let selection = Selection::load(&mirror.config().data_dir);
+    for key in &selection.keys {
+        if !stored_keys.contains(key) {
+            report.missing.push(key.clone());
+        }
+    }
+    // Releases the selected records list that nobody selected.
+    let limit = mirror.config().max_registry_bytes;
+    for key in selection.keys.iter().filter(|k| k.contains("/packages/")) {
+        let Some(parsed) = CacheKey::parse(key) else { continue };
+        let Ok(Some((_, body))) = mirror.store().get(&parsed) else { continue };
+        let Some(package) = decode_package(&body, limit) else { continue };
+        let (scope, namespace) = {
+            let mut parts = key.splitn(3, '/');
+            (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default().to_string())
+        };
+        for release in &package.releases {
+            let tarball = format!("{scope}/{namespace}/tarballs/{}-{}.tar", package.name, release.version);
+            if !selection.keys.contains(&tarball) {
+                report.unselected_releases += 1;
+            }
+        }
+    }
+    if repair && !mirror.config().offline {
+        let broken: Vec<String> =
+            report.damaged.iter().map(|(k, _)| k.clone()).chain(report.missing.iter().cloned()).collect();
+        for key in broken {
+            if repair_one(mirror, &key).await {
+                report.repaired.push(key.clone());
+                report.damaged.retain(|(k, _)| *k != key);
+                report.missing.retain(|k| *k != key);
+            }
+        }
+    }
+    report
+}
+
+/// Removes a broken entry and fetches it again through the verified data path.
+async fn repair_one(mirror: &Mirror, key: &str) -> bool {
+    let Some(parsed) = CacheKey::parse(key) else { return false };
+    let _ = mirror.remove(&parsed).await;
+    let mut parts = key.splitn(3, '/');
+    let (_, namespace, path) = (parts.next(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let segments: Vec<&str> = path.split('/').collect();
+    let Ok(resource) = Resource::parse(&segments) else { return false };
+    let target = mirror.target_of_namespace(namespace);
+    match mirror.fetch_internal(&target, &resource).await {
+        Ok(reply) => {
+            let key = mirror.key_for(&target, &resource, reply.private);
+            let _ = mirror.pin(&key).await;
+            true
+        }
+        Err(e) => {
+            tracing::warn!(key, error = %e, "verify --repair: cannot refetch");
+            false
+        }
+    }
+}

@@ -1,0 +1,492 @@
+//! Pre-fetching for air-gapped sites: select releases, resolve their dependency closure from
+//! verified package records, and fill the store through the mirror's own verified data path.
+//!
+//! `run` never writes to the store itself: every record and tarball is requested through
+//! [`Mirror::get`], so it is verified exactly as a client request would be, coalesced with
+//! concurrent client requests, and stored crash-safely. What a sync selects is pinned (never
+//! evicted) and recorded in the selection file, which `audit` checks for completeness. A second
+//! run finds what is already stored (a hit, or a cheap 304 for records past their TTL), so sync
+//! is incremental and resumes after an interruption without refetching what is done.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::CacheKey;
+use crate::lockfile::{self, LockedPackage};
+use crate::metrics::CacheStatus;
+use crate::mirror::{ClientCredentials, Mirror, MirrorError, Target};
+use crate::registry::{self, Package, Signed};
+use crate::requirement::{parse_version, PackageSpec, Requirement};
+use crate::route::Resource;
+
+/// What to sync. Built by the command line and sent as JSON to a running server.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SyncRequest {
+    /// `/repos/NAME` repository or organization; `None` is the root (hexpm).
+    pub repo: Option<String>,
+    /// `name` or `name requirement` (`"ecto ~> 3.10"`, `and`/`or` allowed).
+    pub packages: Vec<String>,
+    /// Lockfiles as (file name, content): mix.lock or rebar.lock.
+    pub lockfiles: Vec<(String, String)>,
+    /// Every package of the repository.
+    pub all: bool,
+    pub include_prereleases: bool,
+    pub include_retired: bool,
+    /// Follow dependencies (default true on the command line).
+    pub dependencies: bool,
+    pub include_optional: bool,
+    /// Also `/installs/` (mix local.hex, mix local.rebar).
+    pub installers: bool,
+    pub concurrency: usize,
+}
+
+/// One step of a sync, reported as it happens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Planned { releases: usize, packages: usize },
+    Item { resource: String, outcome: Outcome, detail: Option<String> },
+    Finished { summary: Summary },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Fetched,
+    Present,
+    Skipped,
+    Failed,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub fetched: usize,
+    pub present: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    pub failures: Vec<String>,
+}
+
+impl Summary {
+    pub fn ok(&self) -> bool {
+        self.failed == 0
+    }
+}
+
+/// The keys sync and import selected, kept in `data_dir/selection.json` for `verify`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Selection {
+    pub keys: BTreeSet<String>,
+}
+
+impl Selection {
+    pub fn path(data_dir: &Path) -> std::path::PathBuf {
+        data_dir.join("selection.json")
+    }
+
+    pub fn load(data_dir: &Path) -> Selection {
+        std::fs::read(Self::path(data_dir)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    /// Adds `keys` and writes the file crash-safely (temp file, fsync, rename).
+    pub fn add(data_dir: &Path, keys: impl IntoIterator<Item = String>) -> std::io::Result<()> {
+        let mut selection = Self::load(data_dir);
+        selection.keys.extend(keys);
+        let tmp = data_dir.join("selection.json.tmp");
+        {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&serde_json::to_vec_pretty(&selection).expect("selection serializes"))?;
+            file.sync_all()?;
+        }
+        std::fs::rename(tmp, Self::path(data_dir))
+    }
+}
+
+/// Decodes the `Package` inside a registry body the mirror has already verified.
+pub fn decode_package(body: &[u8], limit: u64) -> Option<Package> {
+    let raw = crate::verify::gunzip(body, limit).ok()?;
+    let signed: Signed = registry::decode(&raw).ok()?;
+    registry::decode(&signed.payload).ok()
+}
+
+fn decode_names(body: &[u8], limit: u64) -> Option<registry::Names> {
+    let raw = crate::verify::gunzip(body, limit).ok()?;
+    let signed: Signed = registry::decode(&raw).ok()?;
+    registry::decode(&signed.payload).ok()
+}
+
+/// A package to visit: where, which, and which versions.
+#[derive(Debug, Clone)]
+struct Want {
+    repo: Option<String>,
+    name: String,
+    pick: Pick,
+}
+
+#[derive(Debug, Clone)]
+enum Pick {
+    /// Every version matching (or every version when `None`).
+    All(Option<Requirement>),
+    /// The highest version matching (for dependencies).
+    Highest(Requirement),
+    /// Exactly this version, with the lockfile's checksums to compare.
+    Locked(LockedPackage),
+}
+
+struct Planner<'a> {
+    mirror: &'a Mirror,
+    summary: Summary,
+    selected: BTreeSet<String>,
+    /// Tarballs to fetch: (repo, name, version).
+    tarballs: BTreeSet<(Option<String>, String, String)>,
+    records: HashMap<(Option<String>, String), Option<Package>>,
+    events: &'a (dyn Fn(Event) + Send + Sync),
+}
+
+impl Planner<'_> {
+    fn item(&mut self, resource: String, outcome: Outcome, detail: Option<String>) {
+        match outcome {
+            Outcome::Fetched => self.summary.fetched += 1,
+            Outcome::Present => self.summary.present += 1,
+            Outcome::Skipped => self.summary.skipped += 1,
+            Outcome::Failed => {
+                self.summary.failed += 1;
+                self.summary.failures.push(format!("{resource}: {}", detail.clone().unwrap_or_default()));
+            }
+        }
+        (self.events)(Event::Item { resource, outcome, detail });
+    }
+
+    /// Fetches (with retries) and records one resource; returns the reply body.
+    async fn fetch(&mut self, repo: &Option<String>, resource: Resource) -> Option<bytes::Bytes> {
+        let target = self.mirror.target(repo.as_deref());
+        let label =
+            format!("{}{}", repo.as_ref().map(|r| format!("/repos/{r}/")).unwrap_or("/".into()), resource.path());
+        match fetch_with_retries(self.mirror, &target, &resource).await {
+            Ok(reply) => {
+                let key = self.mirror.key_for(&target, &resource, reply.private);
+                self.selected.insert(key.to_string());
+                let outcome = if reply.status == CacheStatus::Miss { Outcome::Fetched } else { Outcome::Present };
+                self.item(label, outcome, None);
+                Some(reply.body)
+            }
+            Err(e) => {
+                self.item(label, Outcome::Failed, Some(e.to_string()));
+                None
+            }
+        }
+    }
+
+    async fn record(&mut self, repo: &Option<String>, name: &str) -> Option<Package> {
+        let id = (repo.clone(), name.to_string());
+        if let Some(known) = self.records.get(&id) {
+            return known.clone();
+        }
+        let body = self.fetch(repo, Resource::Package(name.to_string())).await;
+        let limit = self.mirror.config().max_registry_bytes;
+        let package = body.and_then(|b| decode_package(&b, limit));
+        self.records.insert(id, package.clone());
+        package
+    }
+}
+
+/// Retries transient upstream failures with backoff (1 s, 2 s); a refusal is not retried.
+async fn fetch_with_retries(
+    mirror: &Mirror,
+    target: &Target,
+    resource: &Resource,
+) -> Result<crate::mirror::Reply, MirrorError> {
+    let client = ClientCredentials::internal();
+    let mut delay = Duration::from_secs(1);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match mirror.get(target, resource, &client).await {
+            Err(MirrorError::Upstream(e)) if attempt < 3 => {
+                tracing::debug!(error = %e, attempt, "sync: retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// The repository a dependency lives in, as a `/repos/NAME` value (`None` for hexpm).
+fn dependency_repo(parent: &Option<String>, declared: Option<&str>) -> Option<String> {
+    match declared {
+        None => parent.clone(),
+        Some("hexpm") => None,
+        Some(other) => Some(other.to_string()),
+    }
+}
+
+/// Runs a sync, reporting progress through `events`, and returns the summary.
+pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event) + Send + Sync)) -> Summary {
+    let mut planner = Planner {
+        mirror,
+        summary: Summary::default(),
+        selected: BTreeSet::new(),
+        tarballs: BTreeSet::new(),
+        records: HashMap::new(),
+        events,
+    };
+    let mut queue: VecDeque<Want> = VecDeque::new();
+    for spec in &request.packages {
+        match PackageSpec::parse(spec) {
+            Ok(spec) => {
+                queue.push_back(Want { repo: request.repo.clone(), name: spec.name, pick: Pick::All(spec.requirement) })
+            }
+            Err(e) => planner.item(spec.clone(), Outcome::Failed, Some(format!("bad package spec: {e}"))),
+        }
+    }
+    for (file, text) in &request.lockfiles {
+        match lockfile::parse_lockfile(file, text) {
+            Ok(lock) => {
+                for dep in lock.skipped {
+                    planner.item(
+                        format!("{file}: {}", dep.name),
+                        Outcome::Skipped,
+                        Some(format!("{} dependency", dep.kind)),
+                    );
+                }
+                for package in lock.packages {
+                    let repo = dependency_repo(&request.repo, Some(package.repo.as_str()));
+                    queue.push_back(Want { repo, name: package.name.clone(), pick: Pick::Locked(package) });
+                }
+            }
+            Err(e) => planner.item(file.clone(), Outcome::Failed, Some(format!("cannot parse lockfile: {e}"))),
+        }
+    }
+    if request.all {
+        let names = planner.fetch(&request.repo, Resource::Names).await;
+        planner.fetch(&request.repo, Resource::Versions).await;
+        let limit = mirror.config().max_registry_bytes;
+        if let Some(names) = names.and_then(|b| decode_names(&b, limit)) {
+            tracing::info!(packages = names.packages.len(), "sync --all: every package of the repository");
+            for package in names.packages {
+                queue.push_back(Want { repo: request.repo.clone(), name: package.name, pick: Pick::All(None) });
+            }
+        }
+    }
+    if request.installers {
+        for csv in ["hex-1.x.csv", "rebar3-1.x.csv"] {
+            planner.fetch(&request.repo, Resource::Installs(csv.into())).await;
+            planner.fetch(&request.repo, Resource::Installs(format!("{csv}.signed"))).await;
+        }
+    }
+
+    // Resolve the closure from verified records.
+    let mut visited: BTreeSet<(Option<String>, String, String)> = BTreeSet::new();
+    while let Some(want) = queue.pop_front() {
+        let Some(package) = planner.record(&want.repo, &want.name).await else { continue };
+        let mut releases: Vec<(semver::Version, &registry::Release)> =
+            package.releases.iter().filter_map(|r| parse_version(&r.version).ok().map(|v| (v, r))).collect();
+        releases.sort_by(|a, b| a.0.cmp(&b.0));
+        let eligible = |(v, r): &(semver::Version, &registry::Release)| {
+            (request.include_prereleases || v.pre.is_empty()) && (request.include_retired || r.retired.is_none())
+        };
+        let chosen: Vec<&registry::Release> = match &want.pick {
+            Pick::All(req) => releases
+                .iter()
+                .filter(|pair| eligible(pair))
+                .filter(|(v, _)| req.as_ref().is_none_or(|req| req.matches(v, request.include_prereleases)))
+                .map(|(_, r)| *r)
+                .collect(),
+            Pick::Highest(req) => releases
+                .iter()
+                .rev()
+                .filter(|pair| eligible(pair))
+                .find(|(v, _)| req.matches(v, request.include_prereleases))
+                .or_else(|| releases.iter().rev().find(|(v, _)| req.matches(v, true)))
+                .map(|(_, r)| vec![*r])
+                .unwrap_or_default(),
+            Pick::Locked(locked) => match releases.iter().find(|(_, r)| r.version == locked.version) {
+                Some((_, release)) => match lock_mismatch(locked, release) {
+                    None => vec![*release],
+                    Some(why) => {
+                        planner.item(format!("{} {}", locked.name, locked.version), Outcome::Failed, Some(why));
+                        vec![]
+                    }
+                },
+                None => {
+                    planner.item(
+                        format!("{} {}", locked.name, locked.version),
+                        Outcome::Failed,
+                        Some("version is not in the verified registry record".into()),
+                    );
+                    vec![]
+                }
+            },
+        };
+        if chosen.is_empty() && matches!(want.pick, Pick::All(_) | Pick::Highest(_)) {
+            planner.item(want.name.clone(), Outcome::Skipped, Some("no release matches".into()));
+        }
+        for release in chosen {
+            let id = (want.repo.clone(), want.name.clone(), release.version.clone());
+            if !visited.insert(id.clone()) {
+                continue;
+            }
+            planner.tarballs.insert(id);
+            if !request.dependencies || matches!(want.pick, Pick::Locked(_)) {
+                // A lockfile already lists the whole closure.
+                continue;
+            }
+            for dep in &release.dependencies {
+                if dep.optional.unwrap_or(false) && !request.include_optional {
+                    continue;
+                }
+                let Ok(requirement) = Requirement::parse(&dep.requirement) else {
+                    planner.item(
+                        dep.package.clone(),
+                        Outcome::Failed,
+                        Some(format!("bad requirement {:?}", dep.requirement)),
+                    );
+                    continue;
+                };
+                let repo = dependency_repo(&want.repo, dep.repository.as_deref());
+                queue.push_back(Want { repo, name: dep.package.clone(), pick: Pick::Highest(requirement) });
+            }
+        }
+    }
+
+    let tarballs: Vec<_> = std::mem::take(&mut planner.tarballs).into_iter().collect();
+    (planner.events)(Event::Planned { releases: tarballs.len(), packages: planner.records.len() });
+    let concurrency = request.concurrency.clamp(1, 64);
+    let results: Vec<_> = stream::iter(tarballs.into_iter().map(|(repo, name, version)| async move {
+        let target = mirror.target(repo.as_deref());
+        let resource = Resource::Tarball { name: name.clone(), version: version.clone() };
+        let result = fetch_with_retries(mirror, &target, &resource).await;
+        (repo, resource, target, result)
+    }))
+    .buffer_unordered(concurrency)
+    .collect()
+    .await;
+    for (repo, resource, target, result) in results {
+        let label =
+            format!("{}{}", repo.as_ref().map(|r| format!("/repos/{r}/")).unwrap_or("/".into()), resource.path());
+        match result {
+            Ok(reply) => {
+                planner.selected.insert(mirror.key_for(&target, &resource, reply.private).to_string());
+                let outcome = if reply.status == CacheStatus::Miss { Outcome::Fetched } else { Outcome::Present };
+                planner.item(label, outcome, None);
+            }
+            Err(e) => planner.item(label, Outcome::Failed, Some(e.to_string())),
+        }
+    }
+
+    let selected = std::mem::take(&mut planner.selected);
+    for key in &selected {
+        if let Some(key) = CacheKey::parse(key) {
+            if let Err(e) = mirror.pin(&key).await {
+                tracing::warn!(key = %key, error = %e, "sync: cannot pin");
+            }
+        }
+    }
+    if let Err(e) = Selection::add(&mirror.config().data_dir, selected) {
+        planner.item("selection.json".into(), Outcome::Failed, Some(e.to_string()));
+    }
+    let _ = mirror.store().flush();
+    let summary = planner.summary;
+    let metrics = mirror.metrics();
+    metrics.sync_items.with_label_values(&["done"]).set((summary.fetched + summary.present) as i64);
+    metrics.sync_items.with_label_values(&["failed"]).set(summary.failed as i64);
+    metrics.sync_items.with_label_values(&["pending"]).set(0);
+    if summary.ok() {
+        metrics.sync_last_success.set(crate::cache::unix_now() as f64);
+    }
+    (planner.events)(Event::Finished { summary: summary.clone() });
+    summary
+}
+
+/// Why a lockfile entry disagrees with the verified registry, if it does.
+fn lock_mismatch(locked: &LockedPackage, release: &registry::Release) -> Option<String> {
+    if let (Some(lock), Some(registry)) = (&locked.outer_checksum, &release.outer_checksum) {
+        if lock[..] != registry[..] {
+            return Some(format!(
+                "lockfile outer checksum {} differs from the registry's {}",
+                hex::encode(lock),
+                hex::encode(registry)
+            ));
+        }
+    }
+    if let Some(lock) = &locked.inner_checksum {
+        if lock[..] != release.inner_checksum[..] {
+            return Some(format!(
+                "lockfile inner checksum {} differs from the registry's {}",
+                hex::encode(lock),
+                hex::encode(&release.inner_checksum)
+            ));
+        }
+    }
+    None
+}
+
+/// Collects events into a list (for tests and JSON answers).
+pub fn collect_events() -> (Arc<std::sync::Mutex<Vec<Event>>>, impl Fn(Event) + Send + Sync) {
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = events.clone();
+    (events, move |event| sink.lock().expect("never poisoned").push(event))
+}
+
+/// The packages and versions a verified package record lists, for reports.
+pub fn versions_of(package: &Package) -> BTreeMap<String, bool> {
+    package.releases.iter().map(|r| (r.version.clone(), r.retired.is_some())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(version: &str, inner: u8, outer: Option<u8>) -> registry::Release {
+        registry::Release {
+            version: version.into(),
+            inner_checksum: vec![inner; 32],
+            dependencies: vec![],
+            retired: None,
+            outer_checksum: outer.map(|o| vec![o; 32]),
+            published_at: None,
+        }
+    }
+
+    fn locked(inner: Option<u8>, outer: Option<u8>) -> LockedPackage {
+        LockedPackage {
+            name: "a".into(),
+            version: "1.0.0".into(),
+            repo: "hexpm".into(),
+            inner_checksum: inner.map(|i| [i; 32]),
+            outer_checksum: outer.map(|o| [o; 32]),
+        }
+    }
+
+    #[test]
+    fn lock_checksums_are_compared_with_the_registry() {
+        assert_eq!(lock_mismatch(&locked(Some(1), Some(2)), &release("1.0.0", 1, Some(2))), None);
+        assert!(lock_mismatch(&locked(Some(1), Some(3)), &release("1.0.0", 1, Some(2))).unwrap().contains("outer"));
+        assert!(lock_mismatch(&locked(Some(9), None), &release("1.0.0", 1, Some(2))).unwrap().contains("inner"));
+        assert_eq!(lock_mismatch(&locked(None, None), &release("1.0.0", 1, None)), None);
+    }
+
+    #[test]
+    fn dependency_repositories() {
+        assert_eq!(dependency_repo(&None, None), None);
+        assert_eq!(dependency_repo(&Some("acme".into()), None), Some("acme".into()));
+        assert_eq!(dependency_repo(&Some("acme".into()), Some("hexpm")), None);
+        assert_eq!(dependency_repo(&None, Some("acme")), Some("acme".into()));
+    }
+
+    #[test]
+    fn selection_file_accumulates() {
+        let dir = tempfile::tempdir().unwrap();
+        Selection::add(dir.path(), ["a".to_string()]).unwrap();
+        Selection::add(dir.path(), ["b".to_string(), "a".to_string()]).unwrap();
+        assert_eq!(Selection::load(dir.path()).keys.into_iter().collect::<Vec<_>>(), vec!["a", "b"]);
+    }
+}

@@ -1,0 +1,151 @@
+//! Export and import of air-gap bundles (the format is `bundle`).
+//!
+//! Export writes stored entries that still verify (every one is re-verified from disk before it
+//! goes into the bundle). Import reads a bundle, checks its structure and digests, then verifies
+//! every object exactly as an upstream answer would be verified (registry signatures and origins
+//! with the configured keys, tarballs against verified records of the same bundle or the store)
+//! before writing anything: a truncated, altered or forged bundle is refused whole and the store
+//! is left exactly as it was.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::{self, Manifest};
+use crate::cache::CacheKey;
+use crate::mirror::Mirror;
+use crate::sync::Selection;
+
+/// What to export.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ExportRequest {
+    /// Only keys containing this text.
+    pub filter: Option<String>,
+    /// Only what sync or import selected (pinned).
+    pub selected_only: bool,
+    /// The manifest of a previous bundle: export only what is new or changed since.
+    pub base: Option<Manifest>,
+    /// The digest of that previous bundle.
+    pub base_digest: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImportReport {
+    pub digest: String,
+    pub objects: usize,
+    pub new: usize,
+    pub unchanged: usize,
+}
+
+/// Builds a bundle of the store's verified entries.
+pub async fn export(mirror: &Mirror, request: &ExportRequest) -> Result<Vec<u8>, String> {
+    let store = mirror.store().clone();
+    let listed = tokio::task::spawn_blocking(move || store.list("")).await.map_err(|e| e.to_string())?;
+    let listed = listed.map_err(|e| e.to_string())?;
+    let selection = Selection::load(&mirror.config().data_dir);
+    let mut objects = Vec::new();
+    for (key, meta) in listed {
+        if request.filter.as_deref().is_some_and(|f| !key.as_str().contains(f)) {
+            continue;
+        }
+        if request.selected_only && !(meta.pinned || selection.keys.contains(key.as_str())) {
+            continue;
+        }
+        match mirror.check_stored(&key).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(reason) => {
+                tracing::warn!(key = %key, reason, "export: skipping an entry that no longer verifies");
+                continue;
+            }
+        }
+        let Ok(Some((meta, body))) = mirror.store().get(&key) else { continue };
+        objects.push(bundle::Object {
+            key: key.to_string(),
+            kind: meta.kind.clone(),
+            pinned: meta.pinned,
+            bytes: body,
+        });
+    }
+    let base = request
+        .base
+        .as_ref()
+        .map(|manifest| bundle::BaseInfo::of(manifest, request.base_digest.as_deref().unwrap_or_default()));
+    if let Some(manifest) = &request.base {
+        objects = bundle::incremental(objects, manifest);
+    }
+    let mut out = Vec::new();
+    bundle::write(&objects, base.as_ref(), &mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Default limits for a bundle read on import.
+pub fn limits() -> bundle::Limits {
+    bundle::Limits { max_object_bytes: 64 << 20, max_total_bytes: 64 << 30, max_objects: 10_000_000 }
+}
+
+/// Verifies every object of `bytes`, then stores them all (pinned and selected), or nothing.
+pub async fn import(mirror: &Mirror, bytes: &[u8]) -> Result<ImportReport, String> {
+    let read = bundle::read(bytes, &limits()).map_err(|e| format!("bundle refused: {e}"))?;
+    let mut objects: HashMap<String, Bytes> = HashMap::new();
+    for object in &read.objects {
+        objects.insert(object.key.clone(), object.bytes.clone());
+    }
+    // Registry files first (their verified records vouch for tarballs), signatures beside
+    // what they sign, then everything else.
+    let rank = |key: &str| {
+        if key.contains("/packages/")
+            || key.ends_with("/names")
+            || key.ends_with("/versions")
+            || key.contains("/policies/")
+        {
+            0
+        } else if key.ends_with(".csv") || key.ends_with("registry.ets.gz") {
+            1
+        } else {
+            2
+        }
+    };
+    let mut keys: Vec<&String> = objects.keys().collect();
+    keys.sort_by_key(|k| (rank(k), (*k).clone()));
+    let mut records = HashMap::new();
+    let mut verified = Vec::new();
+    for key_text in keys {
+        let key = CacheKey::parse(key_text).ok_or_else(|| format!("bundle refused: {key_text}: not a cache key"))?;
+        let signature = objects.get(&format!("{key_text}.signed")).and_then(|s| String::from_utf8(s.to_vec()).ok());
+        let entry = mirror
+            .verify_import(&key, objects[key_text].clone(), signature, &records)
+            .await
+            .map_err(|reason| format!("bundle refused: {key_text}: {reason}"))?;
+        let entry = Arc::new(entry);
+        if key_text.contains("/packages/") {
+            let mut parts = key_text.splitn(3, '/');
+            let (_, namespace, path) =
+                (parts.next(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+            let name = path.trim_start_matches("packages/").to_string();
+            records.insert((namespace.to_string(), name), entry.clone());
+        }
+        verified.push((key, entry));
+    }
+    // Everything verified: now write.
+    let mut report = ImportReport { digest: read.digest.clone(), objects: verified.len(), ..Default::default() };
+    let mut selected = Vec::new();
+    for (key, entry) in verified {
+        let existing = mirror.store().get(&key).ok().flatten().map(|(meta, _)| meta.sha256);
+        if existing.as_deref() == Some(hex::encode(entry.sha256).as_str()) {
+            report.unchanged += 1;
+            mirror.pin(&key).await.map_err(|e| e.to_string())?;
+        } else {
+            report.new += 1;
+            mirror.store_imported(&key, (*entry).clone()).await.map_err(|e| format!("cannot store {key}: {e}"))?;
+        }
+        selected.push(key.to_string());
+    }
+    Selection::add(&mirror.config().data_dir, selected).map_err(|e| e.to_string())?;
+    mirror.store().flush().map_err(|e| e.to_string())?;
+    mirror.metrics().sync_last_success.set(crate::cache::unix_now() as f64);
+    Ok(report)
+}

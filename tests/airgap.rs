@@ -1,0 +1,366 @@
+//! Air-gapped sites: sync from an upstream, serve offline, export, import, verify.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use hexmirror::sync::{collect_events, SyncRequest};
+
+const TARBALLS: &[(&str, &str)] =
+    &[("hexdemo_top", "2.0.0"), ("hexdemo_top", "2.0.1"), ("hexdemo_mid", "0.2.0"), ("hexdemo_base", "1.1.0")];
+
+fn request(packages: &[&str]) -> SyncRequest {
+    SyncRequest {
+        packages: packages.iter().map(|p| p.to_string()).collect(),
+        dependencies: true,
+        include_optional: true,
+        concurrency: 4,
+        ..Default::default()
+    }
+}
+
+async fn synced_store() -> (tempfile::TempDir, TestUpstream, String) {
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config_toml(dir.path(), &upstream.url(), "");
+    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let (_events, sink) = collect_events();
+    let summary = hexmirror::sync::run(&mirror.mirror, &request(&["hexdemo_top"]), &sink).await;
+    assert!(summary.ok(), "{summary:?}");
+    mirror.stop().await;
+    (dir, upstream, toml)
+}
+
+#[tokio::test]
+async fn sync_resolves_the_dependency_closure_and_offline_serving_needs_no_upstream() {
+    let (dir, upstream, toml) = synced_store().await;
+    for (name, version) in TARBALLS {
+        assert_eq!(upstream.requests_for(&format!("/tarballs/{name}-{version}.tar")), 1, "{name} {version}");
+    }
+    // Retired 1.0.0 is skipped, and the older mid is not needed by the newest top.
+    assert_eq!(upstream.requests_for("/tarballs/hexdemo_base-1.0.0.tar"), 0);
+    let before = upstream.total_requests();
+    let offline = toml.replace("listen =", "offline = true\nlisten =");
+    let mirror = TestMirror::start(load_config(dir.path(), &offline)).await;
+    for (name, version) in TARBALLS {
+        let path = format!("/tarballs/{name}-{version}.tar");
+        let got = mirror.get(&path).await;
+        assert_eq!(got.status, 200, "{path}");
+        assert_eq!(got.body, demo_file("hexpm", &path[1..]));
+    }
+    for name in ["hexdemo_top", "hexdemo_mid", "hexdemo_base"] {
+        assert_eq!(mirror.get(&format!("/packages/{name}")).await.status, 200);
+    }
+    let missing = mirror.get("/tarballs/hexdemo_mid-0.1.0.tar").await;
+    assert_eq!(missing.status, 404);
+    assert!(String::from_utf8_lossy(&missing.body).contains("hexdemo_mid-0.1.0.tar"), "names the missing resource");
+    assert_eq!(upstream.total_requests(), before, "an offline mirror never contacts its upstream");
+}
+
+#[tokio::test]
+async fn a_second_sync_fetches_nothing_that_is_already_stored() {
+    let (dir, upstream, toml) = synced_store().await;
+    let before = upstream.total_requests();
+    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let (_events, sink) = collect_events();
+    let summary = hexmirror::sync::run(&mirror.mirror, &request(&["hexdemo_top"]), &sink).await;
+    assert!(summary.ok());
+    assert_eq!(summary.fetched, 0, "{summary:?}");
+    assert!(summary.present >= 7);
+    assert_eq!(upstream.total_requests(), before);
+}
+
+fn inner_checksum_hex(name: &str, version: &str) -> String {
+    hex::encode_upper(
+        hexmirror::verify::inner_checksum(&demo_file("hexpm", &format!("tarballs/{name}-{version}.tar"))).unwrap(),
+    )
+}
+
+fn outer_checksum_hex(name: &str, version: &str) -> String {
+    use sha2::Digest;
+    hex::encode_upper(sha2::Sha256::digest(demo_file("hexpm", &format!("tarballs/{name}-{version}.tar"))))
+}
+
+fn rebar_lock(outer_override: Option<&str>) -> String {
+    let deps = [("hexdemo_base", "1.1.0", 1), ("hexdemo_mid", "0.2.0", 1), ("hexdemo_top", "2.0.1", 0)];
+    let entries: Vec<String> =
+        deps.iter().map(|(n, v, l)| format!("{{<<\"{n}\">>,{{pkg,<<\"{n}\">>,<<\"{v}\">>}},{l}}}")).collect();
+    let inner: Vec<String> =
+        deps.iter().map(|(n, v, _)| format!("{{<<\"{n}\">>, <<\"{}\">>}}", inner_checksum_hex(n, v))).collect();
+    let outer: Vec<String> = deps
+        .iter()
+        .map(|(n, v, _)| {
+            let sum = match (n, outer_override) {
+                (&"hexdemo_mid", Some(o)) => o.to_string(),
+                _ => outer_checksum_hex(n, v),
+            };
+            format!("{{<<\"{n}\">>, <<\"{sum}\">>}}")
+        })
+        .collect();
+    format!(
+        "{{\"1.2.0\",\n[{}]}}.\n[\n{{pkg_hash,[\n{}]}},\n{{pkg_hash_ext,[\n{}]}}\n].\n",
+        entries.join(",\n"),
+        inner.join(",\n"),
+        outer.join(",\n")
+    )
+}
+
+#[tokio::test]
+async fn lockfile_sync_takes_exact_versions_and_checks_the_locks_checksums() {
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = TestMirror::start(load_config(dir.path(), &config_toml(dir.path(), &upstream.url(), ""))).await;
+    let mut req = request(&[]);
+    req.lockfiles = vec![("rebar.lock".into(), rebar_lock(None))];
+    let (_events, sink) = collect_events();
+    let summary = hexmirror::sync::run(&mirror.mirror, &req, &sink).await;
+    assert!(summary.ok(), "{summary:?}");
+    assert_eq!(upstream.requests_for("/tarballs/hexdemo_top-2.0.1.tar"), 1);
+    assert_eq!(upstream.requests_for("/tarballs/hexdemo_top-2.0.0.tar"), 0, "exactly the locked versions");
+    // A lock whose checksum disagrees with the signed registry fails that package.
+    let mut req = request(&[]);
+    req.lockfiles = vec![("rebar.lock".into(), rebar_lock(Some(&"AB".repeat(32))))];
+    let summary = hexmirror::sync::run(&mirror.mirror, &req, &sink).await;
+    assert_eq!(summary.failed, 1, "{summary:?}");
+    assert!(summary.failures[0].contains("outer checksum"), "{:?}", summary.failures);
+}
+
+#[tokio::test]
+async fn sync_reports_and_fails_when_a_package_cannot_be_verified() {
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    upstream.set_file("/tarballs/hexdemo_base-1.1.0.tar", b"not the tarball".to_vec());
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = TestMirror::start(load_config(dir.path(), &config_toml(dir.path(), &upstream.url(), ""))).await;
+    let (_events, sink) = collect_events();
+    let summary = hexmirror::sync::run(&mirror.mirror, &request(&["hexdemo_top"]), &sink).await;
+    assert_eq!(summary.failed, 1, "{summary:?}");
+    assert!(summary.failures[0].contains("hexdemo_base-1.1.0.tar"));
+}
+
+async fn export_bundle(dir: &Path, toml: &str) -> Vec<u8> {
+    let mirror = TestMirror::start(load_config(dir, toml)).await;
+    let bytes = hexmirror::transfer::export(&mirror.mirror, &Default::default()).await.unwrap();
+    mirror.stop().await;
+    bytes
+}
+
+fn store_snapshot(mirror: &hexmirror::Mirror) -> Vec<(String, String)> {
+    let mut rows: Vec<(String, String)> =
+        mirror.store().list("").unwrap().into_iter().map(|(k, m)| (k.to_string(), m.sha256)).collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test]
+async fn export_then_import_into_an_empty_store_serves_offline() {
+    let (dir, upstream, toml) = synced_store().await;
+    let bundle = export_bundle(dir.path(), &toml).await;
+    assert_eq!(bundle, export_bundle(dir.path(), &toml).await, "deterministic bytes for the same content");
+    upstream.stop();
+    let inside = tempfile::tempdir().unwrap();
+    let offline = config_toml(inside.path(), "http://127.0.0.1:9", "").replace("listen =", "offline = true\nlisten =");
+    let mirror = TestMirror::start(load_config(inside.path(), &offline)).await;
+    let report = hexmirror::transfer::import(&mirror.mirror, &bundle).await.unwrap();
+    assert_eq!(report.new, report.objects);
+    for (name, version) in TARBALLS {
+        let path = format!("/tarballs/{name}-{version}.tar");
+        let got = mirror.get(&path).await;
+        assert_eq!((got.status, got.header("x-cache")), (200, "hit"), "{path}");
+        assert_eq!(got.body, demo_file("hexpm", &path[1..]));
+    }
+    let audit = hexmirror::audit::run(&mirror.mirror, false).await;
+    assert!(audit.ok(), "{audit:?}");
+    assert!(mirror.mirror.store().list("").unwrap().iter().all(|(_, m)| m.pinned), "imported entries are pinned");
+    // Importing the same bundle again changes nothing.
+    let again = hexmirror::transfer::import(&mirror.mirror, &bundle).await.unwrap();
+    assert_eq!((again.new, again.unchanged), (0, again.objects));
+}
+
+#[tokio::test]
+async fn altered_truncated_and_forged_bundles_are_refused_and_the_store_is_unchanged() {
+    let (dir, _upstream, toml) = synced_store().await;
+    let bundle = export_bundle(dir.path(), &toml).await;
+    // A populated store inside: half of the content already imported.
+    let inside = tempfile::tempdir().unwrap();
+    let offline = config_toml(inside.path(), "http://127.0.0.1:9", "").replace("listen =", "offline = true\nlisten =");
+    let mirror = TestMirror::start(load_config(inside.path(), &offline)).await;
+    let read = hexmirror::bundle::read(&bundle[..], &hexmirror::transfer::limits()).unwrap();
+    let partial: Vec<_> = read.objects.iter().filter(|o| !o.key.contains("hexdemo_top")).cloned().collect();
+    let mut partial_bytes = Vec::new();
+    hexmirror::bundle::write(&partial, None, &mut partial_bytes).unwrap();
+    hexmirror::transfer::import(&mirror.mirror, &partial_bytes).await.unwrap();
+    let before = store_snapshot(&mirror.mirror);
+
+    let mut flipped = bundle.clone();
+    let at = flipped.len() / 2;
+    flipped[at] ^= 1;
+    let truncated = bundle[..bundle.len() - 1536].to_vec();
+    // Well-formed, correct digests, but a record whose signed payload was altered.
+    let mut forged_objects = read.objects.clone();
+    for object in forged_objects.iter_mut().filter(|o| o.key == "public/hexpm/packages/hexdemo_top") {
+        object.bytes = tamper_signed(&object.bytes).into();
+    }
+    let mut forged = Vec::new();
+    hexmirror::bundle::write(&forged_objects, None, &mut forged).unwrap();
+    // Well-formed, but a tarball swapped for another release's.
+    let mut swapped_objects = read.objects.clone();
+    let other = demo_file("hexpm", "tarballs/hexdemo_top-2.0.0.tar");
+    for object in swapped_objects.iter_mut().filter(|o| o.key.ends_with("hexdemo_top-2.0.1.tar")) {
+        object.bytes = other.clone().into();
+    }
+    let mut swapped = Vec::new();
+    hexmirror::bundle::write(&swapped_objects, None, &mut swapped).unwrap();
+
+    for (what, bad) in [("altered", flipped), ("truncated", truncated), ("forged", forged), ("swapped", swapped)] {
+        let err = hexmirror::transfer::import(&mirror.mirror, &bad).await.unwrap_err();
+        assert!(err.starts_with("bundle refused"), "{what}: {err}");
+        assert_eq!(store_snapshot(&mirror.mirror), before, "{what}: the store must be unchanged");
+        assert_eq!(mirror.get("/tarballs/hexdemo_top-2.0.1.tar").await.status, 404, "{what}: nothing new served");
+    }
+}
+
+#[tokio::test]
+async fn verify_reports_damage_and_repair_refetches_it() {
+    let (dir, _upstream, toml) = synced_store().await;
+    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    assert!(hexmirror::audit::run(&mirror.mirror, false).await.ok());
+    mirror.stop().await;
+    // Flip a bit in one blob on disk.
+    let blob =
+        walk(&dir.path().join("data/blobs")).into_iter().find(|p| std::fs::metadata(p).unwrap().len() == 5120).unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[100] ^= 4;
+    std::fs::write(&blob, bytes).unwrap();
+    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let report = hexmirror::audit::run(&mirror.mirror, false).await;
+    assert!(!report.ok());
+    assert_eq!(report.damaged.len() + report.missing.len(), 1, "{report:?}");
+    let report = hexmirror::audit::run(&mirror.mirror, true).await;
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.repaired.len(), 1);
+    assert!(hexmirror::audit::run(&mirror.mirror, false).await.ok());
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn hexmirror_cmd(config: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hexmirror"));
+    cmd.arg("--config").arg(config).env("RUST_LOG", "warn");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("HEXMIRROR_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_find_and_use_a_running_server() {
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config_toml(dir.path(), &upstream.url(), "");
+    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let config = dir.path().join("hexmirror.toml");
+    let run = |args: &[&str]| {
+        let mut cmd = hexmirror_cmd(&config);
+        cmd.args(args);
+        cmd.output().unwrap()
+    };
+    let (c1, c2) = (config.clone(), config.clone());
+    let sync = tokio::task::spawn_blocking(move || {
+        let mut cmd = hexmirror_cmd(&c1);
+        cmd.args(["sync", "--package", "hexdemo_top ~> 2.0"]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(sync.status.success(), "{}", String::from_utf8_lossy(&sync.stderr));
+    let out = String::from_utf8_lossy(&sync.stdout);
+    assert!(out.contains("0 failed"), "{out}");
+    // The server (which holds the store's lock) did the work: its store has the tarballs.
+    assert_eq!(mirror.get("/tarballs/hexdemo_base-1.1.0.tar").await.header("x-cache"), "hit");
+    let verify = tokio::task::spawn_blocking(move || {
+        let mut cmd = hexmirror_cmd(&c2);
+        cmd.arg("verify").output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let bundle = dir.path().join("site.hxb");
+    let export = tokio::task::block_in_place(|| run(&["export", "--out", bundle.to_str().unwrap()]));
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    let inspect = tokio::task::block_in_place(|| run(&["inspect", bundle.to_str().unwrap(), "--packages"]));
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(text.contains("hexdemo_mid 0.2.0"), "{text}");
+    assert!(text.contains("0 new, 0 changed"), "{text}");
+    let list = tokio::task::block_in_place(|| run(&["cache", "show", "hexdemo_mid"]));
+    assert!(String::from_utf8_lossy(&list.stdout).contains("public/hexpm/tarballs/hexdemo_mid-0.2.0.tar"));
+    let purge = tokio::task::block_in_place(|| run(&["cache", "purge", "hexdemo_mid"]));
+    assert!(purge.status.success());
+    assert_eq!(mirror.get("/tarballs/hexdemo_mid-0.2.0.tar").await.header("x-cache"), "miss", "purged from memory too");
+    // Without the admin token the endpoint refuses.
+    let endpoint: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("data/admin.json")).unwrap()).unwrap();
+    let url = format!("{}/_admin/cache", endpoint["url"].as_str().unwrap());
+    assert_eq!(get(&url, &[]).await.status, 401);
+    assert_eq!(get(&url, &[("authorization", "Bearer wrong")]).await.status, 401);
+    // And admin routes are not on the public listener.
+    assert_eq!(mirror.get("/_admin/cache").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_sync_resumes_without_refetching_what_is_done() {
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    upstream.state.lock().unwrap().delay = std::time::Duration::from_millis(250);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hexmirror.toml");
+    std::fs::write(&config, config_toml(dir.path(), &upstream.url(), "")).unwrap();
+    let mut child = hexmirror_cmd(&config)
+        .args(["sync", "--package", "hexdemo_top", "--concurrency", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Let it store some of the work, then kill it without warning.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while upstream.total_requests() < 6 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let first_run = upstream.total_requests();
+    assert!(first_run < 11, "the sync must be interrupted before it finished ({first_run} requests)");
+    upstream.state.lock().unwrap().delay = std::time::Duration::ZERO;
+    let c = config.clone();
+    let resumed = tokio::task::spawn_blocking(move || {
+        hexmirror_cmd(&c).args(["sync", "--package", "hexdemo_top"]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stdout));
+    // Every tarball was downloaded at most once more than it was completed before the kill:
+    // at most the one in flight at the kill is asked for twice.
+    let twice: usize =
+        TARBALLS.iter().filter(|(n, v)| upstream.requests_for(&format!("/tarballs/{n}-{v}.tar")) > 1).count();
+    assert!(twice <= 1, "refetched {twice} tarballs");
+    let verify =
+        tokio::task::spawn_blocking(move || hexmirror_cmd(&config).arg("verify").output().unwrap()).await.unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+}
