@@ -52,6 +52,8 @@ pub enum UpstreamError {
     RateLimited(u64),
     #[error("upstream redirected to another origin")]
     Redirect,
+    #[error("upstream redirected too many times")]
+    TooManyRedirects,
 }
 
 /// One request to a repository's upstreams.
@@ -309,14 +311,21 @@ impl Upstream {
                 builder = builder.header(header::AUTHORIZATION, value);
             }
             let request = builder.body(Empty::new()).map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
-            let response = self.client.request(request).await.map_err(|e| {
-                let text = format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default());
-                if text.contains("timed out") {
-                    UpstreamError::Timeout
-                } else {
-                    UpstreamError::Unreachable(text)
-                }
-            })?;
+            // Waiting for the response head is idle waiting too: `read_timeout` bounds it (or the
+            // connect timeout, when longer, so that establishing a connection is not cut short).
+            let pending = self.client.request(request);
+            let response = tokio::time::timeout(self.timeouts.connect.max(self.timeouts.read), pending)
+                .await
+                .map_err(|_| UpstreamError::Timeout)?
+                .map_err(|e| {
+                    let text =
+                        format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default());
+                    if text.contains("timed out") {
+                        UpstreamError::Timeout
+                    } else {
+                        UpstreamError::Unreachable(text)
+                    }
+                })?;
             let (parts, body) = response.into_parts();
             if is_redirect(parts.status) {
                 let location = parts
@@ -356,7 +365,7 @@ impl Upstream {
                 sent_credentials: authorization.is_some(),
             });
         }
-        Err(UpstreamError::Redirect)
+        Err(UpstreamError::TooManyRedirects)
     }
 
     /// POSTs a form to `uri` (the OAuth token endpoint) and returns the status and body.
