@@ -86,6 +86,10 @@ pub struct RawConfig {
     pub transfer_timeout: RawDuration,
     pub shutdown_grace: RawDuration,
     pub max_upstream_requests: u64,
+    /// Open client connections beyond this are closed at once.
+    pub max_connections: u64,
+    /// How long a client may take to send its request head.
+    pub client_header_timeout: RawDuration,
     pub offline: bool,
     pub access_log: bool,
     pub installs_public_key: String,
@@ -163,6 +167,8 @@ impl Default for RawConfig {
             transfer_timeout: RawDuration::Text("300s".into()),
             shutdown_grace: RawDuration::Text("30s".into()),
             max_upstream_requests: 64,
+            max_connections: 4096,
+            client_header_timeout: RawDuration::Text("10s".into()),
             offline: false,
             access_log: false,
             installs_public_key: MIX_INSTALLS_PUBLIC_KEY.into(),
@@ -212,6 +218,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub shutdown_grace: Duration,
     pub max_upstream_requests: usize,
+    pub max_connections: usize,
+    pub client_header_timeout: Duration,
     pub offline: bool,
     pub access_log: bool,
     pub installs_public_key: PublicKey,
@@ -494,6 +502,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         transfer: duration("transfer_timeout", &raw.transfer_timeout, &mut errors),
     };
     let shutdown_grace = duration("shutdown_grace", &raw.shutdown_grace, &mut errors);
+    let client_header_timeout = duration("client_header_timeout", &raw.client_header_timeout, &mut errors);
+    if raw.max_connections == 0 {
+        errors.push("max_connections: must be at least 1".into());
+    }
     for (key, value) in [
         ("connect_timeout", timeouts.connect),
         ("read_timeout", timeouts.read),
@@ -556,6 +568,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         timeouts,
         shutdown_grace,
         max_upstream_requests: raw.max_upstream_requests as usize,
+        max_connections: raw.max_connections as usize,
+        client_header_timeout,
         offline: raw.offline,
         access_log: raw.access_log,
         installs_public_key: installs_public_key.expect("checked above"),

@@ -90,6 +90,11 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let data_dir = config.data_dir.clone();
     let grace = config.shutdown_grace;
     let offline = config.offline;
+    let limits = server::Limits {
+        header_read_timeout: config.client_header_timeout,
+        max_connections: config.max_connections,
+        ..server::Limits::default()
+    };
     let mirror = Mirror::open(config, metrics)?;
     let ready = Arc::new(AtomicBool::new(false));
     let service = service::Service::new(mirror.clone(), ready.clone());
@@ -109,11 +114,10 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(address = %addr, scheme, offline, "listening");
-    let mut tasks =
-        vec![tokio::spawn(server::run(listener, service.clone(), tls, server::Limits::default(), stop(), grace))];
+    let mut tasks = vec![tokio::spawn(server::run(listener, service.clone(), tls, limits, stop(), grace))];
     if let Some(listener) = metrics_listener {
         tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "operations endpoints listening");
-        tasks.push(tokio::spawn(server::run(listener, service, None, server::Limits::default(), stop(), grace)));
+        tasks.push(tokio::spawn(server::run(listener, service, None, limits, stop(), grace)));
     }
     tracing::info!(address = %admin_addr, "admin endpoint listening");
     tasks.push(tokio::spawn(server::run(

@@ -98,7 +98,7 @@ impl Service {
                 "bytes": response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("0"),
                 "duration_ms": (elapsed * 1000.0).round(),
             });
-            tracing::info!(target: "hexmirror::access", "{line}");
+            access_log(line);
         }
         tracing::debug!(method = %method, path = %path, status, cache = outcome.cache.as_str(), "served");
         response
@@ -224,6 +224,26 @@ impl Service {
         h.insert("x-cache", HeaderValue::from_static(reply.status.as_str()));
         resp
     }
+}
+
+/// Writes one JSON line to standard output from a dedicated thread, so that a slow reader of
+/// the log never stalls a request.
+fn access_log(line: serde_json::Value) {
+    use std::sync::OnceLock;
+    static WRITER: OnceLock<std::sync::mpsc::SyncSender<serde_json::Value>> = OnceLock::new();
+    let writer = WRITER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<serde_json::Value>(10_000);
+        std::thread::spawn(move || {
+            use std::io::Write;
+            for line in rx {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+            }
+        });
+        tx
+    });
+    // A full buffer drops the line rather than blocking the request.
+    let _ = writer.try_send(line);
 }
 
 /// A one-line plain-text answer.
