@@ -998,7 +998,10 @@ impl Mirror {
                         }
                         Err(e) => return stale(e),
                     };
-                let private = is_private(&response);
+                // A dependency policy that does not declare itself public is private whatever
+                // the upstream says (the spec asks the serving edge to require authorization).
+                let private_policy = matches!(content.facts(), Facts::Policy { public: false });
+                let private = is_private(&response) || private_policy;
                 let entry = Arc::new(Entry::new(content, resource.kind(), validators, now, private));
                 self.persist(target, &path, entry.clone()).await;
                 Ok((entry, CacheStatus::Miss))
