@@ -95,7 +95,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         max_connections: config.max_connections,
         ..server::Limits::default()
     };
-    let mirror = Mirror::open(config, metrics)?;
+    let mirror = Mirror::open_for_serving(config, metrics)?;
     let ready = Arc::new(AtomicBool::new(false));
     let service = service::Service::new(mirror.clone(), ready.clone());
     let admin_service = service::Service::admin(mirror.clone(), ready.clone(), admin_token.clone());
@@ -104,7 +104,9 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         token: admin_token.expose().to_string(),
         pid: std::process::id(),
     };
-    admin::write_endpoint(&data_dir, &endpoint).map_err(|e| format!("cannot write the admin endpoint file: {e}"))?;
+    if let Err(e) = admin::write_endpoint(&data_dir, &endpoint) {
+        tracing::warn!(error = %e, "cannot write the admin endpoint file; commands will not find this server");
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop = move || {
         let mut rx = stop_rx.clone();

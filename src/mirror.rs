@@ -300,8 +300,16 @@ pub struct Mirror {
 impl Mirror {
     /// Opens the persistent tier under `data_dir` and builds the mirror.
     pub fn open(config: Config, metrics: Metrics) -> Result<Mirror, String> {
-        let (store, sweep) = DiskStore::open(&config.data_dir)
+        let opened = DiskStore::open(&config.data_dir)
             .map_err(|e| format!("cannot open the store in {}: {e}", config.data_dir.display()))?;
+        Self::from_disk(config, metrics, opened)
+    }
+
+    fn from_disk(
+        config: Config,
+        metrics: Metrics,
+        (store, sweep): (DiskStore, crate::cache::disk::Sweep),
+    ) -> Result<Mirror, String> {
         if sweep != Default::default() {
             tracing::info!(
                 temp_files = sweep.temp_files,
@@ -311,6 +319,31 @@ impl Mirror {
             );
         }
         Self::with_store(config, metrics, Arc::new(store))
+    }
+
+    /// Like [`Mirror::open`] for the server: a data directory that cannot be used (read-only,
+    /// no permission, no space) degrades to serving from memory and the upstream, loudly.
+    /// Another process holding the store is still an error.
+    pub fn open_for_serving(config: Config, metrics: Metrics) -> Result<Mirror, String> {
+        match DiskStore::open(&config.data_dir) {
+            Ok(opened) => Self::from_disk(config, metrics, opened),
+            Err(e) if e.is_locked() => Err(format!(
+                "cannot open the store in {}: {e} (is another hexmirror using it?)",
+                config.data_dir.display()
+            )),
+            Err(e) => {
+                tracing::error!(
+                    data_dir = %config.data_dir.display(),
+                    error = %e,
+                    "store: cannot open the data directory; serving from memory and upstream only"
+                );
+                metrics.store_degraded.set(1);
+                let mirror =
+                    Self::with_store(config, metrics, Arc::new(crate::cache::NullStore { reason: e.to_string() }))?;
+                mirror.inner.degraded.store(true, Ordering::Relaxed);
+                Ok(mirror)
+            }
+        }
     }
 
     pub fn with_store(config: Config, metrics: Metrics, store: Arc<dyn Store>) -> Result<Mirror, String> {

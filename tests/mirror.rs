@@ -446,3 +446,14 @@ async fn policies_are_verified_and_a_private_policy_needs_authorization() {
     // Signed for another policy name: refused.
     assert_eq!(mirror.get("/repos/acme/policies/other").await.status, 502);
 }
+
+#[tokio::test]
+async fn a_second_server_on_the_same_store_refuses_to_start() {
+    let (dir, _upstream, _mirror) = setup("").await;
+    let config = load_config(dir.path(), &std::fs::read_to_string(dir.path().join("hexmirror.toml")).unwrap());
+    let err = match hexmirror::start(config, std::future::pending::<()>()).await {
+        Ok(_) => panic!("two servers on one store"),
+        Err(e) => e,
+    };
+    assert!(err.contains("another hexmirror"), "{err}");
+}

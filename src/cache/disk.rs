@@ -31,6 +31,13 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True when another process holds the store (a running server): never a reason to
+    /// degrade, since two writers would corrupt it.
+    pub fn is_locked(&self) -> bool {
+        let text = self.to_string().to_ascii_lowercase();
+        text.contains("lock") || text.contains("temporarily unavailable")
+    }
+
     /// True when the disk is full: the mirror then keeps serving from memory and upstream.
     pub fn is_disk_full(&self) -> bool {
         match self {
@@ -57,6 +64,36 @@ pub trait Store: Send + Sync + 'static {
     fn usage(&self) -> (u64, u64);
     /// Makes every completed `put` durable.
     fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// The persistent tier used when the data directory cannot be used at all (read-only, missing
+/// permissions): it stores nothing, so hexmirror serves from memory and the upstream.
+pub struct NullStore {
+    pub reason: String,
+}
+
+impl Store for NullStore {
+    fn get(&self, _key: &CacheKey) -> Result<Option<(StoredMeta, Bytes)>, StoreError> {
+        Ok(None)
+    }
+    fn put(&self, _key: &CacheKey, _meta: &StoredMeta, _body: &[u8]) -> Result<(), StoreError> {
+        Err(StoreError::Damaged(format!("the store is unavailable: {}", self.reason)))
+    }
+    fn update_meta(&self, _key: &CacheKey, _meta: &StoredMeta) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn remove(&self, _key: &CacheKey) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn list(&self, _prefix: &str) -> Result<Vec<(CacheKey, StoredMeta)>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn usage(&self) -> (u64, u64) {
+        (0, 0)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The default persistent tier: sled plus content-named files.

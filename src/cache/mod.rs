@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::route::Kind;
 use crate::verify::{Body, Facts, Verified};
 
-pub use disk::{DiskStore, Store, StoreError};
+pub use disk::{DiskStore, NullStore, Store, StoreError};
 pub use memory::MemoryTier;
 
 /// Where an entry lives in the cache.
