@@ -457,3 +457,63 @@ async fn a_second_server_on_the_same_store_refuses_to_start() {
     };
     assert!(err.contains("another hexmirror"), "{err}");
 }
+
+fn test_signature(data: &[u8]) -> Vec<u8> {
+    use rsa::pkcs8::DecodePrivateKey;
+    use rsa::signature::{SignatureEncoding, Signer};
+    let pem = std::fs::read_to_string(std::path::Path::new(DEMO).join("keys/priv.pem")).unwrap();
+    let key = rsa::RsaPrivateKey::from_pkcs8_pem(&pem)
+        .or_else(|_| {
+            use rsa::pkcs1::DecodeRsaPrivateKey;
+            rsa::RsaPrivateKey::from_pkcs1_pem(&pem)
+        })
+        .unwrap();
+    rsa::pkcs1v15::SigningKey::<sha2::Sha512>::new(key).sign(data).to_vec()
+}
+
+#[tokio::test]
+async fn registry_v1_is_verified_with_its_hex_signature() {
+    let (_dir, upstream, mirror) = setup("").await;
+    let ets = gzip(b"a frozen registry v1 table");
+    upstream.set_file("/registry.ets.gz", ets.clone());
+    upstream.set_file("/registry.ets.gz.signed", hex::encode(test_signature(&ets)).into_bytes());
+    let got = mirror.get("/registry.ets.gz").await;
+    assert_eq!((got.status, &got.body[..]), (200, &ets[..]));
+    let signed = mirror.get("/registry.ets.gz.signed").await;
+    assert_eq!(signed.status, 200);
+    // A registry that does not match its signature is refused.
+    let (_dir, upstream, mirror) = setup("").await;
+    upstream.set_file("/registry.ets.gz", gzip(b"another table"));
+    upstream.set_file("/registry.ets.gz.signed", hex::encode(test_signature(&ets)).into_bytes());
+    assert_eq!(mirror.get("/registry.ets.gz").await.status, 502);
+}
+
+#[tokio::test]
+async fn installers_are_verified_against_the_signed_csv() {
+    use base64::Engine;
+    use sha2::Digest;
+    let mut files = demo_files("hexpm", "");
+    let archive = b"pretend hex archive".to_vec();
+    let csv = format!("2.0.6,{},1.14.0,1.15.0\n", hex::encode(sha2::Sha512::digest(&archive)));
+    let signature = base64::engine::general_purpose::STANDARD.encode(test_signature(csv.as_bytes()));
+    files.insert("/installs/hex-1.x.csv".into(), csv.clone().into_bytes());
+    files.insert("/installs/hex-1.x.csv.signed".into(), signature.into_bytes());
+    files.insert("/installs/1.14.0/hex-2.0.6.ez".into(), archive.clone());
+    files.insert("/installs/1.15.0/hex-2.0.6.ez".into(), b"a different archive".to_vec());
+    let upstream = TestUpstream::start(files).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config_toml(dir.path(), &upstream.url(), "")
+        .replace("listen =", &format!("installs_public_key = \"{}\"\nlisten =", demo_key_path().display()));
+    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let got = mirror.get("/installs/hex-1.x.csv").await;
+    assert_eq!((got.status, got.body.to_vec()), (200, csv.into_bytes()));
+    assert_eq!(mirror.get("/installs/hex-1.x.csv.signed").await.status, 200);
+    let got = mirror.get("/installs/1.14.0/hex-2.0.6.ez").await;
+    assert_eq!((got.status, got.body.to_vec()), (200, archive));
+    assert_eq!(mirror.get("/installs/1.15.0/hex-2.0.6.ez").await.status, 502, "digest mismatch");
+    assert_eq!(mirror.get("/installs/1.14.0/hex-9.9.9.ez").await.status, 404, "not listed");
+    // With the built-in Mix key (not the test key) the CSV is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = TestMirror::start(load_config(dir.path(), &config_toml(dir.path(), &upstream.url(), ""))).await;
+    assert_eq!(mirror.get("/installs/hex-1.x.csv").await.status, 502);
+}
