@@ -17,6 +17,7 @@ keys=$root/tests/fixtures/demo-repo/keys
 if [ "${QUICK:-0}" = 1 ]; then rounds=${ROUNDS:-1} duration=${DURATION:-2s}
 else rounds=${ROUNDS:-3} duration=${DURATION:-5s}; fi
 wrk_threads=${WRK_THREADS:-2} wrk_conns=${WRK_CONNS:-32} herd_n=${HERD:-200}
+cold_rounds=${COLD_ROUNDS:-$rounds}
 
 for tool in wrk nginx curl escript rebar3 python3 sha256sum; do
   command -v "$tool" >/dev/null || { echo "bench: $tool not found (apt-get install -y --no-install-recommends erlang-nox erlang-dev rebar3 nginx wrk curl)" >&2; exit 2; }
@@ -179,13 +180,11 @@ bad() { echo "  ERROR: $*"; failures=$((failures + 1)); }
 
 echo "hexmirror benchmark: $bin"
 echo "origin $origin; nginx proxy_cache :$n_port (worker_processes 2); hexmirror :$h_port"
-echo "wrk -t$wrk_threads -c$wrk_conns -d$duration, $rounds round(s); herd of $herd_n; $(nproc) CPU(s)"
+echo "wrk -t$wrk_threads -c$wrk_conns -d$duration, $rounds round(s); $cold_rounds cold/herd round(s), herd of $herd_n; $(nproc) CPU(s)"
 
-# ---- 1. cold miss: first request with fresh caches ----------------------------------------------
-echo "== cold miss (fresh caches, one request each)"
-for o in "${objects[@]}"; do
-  label=${o%%|*} path=${o#*|}
-  fresh_caches
+# ---- 1+2. cold miss and thundering herd, each on freshly emptied caches, COLD_ROUNDS times ------
+cold_miss() {  # round label path: one request per server with both caches empty
+  local r=$1 label=$2 path=$3 s from out code t n_obj n_all ms
   for s in "${servers[@]}"; do
     from=$(origin_lines)
     out=$(curl -s -o "$work/cold.body" -w '%{http_code} %{time_total}' "$(url_of "$s" "$path")")
@@ -194,26 +193,30 @@ for o in "${objects[@]}"; do
       || bad "cold $s $path: status $code or wrong bytes"
     read -r n_obj n_all < <(origin_count "$from" "$path")
     ms=$(python3 -c "print(f'{$t * 1000:.2f}')")
-    rec cold "$s" "$label" ms "$ms"
-    rec cold "$s" "$label" upstream "$n_all"
-    printf '  %-9s %-22s %8s ms  (%s upstream request(s))\n' "$s" "$label" "$ms" "$n_all"
+    rec cold "$s" "$label" "ms.$r" "$ms"
+    rec cold "$s" "$label" "upstream.$r" "$n_all"
+    printf '  cold  %d %-9s %-22s %8s ms  (%s upstream request(s))\n' "$r" "$s" "$label" "$ms" "$n_all"
   done
-done
-
-# ---- 2. thundering herd: HERD clients ask for the same cold object at the same instant ----------
-echo "== herd: $herd_n simultaneous clients, one cold object"
-for o in "${objects[@]}"; do
-  label=${o%%|*} path=${o#*|}
-  fresh_caches
+}
+herd() {  # round label path: HERD clients ask both caches (empty) for the object at the same instant
+  local r=$1 label=$2 path=$3 s from out n_obj n_all
   for s in "${servers[@]}"; do
     from=$(origin_lines)
     out=$(python3 "$here/herd.py" "$(url_of "$s" "$path")" "$herd_n" "$(obj_sha "$path")") \
       || bad "herd $s $path: $out"
     read -r n_obj n_all < <(origin_count "$from" "$path")
-    rec herd "$s" "$label" upstream "$n_obj"
-    rec herd "$s" "$label" upstream_all "$n_all"
-    rec herd "$s" "$label" correct "${out%% *}"
-    printf '  %-9s %-22s %s; origin saw %s request(s) for it (%s in all)\n' "$s" "$label" "$out" "$n_obj" "$n_all"
+    rec herd "$s" "$label" "upstream.$r" "$n_obj"
+    rec herd "$s" "$label" "upstream_all.$r" "$n_all"
+    rec herd "$s" "$label" "correct.$r" "$(sed 's/^ok=\([0-9]*\).*/\1/' <<< "$out")"
+    printf '  herd  %d %-9s %-22s %s; origin saw %s request(s) for it (%s in all)\n' "$r" "$s" "$label" "$out" "$n_obj" "$n_all"
+  done
+}
+echo "== cold miss (one request) and herd ($herd_n simultaneous clients), caches emptied before each"
+for r in $(seq "$cold_rounds"); do
+  for o in "${objects[@]}"; do
+    label=${o%%|*} path=${o#*|}
+    fresh_caches; cold_miss "$r" "$label" "$path"
+    fresh_caches; herd "$r" "$label" "$path"
   done
 done
 
@@ -270,10 +273,10 @@ rec mem hexmirror all rss "$h_rss"
 rec mem nginx all hwm_sum "$n_hwm"
 
 # ---- report ---------------------------------------------------------------------------------------
-python3 - "$results" "$rounds" "$herd_n" "$wrk_threads" "$wrk_conns" "$duration" "$(nproc)" <<'PY'
+python3 - "$results" "$rounds" "$herd_n" "$wrk_threads" "$wrk_conns" "$duration" "$(nproc)" "$cold_rounds" <<'PY'
 import collections, statistics, sys
-path, rounds, herd_n, thr, conns, dur, ncpu = sys.argv[1:]
-rounds = int(rounds)
+path, rounds, herd_n, thr, conns, dur, ncpu, cold_rounds = sys.argv[1:]
+rounds, cold_rounds, herd_n = int(rounds), int(cold_rounds), int(herd_n)
 d = collections.defaultdict(dict)
 labels = []
 for line in open(path):
@@ -296,15 +299,29 @@ for label in labels:
     lat = lambda s: '%.2f / %.2f ms' % (med(series(s, label, 'p50')) / 1000, med(series(s, label, 'p99')) / 1000)
     print(f'| {label} | {int(d[("size", "-", label)]["bytes"]):,} | {med(n):,.0f} | {med(h):,.0f} | {med(ratios):.2f} | {lat("nginx")} | {lat("hexmirror")} |')
 print()
-print(f'### Cold miss and thundering herd ({herd_n} simultaneous clients on one cold object)')
+print(f'### Cold miss and thundering herd ({cold_rounds} round(s), caches emptied before each measurement)')
 print()
-print('| object | cold nginx | cold hexmirror | herd: origin requests nginx | herd: origin requests hexmirror | herd: correct bytes nginx | herd: correct bytes hexmirror |')
+print(f'Cold: one request, median time_total and (upstream requests). Herd: {herd_n} simultaneous clients on one cold object;')
+print('origin requests for that object in each round (requests of any kind in all rounds), and clients that got a 200 with the right sha256.')
+print()
+print('| object | cold nginx | cold hexmirror | herd origin requests nginx | herd origin requests hexmirror | herd correct nginx | herd correct hexmirror |')
 print('|---|---:|---:|---:|---:|---:|---:|')
+def per_round(kind, s, label, f):
+    x = d[(kind, s, label)]
+    return [x[f'{f}.{r}'] for r in range(1, cold_rounds + 1) if f'{f}.{r}' in x]
 for label in labels:
-    c = lambda s: '%s ms (%s up)' % (d[('cold', s, label)].get('ms', '?'), d[('cold', s, label)].get('upstream', '?'))
-    hu = lambda s: '%s (%s in all)' % (d[('herd', s, label)].get('upstream', '?'), d[('herd', s, label)].get('upstream_all', '?'))
-    ok = lambda s: d[('herd', s, label)].get('correct', '?').replace('ok=', '') + f'/{herd_n}'
-    print(f'| {label} | {c("nginx")} | {c("hexmirror")} | {hu("nginx")} | {hu("hexmirror")} | {ok("nginx")} | {ok("hexmirror")} |')
+    def cold(s):
+        ms = [float(v) for v in per_round('cold', s, label, 'ms')]
+        up = sorted(set(per_round('cold', s, label, 'upstream')))
+        return '%.2f ms (%s up)' % (med(ms), '/'.join(up))
+    def herd(s):
+        each = per_round('herd', s, label, 'upstream')
+        total = sum(int(v) for v in per_round('herd', s, label, 'upstream_all'))
+        return '%s (%d in all)' % (' / '.join(each), total)
+    def ok(s):
+        c = [int(v) for v in per_round('herd', s, label, 'correct')]
+        return f'{sum(c)}/{herd_n * len(c)}'
+    print(f'| {label} | {cold("nginx")} | {cold("hexmirror")} | {herd("nginx")} | {herd("hexmirror")} | {ok("nginx")} | {ok("hexmirror")} |')
 m = d[('mem', 'hexmirror', 'all')]
 n = d[('mem', 'nginx', 'all')]
 print()
