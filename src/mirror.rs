@@ -228,7 +228,8 @@ enum Check {
     Docs,
 }
 
-type Flight = Shared<BoxFuture<'static, Result<Reply, MirrorError>>>;
+type Fetched = Result<(Arc<Entry>, CacheStatus), MirrorError>;
+type Flight = Shared<BoxFuture<'static, Fetched>>;
 
 /// Request coalescing: one upstream fetch per key, however many requests wait for it.
 #[derive(Clone, Default)]
@@ -244,8 +245,8 @@ impl Flights {
         &self,
         key: String,
         metrics: &Metrics,
-        work: impl FnOnce() -> BoxFuture<'static, Result<Reply, MirrorError>>,
-    ) -> Result<Reply, MirrorError> {
+        work: impl FnOnce() -> BoxFuture<'static, Fetched>,
+    ) -> Fetched {
         let flight = {
             let mut map = self.map.lock().expect("never poisoned: no panics while held");
             if let Some((_, flight)) = map.get(&key) {
@@ -809,32 +810,22 @@ impl Mirror {
             let this = self.clone();
             let (t, r, c) = (target.clone(), resource.clone(), check.clone());
             let stale = cached.clone();
-            let reply = self
+            // The flight hands every waiter the entry itself, so a reply never depends on the
+            // entry still being in a cache tier (a tiny memory budget, a full disk).
+            let (entry, status) = self
                 .inner
                 .flights
                 .join(flight_key, &self.inner.metrics, move || {
-                    async move { this.fetch(&t, &r, c, credential, stale).await.map(|(e, s)| Reply::from_entry(&e, s)) }
-                        .boxed()
+                    async move { this.fetch(&t, &r, c, credential, stale).await }.boxed()
                 })
-                .await;
-            // The flight hands out replies; the entry it stored is in the memory tier.
-            let reply = reply?;
-            let key = if reply.private { &private_key } else { &public_key };
-            let entry = match self.inner.memory.get(key) {
-                Some(entry) if entry.etag == reply.etag => entry,
-                _ => self
-                    .lookup(target, key, resource, &Check::Ttl(None))
-                    .await
-                    .filter(|e| e.etag == reply.etag)
-                    .ok_or_else(|| MirrorError::Internal("fetched entry vanished from the cache".into()))?,
-            };
+                .await?;
             if entry.private
                 && !self.fetched_with_client_credentials(target, client)
                 && !self.access_allows(target, client)
             {
                 return Err(MirrorError::Unauthorized);
             }
-            Ok((entry, reply.status))
+            Ok((entry, status))
         }
         .boxed()
     }

@@ -517,3 +517,20 @@ async fn installers_are_verified_against_the_signed_csv() {
     let mirror = TestMirror::start(load_config(dir.path(), &config_toml(dir.path(), &upstream.url(), ""))).await;
     assert_eq!(mirror.get("/installs/hex-1.x.csv").await.status, 502);
 }
+
+#[tokio::test]
+async fn fetched_content_is_served_even_when_no_cache_tier_keeps_it() {
+    // A memory budget too small for any entry, and a store that refuses every write.
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config_toml(dir.path(), &upstream.url(), "").replace("listen =", "memory_cache_bytes = 1\nlisten =");
+    let config = load_config(dir.path(), &toml);
+    let metrics = hexmirror::metrics_for(&config);
+    let store = std::sync::Arc::new(hexmirror::cache::NullStore { reason: "test".into() });
+    let mirror = hexmirror::Mirror::with_store(config, metrics, store).unwrap();
+    let target = mirror.target(None);
+    let client = hexmirror::mirror::ClientCredentials::from_header(None);
+    let resource = hexmirror::route::Resource::Tarball { name: "hexdemo_mid".into(), version: "0.2.0".into() };
+    let reply = mirror.get(&target, &resource, &client).await.unwrap();
+    assert_eq!(reply.body, demo_file("hexpm", "tarballs/hexdemo_mid-0.2.0.tar"));
+}
