@@ -54,6 +54,27 @@ pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<Tls
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Waits until a new connection has sent enough to choose HTTP/1 or HTTP/2. hyper's header
+/// timeout starts only after that choice, so without this a client that sends nothing (or the
+/// start of the HTTP/2 preface, then nothing) would hold a connection slot forever.
+async fn first_bytes(stream: &tokio::net::TcpStream, limit: Duration) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; 24];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return false,
+            Ok(Ok(n)) if n >= PREFACE.len() || buf[..n] != PREFACE[..n] => return true,
+            Ok(Ok(_)) => {
+                // Part of the preface is there: wait for the rest, within the same deadline.
+                if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(10))).await.is_err() {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
 /// Serves `service` on `listener` until `shutdown` resolves, then drains for up to `grace`.
 pub async fn run(
     listener: TcpListener,
@@ -103,6 +124,12 @@ pub async fn run(
                 let service = service.clone();
                 async move { Ok::<_, Infallible>(service.handle(req).await) }
             });
+            if tls.is_none() && !first_bytes(&stream, limits.header_read_timeout).await {
+                tracing::debug!(%peer, "connection sent no request in time; closed");
+                connections.dec();
+                drop(permit);
+                return;
+            }
             let result = match tls {
                 Some(acceptor) => match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await
                 {

@@ -211,9 +211,6 @@ async fn a_client_trickling_its_request_head_byte_by_byte_is_cut_after_the_heade
 }
 
 #[tokio::test]
-#[ignore = "pins bug: a connection that sends nothing (or only the start of the HTTP/2 preface) is never timed out: \
-            hyper-util's auto::Builder waits for 24 bytes to choose HTTP/1 or HTTP/2 before hyper's \
-            header_read_timeout starts, so idle sockets hold connection slots forever"]
 async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
     let (_dir, _upstream, mirror) = setup("client_header_timeout = \"1s\"").await;
     let mut silent = connect(&mirror).await;
@@ -227,8 +224,6 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
 }
 
 #[tokio::test]
-#[ignore = "pins bug: idle connections that send nothing hold every max_connections slot forever \
-            (no header timeout before the first bytes), so a handful of sockets locks every client out"]
 async fn idle_connections_holding_every_slot_are_released_after_the_header_timeout() {
     let (_dir, _upstream, mirror) = setup("max_connections = 5\nclient_header_timeout = \"1s\"").await;
     let mut idle = Vec::new();
