@@ -433,11 +433,11 @@ impl Mirror {
     /// Removes every entry of package `name` (records, tarballs, docs) in every namespace.
     pub async fn purge(&self, name: &str) -> Result<Vec<String>, StoreError> {
         let store = self.inner.store.clone();
-        let name = name.to_string();
+        let disk_name = name.to_string();
         let removed = tokio::task::spawn_blocking(move || -> Result<Vec<CacheKey>, StoreError> {
             let mut removed = Vec::new();
             for (key, _) in store.list("")? {
-                if key_names_package(&key, &name) {
+                if key_names_package(&key, &disk_name) {
                     store.remove(&key)?;
                     removed.push(key);
                 }
@@ -446,10 +446,12 @@ impl Mirror {
         })
         .await
         .map_err(|e| StoreError::Damaged(e.to_string()))??;
-        for key in &removed {
-            self.inner.memory.remove(key);
+        // Also what only the memory tier holds (evicted from disk, or never written to it).
+        let mut removed: std::collections::BTreeSet<String> = removed.into_iter().map(|k| k.to_string()).collect();
+        for key in self.inner.memory.remove_matching(|key| key_names_package(key, name)) {
+            removed.insert(key.to_string());
         }
-        Ok(removed.into_iter().map(|k| k.to_string()).collect())
+        Ok(removed.into_iter().collect())
     }
 
     /// Evicts least recently used, unpinned entries from the disk tier until it fits its
@@ -467,7 +469,9 @@ impl Mirror {
                 .into_iter()
                 .filter(|(_, meta)| !meta.pinned)
                 .map(|(key, meta)| {
-                    let used = memory.get(&key).map(|e| e.last_used()).unwrap_or(0).max(meta.fetched_at);
+                    // Milliseconds: the memory tier knows when an entry was last served or
+                    // stored; an entry only on disk counts from its last confirmation.
+                    let used = memory.get(&key).map(|e| e.last_used()).unwrap_or(0).max(meta.fetched_at * 1000);
                     (used, key)
                 })
                 .collect();
@@ -816,7 +820,15 @@ impl Mirror {
                 .inner
                 .flights
                 .join(flight_key, &self.inner.metrics, move || {
-                    async move { this.fetch(&t, &r, c, credential, stale).await }.boxed()
+                    async move {
+                        // A flight that finished just before this one started may have stored
+                        // what we need: look again before asking the upstream.
+                        if let Some(entry) = this.stored_since(&t, &r, &c, stale.as_deref()) {
+                            return Ok((entry, CacheStatus::Hit));
+                        }
+                        this.fetch(&t, &r, c, credential, stale).await
+                    }
+                    .boxed()
                 })
                 .await?;
             if entry.private
@@ -828,6 +840,22 @@ impl Mirror {
             Ok((entry, status))
         }
         .boxed()
+    }
+
+    /// A fresh entry in the memory tier that is not the stale copy this request started from.
+    fn stored_since(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        check: &Check,
+        stale: Option<&Entry>,
+    ) -> Option<Arc<Entry>> {
+        let path = resource.path();
+        [false, true].into_iter().find_map(|private| {
+            let entry = self.inner.memory.get(&CacheKey::new(&target.namespace, &path, private))?;
+            let newer = stale.is_none_or(|old| entry.fetched_at > old.fetched_at || entry.etag != old.etag);
+            (newer && self.is_fresh(&entry, check)).then_some(entry)
+        })
     }
 
     fn is_fresh(&self, entry: &Entry, check: &Check) -> bool {

@@ -48,11 +48,16 @@ impl MemoryTier {
 
     /// Removes every entry whose key starts with `prefix`.
     pub fn remove_prefix(&self, prefix: &str) {
-        let doomed: Vec<CacheKey> =
-            self.cache.iter().filter(|(k, _)| k.as_str().starts_with(prefix)).map(|(k, _)| (*k).clone()).collect();
-        for key in doomed {
-            self.cache.invalidate(&key);
+        self.remove_matching(|key| key.as_str().starts_with(prefix));
+    }
+
+    /// Removes every entry whose key satisfies `doomed`, and returns their keys.
+    pub fn remove_matching(&self, doomed: impl Fn(&CacheKey) -> bool) -> Vec<CacheKey> {
+        let keys: Vec<CacheKey> = self.cache.iter().filter(|(k, _)| doomed(k)).map(|(k, _)| (*k).clone()).collect();
+        for key in &keys {
+            self.cache.invalidate(key);
         }
+        keys
     }
 
     /// (entries, weighted bytes), after pending maintenance has run.

@@ -123,14 +123,14 @@ pub struct Entry {
     pub fetched_at: u64,
     pub private: bool,
     pub pinned: bool,
-    /// Unix seconds of the last time it was served (for disk eviction).
+    /// Unix milliseconds of the last time it was served or stored (for disk eviction).
     last_used: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Entry {
     /// Records that the entry was served now.
     pub fn touch(&self) {
-        self.last_used.store(unix_now(), std::sync::atomic::Ordering::Relaxed);
+        self.last_used.store(unix_now_millis(), std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn last_used(&self) -> u64 {
@@ -148,7 +148,7 @@ impl Entry {
             fetched_at,
             private,
             pinned: false,
-            last_used: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(fetched_at)),
+            last_used: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(unix_now_millis())),
         }
     }
 
@@ -189,6 +189,11 @@ pub struct StoredMeta {
 
 impl StoredMeta {
     pub const VERSION: u32 = 1;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Seconds since the Unix epoch.
