@@ -333,14 +333,27 @@ impl Mirror {
                 config.data_dir.display()
             )),
             Err(e) => {
-                tracing::error!(
-                    data_dir = %config.data_dir.display(),
-                    error = %e,
-                    "store: cannot open the data directory; serving from memory and upstream only"
-                );
+                let store: Arc<dyn Store> = match DiskStore::open_read_only(&config.data_dir) {
+                    Ok(store) => {
+                        tracing::error!(
+                            data_dir = %config.data_dir.display(),
+                            error = %e,
+                            entries = store.usage().0,
+                            "store: the data directory is not writable; serving what it holds read-only, the rest from upstream"
+                        );
+                        Arc::new(store)
+                    }
+                    Err(_) => {
+                        tracing::error!(
+                            data_dir = %config.data_dir.display(),
+                            error = %e,
+                            "store: cannot open the data directory; serving from memory and upstream only"
+                        );
+                        Arc::new(crate::cache::NullStore { reason: e.to_string() })
+                    }
+                };
                 metrics.store_degraded.set(1);
-                let mirror =
-                    Self::with_store(config, metrics, Arc::new(crate::cache::NullStore { reason: e.to_string() }))?;
+                let mirror = Self::with_store(config, metrics, store)?;
                 mirror.inner.degraded.store(true, Ordering::Relaxed);
                 Ok(mirror)
             }

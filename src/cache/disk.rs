@@ -103,6 +103,31 @@ pub struct DiskStore {
     entries: AtomicU64,
     bytes: AtomicU64,
     tmp_seq: AtomicU64,
+    /// Set for a store opened read-only: the index is a private copy in this scratch
+    /// directory (removed on drop), and nothing under `root` is ever written.
+    scratch: Option<PathBuf>,
+}
+
+impl Drop for DiskStore {
+    fn drop(&mut self) {
+        if let Some(scratch) = &self.scratch {
+            let _ = fs::remove_dir_all(scratch);
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }
 
 /// What the start-up sweep cleaned.
@@ -126,9 +151,53 @@ impl DiskStore {
             entries: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             tmp_seq: AtomicU64::new(0),
+            scratch: None,
         };
         let sweep = store.sweep()?;
         Ok((store, sweep))
+    }
+
+    /// Opens a store on a read-only file system (an air-gapped site's mounted volume): sled
+    /// cannot open its index there, so a private copy of the index is opened in the system's
+    /// temporary directory; bodies are read in place. Every write fails.
+    pub fn open_read_only(root: &Path) -> Result<DiskStore, StoreError> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let scratch = std::env::temp_dir().join(format!(
+            "hexmirror-index-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&scratch);
+        copy_dir(&root.join("index"), &scratch)?;
+        let index = sled::Config::new().path(&scratch).cache_capacity(8 << 20).open()?;
+        let store = DiskStore {
+            root: root.to_path_buf(),
+            index,
+            entries: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            tmp_seq: AtomicU64::new(0),
+            scratch: Some(scratch),
+        };
+        let (mut entries, mut bytes) = (0, 0);
+        for item in store.index.iter() {
+            let (_, v) = item?;
+            if let Ok(meta) = Self::decode_meta(&v) {
+                entries += 1;
+                bytes += meta.len;
+            }
+        }
+        store.entries.store(entries, Ordering::Relaxed);
+        store.bytes.store(bytes, Ordering::Relaxed);
+        Ok(store)
+    }
+
+    fn refuse_writes(&self) -> Result<(), StoreError> {
+        match self.scratch {
+            Some(_) => {
+                Err(StoreError::Io(std::io::Error::new(ErrorKind::ReadOnlyFilesystem, "the store is read-only")))
+            }
+            None => Ok(()),
+        }
     }
 
     fn blob_path(&self, key: &CacheKey, sha256_hex: &str) -> PathBuf {
@@ -217,6 +286,9 @@ impl DiskStore {
             self.entries.fetch_sub(1, Ordering::Relaxed);
             self.bytes.fetch_sub(meta.len, Ordering::Relaxed);
         }
+        if self.scratch.is_some() {
+            return Ok(());
+        }
         match fs::remove_file(self.blob_path(key, &meta.sha256)) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
@@ -244,6 +316,7 @@ impl Store for DiskStore {
     }
 
     fn put(&self, key: &CacheKey, meta: &StoredMeta, body: &[u8]) -> Result<(), StoreError> {
+        self.refuse_writes()?;
         let path = self.blob_path(key, &meta.sha256);
         self.write_blob(&path, body)?;
         let encoded = serde_json::to_vec(meta).expect("records always serialize");
@@ -266,6 +339,7 @@ impl Store for DiskStore {
     }
 
     fn update_meta(&self, key: &CacheKey, meta: &StoredMeta) -> Result<(), StoreError> {
+        self.refuse_writes()?;
         let encoded = serde_json::to_vec(meta).expect("records always serialize");
         // Only an existing record whose body is unchanged may be updated in place.
         let _ = self.index.fetch_and_update(key.as_str().as_bytes(), |old| {
@@ -279,6 +353,7 @@ impl Store for DiskStore {
     }
 
     fn remove(&self, key: &CacheKey) -> Result<(), StoreError> {
+        self.refuse_writes()?;
         match self.index.get(key.as_str().as_bytes())? {
             Some(raw) => match Self::decode_meta(&raw) {
                 Ok(meta) => self.forget(key, &meta),
@@ -405,6 +480,24 @@ mod tests {
         assert_eq!(sweep, Sweep { temp_files: 1, orphan_blobs: 1, dangling_records: 1 });
         assert_eq!(store.usage(), (1, 1));
         assert!(store.get(&key("a")).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_read_only_copy_reads_in_place_and_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = DiskStore::open(dir.path()).unwrap();
+            store.put(&key("packages/a"), &meta_for(b"a"), b"a").unwrap();
+            store.flush().unwrap();
+        }
+        let store = DiskStore::open_read_only(dir.path()).unwrap();
+        let scratch = store.scratch.clone().unwrap();
+        assert_eq!(store.get(&key("packages/a")).unwrap().unwrap().1, &b"a"[..]);
+        assert_eq!(store.usage(), (1, 1));
+        assert!(store.put(&key("packages/b"), &meta_for(b"b"), b"b").is_err());
+        assert!(store.remove(&key("packages/a")).is_err());
+        drop(store);
+        assert!(!scratch.exists(), "the private index copy is removed");
     }
 
     #[test]
