@@ -180,6 +180,7 @@ bad() { echo "  ERROR: $*"; failures=$((failures + 1)); }
 
 echo "hexmirror benchmark: $bin"
 echo "origin $origin; nginx proxy_cache :$n_port (worker_processes 2); hexmirror :$h_port"
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews every number)"
 echo "wrk -t$wrk_threads -c$wrk_conns -d$duration, $rounds round(s); $cold_rounds cold/herd round(s), herd of $herd_n; $(nproc) CPU(s)"
 
 # ---- 1+2. cold miss and thundering herd, each on freshly emptied caches, COLD_ROUNDS times ------
@@ -329,5 +330,6 @@ print(f"Memory: hexmirror peak RSS (VmHWM) {int(m['hwm_last'])/1024:.1f} MiB aft
       f"(max over all its instances {int(m['hwm_max'])/1024:.1f} MiB, RSS now {int(m['rss'])/1024:.1f} MiB); "
       f"nginx proxy_cache master+workers VmHWM sum {int(n['hwm_sum'])/1024:.1f} MiB.")
 PY
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "$failures" -gt 0 ]; then echo "BENCHMARK FAILED: $failures check(s) failed"; exit 1; fi
 echo "all responses were 200 with the exact expected bytes"
