@@ -510,6 +510,9 @@ def pct(values, p):
     return values[min(len(values) - 1, int(p / 100.0 * len(values)))]
 
 
+load_at_start = open('/proc/loadavg').read().split(' ', 3)[:3]
+
+
 def main():
     global stop_at
     ups = Upstreams()
@@ -622,6 +625,8 @@ def report(rows, stats, ups, t0):
     w('')
     w('- kernel: `%s`' % sh('uname -srm'))
     w('- hexmirror: %s; load generator, upstreams and hexmirror share the same CPUs' % build)
+    w('- load average (1/5/15 min) at the start: %s; at the end: %s (anything else running on the machine'
+      ' shows here)' % (' / '.join(load_at_start), ' / '.join(open('/proc/loadavg').read().split(' ', 3)[:3])))
     w('')
     w('## Set-up')
     w('')
