@@ -324,4 +324,70 @@ tamper_case tar_outer  t_tar_outer  th cdn   /tarballs/hexdemo_mid-0.2.0.tar "$f
 tamper_case tar_inner  t_tar_inner  ta repos /repos/acme/tarballs/hexdemo_mid-0.2.0.tar "$fixtures/acme/tarballs/hexdemo_mid-0.2.0.tar"
 tamper_case tar_swap   t_tar_swap   th cdn   /tarballs/hexdemo_mid-0.2.0.tar "$fixtures/hexpm/tarballs/hexdemo_mid-0.2.0.tar"
 
+# =============================================================================================
+# f. air-gapped site: sync outside (through the running server), serve offline with the upstream
+#    still up and receiving nothing, export, import into an empty store, real client inside
+# =============================================================================================
+hm() { env $(compgen -e | grep '^HEXMIRROR_' | sed 's/^/-u /') RUST_LOG=warn "$bin" "$@"; }
+ngx_point up_th hexpm
+ag=$work/airgap
+mkdir -p "$ag"
+ag_config() {  # NAME DATA_DIR OFFLINE -> writes $ag/NAME.toml, sets AG_PORT
+  AG_PORT=$(free_port)
+  {
+    printf 'listen = "127.0.0.1:%s"\ndata_dir = "%s"\noffline = %s\n\n' "$AG_PORT" "$2" "$3"
+    repo_toml hexpm "$(ngx_url up_th)"
+  } > "$ag/$1.toml"
+}
+ag_serve() {  # NAME: starts hexmirror with $ag/NAME.toml, sets AG_PID
+  # exec: $! must be hexmirror itself, not a subshell around it, so that stop_pid stops it
+  (exec env $(compgen -e | grep '^HEXMIRROR_' | sed 's/^/-u /') RUST_LOG=warn "$bin" serve --config "$ag/$1.toml") 2> "$ag/$1.log" &
+  AG_PID=$!; pids+=($AG_PID)
+  wait_http "http://127.0.0.1:$AG_PORT/readyz" $AG_PID 30
+}
+access_lines() { wc -l < "$work/ngx/up_th/access.log"; }
+
+ag_config outside "$ag/outside" false
+if ag_serve outside; then
+  if out=$(hm sync --config "$ag/outside.toml" --package hexdemo_top 2>&1); then
+    pass airgap_sync_through_running_server "$(echo "$out" | tail -n 1)"
+  else fail airgap_sync_through_running_server "$(echo "$out" | tail -n 3)"; fi
+  stop_pid "$AG_PID"
+else fail airgap_outside_server "did not start"; fi
+# the same store, offline, with the upstream still running: it must receive nothing
+ag_config offline_same "$ag/outside" true
+before=$(access_lines)
+if ag_serve offline_same; then
+  client airgap_offline_synced_store cdn ok "http://127.0.0.1:$AG_PORT" hexpm HEXCORE=0
+  after=$(access_lines)
+  [ "$before" = "$after" ] && pass airgap_offline_upstream_untouched "upstream access log: $before -> $after lines" \
+    || fail airgap_offline_upstream_untouched "upstream access log grew: $before -> $after lines"
+  stop_pid "$AG_PID"
+else fail airgap_offline_server "did not start"; fi
+# carry it across: export (no server running: the command opens the store), import inside
+if out=$(hm export --config "$ag/outside.toml" --out "$ag/site.hxb" 2>&1); then
+  pass airgap_export "$(echo "$out" | head -n 1)"
+else fail airgap_export "$out"; fi
+ag_config inside "$ag/inside" true
+cp "$ag/site.hxb" "$ag/forged.hxb"
+python3 - "$ag/forged.hxb" <<'PY'
+import sys
+p = sys.argv[1]; b = bytearray(open(p, 'rb').read()); b[len(b) // 2] ^= 1; open(p, 'wb').write(bytes(b))
+PY
+if hm import --config "$ag/inside.toml" "$ag/forged.hxb" > "$ag/forged.out" 2>&1; then
+  fail airgap_altered_bundle_refused "import accepted an altered bundle"
+else pass airgap_altered_bundle_refused "$(tail -n 1 "$ag/forged.out" | cut -c1-120)"; fi
+if out=$(hm import --config "$ag/inside.toml" "$ag/site.hxb" 2>&1); then
+  pass airgap_import "$(echo "$out" | head -n 1)"
+else fail airgap_import "$out"; fi
+before=$(access_lines)
+if ag_serve inside; then
+  client airgap_inside_offline cdn ok "http://127.0.0.1:$AG_PORT" hexpm HEXCORE=0
+  if out=$(hm verify --config "$ag/inside.toml" 2>&1); then pass airgap_verify "$(echo "$out" | tail -n 1)"
+  else fail airgap_verify "$(echo "$out" | tail -n 3)"; fi
+  [ "$before" = "$(access_lines)" ] && pass airgap_inside_upstream_untouched "no upstream request" \
+    || fail airgap_inside_upstream_untouched "the upstream was contacted"
+  stop_pid "$AG_PID"
+else fail airgap_inside_server "did not start"; fi
+
 finish
