@@ -415,14 +415,18 @@ pub(crate) mod tests {
         enc.finish().unwrap()
     }
 
-    /// Signs `payload` with the test key and wraps it as a registry file body.
-    pub(crate) fn sign(payload: &[u8]) -> Vec<u8> {
-        let key = rsa::RsaPrivateKey::from_pkcs8_pem(TEST_PRIV)
+    fn test_private_key() -> rsa::RsaPrivateKey {
+        rsa::RsaPrivateKey::from_pkcs8_pem(TEST_PRIV)
             .or_else(|_| {
                 use rsa::pkcs1::DecodeRsaPrivateKey;
                 rsa::RsaPrivateKey::from_pkcs1_pem(TEST_PRIV)
             })
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Signs `payload` with the test key and wraps it as a registry file body.
+    pub(crate) fn sign(payload: &[u8]) -> Vec<u8> {
+        let key = test_private_key();
         let signature = SigningKey::<Sha512>::new(key).sign(payload).to_vec();
         gzip(&Signed { payload: payload.to_vec(), signature: Some(signature) }.encode_to_vec())
     }
@@ -602,12 +606,7 @@ pub(crate) mod tests {
 
     #[test]
     fn registry_v1_signature_is_hex_over_gzip_bytes() {
-        let key = rsa::RsaPrivateKey::from_pkcs8_pem(TEST_PRIV)
-            .or_else(|_| {
-                use rsa::pkcs1::DecodeRsaPrivateKey;
-                rsa::RsaPrivateKey::from_pkcs1_pem(TEST_PRIV)
-            })
-            .unwrap();
+        let key = test_private_key();
         let ets = gzip(b"ets table");
         let sig = hex::encode(SigningKey::<Sha512>::new(key).sign(&ets).to_vec());
         assert!(registry_v1(ets.clone().into(), &sig, &test_key()).is_ok());
@@ -620,12 +619,7 @@ pub(crate) mod tests {
 
     #[test]
     fn installs_csv_and_archive_digest() {
-        let key = rsa::RsaPrivateKey::from_pkcs8_pem(TEST_PRIV)
-            .or_else(|_| {
-                use rsa::pkcs1::DecodeRsaPrivateKey;
-                rsa::RsaPrivateKey::from_pkcs1_pem(TEST_PRIV)
-            })
-            .unwrap();
+        let key = test_private_key();
         let archive = b"archive bytes".to_vec();
         let digest = hex::encode(Sha512::digest(&archive));
         let csv = format!("2.0.0,{digest},1.13.0,1.14.0\n");

@@ -412,16 +412,7 @@ async fn graceful_shutdown_finishes_an_in_flight_slow_transfer() {
 /// Signs `payload` with the demo repository's test key and wraps it as a registry file.
 fn sign_with_test_key(payload: &[u8]) -> Vec<u8> {
     use prost::Message;
-    use rsa::pkcs8::DecodePrivateKey;
-    use rsa::signature::{SignatureEncoding, Signer};
-    let pem = std::fs::read_to_string(std::path::Path::new(DEMO).join("keys/priv.pem")).unwrap();
-    let key = rsa::RsaPrivateKey::from_pkcs8_pem(&pem)
-        .or_else(|_| {
-            use rsa::pkcs1::DecodeRsaPrivateKey;
-            rsa::RsaPrivateKey::from_pkcs1_pem(&pem)
-        })
-        .unwrap();
-    let signature = rsa::pkcs1v15::SigningKey::<sha2::Sha512>::new(key).sign(payload).to_vec();
+    let signature = test_signature(payload);
     gzip(&hexmirror::registry::Signed { payload: payload.to_vec(), signature: Some(signature) }.encode_to_vec())
 }
 
