@@ -238,6 +238,26 @@ async fn idle_connections_holding_every_slot_are_released_after_the_header_timeo
     drop(idle);
 }
 
+#[tokio::test]
+async fn http2_connections_that_open_no_stream_do_not_hold_every_slot() {
+    // The whole HTTP/2 preface and an empty SETTINGS frame, then nothing: the HTTP/2 twin of an
+    // idle socket. With every slot held like this, new clients must still get in once
+    // client_header_timeout has passed.
+    let (_dir, _upstream, mirror) = setup("max_connections = 5\nclient_header_timeout = \"1s\"").await;
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        let mut stream = connect(&mirror).await;
+        stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+        idle.push(stream);
+    }
+    assert_eq!(wait_for_connections(&mirror, 5, Duration::from_secs(2)).await, 5);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let got = tokio::time::timeout(Duration::from_secs(3), raw_get(&mirror, "/names")).await;
+    let status = got.ok().flatten().map(|r| r.status);
+    assert_eq!(status, Some(200), "3 s after client_header_timeout (1s), 5 idle HTTP/2 connections lock clients out");
+    drop(idle);
+}
+
 // ------------------------------------------------------------------------------------------
 // Oversized requests
 // ------------------------------------------------------------------------------------------

@@ -145,16 +145,20 @@ impl DiskStore {
         fs::create_dir_all(root.join("tmp"))?;
         let index =
             sled::Config::new().path(root.join("index")).cache_capacity(8 << 20).flush_every_ms(Some(1000)).open()?;
-        let store = DiskStore {
+        let store = Self::with_index(root, index, None);
+        let sweep = store.sweep()?;
+        Ok((store, sweep))
+    }
+
+    fn with_index(root: &Path, index: sled::Db, scratch: Option<PathBuf>) -> DiskStore {
+        DiskStore {
             root: root.to_path_buf(),
             index,
             entries: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             tmp_seq: AtomicU64::new(0),
-            scratch: None,
-        };
-        let sweep = store.sweep()?;
-        Ok((store, sweep))
+            scratch,
+        }
     }
 
     /// Opens a store on a read-only file system (an air-gapped site's mounted volume): sled
@@ -170,14 +174,7 @@ impl DiskStore {
         let _ = fs::remove_dir_all(&scratch);
         copy_dir(&root.join("index"), &scratch)?;
         let index = sled::Config::new().path(&scratch).cache_capacity(8 << 20).open()?;
-        let store = DiskStore {
-            root: root.to_path_buf(),
-            index,
-            entries: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            tmp_seq: AtomicU64::new(0),
-            scratch: Some(scratch),
-        };
+        let store = Self::with_index(root, index, Some(scratch));
         let (mut entries, mut bytes) = (0, 0);
         for item in store.index.iter() {
             let (_, v) = item?;
