@@ -63,9 +63,12 @@ else
   (cd "$root" && cargo build --release --bin hexmirror) > "$work/build.log" 2>&1 \
     || { tail -n 20 "$work/build.log"; die "cargo build --release failed"; }
   bin=$root/target/release/hexmirror
-  build="cargo build --release"
+  rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  [ -z "$(git -C "$root" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ] || rev="$rev with local changes"
+  build="cargo build --release of commit $rev"
 fi
 [ -x "$bin" ] || die "$bin is not executable"
+unset HEXMIRROR_BIN   # hexmirror reads HEXMIRROR_* as configuration
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -467,7 +470,9 @@ def classify(op, path, rel, dig, status, body, clen, xcache, err, cached, start,
     if cached and op != 'no_token':
         return violation('error on a cached object: ' + what)
     if outage:
-        key = 'allowed: uncached while the upstream is down (%s)' % (status or 'no answer')
+        what = {'not_found': 'a package that does not exist (negative entry expired)',
+                'no_token': 'a private object without a token, not cached'}.get(op, 'an object purged or never fetched')
+        key = '%s: %s' % (what, status or 'no answer')
         with stats.lock:
             stats.allowed[key] += 1
         return 'allowed ' + str(status or 'no answer')
@@ -492,6 +497,8 @@ def scrape():
         gauges[name] = float(m.group(1)) if m else None
     m = re.search(r'^hexmirror_cache_bytes\{tier="memory"\} (\S+)$', text, re.M)
     gauges['memory_bytes'] = float(m.group(1)) if m else None
+    m = re.search(r'^hexmirror_cache_entries\{tier="memory"\} (\S+)$', text, re.M)
+    gauges['memory_entries'] = float(m.group(1)) if m else None
     return counts, gauges
 
 
@@ -536,9 +543,9 @@ def main():
 
     rows = []
     prev, _ = scrape()
-    header = '%6s %6s %6s %6s %6s %6s %6s %6s %6s %6s %6s %7s %7s %8s %6s %s' % (
+    header = '%6s %6s %6s %6s %6s %6s %6s %6s %6s %6s %6s %7s %7s %8s %8s %5s %6s %s' % (
         't(s)', 'req/s', '2xx', '3xx', '4xx', '5xx', 'hit', 'miss', 'reval', 'stale', 'error',
-        'p50ms', 'p99ms', 'RSS MiB', 'degr', 'upstream')
+        'p50ms', 'p99ms', 'RSS MiB', 'mem KiB', 'conns', 'degr', 'upstream')
     print(header, flush=True)
     next_sample = t0 + interval
     while True:
@@ -565,15 +572,17 @@ def main():
             'stale': by_cache['stale'], 'error': by_cache['error'],
             'p50': pct(lat, 50) * 1000, 'p99': pct(lat, 99) * 1000, 'n': len(lat),
             'rss': rss_kib(), 'degraded': gauges['hexmirror_store_degraded'],
+            'mem': (gauges['memory_bytes'] or 0) / 1024, 'entries': gauges['memory_entries'] or 0,
+            'conns': gauges['hexmirror_client_connections'] or 0,
             'upstream': '+'.join(sorted(states)) or 'up',
             'violations': sum(v for k, v in kinds.items() if k.startswith('VIOLATION')),
             'allowed': sum(v for k, v in kinds.items() if k.startswith('allowed')),
         }
         rows.append(row)
-        print('%6d %6.0f %6d %6d %6d %6d %6d %6d %6d %6d %6d %7.1f %7.1f %8.1f %6d %s%s' % (
+        print('%6d %6.0f %6d %6d %6d %6d %6d %6d %6d %6d %6d %7.1f %7.1f %8.1f %8.1f %5d %6d %s%s' % (
             row['t'], row['rps'], row['2xx'], row['3xx'], row['4xx'], row['5xx'], row['hit'], row['miss'],
             row['revalidated'], row['stale'], row['error'], row['p50'], row['p99'], (row['rss'] or 0) / 1024,
-            row['degraded'] or 0, row['upstream'],
+            row['mem'], row['conns'], row['degraded'] or 0, row['upstream'],
             ('  %d allowed errors' % row['allowed'] if row['allowed'] else '') +
             ('  %d VIOLATIONS' % row['violations'] if row['violations'] else '')), flush=True)
         next_sample += interval
@@ -659,6 +668,9 @@ def report(rows, stats, ups, t0):
     for k, v in sorted(stats.totals.items(), key=lambda kv: -kv[1]):
         w('  | %s | %d |' % (k, v))
     w('')
+    mems = [r['mem'] for r in after]
+    if mems:
+        w('- memory tier after the warm-up: %.1f-%.1f KiB' % (min(mems), max(mems)))
     if rss:
         w('- hexmirror VmRSS after the %d s warm-up: min %.1f MiB, max %.1f MiB, last %.1f MiB,'
           ' trend %+.2f MiB/min (least squares)' % (warmup, min(rss), max(rss), rss[-1], slope))
@@ -683,13 +695,14 @@ def report(rows, stats, ups, t0):
       ' the load generator; "upstream" is the worst state seen during the interval.')
     w('')
     w('| t (s) | req/s | 2xx | 3xx | 4xx | 5xx | hit | miss | revalidated | stale | error | p50 ms | p99 ms |'
-      ' RSS MiB | degraded | upstream | allowed errors | violations |')
-    w('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|')
+      ' RSS MiB | memory tier KiB (entries) | client conns | degraded | upstream | allowed errors | violations |')
+    w('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|')
     for r in rows:
-        w('| %d | %.0f | %d | %d | %d | %d | %d | %d | %d | %d | %d | %.1f | %.1f | %.1f | %d | %s | %d | %d |' % (
-            r['t'], r['rps'], r['2xx'], r['3xx'], r['4xx'], r['5xx'], r['hit'], r['miss'], r['revalidated'],
-            r['stale'], r['error'], r['p50'], r['p99'], (r['rss'] or 0) / 1024, r['degraded'] or 0,
-            r['upstream'], r['allowed'], r['violations']))
+        w('| %d | %.0f | %d | %d | %d | %d | %d | %d | %d | %d | %d | %.1f | %.1f | %.1f | %.1f (%d) | %d | %d | %s |'
+          ' %d | %d |' % (
+              r['t'], r['rps'], r['2xx'], r['3xx'], r['4xx'], r['5xx'], r['hit'], r['miss'], r['revalidated'],
+              r['stale'], r['error'], r['p50'], r['p99'], (r['rss'] or 0) / 1024, r['mem'], r['entries'], r['conns'],
+              r['degraded'] or 0, r['upstream'], r['allowed'], r['violations']))
     text = '\n'.join(lines) + '\n'
     print()
     print(text)

@@ -67,6 +67,7 @@ else
   bin=$root/target/debug/hexmirror
 fi
 [ -x "$bin" ] || die "$bin is not executable"
+unset HEXMIRROR_BIN   # hexmirror reads HEXMIRROR_* as configuration
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
