@@ -120,7 +120,13 @@ pub async fn run(
         let connections = service.mirror().metrics().connections.clone();
         tokio::spawn(async move {
             connections.inc();
+            // Set when the connection's first request arrives: a connection that opens no
+            // request in time (an idle HTTP/2 connection with no stream, a stalled TLS client)
+            // is closed, so that idle sockets cannot hold every connection slot.
+            let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let seen_by_handler = seen.clone();
             let handler = service_fn(move |req| {
+                seen_by_handler.store(true, std::sync::atomic::Ordering::Relaxed);
                 let service = service.clone();
                 async move { Ok::<_, Infallible>(service.handle(req).await) }
             });
@@ -130,16 +136,34 @@ pub async fn run(
                 drop(permit);
                 return;
             }
-            let result = match tls {
-                Some(acceptor) => match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await
-                {
-                    Ok(Ok(stream)) => {
-                        watcher.watch(builder.serve_connection(TokioIo::new(stream), handler).into_owned()).await
+            let serve = async {
+                match tls {
+                    Some(acceptor) => {
+                        match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                watcher
+                                    .watch(builder.serve_connection(TokioIo::new(stream), handler).into_owned())
+                                    .await
+                            }
+                            Ok(Err(e)) => Err(e.into()),
+                            Err(_) => Err("tls handshake timed out".into()),
+                        }
                     }
-                    Ok(Err(e)) => Err(e.into()),
-                    Err(_) => Err("tls handshake timed out".into()),
-                },
-                None => watcher.watch(builder.serve_connection(TokioIo::new(stream), handler).into_owned()).await,
+                    None => watcher.watch(builder.serve_connection(TokioIo::new(stream), handler).into_owned()).await,
+                }
+            };
+            let no_request = async {
+                tokio::time::sleep(limits.header_read_timeout).await;
+                if seen.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let result = tokio::select! {
+                result = serve => result,
+                _ = no_request => {
+                    tracing::debug!(%peer, "connection opened no request in time; closed");
+                    Ok(())
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -239,9 +239,6 @@ async fn idle_connections_holding_every_slot_are_released_after_the_header_timeo
 }
 
 #[tokio::test]
-#[ignore = "pins bug: an HTTP/2 connection that sends the preface and SETTINGS but opens no stream is never \
-            closed (client_header_timeout applies to HTTP/1 heads only, and no HTTP/2 idle or keep-alive \
-            timeout is set): 5 such sockets hold every slot of max_connections = 5 for 30 s and more"]
 async fn http2_connections_that_open_no_stream_do_not_hold_every_slot() {
     // The whole HTTP/2 preface and an empty SETTINGS frame, then nothing: the HTTP/2 twin of an
     // idle socket. With every slot held like this, new clients must still get in once
