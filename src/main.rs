@@ -264,6 +264,16 @@ impl Progress {
 
     fn event(&self, event: &Event) {
         match (event, &self.bar) {
+            (Event::Estimate { packages, releases, approx_bytes }, bar) => {
+                let line = format!(
+                    "--all: {packages} packages, {releases} releases, roughly {} GiB at about 100 KiB a release",
+                    approx_bytes.div_ceil(1 << 30)
+                );
+                match bar {
+                    Some(bar) => bar.println(line),
+                    None => eprintln!("{line}"),
+                }
+            }
             (Event::Planned { releases, packages }, Some(bar)) => {
                 bar.set_length((*releases + *packages) as u64);
                 bar.set_message(format!("{packages} records, {releases} releases"));

@@ -50,9 +50,24 @@ pub struct SyncRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    Planned { releases: usize, packages: usize },
-    Item { resource: String, outcome: Outcome, detail: Option<String> },
-    Finished { summary: Summary },
+    /// `--all`: what a full mirror of the repository holds, before anything is downloaded.
+    Estimate {
+        packages: usize,
+        releases: usize,
+        approx_bytes: u64,
+    },
+    Planned {
+        releases: usize,
+        packages: usize,
+    },
+    Item {
+        resource: String,
+        outcome: Outcome,
+        detail: Option<String>,
+    },
+    Finished {
+        summary: Summary,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +129,26 @@ pub fn decode_package(body: &[u8], limit: u64) -> Option<Package> {
     let raw = crate::verify::gunzip(body, limit).ok()?;
     let signed: Signed = registry::decode(&raw).ok()?;
     registry::decode(&signed.payload).ok()
+}
+
+/// A rough size of one release tarball, for the `--all` estimate (hex.pm's tarballs are mostly
+/// tens of kilobytes).
+const TYPICAL_RELEASE_BYTES: u64 = 100 << 10;
+
+fn decode_versions(body: &[u8], limit: u64) -> Option<registry::Versions> {
+    let raw = crate::verify::gunzip(body, limit).ok()?;
+    let signed: Signed = registry::decode(&raw).ok()?;
+    registry::decode(&signed.payload).ok()
+}
+
+/// The last row of an installs CSV: (installer version, Elixir versions).
+fn newest_install_row(csv: &[u8]) -> Option<(String, Vec<String>)> {
+    let text = std::str::from_utf8(csv).ok()?;
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    let mut cells = line.split(',').map(str::trim);
+    let version = cells.next()?.to_string();
+    let _digest = cells.next()?;
+    Some((version, cells.map(String::from).collect()))
 }
 
 fn decode_names(body: &[u8], limit: u64) -> Option<registry::Names> {
@@ -267,8 +302,23 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
     }
     if request.all {
         let names = planner.fetch(&request.repo, Resource::Names).await;
-        planner.fetch(&request.repo, Resource::Versions).await;
+        let versions = planner.fetch(&request.repo, Resource::Versions).await;
         let limit = mirror.config().max_registry_bytes;
+        if let Some(versions) = versions.and_then(|b| decode_versions(&b, limit)) {
+            let releases: usize = versions
+                .packages
+                .iter()
+                .map(|p| {
+                    let retired = if request.include_retired { 0 } else { p.retired.len() };
+                    p.versions.len().saturating_sub(retired)
+                })
+                .sum();
+            (planner.events)(Event::Estimate {
+                packages: versions.packages.len(),
+                releases,
+                approx_bytes: releases as u64 * TYPICAL_RELEASE_BYTES,
+            });
+        }
         if let Some(names) = names.and_then(|b| decode_names(&b, limit)) {
             tracing::info!(packages = names.packages.len(), "sync --all: every package of the repository");
             for package in names.packages {
@@ -277,9 +327,17 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
         }
     }
     if request.installers {
-        for csv in ["hex-1.x.csv", "rebar3-1.x.csv"] {
-            planner.fetch(&request.repo, Resource::Installs(csv.into())).await;
+        for (app, suffix) in [("hex", ".ez"), ("rebar3", "")] {
+            let csv = format!("{app}-1.x.csv");
+            let listing = planner.fetch(&request.repo, Resource::Installs(csv.clone())).await;
             planner.fetch(&request.repo, Resource::Installs(format!("{csv}.signed"))).await;
+            // The newest installer for each Elixir version it supports: what `mix local.hex`
+            // and `mix local.rebar` pick.
+            let Some(last) = listing.and_then(|csv| newest_install_row(&csv)) else { continue };
+            for elixir in &last.1 {
+                let archive = format!("{elixir}/{app}-{}{suffix}", last.0);
+                planner.fetch(&request.repo, Resource::Installs(archive)).await;
+            }
         }
     }
 
@@ -472,6 +530,13 @@ mod tests {
         assert!(lock_mismatch(&locked(Some(1), Some(3)), &release("1.0.0", 1, Some(2))).unwrap().contains("outer"));
         assert!(lock_mismatch(&locked(Some(9), None), &release("1.0.0", 1, Some(2))).unwrap().contains("inner"));
         assert_eq!(lock_mismatch(&locked(None, None), &release("1.0.0", 1, None)), None);
+    }
+
+    #[test]
+    fn the_newest_installer_row_is_the_last() {
+        let csv = b"1.0.0,aa,1.10.0\n2.0.6,bb,1.14.0,1.15.0\n\n";
+        assert_eq!(newest_install_row(csv), Some(("2.0.6".into(), vec!["1.14.0".into(), "1.15.0".into()])));
+        assert_eq!(newest_install_row(b""), None);
     }
 
     #[test]

@@ -364,3 +364,66 @@ async fn a_killed_sync_resumes_without_refetching_what_is_done() {
         tokio::task::spawn_blocking(move || hexmirror_cmd(&config).arg("verify").output().unwrap()).await.unwrap();
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
 }
+
+#[tokio::test]
+async fn sync_all_estimates_first_then_mirrors_every_release() {
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = TestMirror::start(load_config(dir.path(), &config_toml(dir.path(), &upstream.url(), ""))).await;
+    let (events, sink) = collect_events();
+    let req = SyncRequest { all: true, concurrency: 4, ..Default::default() };
+    let summary = hexmirror::sync::run(&mirror.mirror, &req, &sink).await;
+    assert!(summary.ok(), "{summary:?}");
+    let events = events.lock().unwrap().clone();
+    let first_estimate = events.iter().position(|e| matches!(e, hexmirror::sync::Event::Estimate { .. })).unwrap();
+    let first_tarball = events
+        .iter()
+        .position(|e| matches!(e, hexmirror::sync::Event::Item { resource, .. } if resource.contains("tarballs/")))
+        .unwrap();
+    assert!(first_estimate < first_tarball, "the estimate comes before any download");
+    match &events[first_estimate] {
+        hexmirror::sync::Event::Estimate { packages, releases, .. } => assert_eq!((*packages, *releases), (3, 5)),
+        _ => unreachable!(),
+    }
+    // Every release but the retired one.
+    assert_eq!(upstream.requests_for("/tarballs/hexdemo_mid-0.1.0.tar"), 1);
+    assert_eq!(upstream.requests_for("/tarballs/hexdemo_base-1.0.0.tar"), 0);
+}
+
+#[tokio::test]
+async fn sync_installers_fetches_the_signed_lists_and_the_newest_archives() {
+    use base64::Engine;
+    use rsa::pkcs8::DecodePrivateKey;
+    use rsa::signature::{SignatureEncoding, Signer};
+    use sha2::Digest;
+    let pem = std::fs::read_to_string(Path::new(DEMO).join("keys/priv.pem")).unwrap();
+    let key = rsa::RsaPrivateKey::from_pkcs8_pem(&pem)
+        .or_else(|_| {
+            use rsa::pkcs1::DecodeRsaPrivateKey;
+            rsa::RsaPrivateKey::from_pkcs1_pem(&pem)
+        })
+        .unwrap();
+    let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha512>::new(key);
+    let mut files = demo_files("hexpm", "");
+    for (app, file) in [("hex", "hex-2.0.6.ez"), ("rebar3", "rebar3-3.22.0")] {
+        let archive = format!("{app} archive").into_bytes();
+        let version = file.trim_start_matches(&format!("{app}-")).trim_end_matches(".ez");
+        let csv = format!("0.1.0,00,1.0.0\n{version},{},1.15.0\n", hex::encode(sha2::Sha512::digest(&archive)));
+        let signature = base64::engine::general_purpose::STANDARD.encode(signer.sign(csv.as_bytes()).to_vec());
+        files.insert(format!("/installs/{app}-1.x.csv"), csv.into_bytes());
+        files.insert(format!("/installs/{app}-1.x.csv.signed"), signature.into_bytes());
+        files.insert(format!("/installs/1.15.0/{file}"), archive);
+    }
+    let upstream = TestUpstream::start(files).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config_toml(dir.path(), &upstream.url(), "")
+        .replace("listen =", &format!("installs_public_key = \"{}\"\nlisten =", demo_key_path().display()));
+    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let (_events, sink) = collect_events();
+    let req = SyncRequest { installers: true, concurrency: 2, ..Default::default() };
+    let summary = hexmirror::sync::run(&mirror.mirror, &req, &sink).await;
+    assert!(summary.ok(), "{summary:?}");
+    assert_eq!(upstream.requests_for("/installs/1.15.0/hex-2.0.6.ez"), 1);
+    assert_eq!(upstream.requests_for("/installs/1.15.0/rebar3-3.22.0"), 1);
+    assert_eq!(summary.fetched, 6, "{summary:?}");
+}
