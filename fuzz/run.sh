@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export RUSTC_BOOTSTRAP=1
 seconds=${FUZZ_SECONDS:-30}
-read -r -a targets <<<"${FUZZ_TARGETS:-route registry tarball lockfile requirement config}"
+read -r -a targets <<<"${FUZZ_TARGETS:-route registry tarball lockfile requirement config bundle}"
 
 # Longest input per target: a little above the largest seed that matters for it.
 declare -A max_len=(
@@ -22,6 +22,7 @@ declare -A max_len=(
   [lockfile]=16384
   [requirement]=512
   [config]=16384
+  [bundle]=65536
 )
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
