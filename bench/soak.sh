@@ -233,16 +233,24 @@ class Upstreams:
         for i, (p, root, extra) in enumerate(self.specs):
             self.procs[i] = subprocess.Popen([sys.executable, os.path.join(work, 'upstream.py'), str(p), root] + extra,
                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Each upstream must be ours and answering (another process may have taken its port).
         deadline = time.time() + 10
-        for p, _, _ in self.specs:
-            while time.time() < deadline:
+        for (p, _, extra), proc in zip(self.specs, self.procs):
+            want = 200 if not extra else 401
+            while True:
+                if proc.poll() is not None:
+                    sys.exit('soak: the upstream on port %d exited (%s); is the port taken?' % (p, proc.returncode))
                 try:
                     c = http.client.HTTPConnection('127.0.0.1', p, timeout=1)
                     c.request('HEAD', '/names')
-                    c.getresponse().read()
+                    status = c.getresponse().status
                     c.close()
-                    break
+                    if status == want:
+                        break
+                    sys.exit('soak: the upstream on port %d answered %d, not %d: not ours' % (p, status, want))
                 except OSError:
+                    if time.time() > deadline:
+                        sys.exit('soak: the upstream on port %d does not answer' % p)
                     time.sleep(0.05)
 
     def set(self, state):
