@@ -525,3 +525,43 @@ async fn fetched_content_is_served_even_when_no_cache_tier_keeps_it() {
     let reply = mirror.get(&target, &resource, &client).await.unwrap();
     assert_eq!(reply.body, demo_file("hexpm", "tarballs/hexdemo_mid-0.2.0.tar"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_is_one_json_line_per_request_on_stdout() {
+    use std::io::BufRead;
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let toml = config_toml(dir.path(), &upstream.url(), "")
+        .replace("listen = \"127.0.0.1:0\"", &format!("access_log = true\nlisten = \"127.0.0.1:{port}\""));
+    let config = dir.path().join("hexmirror.toml");
+    std::fs::write(&config, toml).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hexmirror"));
+    cmd.arg("--config").arg(&config).arg("serve").env("RUST_LOG", "warn");
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("HEXMIRROR_")) {
+        cmd.env_remove(key);
+    }
+    let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(&format!("{url}/packages/hexdemo_mid"), &[("authorization", "Bearer s3cret")]).await.status, 200);
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let record: serde_json::Value = serde_json::from_str(line.trim()).expect("a JSON line");
+    assert_eq!(record["path"], "/packages/hexdemo_mid");
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["cache"], "miss");
+    assert!(!line.contains("s3cret"), "no credential in the access log");
+}
