@@ -91,7 +91,7 @@ pub fn cache_rows(mirror: &Mirror, filter: &str, package: Option<&str>) -> Vec<C
             sha256: meta.sha256,
             fetched_at: meta.fetched_at,
             pinned: meta.pinned,
-            private: meta.private,
+            private: key.is_private(),
         })
         .collect()
 }

@@ -3,12 +3,15 @@
 //! A request for a repository resource is answered by [`Mirror::get`]:
 //!
 //! 1. **Resolve the target**: which configured repository serves it, which origin its signed
-//!    payloads must carry, and the cache namespace (`target`).
-//! 2. **Look up** the memory tier, then the persistent tier. Bytes read from disk are verified
-//!    again before they become an entry (`lookup`).
+//!    payloads must carry, and the cache namespace (`target`). A closed target (hexmirror's own
+//!    key, or an access list) turns away an unauthorized client before anything else
+//!    (`may_enter`).
+//! 2. **Look up** the memory tier, then the persistent tier: the public copy first (it serves
+//!    everyone), then the private one. Bytes read from disk are verified again before they
+//!    become an entry, and their privacy comes from the key (`lookup`).
 //! 3. **Authorize** private entries: hexmirror's access list, the explicit all-clients opt-in,
 //!    or a conditional re-check with the upstream using the client's own credentials
-//!    (`authorize`).
+//!    (`recheck`); what a coalesced fetch returns is authorized again for each waiter.
 //! 4. **Decide freshness**: registry files for `registry_ttl`; a tarball for as long as its
 //!    checksum matches the verified package record; docs per the upstream's max-age.
 //! 5. **Fetch** what is missing or stale, once for any number of concurrent requests
@@ -533,9 +536,6 @@ impl Mirror {
             Ok(None) => return Ok(false),
             Err(e) => return Err(e.to_string()),
         };
-        if meta.class == Class::Docs {
-            return Ok(true);
-        }
         let client = ClientCredentials::internal();
         let check = match &resource {
             Resource::Tarball { name, version } => {
@@ -599,6 +599,11 @@ impl Mirror {
         let segments: Vec<&str> = path.split('/').collect();
         let resource = Resource::parse(&segments).map_err(|e| format!("not a repository resource: {e}"))?;
         let target = self.target_of_namespace(namespace);
+        if !key.is_private() && self.is_private_by_nature(&target) {
+            return Err(format!(
+                "labelled public, but {namespace} is private content here (a hex.pm organization or a closed repository); a bundle cannot make it public"
+            ));
+        }
         let check = match &resource {
             Resource::Tarball { name, version } => {
                 let record = match records.get(&(namespace.to_string(), name.clone())) {
@@ -630,7 +635,8 @@ impl Mirror {
         let validators = Validators { signature, ..Validators::default() };
         let content =
             self.verify_content(&target, &resource, &check, bytes, &validators).await.map_err(|e| e.to_string())?;
-        let mut entry = Entry::new(content, resource.kind(), validators, unix_now(), key.is_private());
+        let private = key.is_private() || self.is_private_by_nature(&target);
+        let mut entry = Entry::new(content, resource.kind(), validators, unix_now(), private);
         entry.pinned = true;
         Ok(entry)
     }
@@ -699,6 +705,9 @@ impl Mirror {
         resource: &Resource,
         client: &ClientCredentials,
     ) -> Result<Reply, MirrorError> {
+        if !matches!(resource, Resource::PublicKey) && !self.may_enter(target, client) {
+            return Err(MirrorError::Unauthorized);
+        }
         match resource {
             Resource::PublicKey => {
                 let pem = Bytes::copy_from_slice(target.repo.public_key.pem().as_bytes());
@@ -801,29 +810,42 @@ impl Mirror {
             let public_key = CacheKey::new(&target.namespace, &path, false);
             let private_key = CacheKey::new(&target.namespace, &path, true);
             let offline = self.inner.config.offline;
+            let allowed = self.access_allows(target, client);
 
-            let mut cached = self.lookup(target, &public_key, resource, &check).await;
+            // A public copy serves everyone; a closed repository has none (whatever the store
+            // holds under that key). A private copy serves only an authorized client.
+            let mut cached = match self.is_closed(target) {
+                true => None,
+                false => self.lookup(target, &public_key, resource, &check).await,
+            };
             if cached.is_none() {
-                cached = self.lookup(target, &private_key, resource, &check).await;
+                if let Some(entry) = self.lookup(target, &private_key, resource, &check).await {
+                    entry.touch();
+                    if allowed {
+                        cached = Some(entry);
+                    } else if self.can_recheck(target, client) {
+                        return self.recheck(target, resource, client, entry, &check).await;
+                    } else if self.is_closed(target) {
+                        return Err(MirrorError::Unauthorized);
+                    }
+                    // Otherwise this client may still read a public answer: ask as it would.
+                }
             }
+            let credential = self.credential_for(target, client);
             if let Some(entry) = &cached {
                 entry.touch();
-                if entry.private {
-                    if let Some(rechecked) = self.authorize(target, resource, client, entry, &check).await? {
-                        return Ok(rechecked);
-                    }
-                }
                 if offline || self.is_fresh(entry, &check) {
                     return Ok((entry.clone(), CacheStatus::Hit));
                 }
             } else if offline {
                 return Err(MirrorError::NotFound(format!("{path} is not in this offline mirror's store")));
-            } else if self.inner.negative.contains_key(&public_key) {
+            } else if matches!(credential, Credential::None) && self.inner.negative.contains_key(&public_key) {
+                // Only anonymous 404s are remembered, so only anonymous requests are answered so.
                 return Err(MirrorError::NotFound(format!("{path} (the upstream answered 404 moments ago)")));
             }
 
-            let credential = self.credential_for(target, client);
             let flight_key = format!("{public_key}#{}", credential.fingerprint());
+            let client_credential = matches!(credential, Credential::Client(_));
             let this = self.clone();
             let (t, r, c) = (target.clone(), resource.clone(), check.clone());
             let stale = cached.clone();
@@ -844,18 +866,25 @@ impl Mirror {
                     .boxed()
                 })
                 .await?;
-            if entry.private
-                && !self.fetched_with_client_credentials(target, client)
-                && !self.access_allows(target, client)
-            {
-                return Err(MirrorError::Unauthorized);
+            // A private entry reaches only a client that is authorized, or whose own credential
+            // the upstream has just accepted for it (a flight is per credential; an entry found
+            // in a tier or handed over by another flight proves nothing about this client).
+            let confirmed = client_credential && matches!(status, CacheStatus::Miss | CacheStatus::Revalidated);
+            if entry.private && !allowed && !confirmed {
+                return Err(match status {
+                    CacheStatus::Stale => {
+                        MirrorError::Unavailable("the upstream cannot confirm access to private content".into())
+                    }
+                    _ => MirrorError::Unauthorized,
+                });
             }
             Ok((entry, status))
         }
         .boxed()
     }
 
-    /// A fresh entry in the memory tier that is not the stale copy this request started from.
+    /// A fresh public entry in the memory tier that is not the stale copy this request started
+    /// from. Never a private one: whoever stored it, it proves nothing about this flight's client.
     fn stored_since(
         &self,
         target: &Target,
@@ -863,12 +892,12 @@ impl Mirror {
         check: &Check,
         stale: Option<&Entry>,
     ) -> Option<Arc<Entry>> {
-        let path = resource.path();
-        [false, true].into_iter().find_map(|private| {
-            let entry = self.inner.memory.get(&CacheKey::new(&target.namespace, &path, private))?;
-            let newer = stale.is_none_or(|old| entry.fetched_at > old.fetched_at || entry.etag != old.etag);
-            (newer && self.is_fresh(&entry, check)).then_some(entry)
-        })
+        if self.is_closed(target) {
+            return None;
+        }
+        let entry = self.inner.memory.get(&CacheKey::new(&target.namespace, &resource.path(), false))?;
+        let newer = stale.is_none_or(|old| entry.fetched_at > old.fetched_at || entry.etag != old.etag);
+        (newer && self.is_fresh(&entry, check)).then_some(entry)
     }
 
     fn is_fresh(&self, entry: &Entry, check: &Check) -> bool {
@@ -876,19 +905,20 @@ impl Mirror {
         match check {
             Check::Ttl(None) => true,
             Check::Ttl(Some(ttl)) => age < *ttl,
-            Check::Tarball(ReleaseChecksum::Outer(sum)) => entry.sha256 == *sum,
-            Check::Tarball(ReleaseChecksum::Inner(sum)) => {
-                verify::inner_checksum(entry.bytes()).is_ok_and(|s| s == *sum)
-            }
-            Check::Installer(digest) => hex::encode(sha2::Sha512::digest(entry.bytes())).eq_ignore_ascii_case(digest),
+            Check::Tarball(_) | Check::Installer(_) => content_matches(entry, check),
             Check::Docs => age < max_age(entry.upstream.cache_control.as_deref()).unwrap_or(self.ttl()),
         }
     }
 
-    /// The memory tier, then the persistent tier (re-verified before use).
+    /// The memory tier, then the persistent tier (re-verified before use). A copy whose bytes
+    /// no longer match what the verified record says now (a tarball, an installer) is no copy.
+    ///
+    /// Nothing is taken from the store's own record but validators and times: whether bytes
+    /// need verifying follows from the resource (only docs have nothing to verify against), and
+    /// whether an entry is private from the key's scope.
     async fn lookup(&self, target: &Target, key: &CacheKey, resource: &Resource, check: &Check) -> Option<Arc<Entry>> {
         if let Some(entry) = self.inner.memory.get(key) {
-            return Some(entry);
+            return content_matches(&entry, check).then_some(entry);
         }
         let store = self.inner.store.clone();
         let disk_key = key.clone();
@@ -901,17 +931,14 @@ impl Mirror {
                 return None;
             }
         };
-        let content = match meta.class {
-            Class::Docs => Content::Docs(body),
-            Class::Verified => match self.verify_content(target, resource, check, body, &meta.upstream).await {
-                Ok(content) => content,
-                Err(e) => {
-                    tracing::info!(key = %key, error = %e, "store: stored copy no longer verifies; refetching");
-                    return None;
-                }
-            },
+        let content = match self.verify_content(target, resource, check, body, &meta.upstream).await {
+            Ok(content) => content,
+            Err(e) => {
+                tracing::info!(key = %key, error = %e, "store: stored copy does not verify; refetching");
+                return None;
+            }
         };
-        let mut entry = Entry::new(content, resource.kind(), meta.upstream, meta.fetched_at, meta.private);
+        let mut entry = Entry::new(content, resource.kind(), meta.upstream, meta.fetched_at, key.is_private());
         entry.pinned = meta.pinned;
         let entry = Arc::new(entry);
         self.inner.memory.insert(key.clone(), entry.clone());
@@ -961,9 +988,34 @@ impl Mirror {
         }
     }
 
-    /// True when the upstream saw this client's own credential (its answer proves access).
-    fn fetched_with_client_credentials(&self, target: &Target, client: &ClientCredentials) -> bool {
-        target.repo.auth_key.is_none() && target.repo.trusted && client.authorization.is_some()
+    /// True when hexmirror decides who may read this target (it fetches with its own key, or an
+    /// access list guards it): every path under it but `/public_key` needs an authorized client,
+    /// and all its content is private. hex.pm's public repository (the root paths) is never
+    /// closed, whatever `[repos.hexpm]` says; its organizations are.
+    fn is_closed(&self, target: &Target) -> bool {
+        let repo = &target.repo;
+        let guarded = repo.auth_key.is_some() || !repo.access.tokens.is_empty() || repo.access.allow_all_clients;
+        guarded && target.namespace != HEXPM
+    }
+
+    /// True when a bundle may not bring this target's content in as public: a closed target, or
+    /// a hex.pm organization (private on hex.pm by definition).
+    fn is_private_by_nature(&self, target: &Target) -> bool {
+        self.is_closed(target) || !target.prefix.is_empty()
+    }
+
+    /// True when the upstream can be asked with this client's own credential (a trusted
+    /// upstream and no key of hexmirror's), so that its answer proves the client's access.
+    fn can_recheck(&self, target: &Target, client: &ClientCredentials) -> bool {
+        !self.inner.config.offline && matches!(self.credential_for(target, client), Credential::Client(_))
+    }
+
+    /// Whether a request may go any further than `/public_key`: always for an open target; for
+    /// a closed one only with the access list, the opt-in, or a credential to re-check upstream.
+    /// Decided before anything is looked up, so a stranger learns nothing (same 401 for a
+    /// package that exists and one that does not).
+    fn may_enter(&self, target: &Target, client: &ClientCredentials) -> bool {
+        !self.is_closed(target) || self.access_allows(target, client) || self.can_recheck(target, client)
     }
 
     /// hexmirror's own access list, or the explicit all-clients opt-in.
@@ -980,26 +1032,20 @@ impl Mirror {
         allowed.into()
     }
 
-    /// Authorizes a request for a cached private entry. `Ok(None)`: allowed, serve the cached
-    /// copy per freshness; `Ok(Some(..))`: allowed by an upstream re-check, which also refreshed
-    /// it; `Err(Unauthorized)`: 401.
-    async fn authorize(
+    /// Authorizes a client that is not on the access list for a cached private entry by asking
+    /// the upstream with the client's own credential: a 304 (or a new 200) proves access; a
+    /// 401/403 denies; no answer is 503 (the copy is never served without the proof).
+    async fn recheck(
         &self,
         target: &Target,
         resource: &Resource,
         client: &ClientCredentials,
-        entry: &Arc<Entry>,
+        entry: Arc<Entry>,
         check: &Check,
-    ) -> Result<Option<(Arc<Entry>, CacheStatus)>, MirrorError> {
-        if self.access_allows(target, client) {
-            return Ok(None);
-        }
-        if !self.fetched_with_client_credentials(target, client) || self.inner.config.offline {
-            return Err(MirrorError::Unauthorized);
-        }
+    ) -> Result<(Arc<Entry>, CacheStatus), MirrorError> {
         let credential = self.credential_for(target, client);
-        match self.fetch(target, resource, check.clone(), credential, Some(entry.clone())).await {
-            Ok((entry, status)) if status != CacheStatus::Stale => Ok(Some((entry, status))),
+        match self.fetch(target, resource, check.clone(), credential, Some(entry)).await {
+            Ok((entry, status)) if status != CacheStatus::Stale => Ok((entry, status)),
             Ok(_) | Err(MirrorError::Upstream(_)) => {
                 Err(MirrorError::Unavailable("the upstream cannot confirm access to private content".into()))
             }
@@ -1066,7 +1112,8 @@ impl Mirror {
                 // A dependency policy that does not declare itself public is private whatever
                 // the upstream says (the spec asks the serving edge to require authorization).
                 let private_policy = matches!(content.facts(), Facts::Policy { public: false });
-                let private = is_private(&response) || private_policy;
+                let client_credential = matches!(credential, Credential::Client(_));
+                let private = is_private(&response, client_credential) || private_policy || self.is_closed(target);
                 let entry = Arc::new(Entry::new(content, resource.kind(), validators, now, private));
                 self.persist(target, &path, entry.clone()).await;
                 Ok((entry, CacheStatus::Miss))
@@ -1163,7 +1210,12 @@ impl Mirror {
                     verify::registry_file(RegistryFile::Package(name), origin, body, key, limit)?
                 }
                 Resource::Policy(name) => verify::registry_file(RegistryFile::Policy(name), origin, body, key, limit)?,
-                Resource::Docs { .. } => return Ok(Content::Docs(body)),
+                Resource::Docs { .. } => {
+                    let docs = crate::cache::Docs::for_resource(resource, body);
+                    return docs
+                        .map(Content::Docs)
+                        .ok_or(MirrorError::Internal("docs for a docs resource only".into()));
+                }
                 Resource::PublicKey => return Err(MirrorError::Internal("the public key is never fetched".into())),
                 Resource::Tarball { .. } => match check {
                     Check::Tarball(checksum) => verify::tarball(body, checksum, self.inner.config.max_tarball_bytes)?,
@@ -1202,18 +1254,13 @@ impl Mirror {
         .boxed()
     }
 
-    /// Puts a new entry in both tiers (and drops the copy of the other privacy, if any).
+    /// Puts a new entry in both tiers. A private copy never replaces or hides a public one (nor
+    /// the other way round): a lookup prefers the public copy, which serves everyone.
     async fn persist(&self, target: &Target, path: &str, entry: Arc<Entry>) {
         let key = CacheKey::new(&target.namespace, path, entry.private);
-        let other = CacheKey::new(&target.namespace, path, !entry.private);
-        self.inner.memory.remove(&other);
         self.inner.memory.insert(key.clone(), entry.clone());
         let store = self.inner.store.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            store.remove(&other)?;
-            store.put(&key, &entry.stored_meta(), entry.bytes())
-        })
-        .await;
+        let result = tokio::task::spawn_blocking(move || store.put(&key, &entry.stored_meta(), entry.bytes())).await;
         self.note_store_result(result);
         if self.inner.config.disk_cache_bytes > 0 {
             if let Err(e) = self.evict_disk().await {
@@ -1252,6 +1299,17 @@ impl Mirror {
     }
 }
 
+/// False when `entry`'s bytes are not what the verified listing held now says (a tarball's
+/// checksum, an installer's digest): such a copy is never served, revalidated or used as stale.
+fn content_matches(entry: &Entry, check: &Check) -> bool {
+    match check {
+        Check::Tarball(ReleaseChecksum::Outer(sum)) => entry.sha256 == *sum,
+        Check::Tarball(ReleaseChecksum::Inner(sum)) => verify::inner_checksum(entry.bytes()).is_ok_and(|s| s == *sum),
+        Check::Installer(digest) => hex::encode(sha2::Sha512::digest(entry.bytes())).eq_ignore_ascii_case(digest),
+        Check::Ttl(_) | Check::Docs => true,
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> subtle::Choice {
     use subtle::ConstantTimeEq;
     // Lengths are not secret enough to hide; contents are compared in constant time.
@@ -1281,9 +1339,10 @@ fn kind_of_path(path: &str) -> &'static str {
     Resource::parse(&segments).map(|r| r.kind().as_str()).unwrap_or("none")
 }
 
-/// A response is private when marked so, or when it answered credentials and is not marked
-/// public (RFC 9111 §3.5).
-fn is_private(response: &UpstreamResponse) -> bool {
+/// A response is private when marked so, or when it answered a client's credentials and is not
+/// marked public (RFC 9111 §3.5). hexmirror's own key makes nothing private by itself: where it
+/// fetches for an open target (hex.pm's public repository), the operator chose to share it.
+fn is_private(response: &UpstreamResponse, client_credential: bool) -> bool {
     let cc = response
         .headers
         .get_all(http::header::CACHE_CONTROL)
@@ -1293,7 +1352,7 @@ fn is_private(response: &UpstreamResponse) -> bool {
         .join(",")
         .to_ascii_lowercase();
     let has = |directive: &str| cc.split(',').any(|d| d.trim().split('=').next() == Some(directive));
-    has("private") || (response.sent_credentials && !has("public"))
+    has("private") || (client_credential && response.sent_credentials && !has("public"))
 }
 
 fn max_age(cache_control: Option<&str>) -> Option<u64> {
@@ -1334,11 +1393,14 @@ mod tests {
             }
             UpstreamResponse { status: StatusCode::OK, headers, body: Bytes::new(), sent_credentials: sent }
         };
-        assert!(is_private(&response(Some("private, max-age=3600"), false)));
-        assert!(!is_private(&response(Some("public, max-age=3600"), true)));
-        assert!(is_private(&response(None, true)));
-        assert!(is_private(&response(Some("max-age=60"), true)));
-        assert!(!is_private(&response(None, false)));
+        assert!(is_private(&response(Some("private, max-age=3600"), false), false));
+        assert!(!is_private(&response(Some("public, max-age=3600"), true), true));
+        assert!(is_private(&response(None, true), true));
+        assert!(is_private(&response(Some("max-age=60"), true), true));
+        assert!(!is_private(&response(None, false), false));
+        // hexmirror's own key: private only when the upstream says so.
+        assert!(!is_private(&response(Some("max-age=60"), true), false));
+        assert!(is_private(&response(Some("private"), true), false));
     }
 
     #[test]

@@ -409,13 +409,6 @@ async fn graceful_shutdown_finishes_an_in_flight_slow_transfer() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
 }
 
-/// Signs `payload` with the demo repository's test key and wraps it as a registry file.
-fn sign_with_test_key(payload: &[u8]) -> Vec<u8> {
-    use prost::Message;
-    let signature = test_signature(payload);
-    gzip(&hexmirror::registry::Signed { payload: payload.to_vec(), signature: Some(signature) }.encode_to_vec())
-}
-
 #[tokio::test]
 async fn policies_are_verified_and_a_private_policy_needs_authorization() {
     use prost::Message;
@@ -426,9 +419,9 @@ async fn policies_are_verified_and_a_private_policy_needs_authorization() {
         description: None,
         visibility: Some(visibility),
     };
-    upstream.set_file("/repos/acme/policies/open.v1", sign_with_test_key(&policy("open.v1", 1).encode_to_vec()));
-    upstream.set_file("/repos/acme/policies/strict", sign_with_test_key(&policy("strict", 0).encode_to_vec()));
-    upstream.set_file("/repos/acme/policies/other", sign_with_test_key(&policy("strict", 1).encode_to_vec()));
+    upstream.set_file("/repos/acme/policies/open.v1", sign_registry_file(&policy("open.v1", 1).encode_to_vec()));
+    upstream.set_file("/repos/acme/policies/strict", sign_registry_file(&policy("strict", 0).encode_to_vec()));
+    upstream.set_file("/repos/acme/policies/other", sign_registry_file(&policy("strict", 1).encode_to_vec()));
     let open = mirror.get("/repos/acme/policies/open.v1").await;
     assert_eq!(open.status, 200);
     assert_eq!(open.body, upstream.state.lock().unwrap().files["/repos/acme/policies/open.v1"]);
@@ -447,19 +440,6 @@ async fn a_second_server_on_the_same_store_refuses_to_start() {
         Err(e) => e,
     };
     assert!(err.contains("another hexmirror"), "{err}");
-}
-
-fn test_signature(data: &[u8]) -> Vec<u8> {
-    use rsa::pkcs8::DecodePrivateKey;
-    use rsa::signature::{SignatureEncoding, Signer};
-    let pem = std::fs::read_to_string(std::path::Path::new(DEMO).join("keys/priv.pem")).unwrap();
-    let key = rsa::RsaPrivateKey::from_pkcs8_pem(&pem)
-        .or_else(|_| {
-            use rsa::pkcs1::DecodeRsaPrivateKey;
-            rsa::RsaPrivateKey::from_pkcs1_pem(&pem)
-        })
-        .unwrap();
-    rsa::pkcs1v15::SigningKey::<sha2::Sha512>::new(key).sign(data).to_vec()
 }
 
 #[tokio::test]

@@ -127,10 +127,12 @@ async fn trusted_over_plain_http_to_a_remote_host_never_carries_credentials() {
 #[tokio::test]
 async fn hexmirrors_own_key_goes_upstream_verbatim_and_the_clients_never_does() {
     let upstream = TestUpstream::start(demo_files("acme", "")).await;
-    let (_dir, mirror) =
-        corp_mirror(&upstream, "trusted = true\nallow_http = true\nauth_key = \"own-key-7f3a\"", "").await;
+    // A repository fetched with hexmirror's own key is closed: the client is on its access list.
+    let extra = "trusted = true\nallow_http = true\nauth_key = \"own-key-7f3a\"\n[repos.corp.access]\ntokens = [\"client-s3cret\"]";
+    let (_dir, mirror) = corp_mirror(&upstream, extra, "").await;
     let got = get(&mirror.url("/repos/corp/packages/hexdemo_base"), &[("authorization", "Bearer client-s3cret")]).await;
     assert_eq!(got.status, 200);
+    assert!(upstream.total_requests() > 0);
     for (_, headers) in upstream.state.lock().unwrap().requests.iter() {
         assert_eq!(headers.get("authorization").unwrap(), "own-key-7f3a");
     }

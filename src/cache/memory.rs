@@ -76,7 +76,9 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn entry(size: usize) -> Arc<Entry> {
-        Arc::new(Entry::new(Content::Docs(Bytes::from(vec![0u8; size])), Kind::Docs, Validators::default(), 0, false))
+        let docs = crate::route::Resource::Docs { name: "a".into(), version: "1.0.0".into() };
+        let content = Content::Docs(crate::cache::Docs::for_resource(&docs, Bytes::from(vec![0u8; size])).unwrap());
+        Arc::new(Entry::new(content, Kind::Docs, Validators::default(), 0, false))
     }
 
     #[test]

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::route::Kind;
+use crate::route::{Kind, Resource};
 use crate::verify::{Body, Facts, Verified};
 
 pub use disk::{DiskStore, NullStore, Store, StoreError};
@@ -65,14 +65,27 @@ impl std::fmt::Display for CacheKey {
 #[derive(Debug, Clone)]
 pub enum Content {
     Verified(Verified<Body>),
-    Docs(Bytes),
+    Docs(Docs),
+}
+
+/// A docs tarball: the one kind of content with nothing to verify it against. It can be built
+/// only for a docs resource, so no label (in the store, a bundle or a response) can turn a
+/// registry file or a package tarball into unverified content.
+#[derive(Debug, Clone)]
+pub struct Docs(Bytes);
+
+impl Docs {
+    /// `Some` only when `resource` is `/docs/NAME-VERSION.tar.gz`.
+    pub fn for_resource(resource: &Resource, bytes: Bytes) -> Option<Docs> {
+        matches!(resource, Resource::Docs { .. }).then_some(Docs(bytes))
+    }
 }
 
 impl Content {
     pub fn bytes(&self) -> &Bytes {
         match self {
             Content::Verified(v) => &v.get().bytes,
-            Content::Docs(bytes) => bytes,
+            Content::Docs(Docs(bytes)) => bytes,
         }
     }
 
@@ -220,7 +233,10 @@ mod tests {
 
     #[test]
     fn docs_entries_carry_a_strong_etag_of_their_bytes() {
-        let e = Entry::new(Content::Docs(Bytes::from_static(b"abc")), Kind::Docs, Validators::default(), 1, false);
+        let docs = Resource::Docs { name: "a".into(), version: "1.0.0".into() };
+        assert!(Docs::for_resource(&Resource::Names, Bytes::from_static(b"abc")).is_none());
+        let content = Content::Docs(Docs::for_resource(&docs, Bytes::from_static(b"abc")).unwrap());
+        let e = Entry::new(content, Kind::Docs, Validators::default(), 1, false);
         assert_eq!(e.etag, "\"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"");
         assert_eq!(e.stored_meta().class, Class::Docs);
     }

@@ -386,3 +386,31 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     enc.write_all(data).unwrap();
     enc.finish().unwrap()
 }
+
+/// Signs `data` with the demo repository's test key (RSA-SHA512, PKCS#1 v1.5).
+pub fn test_signature(data: &[u8]) -> Vec<u8> {
+    use rsa::pkcs8::DecodePrivateKey;
+    use rsa::signature::{SignatureEncoding, Signer};
+    let pem = std::fs::read_to_string(Path::new(DEMO).join("keys/priv.pem")).unwrap();
+    let key = rsa::RsaPrivateKey::from_pkcs8_pem(&pem)
+        .or_else(|_| {
+            use rsa::pkcs1::DecodeRsaPrivateKey;
+            rsa::RsaPrivateKey::from_pkcs1_pem(&pem)
+        })
+        .unwrap();
+    rsa::pkcs1v15::SigningKey::<sha2::Sha512>::new(key).sign(data).to_vec()
+}
+
+/// Signs `payload` with the demo repository's test key and wraps it as a registry file.
+pub fn sign_registry_file(payload: &[u8]) -> Vec<u8> {
+    use prost::Message;
+    let signature = test_signature(payload);
+    gzip(&hexmirror::registry::Signed { payload: payload.to_vec(), signature: Some(signature) }.encode_to_vec())
+}
+
+/// The decoded payload of a demo repository's package record.
+pub fn demo_package(flavour: &str, name: &str) -> hexmirror::registry::Package {
+    let raw = hexmirror::verify::gunzip(&demo_file(flavour, &format!("packages/{name}")), 64 << 20).unwrap();
+    let signed: hexmirror::registry::Signed = hexmirror::registry::decode(&raw).unwrap();
+    hexmirror::registry::decode(&signed.payload).unwrap()
+}
