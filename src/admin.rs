@@ -38,14 +38,17 @@ pub fn endpoint_file(data_dir: &Path) -> PathBuf {
     data_dir.join("admin.json")
 }
 
-/// A random token from the operating system.
-pub fn random_token() -> String {
-    use std::io::Read;
-    let mut bytes = [0u8; 32];
-    if let Ok(mut urandom) = std::fs::File::open("/dev/urandom") {
-        let _ = urandom.read_exact(&mut bytes);
-    }
-    hex::encode(bytes)
+/// `bytes` random bytes from the operating system's random source, as lowercase hex.
+fn random_hex(bytes: usize) -> Result<String, getrandom::Error> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::getrandom(&mut buf)?;
+    Ok(hex::encode(buf))
+}
+
+/// A fresh admin token: 32 bytes from the operating system's random source, as 64 hex digits.
+/// Fails when that source cannot be read; there is no fallback.
+pub fn random_token() -> Result<String, getrandom::Error> {
+    random_hex(32)
 }
 
 /// Writes `admin.json` crash-safely, readable by the owner only.
@@ -290,4 +293,18 @@ impl AdminClient {
 /// The key of a cache entry as text, validated.
 pub fn parse_key(text: &str) -> Option<CacheKey> {
     CacheKey::parse(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_token_comes_from_the_os_random_source() {
+        let token = random_token().expect("the OS random source is readable");
+        assert_eq!(token.len(), 64);
+        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(token, "0".repeat(64));
+        assert_ne!(token, random_token().unwrap());
+    }
 }

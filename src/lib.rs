@@ -86,7 +86,12 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.admin_listen))?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
-    let admin_token = config.admin_token.clone().unwrap_or_else(|| config::Secret::new(admin::random_token()));
+    let admin_token = match config.admin_token.clone() {
+        Some(token) => token,
+        None => config::Secret::new(
+            admin::random_token().map_err(|e| format!("cannot draw the admin token from the OS random source: {e}"))?,
+        ),
+    };
     let data_dir = config.data_dir.clone();
     let grace = config.shutdown_grace;
     let offline = config.offline;
