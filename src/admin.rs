@@ -51,20 +51,34 @@ pub fn random_token() -> Result<String, getrandom::Error> {
     random_hex(32)
 }
 
-/// Writes `admin.json` crash-safely, readable by the owner only.
+/// Writes `admin.json`, readable by its owner only, so that another user who can write in
+/// `data_dir` can neither read the token nor make this process write through a file of theirs.
+///
+/// The contents go to a new file with an unpredictable name, created exclusively (`create_new`,
+/// O_CREAT|O_EXCL: an existing file *or symlink* of that name makes the open fail instead of
+/// being reused or followed; O_NOFOLLOW is added as a second guard against symlinks), with mode
+/// 0600 from the moment it exists. It is fsynced and then renamed over `admin.json`; a rename
+/// replaces a symlink of that name rather than following it.
 pub fn write_endpoint(data_dir: &Path, endpoint: &Endpoint) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = data_dir.join("admin.json.tmp");
+    let tmp = data_dir.join(format!(".admin.json.{}.tmp", random_hex(16)?));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
     {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&tmp)?;
-        file.write_all(&serde_json::to_vec(endpoint).expect("endpoint serializes"))?;
-        file.sync_all()?;
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
     }
-    std::fs::rename(tmp, endpoint_file(data_dir))
+    // Until the open succeeds the name is not ours: never remove it on failure.
+    let mut file = options.open(&tmp)?;
+    let written = file
+        .write_all(&serde_json::to_vec(endpoint).expect("endpoint serializes"))
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, endpoint_file(data_dir)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// One row of `hexmirror cache list`.
