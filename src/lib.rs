@@ -109,8 +109,19 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         token: admin_token.expose().to_string(),
         pid: std::process::id(),
     };
-    if let Err(e) = admin::write_endpoint(&data_dir, &endpoint) {
-        tracing::warn!(error = %e, "cannot write the admin endpoint file; commands will not find this server");
+    match admin::write_endpoint(&data_dir, &endpoint) {
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot write the admin endpoint file; commands will not find this server")
+        }
+        Ok(()) => {
+            if let Some(problem) = admin::directory_problem(&data_dir) {
+                tracing::warn!(
+                    data_dir = %data_dir.display(),
+                    %problem,
+                    "commands will refuse the admin endpoint file in this data directory; make it writable by its owner only"
+                );
+            }
+        }
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop = move || {

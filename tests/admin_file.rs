@@ -4,10 +4,29 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use common::*;
+
+/// The exit status of a client command that refuses an untrusted admin.json (EX_NOPERM).
+const EXIT_REFUSED: i32 = 77;
+
+/// A uid that is neither root nor the one running the tests (when they run as root).
+const NOBODY: u32 = 65534;
+
+fn hexmirror_cmd(config: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hexmirror"));
+    cmd.arg("--config").arg(config).env("RUST_LOG", "warn");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("HEXMIRROR_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
 
 fn mode_of(path: &Path) -> u32 {
     std::fs::symlink_metadata(path).unwrap().mode() & 0o7777
@@ -15,6 +34,14 @@ fn mode_of(path: &Path) -> u32 {
 
 fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn running_as_root(dir: &Path) -> bool {
+    let probe = dir.join("uid-probe");
+    std::fs::write(&probe, b"").unwrap();
+    let root = std::fs::metadata(&probe).unwrap().uid() == 0;
+    std::fs::remove_file(probe).unwrap();
+    root
 }
 
 async fn admin_ping(url: &str, token: &str) -> u16 {
@@ -111,4 +138,157 @@ async fn admin_token_comes_from_the_os_random_source() {
         tokens.push(token);
     }
     assert_ne!(tokens[0], tokens[1], "each start draws a new token");
+}
+
+/// An endpoint of the attacker's: answers like a hexmirror admin endpoint and records requests.
+async fn attacker_endpoint() -> TestUpstream {
+    let attacker = TestUpstream::start(HashMap::new()).await;
+    attacker.script("/_admin/ping", 200, b"ok".to_vec());
+    let all_ok = serde_json::json!({
+        "checked": 0, "intact": 0, "damaged": [], "missing": [], "repaired": [], "unselected_releases": 0
+    });
+    attacker.script("/_admin/verify", 200, serde_json::to_vec(&all_ok).unwrap());
+    attacker.script("/_admin/export", 200, b"the attacker's bundle".to_vec());
+    attacker.script("/_admin/import", 200, b"{}".to_vec());
+    attacker.script("/_admin/cache", 200, b"[]".to_vec());
+    attacker.script("/_admin/refusals", 200, b"[]".to_vec());
+    attacker
+}
+
+/// A data directory with a store, and a configuration naming it.
+fn site(dir: &Path, attacker: &TestUpstream) -> (PathBuf, PathBuf) {
+    let data = dir.join("data");
+    std::fs::create_dir(&data).unwrap();
+    chmod(&data, 0o755);
+    let config = dir.join("hexmirror.toml");
+    std::fs::write(&config, config_toml(dir, &attacker.url(), "")).unwrap();
+    (data, config)
+}
+
+fn write_admin_json(data: &Path, attacker: &TestUpstream, mode: u32) -> PathBuf {
+    let path = data.join("admin.json");
+    let _ = std::fs::remove_file(&path);
+    let endpoint = serde_json::json!({ "url": attacker.url(), "token": "attacker", "pid": 1 });
+    std::fs::write(&path, serde_json::to_vec(&endpoint).unwrap()).unwrap();
+    chmod(&path, mode);
+    path
+}
+
+fn empty_bundle(dir: &Path) -> PathBuf {
+    let path = dir.join("empty.hxb");
+    hexmirror::bundle::write(&[], None, std::fs::File::create(&path).unwrap()).unwrap();
+    path
+}
+
+/// Runs every client command that looks for a running server, and checks that each one refuses
+/// with one line naming admin.json and `problem`, while the attacker's endpoint hears nothing.
+fn assert_every_command_refuses(dir: &Path, config: &Path, attacker: &TestUpstream, problem: &str) {
+    let out = dir.join("export.hxb");
+    let bundle = empty_bundle(dir);
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["verify"],
+        vec!["export", "--out", out.to_str().unwrap()],
+        vec!["import", bundle.to_str().unwrap()],
+        vec!["sync", "--package", "hexdemo_top"],
+        vec!["cache", "list"],
+        vec!["refusals"],
+        vec!["inspect", bundle.to_str().unwrap()],
+    ];
+    for args in commands {
+        let output: Output = hexmirror_cmd(config).args(&args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(output.status.code(), Some(EXIT_REFUSED), "{args:?}: stdout {stdout}\nstderr {stderr}");
+        assert_eq!(lines.len(), 1, "{args:?}: one line on stderr: {stderr}");
+        assert!(lines[0].contains("admin.json"), "{args:?}: names the file: {stderr}");
+        assert!(lines[0].contains(problem), "{args:?}: says what is wrong ({problem}): {stderr}");
+        assert!(!stdout.contains("verify: ok"), "{args:?}: {stdout}");
+        assert_eq!(attacker.total_requests(), 0, "{args:?}: nothing is sent to the endpoint admin.json names");
+        assert!(!out.exists(), "{args:?}: no export is written");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_json_writable_by_others_is_refused_by_client_commands() {
+    let attacker = attacker_endpoint().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = site(dir.path(), &attacker);
+
+    // The control: an admin.json that passes every check is used, so the attacker's endpoint
+    // would have seen the commands below had they not refused.
+    write_admin_json(&data, &attacker, 0o600);
+    let control = tokio::task::block_in_place(|| hexmirror_cmd(&config).arg("verify").output().unwrap());
+    assert!(String::from_utf8_lossy(&control.stdout).contains("verify: ok"));
+    assert!(attacker.total_requests() > 0);
+    attacker.state.lock().unwrap().requests.clear();
+
+    for mode in [0o666, 0o620, 0o602] {
+        write_admin_json(&data, &attacker, mode);
+        tokio::task::block_in_place(|| {
+            assert_every_command_refuses(dir.path(), &config, &attacker, "writable by group or others")
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_json_in_a_directory_writable_by_others_is_refused_by_client_commands() {
+    let attacker = attacker_endpoint().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = site(dir.path(), &attacker);
+    write_admin_json(&data, &attacker, 0o600);
+    // The sticky bit does not help: the directory is the store, and others may still add files.
+    for mode in [0o777, 0o1777, 0o775] {
+        chmod(&data, mode);
+        tokio::task::block_in_place(|| {
+            assert_every_command_refuses(dir.path(), &config, &attacker, "writable by group or others")
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_json_symlink_is_refused_by_client_commands() {
+    let attacker = attacker_endpoint().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = site(dir.path(), &attacker);
+    let elsewhere = dir.path().join("elsewhere.json");
+    let endpoint = serde_json::json!({ "url": attacker.url(), "token": "attacker", "pid": 1 });
+    std::fs::write(&elsewhere, serde_json::to_vec(&endpoint).unwrap()).unwrap();
+    chmod(&elsewhere, 0o600);
+    std::os::unix::fs::symlink(&elsewhere, data.join("admin.json")).unwrap();
+    tokio::task::block_in_place(|| assert_every_command_refuses(dir.path(), &config, &attacker, "symbolic link"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_json_owned_by_another_user_is_refused_by_client_commands() {
+    let attacker = attacker_endpoint().await;
+    let dir = tempfile::tempdir().unwrap();
+    if !running_as_root(dir.path()) {
+        eprintln!("skipped: only root can give a file to another user");
+        return;
+    }
+    let (data, config) = site(dir.path(), &attacker);
+    let admin = write_admin_json(&data, &attacker, 0o600);
+    std::os::unix::fs::chown(&admin, Some(NOBODY), Some(NOBODY)).unwrap();
+    tokio::task::block_in_place(|| {
+        assert_every_command_refuses(dir.path(), &config, &attacker, &format!("owned by uid {NOBODY}"))
+    });
+
+    // The same for the directory that holds it.
+    std::os::unix::fs::chown(&admin, Some(0), Some(0)).unwrap();
+    std::os::unix::fs::chown(&data, Some(NOBODY), Some(NOBODY)).unwrap();
+    tokio::task::block_in_place(|| {
+        assert_every_command_refuses(dir.path(), &config, &attacker, &format!("owned by uid {NOBODY}"))
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_admin_json_the_commands_open_the_store_themselves() {
+    let attacker = attacker_endpoint().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_data, config) = site(dir.path(), &attacker);
+    let verify = tokio::task::block_in_place(|| hexmirror_cmd(&config).arg("verify").output().unwrap());
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("verify: ok"));
+    assert_eq!(attacker.total_requests(), 0);
 }
