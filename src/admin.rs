@@ -5,9 +5,16 @@
 //! At start-up the server binds `admin_listen` (loopback, an ephemeral port by default) and
 //! writes `DATA_DIR/admin.json` (mode 0600) with the endpoint's URL and a bearer token (random
 //! per start, or `admin_token`). A command given the same configuration reads that file, checks
-//! that the endpoint answers, and calls it; when no server answers, it opens the store itself.
-//! Admin routes are served only on the admin listener, never on the public one.
+//! that the endpoint answers, and calls it; when there is no such file or no server answers, it
+//! opens the store itself. Admin routes are served only on the admin listener, never on the
+//! public one.
+//!
+//! The file decides where a command sends the token, its bundle or its trust, so a command uses
+//! it only when nobody but the user running it (or root) could have written it: it refuses an
+//! `admin.json` that is a symlink, not a regular file, writable by group or others, or owned by
+//! another user, and the same for the directory holding it ([`Untrusted`]).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -38,30 +45,170 @@ pub fn endpoint_file(data_dir: &Path) -> PathBuf {
     data_dir.join("admin.json")
 }
 
-/// A random token from the operating system.
-pub fn random_token() -> String {
-    use std::io::Read;
-    let mut bytes = [0u8; 32];
-    if let Ok(mut urandom) = std::fs::File::open("/dev/urandom") {
-        let _ = urandom.read_exact(&mut bytes);
-    }
-    hex::encode(bytes)
+/// `bytes` random bytes from the operating system's random source, as lowercase hex.
+fn random_hex(bytes: usize) -> Result<String, getrandom::Error> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::getrandom(&mut buf)?;
+    Ok(hex::encode(buf))
 }
 
-/// Writes `admin.json` crash-safely, readable by the owner only.
+/// A fresh admin token: 32 bytes from the operating system's random source, as 64 hex digits.
+/// Fails when that source cannot be read; there is no fallback.
+pub fn random_token() -> Result<String, getrandom::Error> {
+    random_hex(32)
+}
+
+/// Writes `admin.json`, readable by its owner only, so that another user who can write in
+/// `data_dir` can neither read the token nor make this process write through a file of theirs.
+///
+/// The contents go to a new file with an unpredictable name, created exclusively (`create_new`,
+/// O_CREAT|O_EXCL: an existing file *or symlink* of that name makes the open fail instead of
+/// being reused or followed; O_NOFOLLOW is added as a second guard against symlinks), with mode
+/// 0600 from the moment it exists. It is fsynced and then renamed over `admin.json`; a rename
+/// replaces a symlink of that name rather than following it.
 pub fn write_endpoint(data_dir: &Path, endpoint: &Endpoint) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = data_dir.join("admin.json.tmp");
+    let tmp = data_dir.join(format!(".admin.json.{}.tmp", random_hex(16)?));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
     {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(&tmp)?;
-        file.write_all(&serde_json::to_vec(endpoint).expect("endpoint serializes"))?;
-        file.sync_all()?;
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
     }
-    std::fs::rename(tmp, endpoint_file(data_dir))
+    // Until the open succeeds the name is not ours: never remove it on failure.
+    let mut file = options.open(&tmp)?;
+    let written = file
+        .write_all(&serde_json::to_vec(endpoint).expect("endpoint serializes"))
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, endpoint_file(data_dir)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// What makes `admin.json`, or the directory holding it, unfit to be trusted by a command:
+/// something another user could have written, and so pointed the command at their own endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum Untrusted {
+    #[error("it is a symbolic link")]
+    Symlink,
+    #[error("it is not a regular file")]
+    NotAFile,
+    #[error("it is writable by group or others (mode {mode:04o})")]
+    Writable { mode: u32 },
+    #[error("it is owned by uid {owner}, not by the user running this command (uid {euid}) or root")]
+    Owner { owner: u32, euid: u32 },
+    #[error("its directory {} is writable by group or others (mode {mode:04o})", dir.display())]
+    DirectoryWritable { dir: PathBuf, mode: u32 },
+    #[error("its directory {} is owned by uid {owner}, not by the user running this command (uid {euid}) or root", dir.display())]
+    DirectoryOwner { dir: PathBuf, owner: u32, euid: u32 },
+    #[error("it was replaced while being checked")]
+    Replaced,
+    #[error("cannot check it: {0}")]
+    Unreadable(std::io::Error),
+}
+
+/// A command will not use `admin.json`; nothing was sent to the endpoint it names.
+#[derive(Debug, thiserror::Error)]
+#[error("refusing {}: {problem}; nothing was sent to the admin endpoint it names", path.display())]
+pub struct Refused {
+    pub path: PathBuf,
+    pub problem: Untrusted,
+}
+
+/// The directory that holds `admin.json`, when it lets users other than the one running this
+/// process (and root) add, replace or remove files: then nothing in it can be trusted. The
+/// directory is checked where a symlink to it leads (the configuration names it, not another
+/// user). A sticky bit is no excuse: others could still plant files in it.
+pub fn directory_problem(data_dir: &Path) -> Option<Untrusted> {
+    let dir = if data_dir.as_os_str().is_empty() { Path::new(".") } else { data_dir };
+    let meta = match std::fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) => return Some(Untrusted::Unreadable(e)),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let euid = rustix::process::geteuid().as_raw();
+        if meta.mode() & 0o022 != 0 {
+            return Some(Untrusted::DirectoryWritable { dir: dir.to_path_buf(), mode: meta.mode() & 0o7777 });
+        }
+        if meta.uid() != euid && meta.uid() != 0 {
+            return Some(Untrusted::DirectoryOwner { dir: dir.to_path_buf(), owner: meta.uid(), euid });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    None
+}
+
+/// The endpoint file itself (`meta` not following symlinks), by the same rules.
+fn file_problem(meta: &std::fs::Metadata) -> Option<Untrusted> {
+    if meta.file_type().is_symlink() {
+        return Some(Untrusted::Symlink);
+    }
+    if !meta.file_type().is_file() {
+        return Some(Untrusted::NotAFile);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let euid = rustix::process::geteuid().as_raw();
+        if meta.mode() & 0o022 != 0 {
+            return Some(Untrusted::Writable { mode: meta.mode() & 0o7777 });
+        }
+        if meta.uid() != euid && meta.uid() != 0 {
+            return Some(Untrusted::Owner { owner: meta.uid(), euid });
+        }
+    }
+    None
+}
+
+/// The largest `admin.json` a command reads.
+const MAX_ENDPOINT_FILE: u64 = 64 << 10;
+
+/// Reads `admin.json`: `None` when there is none, [`Refused`] when it cannot be trusted.
+///
+/// The checks run on the directory first (while only this user or root can change it, the
+/// file cannot be swapped), then on the file without following a symlink, and again on the
+/// file as opened (O_NOFOLLOW), which must be the one checked.
+pub fn read_endpoint_file(data_dir: &Path) -> Result<Option<Vec<u8>>, Refused> {
+    let path = endpoint_file(data_dir);
+    let refuse = |problem| Refused { path: path.clone(), problem };
+    let checked = match std::fs::symlink_metadata(&path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(refuse(Untrusted::Unreadable(e))),
+    };
+    if let Some(problem) = directory_problem(data_dir).or_else(|| file_problem(&checked)) {
+        return Err(refuse(problem));
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+    let file = match options.open(&path) {
+        Ok(file) => file,
+        // The server removed it on its way out: there is no server.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(refuse(Untrusted::Unreadable(e))),
+    };
+    let opened = file.metadata().map_err(|e| refuse(Untrusted::Unreadable(e)))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if (opened.dev(), opened.ino()) != (checked.dev(), checked.ino()) {
+            return Err(refuse(Untrusted::Replaced));
+        }
+    }
+    if let Some(problem) = file_problem(&opened) {
+        return Err(refuse(problem));
+    }
+    let mut text = Vec::new();
+    file.take(MAX_ENDPOINT_FILE).read_to_end(&mut text).map_err(|e| refuse(Untrusted::Unreadable(e)))?;
+    Ok(Some(text))
 }
 
 /// One row of `hexmirror cache list`.
@@ -216,17 +363,20 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
-    /// Finds a running server for this data directory: `admin.json` and an answering endpoint.
-    pub async fn discover(data_dir: &Path) -> Option<AdminClient> {
-        let text = std::fs::read(endpoint_file(data_dir)).ok()?;
-        let endpoint: Endpoint = serde_json::from_slice(&text).ok()?;
+    /// Finds a running server for this data directory: `Ok(Some(_))` for a trusted `admin.json`
+    /// naming an endpoint that answers; `Ok(None)` when there is no such file, it cannot be
+    /// parsed, or nothing answers; [`Refused`] when the file (or its directory) could have been
+    /// written by another user, in which case the endpoint it names is not contacted at all.
+    pub async fn discover(data_dir: &Path) -> Result<Option<AdminClient>, Refused> {
+        let Some(text) = read_endpoint_file(data_dir)? else { return Ok(None) };
+        let Ok(endpoint) = serde_json::from_slice::<Endpoint>(&text) else { return Ok(None) };
         let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
         let admin = AdminClient { endpoint, client };
         let ping =
             tokio::time::timeout(Duration::from_secs(3), admin.call(Method::GET, "/_admin/ping", Bytes::new())).await;
         match ping {
-            Ok(Ok(resp)) if resp.status() == StatusCode::OK => Some(admin),
-            _ => None,
+            Ok(Ok(resp)) if resp.status() == StatusCode::OK => Ok(Some(admin)),
+            _ => Ok(None),
         }
     }
 
@@ -290,4 +440,18 @@ impl AdminClient {
 /// The key of a cache entry as text, validated.
 pub fn parse_key(text: &str) -> Option<CacheKey> {
     CacheKey::parse(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_token_comes_from_the_os_random_source() {
+        let token = random_token().expect("the OS random source is readable");
+        assert_eq!(token.len(), 64);
+        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(token, "0".repeat(64));
+        assert_ne!(token, random_token().unwrap());
+    }
 }

@@ -86,7 +86,12 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.admin_listen))?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
-    let admin_token = config.admin_token.clone().unwrap_or_else(|| config::Secret::new(admin::random_token()));
+    let admin_token = match config.admin_token.clone() {
+        Some(token) => token,
+        None => config::Secret::new(
+            admin::random_token().map_err(|e| format!("cannot draw the admin token from the OS random source: {e}"))?,
+        ),
+    };
     let data_dir = config.data_dir.clone();
     let grace = config.shutdown_grace;
     let offline = config.offline;
@@ -104,8 +109,19 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         token: admin_token.expose().to_string(),
         pid: std::process::id(),
     };
-    if let Err(e) = admin::write_endpoint(&data_dir, &endpoint) {
-        tracing::warn!(error = %e, "cannot write the admin endpoint file; commands will not find this server");
+    match admin::write_endpoint(&data_dir, &endpoint) {
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot write the admin endpoint file; commands will not find this server")
+        }
+        Ok(()) => {
+            if let Some(problem) = admin::directory_problem(&data_dir) {
+                tracing::warn!(
+                    data_dir = %data_dir.display(),
+                    %problem,
+                    "commands will refuse the admin endpoint file in this data directory; make it writable by its owner only"
+                );
+            }
+        }
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop = move || {

@@ -3,14 +3,15 @@
 //!
 //! Every command but `serve` and `inspect` works on the store of the configured `data_dir`:
 //! through the admin endpoint of a running server when one answers (see `admin`), otherwise by
-//! opening the store itself.
+//! opening the store itself. A command that finds a `DATA_DIR/admin.json` another user could
+//! have written refuses it, with one line saying why and exit status 77, and contacts nothing.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use hexmirror::admin::{AdminClient, CacheRow};
+use hexmirror::admin::{AdminClient, CacheRow, Refused};
 use hexmirror::audit::AuditReport;
 use hexmirror::sync::{Event, Outcome, SyncRequest};
 use hexmirror::transfer::{ExportRequest, ImportReport};
@@ -117,6 +118,42 @@ enum CacheAction {
 }
 
 const EXIT_CONFIG: u8 = 64;
+/// EX_NOPERM: `admin.json`, or its directory, could have been written by another user.
+const EXIT_REFUSED: u8 = 77;
+
+/// Why a command failed.
+enum Failure {
+    /// `admin.json` was not trusted, so nothing was sent to the endpoint it names.
+    Refused(Refused),
+    Other(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Refused(refused) => refused.fmt(f),
+            Failure::Other(message) => f.write_str(message),
+        }
+    }
+}
+
+impl From<Refused> for Failure {
+    fn from(refused: Refused) -> Failure {
+        Failure::Refused(refused)
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure::Other(message)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        Failure::Other(message.to_string())
+    }
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -194,12 +231,15 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("hexmirror: {e}");
-            ExitCode::FAILURE
+            match e {
+                Failure::Refused(_) => ExitCode::from(EXIT_REFUSED),
+                Failure::Other(_) => ExitCode::FAILURE,
+            }
         }
     }
 }
 
-async fn serve(config: Config) -> Result<ExitCode, String> {
+async fn serve(config: Config) -> Result<ExitCode, Failure> {
     for repo in config.repos.values() {
         let upstreams: Vec<String> = repo.upstreams.iter().map(hexmirror::upstream::base_url).collect();
         tracing::info!(
@@ -223,15 +263,17 @@ enum Store {
     Local(Mirror),
 }
 
-async fn open(config: Config) -> Result<Store, String> {
-    if let Some(admin) = AdminClient::discover(&config.data_dir).await {
+async fn open(config: Config) -> Result<Store, Failure> {
+    if let Some(admin) = AdminClient::discover(&config.data_dir).await? {
         tracing::debug!(url = admin.url(), "using the running server's admin endpoint");
         return Ok(Store::Remote(Box::new(admin)));
     }
     let metrics = hexmirror::metrics_for(&config);
     let data_dir = config.data_dir.display().to_string();
     Mirror::open(config, metrics).map(Store::Local).map_err(|e| {
-        format!("{e}\n(no running hexmirror answered at the admin endpoint recorded in {data_dir}/admin.json)")
+        Failure::Other(format!(
+            "{e}\n(no running hexmirror answered at the admin endpoint recorded in {data_dir}/admin.json)"
+        ))
     })
 }
 
@@ -305,7 +347,7 @@ impl Progress {
     }
 }
 
-async fn sync(config: Config, request: SyncRequest) -> Result<ExitCode, String> {
+async fn sync(config: Config, request: SyncRequest) -> Result<ExitCode, Failure> {
     let progress = std::sync::Arc::new(Progress::new());
     let summary = std::sync::Arc::new(std::sync::Mutex::new(None));
     let (p, s) = (progress.clone(), summary.clone());
@@ -332,7 +374,7 @@ async fn sync(config: Config, request: SyncRequest) -> Result<ExitCode, String> 
     Ok(ok_or_failure(summary.ok()))
 }
 
-async fn verify(config: Config, repair: bool) -> Result<ExitCode, String> {
+async fn verify(config: Config, repair: bool) -> Result<ExitCode, Failure> {
     let report: AuditReport = match open(config).await? {
         Store::Remote(admin) => {
             let path = format!("/_admin/verify?repair={repair}");
@@ -367,7 +409,7 @@ async fn export(
     base: Option<PathBuf>,
     filter: Option<String>,
     selected: bool,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, Failure> {
     let mut request = ExportRequest { filter, selected_only: selected, ..Default::default() };
     if let Some(base) = base {
         let file = std::fs::File::open(&base).map_err(|e| format!("{}: {e}", base.display()))?;
@@ -401,7 +443,7 @@ async fn export(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn import(config: Config, file: PathBuf) -> Result<ExitCode, String> {
+async fn import(config: Config, file: PathBuf) -> Result<ExitCode, Failure> {
     let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
     let report: ImportReport = match open(config).await? {
         Store::Remote(admin) => {
@@ -417,7 +459,7 @@ async fn import(config: Config, file: PathBuf) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn inspect(config: Config, file: PathBuf, packages: bool) -> Result<ExitCode, String> {
+async fn inspect(config: Config, file: PathBuf, packages: bool) -> Result<ExitCode, Failure> {
     let reader = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
     let (manifest, digest) =
         hexmirror::bundle::read_manifest(std::io::BufReader::new(reader), &hexmirror::transfer::limits())
@@ -446,6 +488,7 @@ async fn inspect(config: Config, file: PathBuf, packages: bool) -> Result<ExitCo
         )
         .map_err(|e| e.to_string())?,
         Ok(Store::Local(mirror)) => hexmirror::admin::cache_rows(&mirror, "", None),
+        Err(Failure::Refused(refused)) => return Err(Failure::Refused(refused)),
         Err(e) => {
             println!("(no store to compare with: {e})");
             return Ok(ExitCode::SUCCESS);
@@ -466,7 +509,7 @@ async fn inspect(config: Config, file: PathBuf, packages: bool) -> Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-async fn cache(config: Config, action: CacheAction) -> Result<ExitCode, String> {
+async fn cache(config: Config, action: CacheAction) -> Result<ExitCode, Failure> {
     let store = open(config).await?;
     let rows: Vec<CacheRow> = match (&action, &store) {
         (CacheAction::List { filter }, Store::Remote(admin)) => {
@@ -514,7 +557,7 @@ async fn cache(config: Config, action: CacheAction) -> Result<ExitCode, String> 
     Ok(ExitCode::SUCCESS)
 }
 
-async fn refusals(config: Config) -> Result<ExitCode, String> {
+async fn refusals(config: Config) -> Result<ExitCode, Failure> {
     match open(config).await? {
         Store::Remote(admin) => {
             let bytes = admin.call_bytes(Method::GET, "/_admin/refusals", Bytes::new()).await?;
