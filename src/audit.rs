@@ -47,7 +47,7 @@ pub async fn run(mirror: &Mirror, repair: bool) -> AuditReport {
         match mirror.check_stored(key).await {
             Ok(true) => report.intact += 1,
             Ok(false) => {}
-            Err(reason) => report.damaged.push((key.to_string(), reason)),
+            Err(reason) => report.damaged.push((key.to_string(), reason.to_string())),
         }
     }
     let selection = Selection::load(&mirror.config().data_dir);

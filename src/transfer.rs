@@ -58,7 +58,7 @@ pub async fn export(mirror: &Mirror, request: &ExportRequest) -> Result<Vec<u8>,
             Ok(true) => {}
             Ok(false) => continue,
             Err(reason) => {
-                tracing::warn!(key = %key, reason, "export: skipping an entry that no longer verifies");
+                tracing::warn!(key = %key, reason = %reason, "export: skipping an entry that no longer verifies");
                 continue;
             }
         }
@@ -116,8 +116,9 @@ pub async fn import(mirror: &Mirror, bytes: &[u8]) -> Result<ImportReport, Strin
     for key_text in keys {
         let key = CacheKey::parse(key_text).ok_or_else(|| format!("bundle refused: {key_text}: not a cache key"))?;
         let signature = objects.get(&format!("{key_text}.signed")).and_then(|s| String::from_utf8(s.to_vec()).ok());
+        let signs = key_text.strip_suffix(".signed").and_then(|signed| objects.get(signed)).cloned();
         let entry = mirror
-            .verify_import(&key, objects[key_text].clone(), signature, &records)
+            .verify_import(&key, objects[key_text].clone(), signature, signs, &records)
             .await
             .map_err(|reason| format!("bundle refused: {key_text}: {reason}"))?;
         let entry = Arc::new(entry);

@@ -1,0 +1,347 @@
+//! The data path: look up, fetch (coalesced), verify, store, answer.
+//!
+//! A request for a repository resource is answered by [`Mirror::get`] (in `path.rs`, which
+//! reads top-down in this order):
+//!
+//! 1. **Resolve the target** ([`Mirror::target`], here): which configured repository serves it,
+//!    which origin its signed payloads must carry, and the cache namespace. A closed target
+//!    (hexmirror's own key, or an access list) turns away an unauthorized client before
+//!    anything else (`access::may_enter`).
+//! 2. **Decide what a copy must satisfy** (`get`): a registry file is fresh for
+//!    `registry_ttl`; a tarball must match the checksum in the verified package record held now
+//!    (`release_checksum`), an installer its verified listing (`installer_digest`), a detached
+//!    signature the verified bytes it signs; docs follow the upstream's max-age. The rules are
+//!    pure, in `freshness.rs` (`Check`, `is_fresh`, `content_matches`).
+//! 3. **Look up** the memory tier, then the persistent tier (`resolve_entry` → `lookup`): the
+//!    public copy first (it serves everyone), then the private one. Bytes read from disk are
+//!    verified again before they become an entry, and their privacy comes from the key.
+//! 4. **Authorize** private entries (`access.rs`): hexmirror's access list, the explicit
+//!    all-clients opt-in, or a conditional re-check with the upstream using the client's own
+//!    credentials (`recheck`); what a coalesced fetch returns is authorized again for each
+//!    waiter (end of `resolve_entry`).
+//! 5. **Fetch** what is missing or stale, once for any number of concurrent requests
+//!    (`flights.rs`), with the credential policy applied (`access::credential_for`),
+//!    revalidating with `If-None-Match`/`If-Modified-Since` where a copy exists (`fetch`).
+//! 6. **Verify** the upstream's bytes (`verify_content`, calling the pure `verify` module) and
+//!    **store** them in both tiers (`persist`); a refusal is answered 502 and never stored or
+//!    remembered.
+//! 7. When the upstream is down, times out, answers 5xx or 429, **serve the last verified copy**
+//!    (the `stale` closure in `fetch`); an anonymous 404 is remembered for `negative_ttl`.
+//!
+//! Store maintenance (pinning, purging, eviction, `hexmirror verify`, import, refusals, gauges)
+//! is apart from the request path, in `store.rs`.
+//!
+//! The invariant: a [`Reply`] body is the bytes of an [`Entry`], and an entry holds only
+//! verified content or a docs tarball; so nothing unverified is ever served as verified.
+
+mod access;
+mod flights;
+mod freshness;
+mod path;
+mod store;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::StatusCode;
+
+pub use access::ClientCredentials;
+use flights::Flights;
+pub use store::{key_names_package, CheckError};
+
+use crate::cache::{CacheKey, Class, DiskStore, Entry, MemoryTier, Store};
+use crate::config::{Config, RepoConfig, HEXPM};
+use crate::metrics::{CacheStatus, Metrics};
+use crate::route::Resource;
+use crate::upstream::{Upstream, UpstreamError};
+use crate::verify::VerifyError;
+
+/// Where a repository request goes and what its payloads must say.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub repo: Arc<RepoConfig>,
+    /// Cache namespace: the repository name, or `hexpm~ORG` for a hex.pm organization.
+    pub namespace: String,
+    /// The `repository` the signed payloads must carry.
+    pub origin: String,
+    /// Path prefix at the upstream: empty, or `/repos/ORG` for a hex.pm organization.
+    pub prefix: String,
+}
+
+impl Target {
+    /// The metric label: the configured repository (organizations count under their parent).
+    pub fn label(&self) -> &str {
+        &self.repo.name
+    }
+}
+
+/// What a client is sent.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub body: Bytes,
+    pub etag: String,
+    pub cache_control: Option<String>,
+    pub last_modified: Option<String>,
+    pub status: CacheStatus,
+    pub private: bool,
+    pub docs: bool,
+}
+
+impl Reply {
+    fn from_entry(entry: &Entry, status: CacheStatus) -> Reply {
+        Reply {
+            body: entry.bytes().clone(),
+            etag: entry.etag.clone(),
+            cache_control: entry.upstream.cache_control.clone(),
+            last_modified: entry.upstream.last_modified.clone(),
+            status,
+            private: entry.private,
+            docs: entry.content.class() == Class::Docs,
+        }
+    }
+}
+
+/// Why a request could not be answered with content. `status()` is the one status mapping.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MirrorError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("refused: {0}")]
+    Refused(#[from] VerifyError),
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl MirrorError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            MirrorError::NotFound(_) => StatusCode::NOT_FOUND,
+            MirrorError::Refused(_) => StatusCode::BAD_GATEWAY,
+            MirrorError::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            MirrorError::Upstream(UpstreamError::RateLimited(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            MirrorError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            MirrorError::Unauthorized => StatusCode::UNAUTHORIZED,
+            MirrorError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            MirrorError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn cache_status(&self) -> CacheStatus {
+        match self {
+            MirrorError::NotFound(_) => CacheStatus::Negative,
+            MirrorError::Refused(_) => CacheStatus::Refused,
+            MirrorError::Unauthorized => CacheStatus::Denied,
+            _ => CacheStatus::Error,
+        }
+    }
+
+    /// Seconds a client should wait, for a 503 caused by upstream rate limiting.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            MirrorError::Upstream(UpstreamError::RateLimited(s)) => Some(*s),
+            _ => None,
+        }
+    }
+}
+
+/// A refused upstream answer, kept for the admin view.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Refusal {
+    pub time: u64,
+    pub repo: String,
+    pub resource: String,
+    pub upstream: String,
+    pub reason: String,
+}
+
+const REFUSALS_KEPT: usize = 100;
+
+struct Inner {
+    config: Arc<Config>,
+    repos: HashMap<String, Arc<RepoConfig>>,
+    memory: MemoryTier,
+    store: Arc<dyn Store>,
+    upstream: Upstream,
+    flights: Flights,
+    negative: moka::sync::Cache<CacheKey, ()>,
+    metrics: Metrics,
+    tokens: HashMap<String, crate::oauth::TokenSource>,
+    degraded: AtomicBool,
+    refusals: Mutex<VecDeque<Refusal>>,
+}
+
+/// The mirror: a cheap handle shared by every connection.
+#[derive(Clone)]
+pub struct Mirror {
+    inner: Arc<Inner>,
+}
+
+impl Mirror {
+    /// Opens the persistent tier under `data_dir` and builds the mirror.
+    pub fn open(config: Config, metrics: Metrics) -> Result<Mirror, String> {
+        let opened = DiskStore::open(&config.data_dir)
+            .map_err(|e| format!("cannot open the store in {}: {e}", config.data_dir.display()))?;
+        Self::from_disk(config, metrics, opened)
+    }
+
+    fn from_disk(
+        config: Config,
+        metrics: Metrics,
+        (store, sweep): (DiskStore, crate::cache::disk::Sweep),
+    ) -> Result<Mirror, String> {
+        if sweep != Default::default() {
+            tracing::info!(
+                temp_files = sweep.temp_files,
+                orphan_blobs = sweep.orphan_blobs,
+                dangling_records = sweep.dangling_records,
+                "store: cleaned what an interrupted run left"
+            );
+        }
+        Self::with_store(config, metrics, Arc::new(store))
+    }
+
+    /// Like [`Mirror::open`] for the server: a data directory that cannot be used (read-only,
+    /// no permission, no space) degrades to serving from memory and the upstream, loudly.
+    /// Another process holding the store is still an error.
+    pub fn open_for_serving(config: Config, metrics: Metrics) -> Result<Mirror, String> {
+        match DiskStore::open(&config.data_dir) {
+            Ok(opened) => Self::from_disk(config, metrics, opened),
+            Err(e) if e.is_locked() => Err(format!(
+                "cannot open the store in {}: {e} (is another hexmirror using it?)",
+                config.data_dir.display()
+            )),
+            Err(e) => {
+                let store: Arc<dyn Store> = match DiskStore::open_read_only(&config.data_dir) {
+                    Ok(store) => {
+                        tracing::error!(
+                            data_dir = %config.data_dir.display(),
+                            error = %e,
+                            entries = store.usage().0,
+                            "store: the data directory is not writable; serving what it holds read-only, the rest from upstream"
+                        );
+                        Arc::new(store)
+                    }
+                    Err(_) => {
+                        tracing::error!(
+                            data_dir = %config.data_dir.display(),
+                            error = %e,
+                            "store: cannot open the data directory; serving from memory and upstream only"
+                        );
+                        Arc::new(crate::cache::NullStore { reason: e.to_string() })
+                    }
+                };
+                metrics.store_degraded.set(1);
+                let mirror = Self::with_store(config, metrics, store)?;
+                mirror.inner.degraded.store(true, Ordering::Relaxed);
+                Ok(mirror)
+            }
+        }
+    }
+
+    pub fn with_store(config: Config, metrics: Metrics, store: Arc<dyn Store>) -> Result<Mirror, String> {
+        let upstream = Upstream::new(&config, metrics.clone())?;
+        let evictions = metrics.cache_evictions.with_label_values(&["memory"]);
+        let memory = MemoryTier::new(config.memory_cache_bytes, move || evictions.inc());
+        let negative = moka::sync::Cache::builder().max_capacity(100_000).time_to_live(config.negative_ttl).build();
+        let repos = config.repos.iter().map(|(name, repo)| (name.clone(), Arc::new(repo.clone()))).collect();
+        for repo in config.repos.values() {
+            if repo.access.allow_all_clients {
+                tracing::warn!(
+                    repo = %repo.name,
+                    "access.allow_all_clients is set: every client of this hexmirror may read this repository's private content"
+                );
+            }
+        }
+        let tokens = config
+            .repos
+            .values()
+            .filter_map(|repo| {
+                let (url, key) = (repo.oauth_token_url.clone()?, repo.auth_key.clone()?);
+                Some((repo.name.clone(), crate::oauth::TokenSource::new(url, key, repo.allow_http)))
+            })
+            .collect();
+        let mirror = Mirror {
+            inner: Arc::new(Inner {
+                tokens,
+                config: Arc::new(config),
+                repos,
+                memory,
+                store,
+                upstream,
+                flights: Flights::default(),
+                negative,
+                metrics,
+                degraded: AtomicBool::new(false),
+                refusals: Mutex::new(VecDeque::new()),
+            }),
+        };
+        mirror.update_gauges();
+        Ok(mirror)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The cache key a reply for `resource` was stored under.
+    pub fn key_for(&self, target: &Target, resource: &Resource, private: bool) -> CacheKey {
+        CacheKey::new(&target.namespace, &resource.path(), private)
+    }
+
+    /// The target a cache namespace belongs to (`hexpm`, `hexpm~ORG` or a repository name).
+    pub fn target_of_namespace(&self, namespace: &str) -> Target {
+        match namespace.split_once('~') {
+            Some((_, org)) => self.target(Some(org)),
+            None if namespace == HEXPM => self.target(None),
+            None => self.target(Some(namespace)),
+        }
+    }
+
+    /// Answers a repository request on behalf of hexmirror itself (sync, repair).
+    pub async fn fetch_internal(&self, target: &Target, resource: &Resource) -> Result<Reply, MirrorError> {
+        self.get(target, resource, &ClientCredentials::internal()).await
+    }
+
+    /// Which repository serves `/repos/NAME` (or the root when `None`).
+    ///
+    /// A configured repository wins over a hex.pm organization of the same name.
+    pub fn target(&self, repo: Option<&str>) -> Target {
+        let inner = &self.inner;
+        let hexpm = inner.repos.get(HEXPM).expect("config validation keeps hexpm").clone();
+        match repo {
+            None => {
+                Target { origin: hexpm.repository.clone(), namespace: HEXPM.into(), prefix: String::new(), repo: hexpm }
+            }
+            Some(name) => match inner.repos.get(name) {
+                Some(repo) => Target {
+                    origin: repo.repository.clone(),
+                    namespace: name.to_string(),
+                    prefix: String::new(),
+                    repo: repo.clone(),
+                },
+                None => Target {
+                    origin: name.to_string(),
+                    namespace: format!("{HEXPM}~{name}"),
+                    prefix: format!("/repos/{name}"),
+                    repo: hexpm,
+                },
+            },
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! The data path, in the order a request takes it (see the steps in the module docs of
+//! `mirror`): `get` → `resolve_entry` → `lookup` → `fetch` → `verify_content` → `persist`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::FutureExt;
+use http::StatusCode;
+use sha2::{Digest, Sha256};
+
+use super::access::{ClientCredentials, Credential};
+use super::freshness::{self, content_matches, is_private, validators_of, Check};
+use super::{Mirror, MirrorError, Reply, Target};
+use crate::cache::{unix_now, CacheKey, Content, Entry, Validators};
+use crate::config::HEXPM;
+use crate::metrics::CacheStatus;
+use crate::route::{Kind, Resource};
+use crate::upstream::{UpstreamError, UpstreamRequest};
+use crate::verify::{self, Facts, RegistryFile, ReleaseChecksum, VerifyError};
+
+impl Mirror {
+    /// Answers a repository request. See the module docs for the steps.
+    pub async fn get(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        client: &ClientCredentials,
+    ) -> Result<Reply, MirrorError> {
+        if !matches!(resource, Resource::PublicKey) && !self.may_enter(target, client) {
+            return Err(MirrorError::Unauthorized);
+        }
+        match resource {
+            Resource::PublicKey => {
+                let pem = Bytes::copy_from_slice(target.repo.public_key.pem().as_bytes());
+                Ok(Reply {
+                    etag: format!("\"{}\"", hex::encode(Sha256::digest(&pem))),
+                    body: pem,
+                    cache_control: Some("public, max-age=3600".into()),
+                    last_modified: None,
+                    status: CacheStatus::Local,
+                    private: false,
+                    docs: false,
+                })
+            }
+            Resource::Tarball { name, version } => {
+                let checksum = self.release_checksum(target, name, version, client).await?;
+                self.resolve(target, resource, client, Check::Tarball(checksum)).await
+            }
+            Resource::Installs(path) if is_installer_archive(path) => {
+                let digest = self.installer_digest(target, path, client).await?;
+                self.resolve(target, resource, client, Check::Installer(digest)).await
+            }
+            Resource::Docs { .. } => self.resolve(target, resource, client, Check::Docs).await,
+            _ => match signed_by(resource) {
+                Some(signed) => {
+                    // The object a signature signs is public registry content: resolved as
+                    // an anonymous client would, then the signature is checked against it.
+                    let anonymous = ClientCredentials::default();
+                    let (signed, _) = self.resolve_entry(target, &signed, &anonymous, Check::Ttl(None)).await?;
+                    let check = Check::Signature { signed: signed.bytes().clone(), ttl: Some(self.ttl()) };
+                    self.resolve(target, resource, client, check).await
+                }
+                None => self.resolve(target, resource, client, Check::Ttl(Some(self.ttl()))).await,
+            },
+        }
+    }
+
+    pub(super) fn ttl(&self) -> u64 {
+        self.inner.config.registry_ttl.as_secs()
+    }
+
+    /// [`freshness::is_fresh`] now, with this mirror's registry TTL for docs without a max-age.
+    pub(super) fn is_fresh(&self, entry: &Entry, check: &Check) -> bool {
+        freshness::is_fresh(entry, check, unix_now(), self.ttl())
+    }
+
+    /// The checksum a tarball must have, from the verified package record. A cached record of
+    /// any age will do while it lists the release; otherwise the record is refreshed once.
+    pub(super) async fn release_checksum(
+        &self,
+        target: &Target,
+        name: &str,
+        version: &str,
+        client: &ClientCredentials,
+    ) -> Result<ReleaseChecksum, MirrorError> {
+        let package = Resource::Package(name.to_string());
+        for check in [Check::Ttl(None), Check::Ttl(Some(0))] {
+            let record = self.resolve_entry(target, &package, client, check).await?;
+            let fresh_from_upstream = record.1 == CacheStatus::Miss || record.1 == CacheStatus::Revalidated;
+            if let Facts::Releases(releases) = record.0.content.facts() {
+                if let Some(checksum) = releases.get(version) {
+                    return Ok(*checksum);
+                }
+            }
+            if fresh_from_upstream || self.inner.config.offline {
+                break;
+            }
+        }
+        Err(MirrorError::NotFound(format!("release {name} {version} is not in the verified registry")))
+    }
+
+    /// The digest an installer archive must have, from the verified installs CSV.
+    pub(super) async fn installer_digest(
+        &self,
+        target: &Target,
+        path: &str,
+        client: &ClientCredentials,
+    ) -> Result<String, MirrorError> {
+        let (elixir, file) = path.split_once('/').unwrap_or(("", path));
+        let stem = file.strip_suffix(".ez").unwrap_or(file);
+        let (app, version) = stem.split_once('-').ok_or_else(|| MirrorError::NotFound(format!("installs/{path}")))?;
+        let csv = Resource::Installs(format!("{app}-1.x.csv"));
+        let (entry, _) = self.resolve_entry(target, &csv, client, Check::Ttl(None)).await?;
+        if let Facts::Installs(rows) = entry.content.facts() {
+            let row = rows
+                .iter()
+                .find(|r| r.version == version && (elixir.is_empty() || r.elixir_versions.iter().any(|e| e == elixir)));
+            if let Some(row) = row {
+                return Ok(row.digest.clone());
+            }
+        }
+        Err(MirrorError::NotFound(format!("installs/{path} is not listed in the verified installs list")))
+    }
+
+    pub(super) async fn resolve(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        client: &ClientCredentials,
+        check: Check,
+    ) -> Result<Reply, MirrorError> {
+        let (entry, status) = self.resolve_entry(target, resource, client, check).await?;
+        Ok(Reply::from_entry(&entry, status))
+    }
+
+    /// Steps 2 to 7 of the module docs for one resource.
+    pub(super) async fn resolve_entry(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        client: &ClientCredentials,
+        check: Check,
+    ) -> Result<(Arc<Entry>, CacheStatus), MirrorError> {
+        let path = resource.path();
+        let public_key = CacheKey::new(&target.namespace, &path, false);
+        let private_key = CacheKey::new(&target.namespace, &path, true);
+        let offline = self.inner.config.offline;
+        let allowed = self.access_allows(target, client);
+
+        // A public copy serves everyone; a closed repository has none (whatever the store
+        // holds under that key). A private copy serves only an authorized client.
+        let mut cached = match self.is_closed(target) {
+            true => None,
+            false => self.lookup(target, &public_key, resource, &check).await,
+        };
+        if cached.is_none() {
+            if let Some(entry) = self.lookup(target, &private_key, resource, &check).await {
+                entry.touch();
+                if allowed {
+                    cached = Some(entry);
+                } else if self.can_recheck(target, client) {
+                    return self.recheck(target, resource, client, entry, &check).await;
+                } else if self.is_closed(target) {
+                    return Err(MirrorError::Unauthorized);
+                }
+                // Otherwise this client may still read a public answer: ask as it would.
+            }
+        }
+        let credential = self.credential_for(target, client);
+        if let Some(entry) = &cached {
+            entry.touch();
+            if offline || self.is_fresh(entry, &check) {
+                return Ok((entry.clone(), CacheStatus::Hit));
+            }
+        } else if offline {
+            return Err(MirrorError::NotFound(format!("{path} is not in this offline mirror's store")));
+        } else if matches!(credential, Credential::None) && self.inner.negative.contains_key(&public_key) {
+            // Only anonymous 404s are remembered, so only anonymous requests are answered so.
+            return Err(MirrorError::NotFound(format!("{path} (the upstream answered 404 moments ago)")));
+        }
+
+        let flight_key = format!("{public_key}#{}", credential.fingerprint());
+        let client_credential = matches!(credential, Credential::Client(_));
+        let this = self.clone();
+        let (t, r, c) = (target.clone(), resource.clone(), check.clone());
+        let stale = cached.clone();
+        // The flight hands every waiter the entry itself, so a reply never depends on the
+        // entry still being in a cache tier (a tiny memory budget, a full disk).
+        let (entry, status) = self
+            .inner
+            .flights
+            .join(flight_key, &self.inner.metrics, move || {
+                async move {
+                    // A flight that finished just before this one started may have stored
+                    // what we need: look again before asking the upstream.
+                    if let Some(entry) = this.stored_since(&t, &r, &c, stale.as_deref()) {
+                        return Ok((entry, CacheStatus::Hit));
+                    }
+                    this.fetch(&t, &r, c, credential, stale).await
+                }
+                .boxed()
+            })
+            .await?;
+        // A private entry reaches only a client that is authorized, or whose own credential
+        // the upstream has just accepted for it (a flight is per credential; an entry found
+        // in a tier or handed over by another flight proves nothing about this client).
+        let confirmed = client_credential && matches!(status, CacheStatus::Miss | CacheStatus::Revalidated);
+        if entry.private && !allowed && !confirmed {
+            return Err(match status {
+                CacheStatus::Stale => {
+                    MirrorError::Unavailable("the upstream cannot confirm access to private content".into())
+                }
+                _ => MirrorError::Unauthorized,
+            });
+        }
+        Ok((entry, status))
+    }
+
+    /// The memory tier, then the persistent tier (re-verified before use). A copy whose bytes
+    /// no longer match what the verified record says now (a tarball, an installer) is no copy.
+    ///
+    /// Nothing is taken from the store's own record but validators and times: whether bytes
+    /// need verifying follows from the resource (only docs have nothing to verify against), and
+    /// whether an entry is private from the key's scope.
+    pub(super) async fn lookup(
+        &self,
+        target: &Target,
+        key: &CacheKey,
+        resource: &Resource,
+        check: &Check,
+    ) -> Option<Arc<Entry>> {
+        if let Some(entry) = self.inner.memory.get(key) {
+            return content_matches(&entry, check).then_some(entry);
+        }
+        let store = self.inner.store.clone();
+        let disk_key = key.clone();
+        let found = tokio::task::spawn_blocking(move || store.get(&disk_key)).await.ok()?;
+        let (meta, body) = match found {
+            Ok(Some(found)) => found,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "store: entry dropped");
+                return None;
+            }
+        };
+        let content = match self.verify_content(target, resource, check, body, &meta.upstream).await {
+            Ok(content) => content,
+            Err(e) => {
+                tracing::info!(key = %key, error = %e, "store: stored copy does not verify; refetching");
+                return None;
+            }
+        };
+        let mut entry = Entry::new(content, resource.kind(), meta.upstream, meta.fetched_at, key.is_private());
+        entry.pinned = meta.pinned;
+        let entry = Arc::new(entry);
+        self.inner.memory.insert(key.clone(), entry.clone());
+        Some(entry)
+    }
+
+    /// A fresh public entry in the memory tier that is not the stale copy this request started
+    /// from. Never a private one: whoever stored it, it proves nothing about this flight's client.
+    pub(super) fn stored_since(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        check: &Check,
+        stale: Option<&Entry>,
+    ) -> Option<Arc<Entry>> {
+        if self.is_closed(target) {
+            return None;
+        }
+        let entry = self.inner.memory.get(&CacheKey::new(&target.namespace, &resource.path(), false))?;
+        let newer = stale.is_none_or(|old| entry.fetched_at > old.fetched_at || entry.etag != old.etag);
+        (newer && self.is_fresh(&entry, check)).then_some(entry)
+    }
+
+    /// Authorizes a client that is not on the access list for a cached private entry by asking
+    /// the upstream with the client's own credential: a 304 (or a new 200) proves access; a
+    /// 401/403 denies; no answer is 503 (the copy is never served without the proof).
+    pub(super) async fn recheck(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        client: &ClientCredentials,
+        entry: Arc<Entry>,
+        check: &Check,
+    ) -> Result<(Arc<Entry>, CacheStatus), MirrorError> {
+        let credential = self.credential_for(target, client);
+        match self.fetch(target, resource, check.clone(), credential, Some(entry)).await {
+            Ok((entry, status)) if status != CacheStatus::Stale => Ok((entry, status)),
+            Ok(_) | Err(MirrorError::Upstream(_)) => {
+                Err(MirrorError::Unavailable("the upstream cannot confirm access to private content".into()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Asks the upstream (conditionally when a copy exists), verifies, stores. Runs inside a flight.
+    pub(super) async fn fetch(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        check: Check,
+        credential: Credential,
+        cached: Option<Arc<Entry>>,
+    ) -> Result<(Arc<Entry>, CacheStatus), MirrorError> {
+        let path = resource.path();
+        let authorization = match self.authorization(target, &credential).await {
+            Ok(authorization) => authorization,
+            Err(e) => return cached.map(|c| (c, CacheStatus::Stale)).ok_or(e),
+        };
+        let max_bytes = match resource.kind() {
+            Kind::Tarball | Kind::Installs => self.inner.config.max_tarball_bytes,
+            _ => self.inner.config.max_registry_bytes,
+        };
+        let request = UpstreamRequest {
+            repo: &target.repo,
+            path: format!("{}/{path}", target.prefix),
+            validators: cached.as_ref().map(|e| &e.upstream),
+            authorization,
+            max_bytes,
+        };
+        let stale = |e: MirrorError| match &cached {
+            Some(entry) => {
+                self.inner.metrics.stale_served.with_label_values(&[target.label()]).inc();
+                tracing::info!(repo = target.label(), resource = %path, error = %e, "serving the last verified copy");
+                Ok((entry.clone(), CacheStatus::Stale))
+            }
+            None => Err(e),
+        };
+        let response = match self.inner.upstream.get(request).await {
+            Ok(response) => response,
+            Err(e) => return stale(e.into()),
+        };
+        let now = unix_now();
+        match response.status.as_u16() {
+            200 => {
+                let mut validators = validators_of(&response.headers);
+                if validators.signature.is_none() {
+                    validators.signature = self.detached_signature(target, resource).await;
+                }
+                let content =
+                    match self.verify_content(target, resource, &check, response.body.clone(), &validators).await {
+                        Ok(content) => content,
+                        Err(MirrorError::Refused(e)) => {
+                            self.record_refusal(target, &path, &e);
+                            return match cached {
+                                Some(_) => stale(MirrorError::Refused(e)),
+                                None => Err(MirrorError::Refused(e)),
+                            };
+                        }
+                        Err(e) => return stale(e),
+                    };
+                // A dependency policy that does not declare itself public is private whatever
+                // the upstream says (the spec asks the serving edge to require authorization).
+                let private_policy = matches!(content.facts(), Facts::Policy { public: false });
+                let client_credential = matches!(credential, Credential::Client(_));
+                let private = is_private(&response, client_credential) || private_policy || self.is_closed(target);
+                let entry = Arc::new(Entry::new(content, resource.kind(), validators, now, private));
+                self.persist(target, &path, entry.clone()).await;
+                Ok((entry, CacheStatus::Miss))
+            }
+            304 => match cached {
+                Some(old) => {
+                    let mut entry = (*old).clone();
+                    entry.fetched_at = now;
+                    let fresh = validators_of(&response.headers);
+                    entry.upstream.etag = fresh.etag.or(entry.upstream.etag);
+                    entry.upstream.last_modified = fresh.last_modified.or(entry.upstream.last_modified);
+                    entry.upstream.cache_control = fresh.cache_control.or(entry.upstream.cache_control);
+                    let entry = Arc::new(entry);
+                    self.refresh(target, &path, entry.clone()).await;
+                    Ok((entry, CacheStatus::Revalidated))
+                }
+                None => Err(MirrorError::Upstream(UpstreamError::Status(304))),
+            },
+            401 => Err(MirrorError::Unauthorized),
+            403 if target.namespace != HEXPM || response.sent_credentials => Err(MirrorError::Unauthorized),
+            403 | 404 | 410 => {
+                // hex.pm answers a missing object with 403 or 404; remember it briefly.
+                if !response.sent_credentials {
+                    self.inner.negative.insert(CacheKey::new(&target.namespace, &path, false), ());
+                }
+                Err(MirrorError::NotFound(path))
+            }
+            other => stale(MirrorError::Upstream(UpstreamError::Status(other))),
+        }
+    }
+
+    /// Verifies upstream (or stored) bytes for `resource`; the only path into [`Content`].
+    pub(super) async fn verify_content(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        check: &Check,
+        body: Bytes,
+        validators: &Validators,
+    ) -> Result<Content, MirrorError> {
+        let key = &target.repo.public_key;
+        let limit = self.inner.config.max_registry_bytes;
+        let origin = target.origin.as_str();
+        let verified = match resource {
+            Resource::Names => verify::registry_file(RegistryFile::Names, origin, body, key, limit)?,
+            Resource::Versions => verify::registry_file(RegistryFile::Versions, origin, body, key, limit)?,
+            Resource::Package(name) => verify::registry_file(RegistryFile::Package(name), origin, body, key, limit)?,
+            Resource::Policy(name) => verify::registry_file(RegistryFile::Policy(name), origin, body, key, limit)?,
+            Resource::Docs { .. } => {
+                let docs = crate::cache::Docs::for_resource(resource, body);
+                return docs.map(Content::Docs).ok_or(MirrorError::Internal("docs for a docs resource only".into()));
+            }
+            Resource::PublicKey => return Err(MirrorError::Internal("the public key is never fetched".into())),
+            Resource::Tarball { .. } => match check {
+                Check::Tarball(checksum) => verify::tarball(body, checksum, self.inner.config.max_tarball_bytes)?,
+                _ => return Err(MirrorError::Internal("tarball without a checksum".into())),
+            },
+            Resource::RegistryV1 => {
+                let signature = match &validators.signature {
+                    Some(signature) => signature.clone(),
+                    None => return Err(VerifyError::MissingSignature.into()),
+                };
+                verify::registry_v1(body, &signature, key)?
+            }
+            Resource::RegistryV1Signed => match check {
+                Check::Signature { signed, .. } => verify::registry_v1_signature(body, signed, key)?,
+                _ => return Err(MirrorError::Internal("a signature without what it signs".into())),
+            },
+            Resource::Installs(path) if path.ends_with(".csv") => {
+                let signature = validators.signature.as_deref().ok_or(VerifyError::MissingSignature)?;
+                verify::installs_csv(body, signature.as_bytes(), &self.inner.config.installs_public_key)?
+            }
+            Resource::Installs(path) if path.ends_with(".csv.signed") => match check {
+                Check::Signature { signed, .. } => {
+                    verify::installs_signature(body, signed, &self.inner.config.installs_public_key)?
+                }
+                _ => return Err(MirrorError::Internal("a signature without what it signs".into())),
+            },
+            Resource::Installs(_) => match check {
+                Check::Installer(digest) => verify::installer(body, digest, self.inner.config.max_tarball_bytes)?,
+                _ => return Err(MirrorError::NotFound("installs file without a verified listing".into())),
+            },
+        };
+        Ok(Content::Verified(verified))
+    }
+
+    /// Fetches the detached signature of a registry v1 file or an installs CSV (not cached
+    /// apart: it is kept with the object it signs).
+    pub(super) async fn detached_signature(&self, target: &Target, resource: &Resource) -> Option<String> {
+        let path = match resource {
+            Resource::RegistryV1 => format!("{}/registry.ets.gz.signed", target.prefix),
+            Resource::Installs(p) if p.ends_with(".csv") => format!("{}/installs/{p}.signed", target.prefix),
+            _ => return None,
+        };
+        let request = UpstreamRequest {
+            repo: &target.repo,
+            path,
+            validators: None,
+            authorization: self
+                .authorization(target, &self.credential_for(target, &ClientCredentials::default()))
+                .await
+                .ok()
+                .flatten(),
+            max_bytes: 64 << 10,
+        };
+        match self.inner.upstream.get(request).await {
+            Ok(response) if response.status == StatusCode::OK => String::from_utf8(response.body.to_vec()).ok(),
+            _ => None,
+        }
+    }
+
+    /// Puts a new entry in both tiers. A private copy never replaces or hides a public one (nor
+    /// the other way round): a lookup prefers the public copy, which serves everyone.
+    pub(super) async fn persist(&self, target: &Target, path: &str, entry: Arc<Entry>) {
+        let key = CacheKey::new(&target.namespace, path, entry.private);
+        self.inner.memory.insert(key.clone(), entry.clone());
+        let store = self.inner.store.clone();
+        let result = tokio::task::spawn_blocking(move || store.put(&key, &entry.stored_meta(), entry.bytes())).await;
+        self.note_store_result(result);
+        if self.inner.config.disk_cache_bytes > 0 {
+            if let Err(e) = self.evict_disk().await {
+                tracing::warn!(error = %e, "store: eviction failed");
+            }
+        }
+    }
+
+    /// Records a revalidation in both tiers.
+    pub(super) async fn refresh(&self, target: &Target, path: &str, entry: Arc<Entry>) {
+        let key = CacheKey::new(&target.namespace, path, entry.private);
+        self.inner.memory.insert(key.clone(), entry.clone());
+        let store = self.inner.store.clone();
+        let result = tokio::task::spawn_blocking(move || store.update_meta(&key, &entry.stored_meta())).await;
+        self.note_store_result(result);
+    }
+}
+
+/// The resource a detached signature resource signs, if `resource` is one.
+pub(super) fn signed_by(resource: &Resource) -> Option<Resource> {
+    match resource {
+        Resource::RegistryV1Signed => Some(Resource::RegistryV1),
+        Resource::Installs(path) if path.ends_with(".csv.signed") => {
+            Some(Resource::Installs(path.trim_end_matches(".signed").to_string()))
+        }
+        _ => None,
+    }
+}
+
+pub(super) fn is_installer_archive(path: &str) -> bool {
+    !path.ends_with(".csv") && !path.ends_with(".csv.signed") && path.contains('/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(super) fn installer_paths() {
+        assert!(is_installer_archive("1.14.0/hex-2.0.6.ez"));
+        assert!(!is_installer_archive("hex-1.x.csv"));
+        assert!(!is_installer_archive("hex-1.x.csv.signed"));
+    }
+}

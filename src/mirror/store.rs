@@ -1,0 +1,336 @@
+//! Store maintenance, apart from the request path: pinning, purging, disk eviction, checking
+//! stored entries (`hexmirror verify`), importing bundles, refusals and the size gauges.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::access::ClientCredentials;
+use super::freshness::Check;
+use super::path::{is_installer_archive, signed_by};
+use super::{Mirror, MirrorError, Refusal, Target, REFUSALS_KEPT};
+use crate::cache::{unix_now, CacheKey, Entry, StoreError, Validators};
+use crate::metrics::CacheStatus;
+use crate::route::Resource;
+use crate::verify::{Facts, VerifyError};
+
+/// Why a stored or imported object does not check out.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("{0} does not name a repository resource")]
+    NotAResource(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no verified record of {0} in the bundle or the store")]
+    NoRecord(String),
+    #[error("the verified record of {0} does not list {1}")]
+    NotListed(String, String),
+    #[error("the verified record of {0} lists no releases")]
+    NoReleases(String),
+    #[error("no verified {0} to check its signature against")]
+    NoSigned(String),
+    #[error("labelled public, but {0} is private content here (a hex.pm organization or a closed repository); a bundle cannot make it public")]
+    LabelledPublic(String),
+    #[error(transparent)]
+    Refused(#[from] MirrorError),
+}
+
+impl Mirror {
+    /// Marks an entry as selected by sync or import: disk-size eviction never removes it.
+    pub async fn pin(&self, key: &CacheKey) -> Result<(), StoreError> {
+        if let Some(entry) = self.inner.memory.get(key) {
+            let mut pinned = (*entry).clone();
+            pinned.pinned = true;
+            self.inner.memory.insert(key.clone(), Arc::new(pinned));
+        }
+        let store = self.inner.store.clone();
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || match store.get(&key)? {
+            Some((mut meta, _)) if !meta.pinned => {
+                meta.pinned = true;
+                store.update_meta(&key, &meta)
+            }
+            _ => Ok(()),
+        })
+        .await
+        .map_err(|e| StoreError::Damaged(e.to_string()))?
+    }
+
+    /// Removes every entry of package `name` (records, tarballs, docs) in every namespace.
+    pub async fn purge(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        let store = self.inner.store.clone();
+        let disk_name = name.to_string();
+        let removed = tokio::task::spawn_blocking(move || -> Result<Vec<CacheKey>, StoreError> {
+            let mut removed = Vec::new();
+            for (key, _) in store.list("")? {
+                if key_names_package(&key, &disk_name) {
+                    store.remove(&key)?;
+                    removed.push(key);
+                }
+            }
+            Ok(removed)
+        })
+        .await
+        .map_err(|e| StoreError::Damaged(e.to_string()))??;
+        // Also what only the memory tier holds (evicted from disk, or never written to it).
+        let mut removed: std::collections::BTreeSet<String> = removed.into_iter().map(|k| k.to_string()).collect();
+        for key in self.inner.memory.remove_matching(|key| key_names_package(key, name)) {
+            removed.insert(key.to_string());
+        }
+        Ok(removed.into_iter().collect())
+    }
+
+    /// Evicts least recently used, unpinned entries from the disk tier until it fits its
+    /// budget. Entries that are being served are untouched: a served reply holds its own bytes.
+    pub async fn evict_disk(&self) -> Result<u64, StoreError> {
+        let budget = self.inner.config.disk_cache_bytes;
+        if budget == 0 || self.inner.store.usage().1 <= budget {
+            return Ok(0);
+        }
+        let store = self.inner.store.clone();
+        let memory = self.inner.memory.clone();
+        let evicted = tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
+            let mut candidates: Vec<(u64, CacheKey)> = store
+                .list("")?
+                .into_iter()
+                .filter(|(_, meta)| !meta.pinned)
+                .map(|(key, meta)| {
+                    // Milliseconds: the memory tier knows when an entry was last served or
+                    // stored; an entry only on disk counts from its last confirmation.
+                    let used = memory.get(&key).map(|e| e.last_used()).unwrap_or(0).max(meta.fetched_at * 1000);
+                    (used, key)
+                })
+                .collect();
+            candidates.sort();
+            let mut evicted = 0;
+            for (_, key) in candidates {
+                if store.usage().1 <= budget {
+                    break;
+                }
+                store.remove(&key)?;
+                evicted += 1;
+            }
+            Ok(evicted)
+        })
+        .await
+        .map_err(|e| StoreError::Damaged(e.to_string()))??;
+        if evicted > 0 {
+            self.inner.metrics.cache_evictions.with_label_values(&["disk"]).inc_by(evicted);
+            tracing::info!(evicted, budget, "store: evicted least recently used entries");
+        }
+        Ok(evicted)
+    }
+
+    /// Re-verifies a stored entry from the disk tier alone: its checksum on read, then its
+    /// signature or its checksum against the stored verified record. `Ok(false)`: not stored.
+    pub async fn check_stored(&self, key: &CacheKey) -> Result<bool, CheckError> {
+        let (target, resource) = self.target_and_resource(key)?;
+        let store = self.inner.store.clone();
+        let disk_key = key.clone();
+        let found = tokio::task::spawn_blocking(move || store.get(&disk_key))
+            .await
+            .map_err(|e| CheckError::Store(StoreError::Damaged(e.to_string())))?;
+        let Some((meta, body)) = found? else { return Ok(false) };
+        let check = self.stored_check(&target, &resource, &HashMap::new(), None).await?;
+        self.verify_content(&target, &resource, &check, body, &meta.upstream).await?;
+        Ok(true)
+    }
+
+    /// What stored (or imported) bytes of `resource` must satisfy, from verified records alone:
+    /// a tarball's checksum from `records` (of the same bundle) or the stored record; a
+    /// signature's object from `signs` or the store; an installer's digest from its listing.
+    async fn stored_check(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        records: &HashMap<(String, String), Arc<Entry>>,
+        signs: Option<Bytes>,
+    ) -> Result<Check, CheckError> {
+        let internal = ClientCredentials::internal();
+        Ok(match resource {
+            Resource::Tarball { name, version } => {
+                let record = match records.get(&(target.namespace.clone(), name.clone())) {
+                    Some(entry) => entry.clone(),
+                    None => {
+                        self.resolve_stored(target, &Resource::Package(name.clone()), &internal)
+                            .await
+                            .ok_or_else(|| CheckError::NoRecord(name.clone()))?
+                            .0
+                    }
+                };
+                match record.content.facts() {
+                    Facts::Releases(releases) => Check::Tarball(
+                        *releases.get(version).ok_or_else(|| CheckError::NotListed(name.clone(), version.clone()))?,
+                    ),
+                    _ => return Err(CheckError::NoReleases(name.clone())),
+                }
+            }
+            Resource::Docs { .. } => Check::Docs,
+            Resource::Installs(path) if is_installer_archive(path) => {
+                Check::Installer(self.installer_digest(target, path, &internal).await?)
+            }
+            _ => match signed_by(resource) {
+                Some(signed_resource) => {
+                    let signed = match signs {
+                        Some(bytes) => bytes,
+                        None => {
+                            let (entry, _) = self
+                                .resolve_stored(target, &signed_resource, &internal)
+                                .await
+                                .ok_or_else(|| CheckError::NoSigned(signed_resource.path()))?;
+                            entry.bytes().clone()
+                        }
+                    };
+                    Check::Signature { signed, ttl: None }
+                }
+                None => Check::Ttl(None),
+            },
+        })
+    }
+
+    /// The target and resource a key names.
+    fn target_and_resource(&self, key: &CacheKey) -> Result<(Target, Resource), CheckError> {
+        let mut parts = key.as_str().splitn(3, '/');
+        let (_, namespace, path) = (parts.next(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        let segments: Vec<&str> = path.split('/').collect();
+        let resource = Resource::parse(&segments).map_err(|_| CheckError::NotAResource(key.to_string()))?;
+        Ok((self.target_of_namespace(namespace), resource))
+    }
+
+    /// A stored entry of `resource` (public or private), verified, without asking the upstream.
+    pub(super) async fn resolve_stored(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        _client: &ClientCredentials,
+    ) -> Option<(Arc<Entry>, CacheStatus)> {
+        let path = resource.path();
+        for private in [false, true] {
+            let key = CacheKey::new(&target.namespace, &path, private);
+            if let Some(entry) = self.lookup(target, &key, resource, &Check::Ttl(None)).await {
+                return Some((entry, CacheStatus::Hit));
+            }
+        }
+        None
+    }
+
+    /// Verifies bytes brought in from outside (an import bundle) as the resource `key` names.
+    /// Tarballs are checked against `records` (verified records of the same bundle) or, failing
+    /// that, the stored verified record; registry v1 files and installs CSVs need `signature`;
+    /// a signature file needs `signs`, the bytes it signs (from the bundle) or their stored copy.
+    /// Whether the entry is private is decided here, not by the bundle: an organization's or a
+    /// closed repository's content labelled public is refused.
+    pub async fn verify_import(
+        &self,
+        key: &CacheKey,
+        bytes: Bytes,
+        signature: Option<String>,
+        signs: Option<Bytes>,
+        records: &HashMap<(String, String), Arc<Entry>>,
+    ) -> Result<Entry, CheckError> {
+        let (target, resource) = self.target_and_resource(key)?;
+        if !key.is_private() && self.is_private_by_nature(&target) {
+            return Err(CheckError::LabelledPublic(target.namespace.clone()));
+        }
+        let check = self.stored_check(&target, &resource, records, signs).await?;
+        let validators = Validators { signature, ..Validators::default() };
+        let content = self.verify_content(&target, &resource, &check, bytes, &validators).await?;
+        let private = key.is_private() || self.is_private_by_nature(&target);
+        let mut entry = Entry::new(content, resource.kind(), validators, unix_now(), private);
+        entry.pinned = true;
+        Ok(entry)
+    }
+
+    /// Stores an imported entry in both tiers, pinned.
+    pub async fn store_imported(&self, key: &CacheKey, entry: Entry) -> Result<(), StoreError> {
+        let entry = Arc::new(entry);
+        self.inner.memory.insert(key.clone(), entry.clone());
+        let store = self.inner.store.clone();
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || store.put(&key, &entry.stored_meta(), entry.bytes()))
+            .await
+            .map_err(|e| StoreError::Damaged(e.to_string()))?
+    }
+
+    /// Removes one entry from both tiers.
+    pub async fn remove(&self, key: &CacheKey) -> Result<(), StoreError> {
+        self.inner.memory.remove(key);
+        let store = self.inner.store.clone();
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || store.remove(&key)).await.map_err(|e| StoreError::Damaged(e.to_string()))?
+    }
+
+    /// Refreshes the cache size gauges.
+    pub fn update_gauges(&self) {
+        let m = &self.inner.metrics;
+        let (entries, bytes) = self.inner.memory.usage();
+        m.cache_entries.with_label_values(&["memory"]).set(entries as i64);
+        m.cache_bytes.with_label_values(&["memory"]).set(bytes as i64);
+        let (entries, bytes) = self.inner.store.usage();
+        m.cache_entries.with_label_values(&["disk"]).set(entries as i64);
+        m.cache_bytes.with_label_values(&["disk"]).set(bytes as i64);
+    }
+
+    pub(super) fn note_store_result(&self, result: Result<Result<(), StoreError>, tokio::task::JoinError>) {
+        let m = &self.inner.metrics;
+        match result {
+            Ok(Ok(())) => {
+                if self.inner.degraded.swap(false, Ordering::Relaxed) {
+                    m.store_degraded.set(0);
+                    tracing::info!("store: writes succeed again");
+                }
+            }
+            Ok(Err(e)) => {
+                m.store_write_errors.inc();
+                if !self.inner.degraded.swap(true, Ordering::Relaxed) {
+                    m.store_degraded.set(1);
+                    tracing::error!(error = %e, disk_full = e.is_disk_full(), "store: write failed; serving from memory and upstream until writes succeed");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "store: write task failed"),
+        }
+    }
+
+    /// The most recent refusals, newest first.
+    pub fn refusals(&self) -> Vec<Refusal> {
+        self.inner.refusals.lock().expect("never poisoned").iter().rev().cloned().collect()
+    }
+
+    pub(super) fn record_refusal(&self, target: &Target, path: &str, error: &VerifyError) {
+        self.inner
+            .metrics
+            .verification_failures
+            .with_label_values(&[target.label(), kind_of_path(path), error.reason()])
+            .inc();
+        let refusal = Refusal {
+            time: unix_now(),
+            repo: target.namespace.clone(),
+            resource: path.to_string(),
+            upstream: target.repo.upstreams.iter().map(crate::upstream::upstream_label).collect::<Vec<_>>().join(","),
+            reason: error.to_string(),
+        };
+        let mut refusals = self.inner.refusals.lock().expect("never poisoned");
+        if refusals.len() == REFUSALS_KEPT {
+            refusals.pop_front();
+        }
+        refusals.push_back(refusal);
+    }
+}
+
+/// True when `key` is package `name`'s record, tarball or docs in any namespace.
+pub fn key_names_package(key: &CacheKey, name: &str) -> bool {
+    let path = key.as_str().splitn(3, '/').nth(2).unwrap_or_default();
+    let segments: Vec<&str> = path.split('/').collect();
+    match Resource::parse(&segments) {
+        Ok(Resource::Package(n)) => n == name,
+        Ok(Resource::Tarball { name: n, .. } | Resource::Docs { name: n, .. }) => n == name,
+        _ => false,
+    }
+}
+
+pub(super) fn kind_of_path(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.split('/').collect();
+    Resource::parse(&segments).map(|r| r.kind().as_str()).unwrap_or("none")
+}
