@@ -22,7 +22,7 @@ fn main() {
             private: false,
             pinned: false,
         };
-        let key = CacheKey::new("hexpm", &format!("tarballs/pkg{i}-1.0.0.tar"), false);
+        let key = CacheKey::parse(&format!("public/hexpm/tarballs/pkg{i}-1.0.0.tar")).expect("a cache key");
         store.put(&key, &meta, &body).expect("put");
     }
     store.flush().expect("flush");

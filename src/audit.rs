@@ -58,17 +58,16 @@ pub async fn run(mirror: &Mirror, repair: bool) -> AuditReport {
     }
     // Releases the selected records list that nobody selected.
     let limit = mirror.config().max_registry_bytes;
-    for key in selection.keys.iter().filter(|k| k.contains("/packages/")) {
-        let Some(parsed) = CacheKey::parse(key) else { continue };
+    for key in &selection.keys {
+        let Some(parsed) = CacheKey::parse(key).filter(|k| matches!(k.resource(), Resource::Package(_))) else {
+            continue;
+        };
         let Ok(Some((_, body))) = mirror.store().get(&parsed) else { continue };
         let Some(package) = decode_package(&body, limit) else { continue };
-        let (scope, namespace) = {
-            let mut parts = key.splitn(3, '/');
-            (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default().to_string())
-        };
         for release in &package.releases {
-            let tarball = format!("{scope}/{namespace}/tarballs/{}-{}.tar", package.name, release.version);
-            if !selection.keys.contains(&tarball) {
+            let resource = Resource::Tarball { name: package.name.clone(), version: release.version.clone() };
+            let tarball = CacheKey::new(parsed.namespace(), &resource, parsed.is_private());
+            if !selection.keys.contains(tarball.as_str()) {
                 report.unselected_releases += 1;
             }
         }
@@ -91,11 +90,8 @@ pub async fn run(mirror: &Mirror, repair: bool) -> AuditReport {
 async fn repair_one(mirror: &Mirror, key: &str) -> bool {
     let Some(parsed) = CacheKey::parse(key) else { return false };
     let _ = mirror.remove(&parsed).await;
-    let mut parts = key.splitn(3, '/');
-    let (_, namespace, path) = (parts.next(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-    let segments: Vec<&str> = path.split('/').collect();
-    let Ok(resource) = Resource::parse(&segments) else { return false };
-    let target = mirror.target_of_namespace(namespace);
+    let target = mirror.target_of_namespace(parsed.namespace());
+    let resource = parsed.resource().clone();
     match mirror.fetch_internal(&target, &resource).await {
         Ok(reply) => {
             let key = mirror.key_for(&target, &resource, reply.private);

@@ -325,11 +325,12 @@ pub fn kind_of(key: &str) -> Result<&'static str, BundleError> {
     if key.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
         return Err(invalid("empty, `.` or `..` segment"));
     }
-    if CacheKey::parse(key).is_none() {
-        return Err(invalid("not scope/namespace/path with scope public or private"));
-    }
+    // CacheKey::parse decides; the layers before it only say which part is wrong.
     let mut parts = key.splitn(3, '/');
-    let (_scope, namespace, path) = (parts.next(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let (scope, namespace, path) = (parts.next(), parts.next(), parts.next());
+    let (Some("public" | "private"), Some(namespace), Some(path)) = (scope, namespace, path) else {
+        return Err(invalid("not scope/namespace/path with scope public or private"));
+    };
     let namespace_ok = match namespace.split_once('~') {
         Some((repo, org)) => repo == "hexpm" && route::repo_name(org).is_ok(),
         None => route::repo_name(namespace).is_ok(),
@@ -338,9 +339,12 @@ pub fn kind_of(key: &str) -> Result<&'static str, BundleError> {
         return Err(invalid("namespace is not a repository name or hexpm~ORG"));
     }
     let segments: Vec<&str> = path.split('/').collect();
-    match Resource::parse(&segments) {
-        Ok(resource) if resource.path() == path => Ok(resource.kind().as_str()),
-        _ => Err(invalid("path is not a repository resource")),
+    if Resource::parse(&segments).is_err() {
+        return Err(invalid("path is not a repository resource"));
+    }
+    match CacheKey::parse(key) {
+        Some(key) => Ok(key.resource().kind().as_str()),
+        None => Err(invalid("path is not a repository resource")),
     }
 }
 

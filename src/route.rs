@@ -25,7 +25,7 @@ pub enum Route {
 }
 
 /// A repository resource, with its validated parts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Resource {
     Names,
     Versions,
@@ -42,8 +42,18 @@ pub enum Resource {
     Policy(String),
     RegistryV1,
     RegistryV1Signed,
-    /// `/installs/FILE` or `/installs/ELIXIR_VERSION/FILE`.
-    Installs(String),
+    /// `/installs/LIST.csv`: a signed list of installer archives (`hex-1.x`, `rebar3-1.x`).
+    InstallsList(String),
+    /// `/installs/LIST.csv.signed`: that list's detached signature.
+    InstallsListSignature(String),
+    /// `/installs/ELIXIR/APP-VERSION` (`.ez` for Hex): an installer archive for one Elixir
+    /// version, verified against the sha512 its list gives.
+    Installer {
+        elixir: String,
+        app: String,
+        version: String,
+        ez: bool,
+    },
 }
 
 /// The closed set of resource kinds, used as a metric label and in logs.
@@ -99,7 +109,9 @@ impl Resource {
             Resource::PublicKey => Kind::PublicKey,
             Resource::Policy(_) => Kind::Policy,
             Resource::RegistryV1 | Resource::RegistryV1Signed => Kind::RegistryV1,
-            Resource::Installs(_) => Kind::Installs,
+            Resource::InstallsList(_) | Resource::InstallsListSignature(_) | Resource::Installer { .. } => {
+                Kind::Installs
+            }
         }
     }
 
@@ -115,7 +127,11 @@ impl Resource {
             Resource::Policy(name) => format!("policies/{name}"),
             Resource::RegistryV1 => "registry.ets.gz".into(),
             Resource::RegistryV1Signed => "registry.ets.gz.signed".into(),
-            Resource::Installs(rest) => format!("installs/{rest}"),
+            Resource::InstallsList(list) => format!("installs/{list}.csv"),
+            Resource::InstallsListSignature(list) => format!("installs/{list}.csv.signed"),
+            Resource::Installer { elixir, app, version, ez } => {
+                format!("installs/{elixir}/{app}-{version}{}", if *ez { ".ez" } else { "" })
+            }
         }
     }
 
@@ -139,9 +155,31 @@ impl Resource {
                 Ok(Resource::Docs { name, version })
             }
             ["policies", name] => Ok(Resource::Policy(policy_name(name)?.to_string())),
-            ["installs", file] => Ok(Resource::Installs(install_segment(file)?.to_string())),
+            ["installs", file] => {
+                let file = install_segment(file)?;
+                if let Some(list) = file.strip_suffix(".csv.signed").filter(|l| !l.is_empty()) {
+                    Ok(Resource::InstallsListSignature(list.to_string()))
+                } else if let Some(list) = file.strip_suffix(".csv").filter(|l| !l.is_empty()) {
+                    Ok(Resource::InstallsList(list.to_string()))
+                } else {
+                    Err(RouteError::NotFound)
+                }
+            }
             ["installs", dir, file] => {
-                Ok(Resource::Installs(format!("{}/{}", install_segment(dir)?, install_segment(file)?)))
+                let (elixir, file) = (install_segment(dir)?, install_segment(file)?);
+                let (stem, ez) = match file.strip_suffix(".ez") {
+                    Some(stem) => (stem, true),
+                    None => (file, false),
+                };
+                match stem.split_once('-') {
+                    Some((app, version)) if !app.is_empty() && !version.is_empty() => Ok(Resource::Installer {
+                        elixir: elixir.to_string(),
+                        app: app.to_string(),
+                        version: version.to_string(),
+                        ez,
+                    }),
+                    _ => Err(RouteError::NotFound),
+                }
             }
             _ => Err(RouteError::NotFound),
         }
@@ -295,9 +333,18 @@ mod tests {
             root(Resource::Tarball { name: "pkg".into(), version: "1.0.0-rc.1+build.5".into() }),
         );
         check("/docs/ecto-3.10.1.tar.gz", root(Resource::Docs { name: "ecto".into(), version: "3.10.1".into() }));
-        check("/installs/hex-1.x.csv", root(Resource::Installs("hex-1.x.csv".into())));
-        check("/installs/hex-1.x.csv.signed", root(Resource::Installs("hex-1.x.csv.signed".into())));
-        check("/installs/1.14.0/hex-2.0.6.ez", root(Resource::Installs("1.14.0/hex-2.0.6.ez".into())));
+        check("/installs/hex-1.x.csv", root(Resource::InstallsList("hex-1.x".into())));
+        check("/installs/hex-1.x.csv.signed", root(Resource::InstallsListSignature("hex-1.x".into())));
+        let installer = |app: &str, version: &str, ez| Resource::Installer {
+            elixir: "1.14.0".into(),
+            app: app.into(),
+            version: version.into(),
+            ez,
+        };
+        check("/installs/1.14.0/hex-2.0.6.ez", root(installer("hex", "2.0.6", true)));
+        check("/installs/1.14.0/rebar3-3.22.0", root(installer("rebar3", "3.22.0", false)));
+        check("/installs/hex.ez", Err(RouteError::NotFound));
+        check("/installs/1.14.0/hex.ez", Err(RouteError::NotFound));
     }
 
     #[test]

@@ -327,16 +327,17 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
         }
     }
     if request.installers {
-        for (app, suffix) in [("hex", ".ez"), ("rebar3", "")] {
-            let csv = format!("{app}-1.x.csv");
-            let listing = planner.fetch(&request.repo, Resource::Installs(csv.clone())).await;
-            planner.fetch(&request.repo, Resource::Installs(format!("{csv}.signed"))).await;
+        for (app, ez) in [("hex", true), ("rebar3", false)] {
+            let list = format!("{app}-1.x");
+            let listing = planner.fetch(&request.repo, Resource::InstallsList(list.clone())).await;
+            planner.fetch(&request.repo, Resource::InstallsListSignature(list)).await;
             // The newest installer for each Elixir version it supports: what `mix local.hex`
             // and `mix local.rebar` pick.
             let Some(last) = listing.and_then(|csv| newest_install_row(&csv)) else { continue };
             for elixir in &last.1 {
-                let archive = format!("{elixir}/{app}-{}{suffix}", last.0);
-                planner.fetch(&request.repo, Resource::Installs(archive)).await;
+                let archive =
+                    Resource::Installer { elixir: elixir.clone(), app: app.into(), version: last.0.clone(), ez };
+                planner.fetch(&request.repo, archive).await;
             }
         }
     }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::bundle::{self, Manifest};
 use crate::cache::CacheKey;
 use crate::mirror::Mirror;
+use crate::route::Resource;
 use crate::sync::Selection;
 
 /// What to export.
@@ -94,40 +95,31 @@ pub async fn import(mirror: &Mirror, bytes: &[u8]) -> Result<ImportReport, Strin
     for object in &read.objects {
         objects.insert(object.key.clone(), object.bytes.clone());
     }
-    // Registry files first (their verified records vouch for tarballs), signatures beside
-    // what they sign, then everything else.
-    let rank = |key: &str| {
-        if key.contains("/packages/")
-            || key.ends_with("/names")
-            || key.ends_with("/versions")
-            || key.contains("/policies/")
-        {
-            0
-        } else if key.ends_with(".csv") || key.ends_with("registry.ets.gz") {
-            1
-        } else {
-            2
-        }
-    };
-    let mut keys: Vec<&String> = objects.keys().collect();
-    keys.sort_by_key(|k| (rank(k), (*k).clone()));
+    // Registry files first (their verified records vouch for tarballs), then the objects
+    // detached signatures sign, then everything else (tarballs, signatures, installers, docs).
+    let mut keys = Vec::with_capacity(objects.len());
+    for key_text in objects.keys() {
+        let key = CacheKey::parse(key_text).ok_or_else(|| format!("bundle refused: {key_text}: not a cache key"))?;
+        let rank = match key.resource() {
+            Resource::Names | Resource::Versions | Resource::Package(_) | Resource::Policy(_) => 0,
+            Resource::InstallsList(_) | Resource::RegistryV1 => 1,
+            _ => 2,
+        };
+        keys.push((rank, key_text.clone(), key));
+    }
+    keys.sort();
     let mut records = HashMap::new();
     let mut verified = Vec::new();
-    for key_text in keys {
-        let key = CacheKey::parse(key_text).ok_or_else(|| format!("bundle refused: {key_text}: not a cache key"))?;
+    for (_, key_text, key) in keys {
         let signature = objects.get(&format!("{key_text}.signed")).and_then(|s| String::from_utf8(s.to_vec()).ok());
         let signs = key_text.strip_suffix(".signed").and_then(|signed| objects.get(signed)).cloned();
         let entry = mirror
-            .verify_import(&key, objects[key_text].clone(), signature, signs, &records)
+            .verify_import(&key, objects[&key_text].clone(), signature, signs, &records)
             .await
             .map_err(|reason| format!("bundle refused: {key_text}: {reason}"))?;
         let entry = Arc::new(entry);
-        if key_text.contains("/packages/") {
-            let mut parts = key_text.splitn(3, '/');
-            let (_, namespace, path) =
-                (parts.next(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-            let name = path.trim_start_matches("packages/").to_string();
-            records.insert((namespace.to_string(), name), entry.clone());
+        if let Resource::Package(name) = key.resource() {
+            records.insert((key.namespace().to_string(), name.clone()), entry.clone());
         }
         verified.push((key, entry));
     }

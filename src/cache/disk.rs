@@ -406,7 +406,7 @@ mod tests {
     }
 
     fn key(path: &str) -> CacheKey {
-        CacheKey::new("hexpm", path, false)
+        CacheKey::parse(&format!("public/hexpm/{path}")).expect("a resource path")
     }
 
     #[test]
@@ -461,22 +461,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (store, _) = DiskStore::open(dir.path()).unwrap();
-            store.put(&key("a"), &meta_for(b"a"), b"a").unwrap();
-            store.put(&key("b"), &meta_for(b"bb"), b"bb").unwrap();
+            store.put(&key("packages/a"), &meta_for(b"a"), b"a").unwrap();
+            store.put(&key("packages/b"), &meta_for(b"bb"), b"bb").unwrap();
             // A crash between rename and index insert leaves an orphan blob...
-            let orphan = store.blob_path(&key("c"), &meta_for(b"c").sha256);
+            let orphan = store.blob_path(&key("packages/c"), &meta_for(b"c").sha256);
             fs::create_dir_all(orphan.parent().unwrap()).unwrap();
             fs::write(orphan, b"c").unwrap();
             // ...a crash during the write leaves a temp file...
             fs::write(dir.path().join("tmp").join("123-0"), b"half").unwrap();
             // ...and a lost or truncated blob leaves a dangling record.
-            fs::remove_file(store.blob_path(&key("b"), &meta_for(b"bb").sha256)).unwrap();
+            fs::remove_file(store.blob_path(&key("packages/b"), &meta_for(b"bb").sha256)).unwrap();
             store.flush().unwrap();
         }
         let (store, sweep) = DiskStore::open(dir.path()).unwrap();
         assert_eq!(sweep, Sweep { temp_files: 1, orphan_blobs: 1, dangling_records: 1 });
         assert_eq!(store.usage(), (1, 1));
-        assert!(store.get(&key("a")).unwrap().is_some());
+        assert!(store.get(&key("packages/a")).unwrap().is_some());
     }
 
     #[test]
@@ -517,7 +517,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = DiskStore::open(dir.path()).unwrap();
         store.put(&key("packages/a"), &meta_for(b"a"), b"a").unwrap();
-        store.put(&CacheKey::new("corp", "packages/a", false), &meta_for(b"a"), b"a").unwrap();
+        store.put(&CacheKey::parse("public/corp/packages/a").unwrap(), &meta_for(b"a"), b"a").unwrap();
         assert_eq!(store.list("public/hexpm/").unwrap().len(), 1);
         assert_eq!(store.list("public/").unwrap().len(), 2);
         store.remove(&key("packages/a")).unwrap();

@@ -89,7 +89,7 @@ mod tests {
             counter.fetch_add(1, Ordering::Relaxed);
         });
         for i in 0..50 {
-            tier.insert(CacheKey::new("hexpm", &format!("docs/x{i}"), false), entry(10_000));
+            tier.insert(CacheKey::parse(&format!("public/hexpm/docs/x{i}-1.0.0.tar.gz")).unwrap(), entry(10_000));
         }
         let (_, bytes) = tier.usage();
         assert!(bytes <= 100_000, "{bytes}");
@@ -99,10 +99,10 @@ mod tests {
     #[test]
     fn remove_prefix_removes_only_matching() {
         let tier = MemoryTier::new(1 << 20, || {});
-        tier.insert(CacheKey::new("hexpm", "packages/a", false), entry(1));
-        tier.insert(CacheKey::new("corp", "packages/a", false), entry(1));
+        tier.insert(CacheKey::parse("public/hexpm/packages/a").unwrap(), entry(1));
+        tier.insert(CacheKey::parse("public/corp/packages/a").unwrap(), entry(1));
         tier.remove_prefix("public/hexpm/");
-        assert!(tier.get(&CacheKey::new("hexpm", "packages/a", false)).is_none());
-        assert!(tier.get(&CacheKey::new("corp", "packages/a", false)).is_some());
+        assert!(tier.get(&CacheKey::parse("public/hexpm/packages/a").unwrap()).is_none());
+        assert!(tier.get(&CacheKey::parse("public/corp/packages/a").unwrap()).is_some());
     }
 }

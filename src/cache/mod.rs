@@ -23,41 +23,76 @@ pub use memory::MemoryTier;
 /// Where an entry lives in the cache.
 ///
 /// Getting a key wrong is cache poisoning: two resources that may differ must never share a key.
-/// A key therefore names the namespace the bytes were verified for (a configured repository, or
-/// `hexpm` plus a hex.pm organization), the resource path, and whether the entry is private.
-/// Private entries live in their own key space and are never keyed by a client's token.
+/// A key therefore names the scope (private entries live in their own key space and are never
+/// keyed by a client's token), the namespace the bytes were verified for (a configured
+/// repository, or `hexpm` plus a hex.pm organization: `hexpm~ORG`) and the parsed resource. It is
+/// rendered (`SCOPE/NAMESPACE/PATH`, the text the store and bundles use) and parsed here only.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CacheKey(String);
+pub struct CacheKey {
+    /// The rendered key; first, so that keys order by their text.
+    text: String,
+    private: bool,
+    namespace: String,
+    resource: Resource,
+}
 
 impl CacheKey {
     /// `namespace` is a repository name, or `hexpm~ORG` for a hex.pm organization.
-    pub fn new(namespace: &str, path: &str, private: bool) -> Self {
+    pub fn new(namespace: &str, resource: &Resource, private: bool) -> Self {
         let scope = if private { "private" } else { "public" };
-        CacheKey(format!("{scope}/{namespace}/{path}"))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        let mut parts = text.splitn(3, '/');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some("public" | "private"), Some(ns), Some(path)) if !ns.is_empty() && !path.is_empty() => {
-                Some(CacheKey(text.to_string()))
-            }
-            _ => None,
+        CacheKey {
+            text: format!("{scope}/{namespace}/{}", resource.path()),
+            private,
+            namespace: namespace.to_string(),
+            resource: resource.clone(),
         }
     }
 
+    /// The inverse of rendering: `SCOPE/NAMESPACE/PATH` with a known scope, a namespace that is a
+    /// repository name or `hexpm~ORG`, and a path that is a repository resource written exactly
+    /// as hexmirror writes it.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.splitn(3, '/');
+        let (scope, namespace, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let private = match scope {
+            "public" => false,
+            "private" => true,
+            _ => return None,
+        };
+        let namespace_ok = match namespace.split_once('~') {
+            Some((repo, org)) => repo == "hexpm" && crate::route::repo_name(org).is_ok(),
+            None => crate::route::repo_name(namespace).is_ok(),
+        };
+        let segments: Vec<&str> = path.split('/').collect();
+        let resource = Resource::parse(&segments).ok()?;
+        (namespace_ok && resource.path() == path).then(|| CacheKey::new(namespace, &resource, private))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
     pub fn is_private(&self) -> bool {
-        self.0.starts_with("private/")
+        self.private
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn resource(&self) -> &Resource {
+        &self.resource
+    }
+
+    /// The same resource in the other scope (`private` → `public` and back).
+    pub fn with_scope(&self, private: bool) -> CacheKey {
+        CacheKey::new(&self.namespace, &self.resource, private)
     }
 }
 
 impl std::fmt::Display for CacheKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
@@ -220,15 +255,29 @@ mod tests {
 
     #[test]
     fn keys_separate_scopes_and_namespaces() {
-        let public = CacheKey::new("hexpm", "packages/a", false);
-        let private = CacheKey::new("hexpm", "packages/a", true);
-        let org = CacheKey::new("hexpm~acme", "packages/a", false);
+        let a = Resource::Package("a".into());
+        let public = CacheKey::new("hexpm", &a, false);
+        let private = CacheKey::new("hexpm", &a, true);
+        let org = CacheKey::new("hexpm~acme", &a, false);
         assert_ne!(public, private);
         assert_ne!(public, org);
         assert!(private.is_private() && !public.is_private());
-        assert_eq!(CacheKey::parse(public.as_str()), Some(public));
-        assert_eq!(CacheKey::parse("other/x/y"), None);
-        assert_eq!(CacheKey::parse("public//y"), None);
+        assert_eq!(public.as_str(), "public/hexpm/packages/a");
+        assert_eq!((org.namespace(), org.resource()), ("hexpm~acme", &a));
+        assert_eq!(CacheKey::parse(public.as_str()), Some(public.clone()));
+        assert_eq!(private.with_scope(false), public);
+        for bad in [
+            "other/x/names",
+            "public//names",
+            "public/hexpm/",
+            "public/hexpm/packages/a/b",
+            "public/hexpm/nonsense",
+            "public/other~acme/names",
+            "public/hexpm~/names",
+            "public/hexpm/tarballs/a-1.0.0.tar/",
+        ] {
+            assert_eq!(CacheKey::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -99,7 +99,8 @@ mod tests {
         let other = [7u8; 32];
         let signed = || Bytes::from_static(b"signed");
         // (check, fetched_at, cache-control, now, default ttl, fresh)
-        let cases: Vec<(Check, u64, Option<&str>, u64, u64, bool)> = vec![
+        type Case = (Check, u64, Option<&'static str>, u64, u64, bool);
+        let cases: Vec<Case> = vec![
             (Check::Ttl(None), 0, None, 1_000_000, 300, true),
             (Check::Ttl(Some(300)), 1000, None, 1299, 300, true),
             (Check::Ttl(Some(300)), 1000, None, 1300, 300, false),

@@ -301,7 +301,7 @@ impl Mirror {
 
     /// The cache key a reply for `resource` was stored under.
     pub fn key_for(&self, target: &Target, resource: &Resource, private: bool) -> CacheKey {
-        CacheKey::new(&target.namespace, &resource.path(), private)
+        CacheKey::new(&target.namespace, resource, private)
     }
 
     /// The target a cache namespace belongs to (`hexpm`, `hexpm~ORG` or a repository name).

@@ -46,8 +46,8 @@ impl Mirror {
                 let checksum = self.release_checksum(target, name, version, client).await?;
                 self.resolve(target, resource, client, Check::Tarball(checksum)).await
             }
-            Resource::Installs(path) if is_installer_archive(path) => {
-                let digest = self.installer_digest(target, path, client).await?;
+            Resource::Installer { .. } => {
+                let digest = self.installer_digest(target, resource, client).await?;
                 self.resolve(target, resource, client, Check::Installer(digest)).await
             }
             Resource::Docs { .. } => self.resolve(target, resource, client, Check::Docs).await,
@@ -103,23 +103,21 @@ impl Mirror {
     pub(super) async fn installer_digest(
         &self,
         target: &Target,
-        path: &str,
+        installer: &Resource,
         client: &ClientCredentials,
     ) -> Result<String, MirrorError> {
-        let (elixir, file) = path.split_once('/').unwrap_or(("", path));
-        let stem = file.strip_suffix(".ez").unwrap_or(file);
-        let (app, version) = stem.split_once('-').ok_or_else(|| MirrorError::NotFound(format!("installs/{path}")))?;
-        let csv = Resource::Installs(format!("{app}-1.x.csv"));
-        let (entry, _) = self.resolve_entry(target, &csv, client, Check::Ttl(None)).await?;
+        let Resource::Installer { elixir, app, version, .. } = installer else {
+            return Err(MirrorError::Internal("an installer digest for something else".into()));
+        };
+        let list = Resource::InstallsList(format!("{app}-1.x"));
+        let (entry, _) = self.resolve_entry(target, &list, client, Check::Ttl(None)).await?;
         if let Facts::Installs(rows) = entry.content.facts() {
-            let row = rows
-                .iter()
-                .find(|r| r.version == version && (elixir.is_empty() || r.elixir_versions.iter().any(|e| e == elixir)));
+            let row = rows.iter().find(|r| r.version == *version && r.elixir_versions.iter().any(|e| e == elixir));
             if let Some(row) = row {
                 return Ok(row.digest.clone());
             }
         }
-        Err(MirrorError::NotFound(format!("installs/{path} is not listed in the verified installs list")))
+        Err(MirrorError::NotFound(format!("{} is not listed in the verified installs list", installer.path())))
     }
 
     pub(super) async fn resolve(
@@ -142,8 +140,8 @@ impl Mirror {
         check: Check,
     ) -> Result<(Arc<Entry>, CacheStatus), MirrorError> {
         let path = resource.path();
-        let public_key = CacheKey::new(&target.namespace, &path, false);
-        let private_key = CacheKey::new(&target.namespace, &path, true);
+        let public_key = CacheKey::new(&target.namespace, resource, false);
+        let private_key = public_key.with_scope(true);
         let offline = self.inner.config.offline;
         let allowed = self.access_allows(target, client);
 
@@ -269,7 +267,7 @@ impl Mirror {
         if self.is_closed(target) {
             return None;
         }
-        let entry = self.inner.memory.get(&CacheKey::new(&target.namespace, &resource.path(), false))?;
+        let entry = self.inner.memory.get(&CacheKey::new(&target.namespace, resource, false))?;
         let newer = stale.is_none_or(|old| entry.fetched_at > old.fetched_at || entry.etag != old.etag);
         (newer && self.is_fresh(&entry, check)).then_some(entry)
     }
@@ -343,7 +341,7 @@ impl Mirror {
                     match self.verify_content(target, resource, &check, response.body.clone(), &validators).await {
                         Ok(content) => content,
                         Err(MirrorError::Refused(e)) => {
-                            self.record_refusal(target, &path, &e);
+                            self.record_refusal(target, resource, &e);
                             return match cached {
                                 Some(_) => stale(MirrorError::Refused(e)),
                                 None => Err(MirrorError::Refused(e)),
@@ -357,7 +355,7 @@ impl Mirror {
                 let client_credential = matches!(credential, Credential::Client(_));
                 let private = is_private(&response, client_credential) || private_policy || self.is_closed(target);
                 let entry = Arc::new(Entry::new(content, resource.kind(), validators, now, private));
-                self.persist(target, &path, entry.clone()).await;
+                self.persist(target, resource, entry.clone()).await;
                 Ok((entry, CacheStatus::Miss))
             }
             304 => match cached {
@@ -369,7 +367,7 @@ impl Mirror {
                     entry.upstream.last_modified = fresh.last_modified.or(entry.upstream.last_modified);
                     entry.upstream.cache_control = fresh.cache_control.or(entry.upstream.cache_control);
                     let entry = Arc::new(entry);
-                    self.refresh(target, &path, entry.clone()).await;
+                    self.refresh(target, resource, entry.clone()).await;
                     Ok((entry, CacheStatus::Revalidated))
                 }
                 None => Err(MirrorError::Upstream(UpstreamError::Status(304))),
@@ -379,7 +377,7 @@ impl Mirror {
             403 | 404 | 410 => {
                 // hex.pm answers a missing object with 403 or 404; remember it briefly.
                 if !response.sent_credentials {
-                    self.inner.negative.insert(CacheKey::new(&target.namespace, &path, false), ());
+                    self.inner.negative.insert(CacheKey::new(&target.namespace, resource, false), ());
                 }
                 Err(MirrorError::NotFound(path))
             }
@@ -424,17 +422,17 @@ impl Mirror {
                 Check::Signature { signed, .. } => verify::registry_v1_signature(body, signed, key)?,
                 _ => return Err(MirrorError::Internal("a signature without what it signs".into())),
             },
-            Resource::Installs(path) if path.ends_with(".csv") => {
+            Resource::InstallsList(_) => {
                 let signature = validators.signature.as_deref().ok_or(VerifyError::MissingSignature)?;
                 verify::installs_csv(body, signature.as_bytes(), &self.inner.config.installs_public_key)?
             }
-            Resource::Installs(path) if path.ends_with(".csv.signed") => match check {
+            Resource::InstallsListSignature(_) => match check {
                 Check::Signature { signed, .. } => {
                     verify::installs_signature(body, signed, &self.inner.config.installs_public_key)?
                 }
                 _ => return Err(MirrorError::Internal("a signature without what it signs".into())),
             },
-            Resource::Installs(_) => match check {
+            Resource::Installer { .. } => match check {
                 Check::Installer(digest) => verify::installer(body, digest, self.inner.config.max_tarball_bytes)?,
                 _ => return Err(MirrorError::NotFound("installs file without a verified listing".into())),
             },
@@ -447,7 +445,7 @@ impl Mirror {
     pub(super) async fn detached_signature(&self, target: &Target, resource: &Resource) -> Option<String> {
         let path = match resource {
             Resource::RegistryV1 => format!("{}/registry.ets.gz.signed", target.prefix),
-            Resource::Installs(p) if p.ends_with(".csv") => format!("{}/installs/{p}.signed", target.prefix),
+            Resource::InstallsList(list) => format!("{}/installs/{list}.csv.signed", target.prefix),
             _ => return None,
         };
         let request = UpstreamRequest {
@@ -469,8 +467,8 @@ impl Mirror {
 
     /// Puts a new entry in both tiers. A private copy never replaces or hides a public one (nor
     /// the other way round): a lookup prefers the public copy, which serves everyone.
-    pub(super) async fn persist(&self, target: &Target, path: &str, entry: Arc<Entry>) {
-        let key = CacheKey::new(&target.namespace, path, entry.private);
+    pub(super) async fn persist(&self, target: &Target, resource: &Resource, entry: Arc<Entry>) {
+        let key = CacheKey::new(&target.namespace, resource, entry.private);
         self.inner.memory.insert(key.clone(), entry.clone());
         let store = self.inner.store.clone();
         let result = tokio::task::spawn_blocking(move || store.put(&key, &entry.stored_meta(), entry.bytes())).await;
@@ -483,8 +481,8 @@ impl Mirror {
     }
 
     /// Records a revalidation in both tiers.
-    pub(super) async fn refresh(&self, target: &Target, path: &str, entry: Arc<Entry>) {
-        let key = CacheKey::new(&target.namespace, path, entry.private);
+    pub(super) async fn refresh(&self, target: &Target, resource: &Resource, entry: Arc<Entry>) {
+        let key = CacheKey::new(&target.namespace, resource, entry.private);
         self.inner.memory.insert(key.clone(), entry.clone());
         let store = self.inner.store.clone();
         let result = tokio::task::spawn_blocking(move || store.update_meta(&key, &entry.stored_meta())).await;
@@ -496,25 +494,7 @@ impl Mirror {
 pub(super) fn signed_by(resource: &Resource) -> Option<Resource> {
     match resource {
         Resource::RegistryV1Signed => Some(Resource::RegistryV1),
-        Resource::Installs(path) if path.ends_with(".csv.signed") => {
-            Some(Resource::Installs(path.trim_end_matches(".signed").to_string()))
-        }
+        Resource::InstallsListSignature(list) => Some(Resource::InstallsList(list.clone())),
         _ => None,
-    }
-}
-
-pub(super) fn is_installer_archive(path: &str) -> bool {
-    !path.ends_with(".csv") && !path.ends_with(".csv.signed") && path.contains('/')
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    pub(super) fn installer_paths() {
-        assert!(is_installer_archive("1.14.0/hex-2.0.6.ez"));
-        assert!(!is_installer_archive("hex-1.x.csv"));
-        assert!(!is_installer_archive("hex-1.x.csv.signed"));
     }
 }

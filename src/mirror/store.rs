@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::access::ClientCredentials;
 use super::freshness::Check;
-use super::path::{is_installer_archive, signed_by};
+use super::path::signed_by;
 use super::{Mirror, MirrorError, Refusal, Target, REFUSALS_KEPT};
 use crate::cache::{unix_now, CacheKey, Entry, StoreError, Validators};
 use crate::metrics::CacheStatus;
@@ -168,9 +168,7 @@ impl Mirror {
                 }
             }
             Resource::Docs { .. } => Check::Docs,
-            Resource::Installs(path) if is_installer_archive(path) => {
-                Check::Installer(self.installer_digest(target, path, &internal).await?)
-            }
+            Resource::Installer { .. } => Check::Installer(self.installer_digest(target, resource, &internal).await?),
             _ => match signed_by(resource) {
                 Some(signed_resource) => {
                     let signed = match signs {
@@ -192,11 +190,7 @@ impl Mirror {
 
     /// The target and resource a key names.
     fn target_and_resource(&self, key: &CacheKey) -> Result<(Target, Resource), CheckError> {
-        let mut parts = key.as_str().splitn(3, '/');
-        let (_, namespace, path) = (parts.next(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-        let segments: Vec<&str> = path.split('/').collect();
-        let resource = Resource::parse(&segments).map_err(|_| CheckError::NotAResource(key.to_string()))?;
-        Ok((self.target_of_namespace(namespace), resource))
+        Ok((self.target_of_namespace(key.namespace()), key.resource().clone()))
     }
 
     /// A stored entry of `resource` (public or private), verified, without asking the upstream.
@@ -206,9 +200,8 @@ impl Mirror {
         resource: &Resource,
         _client: &ClientCredentials,
     ) -> Option<(Arc<Entry>, CacheStatus)> {
-        let path = resource.path();
         for private in [false, true] {
-            let key = CacheKey::new(&target.namespace, &path, private);
+            let key = CacheKey::new(&target.namespace, resource, private);
             if let Some(entry) = self.lookup(target, &key, resource, &Check::Ttl(None)).await {
                 return Some((entry, CacheStatus::Hit));
             }
@@ -298,16 +291,16 @@ impl Mirror {
         self.inner.refusals.lock().expect("never poisoned").iter().rev().cloned().collect()
     }
 
-    pub(super) fn record_refusal(&self, target: &Target, path: &str, error: &VerifyError) {
+    pub(super) fn record_refusal(&self, target: &Target, resource: &Resource, error: &VerifyError) {
         self.inner
             .metrics
             .verification_failures
-            .with_label_values(&[target.label(), kind_of_path(path), error.reason()])
+            .with_label_values(&[target.label(), resource.kind().as_str(), error.reason()])
             .inc();
         let refusal = Refusal {
             time: unix_now(),
             repo: target.namespace.clone(),
-            resource: path.to_string(),
+            resource: resource.path(),
             upstream: target.repo.upstreams.iter().map(crate::upstream::upstream_label).collect::<Vec<_>>().join(","),
             reason: error.to_string(),
         };
@@ -321,16 +314,8 @@ impl Mirror {
 
 /// True when `key` is package `name`'s record, tarball or docs in any namespace.
 pub fn key_names_package(key: &CacheKey, name: &str) -> bool {
-    let path = key.as_str().splitn(3, '/').nth(2).unwrap_or_default();
-    let segments: Vec<&str> = path.split('/').collect();
-    match Resource::parse(&segments) {
-        Ok(Resource::Package(n)) => n == name,
-        Ok(Resource::Tarball { name: n, .. } | Resource::Docs { name: n, .. }) => n == name,
+    match key.resource() {
+        Resource::Package(n) | Resource::Tarball { name: n, .. } | Resource::Docs { name: n, .. } => n == name,
         _ => false,
     }
-}
-
-pub(super) fn kind_of_path(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.split('/').collect();
-    Resource::parse(&segments).map(|r| r.kind().as_str()).unwrap_or("none")
 }
