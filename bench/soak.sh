@@ -35,44 +35,23 @@
 # the machine: nproc, free -g, kernel, CPU) goes to OUT. Exit status non-zero on a violation.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-root=$(cd "$here/.." && pwd)
+. "$here/../tests/lib/harness.sh" soak   # root, harness_start, die, need_hexmirror, free_port, wait_http
 fixtures=$root/tests/fixtures/demo-repo
 duration=${DURATION:-600}
 out=${OUT:-$here/SOAK.md}
 
-for tool in python3 curl; do
-  command -v "$tool" >/dev/null || { echo "soak: $tool not found" >&2; exit 2; }
-done
+if tool=$(missing_tool python3 curl); then echo "soak: $tool not found" >&2; exit 2; fi
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/hexmirror-soak.XXXXXX")
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-  if [ "${KEEP:-0}" = 1 ]; then echo "scratch dir kept: $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-die() { echo "soak: $*" >&2; exit 1; }
-
+harness_start
 if [ -n "${HEXMIRROR_BIN:-}" ]; then
-  bin=$HEXMIRROR_BIN
   build="given binary"
 else
-  (cd "$root" && cargo build --release --bin hexmirror) > "$work/build.log" 2>&1 \
-    || { tail -n 20 "$work/build.log"; die "cargo build --release failed"; }
-  bin=$root/target/release/hexmirror
   rev=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
   [ -z "$(git -C "$root" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ] || rev="$rev with local changes"
   build="cargo build --release of commit $rev"
 fi
-[ -x "$bin" ] || die "$bin is not executable"
-unset HEXMIRROR_BIN   # hexmirror reads HEXMIRROR_* as configuration
+need_hexmirror --release --bin hexmirror
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 hexpm_port=$(free_port) acme_port=$(free_port) port=$(free_port)
 
 # ---- the upstream server ------------------------------------------------------------------
@@ -162,11 +141,9 @@ tokens = ["soak-client-token"]
 EOF
 RUST_LOG=${RUST_LOG:-warn} "$bin" --config "$work/hexmirror.toml" serve > "$work/hexmirror.out" 2> "$work/hexmirror.log" &
 mirror_pid=$!; pids+=("$mirror_pid")
-for _ in $(seq 100); do
-  curl -s -o /dev/null -f "http://127.0.0.1:$port/readyz" && break
-  kill -0 "$mirror_pid" 2>/dev/null || { tail -n 20 "$work/hexmirror.log"; die "hexmirror did not start"; }
-  sleep 0.1
-done
+# Not ready within 10 s is not fatal here (the driver finds out), a dead hexmirror is.
+wait_http "http://127.0.0.1:$port/readyz" "$mirror_pid" 10 || kill -0 "$mirror_pid" 2>/dev/null \
+  || { tail -n 20 "$work/hexmirror.log"; die "hexmirror did not start"; }
 
 # ---- the driver: upstreams, flapper, load, sampler, report -------------------------------
 cat > "$work/driver.py" <<'PY'
