@@ -11,7 +11,7 @@
 # 200 with the exact expected body.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-root=$(cd "$here/.." && pwd)
+. "$here/../tests/lib/harness.sh" bench   # root, harness_start, stop_pid, die, need_hexmirror, free_port, wait_http
 keys=$root/tests/fixtures/demo-repo/keys
 
 if [ "${QUICK:-0}" = 1 ]; then rounds=${ROUNDS:-1} duration=${DURATION:-2s}
@@ -19,33 +19,14 @@ else rounds=${ROUNDS:-3} duration=${DURATION:-5s}; fi
 wrk_threads=${WRK_THREADS:-2} wrk_conns=${WRK_CONNS:-32} herd_n=${HERD:-200}
 cold_rounds=${COLD_ROUNDS:-$rounds}
 
-for tool in wrk nginx curl escript rebar3 python3 sha256sum; do
-  command -v "$tool" >/dev/null || { echo "bench: $tool not found (apt-get install -y --no-install-recommends erlang-nox erlang-dev rebar3 nginx wrk curl)" >&2; exit 2; }
-done
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/hexmirror-bench.XXXXXX")
-chmod 755 "$work"   # nginx workers run as an unprivileged user when started as root
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-  if [ "${KEEP:-0}" = 1 ]; then echo "scratch dir kept: $work"; else rm -rf "$work"; fi
-}
-forget() { local p keep=(); for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done; pids=("${keep[@]}"); }
-stop_pid() { [ -n "${1:-}" ] || return 0; kill "$1" 2>/dev/null; wait "$1" 2>/dev/null; forget "$1"; }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-die() { echo "bench: $*" >&2; exit 1; }
-
-if [ -n "${HEXMIRROR_BIN:-}" ]; then
-  bin=$HEXMIRROR_BIN
-else
-  (cd "$root" && cargo build --release) > "$work/build.log" 2>&1 \
-    || { tail -n 20 "$work/build.log"; die "cargo build --release failed"; }
-  bin=$root/target/release/hexmirror
+if tool=$(missing_tool wrk nginx curl escript rebar3 python3 sha256sum); then
+  echo "bench: $tool not found (apt-get install -y --no-install-recommends erlang-nox erlang-dev rebar3 nginx wrk curl)" >&2; exit 2
 fi
-[ -x "$bin" ] || die "$bin is not executable"
+
+harness_start
+chmod 755 "$work"   # nginx workers run as an unprivileged user when started as root
+need_hexmirror --release
+unset_hexmirror_env   # hexmirror reads HEXMIRROR_* variables as configuration: none reach it
 
 # ---- the signed benchmark repository ------------------------------------------------------
 repo=$work/repo
@@ -60,18 +41,6 @@ objects=("registry record ~1 KB|/packages/bench_small"
 obj_size() { awk -v p="${1#/}" '$1 == p { print $2 }' "$work/manifest"; }
 obj_sha() { awk -v p="${1#/}" '$1 == p { print $3 }' "$work/manifest"; }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_http() {  # url pid seconds
-  local i
-  for i in $(seq $(( $3 * 10 ))); do
-    curl -s -o /dev/null -m 1 -f "$1" && return 0
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
 ngx_common() {  # dir
   cat <<EOF
 daemon off;
@@ -161,8 +130,7 @@ registry_ttl = "10m"
 upstream = "$origin"
 public_key = "$keys/pub.pem"
 EOF
-  # hexmirror reads HEXMIRROR_* variables as configuration: keep ours (HEXMIRROR_BIN) away from it
-  env $(compgen -e | grep '^HEXMIRROR_' | sed 's/^/-u /') RUST_LOG="${RUST_LOG:-warn}" "$bin" serve --config "$h_dir/config.toml" > "$h_dir/stdout.log" 2>> "$h_dir/stderr.log" &
+  RUST_LOG="${RUST_LOG:-warn}" "$bin" serve --config "$h_dir/config.toml" > "$h_dir/stdout.log" 2>> "$h_dir/stderr.log" &
   h_pid=$!; pids+=($h_pid)
   wait_http "http://127.0.0.1:$h_port/readyz" $h_pid 30 \
     || { tail -n 20 "$h_dir/stderr.log"; die "hexmirror did not become ready"; }

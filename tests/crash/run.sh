@@ -36,51 +36,18 @@
 # The last line is "N passed, M failed"; the exit status is non-zero if any round failed.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-root=$(cd "$here/../.." && pwd)
+. "$here/../lib/harness.sh" crash   # root, harness_start, die, need_hexmirror, free_port, wait_http
+on_die() { echo "0 passed, 1 failed"; }
 fixtures=$root/tests/fixtures/demo-repo
 rounds=${ROUNDS:-50}
 seed=${SEED:-$(( $$ + $(date +%s) ))}
 RANDOM=$seed
 
-for tool in python3 curl sha256sum; do
-  command -v "$tool" >/dev/null || { echo "crash: $tool not found" >&2; echo "0 passed, 1 failed"; exit 1; }
-done
+if tool=$(missing_tool python3 curl sha256sum); then die "$tool not found"; fi
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/hexmirror-crash.XXXXXX")
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-  if [ "${KEEP:-0}" = 1 ]; then echo "scratch dir kept: $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-forget() { local p keep=(); for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done; pids=("${keep[@]}"); }
-die() { echo "crash: $*" >&2; echo "0 passed, 1 failed"; exit 1; }
-
-if [ -n "${HEXMIRROR_BIN:-}" ]; then
-  bin=$HEXMIRROR_BIN
-else
-  (cd "$root" && cargo build --bin hexmirror) > "$work/build.log" 2>&1 \
-    || { tail -n 20 "$work/build.log"; die "cargo build failed"; }
-  bin=$root/target/debug/hexmirror
-fi
-[ -x "$bin" ] || die "$bin is not executable"
-unset HEXMIRROR_BIN   # hexmirror reads HEXMIRROR_* as configuration
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_http() {  # url pid tenths
-  local i
-  for i in $(seq "$3"); do
-    curl -s -o /dev/null -m 1 -f "$1" && return 0
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
+harness_start
+cleanup_signal=KILL
+need_hexmirror --bin hexmirror   # a debug build
 
 # ---- the objects and their fixture digests ------------------------------------------------
 paths=(/names /versions /packages/hexdemo_base /packages/hexdemo_mid /packages/hexdemo_top)
@@ -92,7 +59,7 @@ for p in "${paths[@]}"; do want[$p]=$(sha256sum < "$fixtures/hexpm$p" | cut -d' 
 up_port=$(free_port)
 python3 -m http.server "$up_port" --bind 127.0.0.1 --directory "$fixtures/hexpm" > "$work/upstream.log" 2>&1 &
 up_pid=$!; pids+=("$up_pid")
-wait_http "http://127.0.0.1:$up_port/names" "$up_pid" 50 || die "the upstream did not start"
+wait_http "http://127.0.0.1:$up_port/names" "$up_pid" 5 || die "the upstream did not start"
 
 write_config() {  # file data_dir listen_port
   cat > "$1" <<EOF
@@ -131,13 +98,13 @@ timing_port=$(free_port)
 write_config "$work/timing.toml" "$work/timing-serve" "$timing_port"
 "$bin" --config "$work/timing.toml" serve > /dev/null 2>&1 &
 timing_pid=$!; pids+=("$timing_pid")
-wait_http "http://127.0.0.1:$timing_port/healthz" "$timing_pid" 100 || die "the timing serve did not start"
+wait_http "http://127.0.0.1:$timing_port/healthz" "$timing_pid" 10 || die "the timing serve did not start"
 t0=$(now_ms)
 for p in "${paths[@]}"; do curl -s -o /dev/null "http://127.0.0.1:$timing_port$p" & done
 wait_fetches() { local j; for j in $(jobs -p); do [ "$j" = "$timing_pid" ] || [ "$j" = "$up_pid" ] || wait "$j"; done; }
 wait_fetches
 max_delay[serve]=$(( ($(now_ms) - t0) * 12 / 10 ))
-kill "$timing_pid"; wait "$timing_pid" 2>/dev/null
+stop_pid "$timing_pid"
 for k in sync import serve; do
   if [ -n "${MAX_DELAY_MS:-}" ]; then max_delay[$k]=$MAX_DELAY_MS
   elif [ "${max_delay[$k]}" -lt 300 ]; then max_delay[$k]=300; fi
@@ -185,7 +152,7 @@ for round in $(seq 1 "$rounds"); do
   writer=$!; pids+=("$writer")
   fetchers=()
   if [ "$kind" = serve ]; then
-    if wait_http "http://127.0.0.1:$port/healthz" "$writer" 100; then
+    if wait_http "http://127.0.0.1:$port/healthz" "$writer" 10; then
       for i in "${!paths[@]}"; do
         curl -s -m 5 -o "$dir/live-$i" -w '%{http_code}' "http://127.0.0.1:$port${paths[$i]}" \
           > "$dir/live-$i.status" 2>/dev/null &
@@ -240,7 +207,7 @@ for round in $(seq 1 "$rounds"); do
   "$bin" --config "$dir/offline.toml" serve --offline > "$dir/offline.log" 2>&1 &
   offline=$!; pids+=("$offline")
   served=0
-  if wait_http "http://127.0.0.1:$port/healthz" "$offline" 100; then
+  if wait_http "http://127.0.0.1:$port/healthz" "$offline" 10; then
     for p in "${paths[@]}"; do
       code=$(curl -s -m 5 -o "$dir/body" -w '%{http_code}' "http://127.0.0.1:$port$p")
       case $code in
@@ -254,9 +221,7 @@ for round in $(seq 1 "$rounds"); do
   else
     problems+=("serve --offline did not start: $(tail -n 3 "$dir/offline.log" | tr '\n' ' ')")
   fi
-  kill "$offline" 2>/dev/null
-  wait "$offline" 2>/dev/null
-  forget "$offline"
+  stop_pid "$offline"
 
   # Where the kill landed, as far as the store tells.
   if [ "$writer_status" -ne 137 ]; then after_finish=$((after_finish + 1))

@@ -14,7 +14,7 @@
 # the exit status is non-zero when anything failed.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-root=$(cd "$here/../.." && pwd)
+. "$here/../lib/harness.sh" e2e   # root, harness_start, stop_pid, hexmirror_bin, free_port, wait_http
 fixtures=$root/tests/fixtures/demo-repo
 registry_ttl=${REGISTRY_TTL:-2s}
 
@@ -29,36 +29,19 @@ finish() {
   exit $?
 }
 
-for tool in rebar3 escript erl nginx curl python3 sha256sum; do
-  command -v "$tool" >/dev/null || { fail "prerequisites" "$tool not found (apt-get install -y --no-install-recommends erlang-nox erlang-dev rebar3 nginx curl)"; finish; }
-done
+if tool=$(missing_tool rebar3 escript erl nginx curl python3 sha256sum); then
+  fail "prerequisites" "$tool not found (apt-get install -y --no-install-recommends erlang-nox erlang-dev rebar3 nginx curl)"; finish
+fi
 
 # ---- build --------------------------------------------------------------------------------
-work=$(mktemp -d "${TMPDIR:-/tmp}/hexmirror-e2e.XXXXXX")
+harness_start
 chmod 755 "$work"   # nginx workers run as an unprivileged user when started as root
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-  if [ "${KEEP:-0}" = 1 ]; then echo "scratch dir kept: $work"; else rm -rf "$work"; fi
-}
-forget() { local p keep=(); for p in "${pids[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done; pids=("${keep[@]}"); }
-stop_pid() { [ -n "${1:-}" ] || return 0; kill "$1" 2>/dev/null; wait "$1" 2>/dev/null; forget "$1"; }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-if [ -n "${HEXMIRROR_BIN:-}" ]; then
-  bin=$HEXMIRROR_BIN
-else
-  if (cd "$root" && cargo build --release) > "$work/build.log" 2>&1; then
-    bin=$root/target/release/hexmirror
-  else
-    tail -n 20 "$work/build.log"
-    fail "cargo build --release"; finish
-  fi
-fi
-[ -x "$bin" ] || { fail "hexmirror binary" "$bin is not executable"; finish; }
+hexmirror_bin --release
+case $? in
+  1) fail "cargo build --release"; finish ;;
+  2) fail "hexmirror binary" "$bin is not executable"; finish ;;
+esac
+unset_hexmirror_env   # hexmirror reads HEXMIRROR_* variables as configuration: none reach it
 
 # ---- sites: the good repositories and the tampered variants ----------------------------------
 sites=$work/sites
@@ -86,19 +69,6 @@ tamper t_tar_inner    acme  tarbody tarballs/hexdemo_mid-0.2.0.tar
 tamper t_tar_swap     hexpm replace tarballs/hexdemo_mid-0.2.0.tar "$fixtures/hexpm/tarballs/hexdemo_mid-0.1.0.tar"
 
 # ---- process helpers ----------------------------------------------------------------------
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_http() {  # url pid seconds
-  local i
-  for i in $(seq $(( $3 * 10 ))); do
-    curl -s -o /dev/null -m 1 -f "$1" && return 0
-    kill -0 "$2" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
-
 declare -A NPORT NPID
 # ngx_start NAME VARIANT: an nginx origin whose document root is the symlink $work/ngx/NAME/root,
 # so that ngx_point can switch it to another variant without a restart.
@@ -140,8 +110,7 @@ mirror_start() {
     printf 'listen = "127.0.0.1:%s"\ndata_dir = "%s"\nregistry_ttl = "%s"\n\n' "$port" "$dir/data" "${3:-$registry_ttl}"
     printf '%s\n' "$2"
   } > "$dir/config.toml"
-  # hexmirror reads HEXMIRROR_* variables as configuration: keep ours (HEXMIRROR_BIN) away from it
-  env $(compgen -e | grep '^HEXMIRROR_' | sed 's/^/-u /') RUST_LOG="${RUST_LOG:-info}" "$bin" serve --config "$dir/config.toml" 2> "$dir/stderr.log" > "$dir/stdout.log" &
+  RUST_LOG="${RUST_LOG:-info}" "$bin" serve --config "$dir/config.toml" 2> "$dir/stderr.log" > "$dir/stdout.log" &
   MPID[$name]=$! MPORT[$name]=$port
   pids+=($!)
   if ! wait_http "http://127.0.0.1:$port/readyz" $! 30; then
@@ -328,7 +297,7 @@ tamper_case tar_swap   t_tar_swap   th cdn   /tarballs/hexdemo_mid-0.2.0.tar "$f
 # f. air-gapped site: sync outside (through the running server), serve offline with the upstream
 #    still up and receiving nothing, export, import into an empty store, real client inside
 # =============================================================================================
-hm() { env $(compgen -e | grep '^HEXMIRROR_' | sed 's/^/-u /') RUST_LOG=warn "$bin" "$@"; }
+hm() { RUST_LOG=warn "$bin" "$@"; }
 ngx_point up_th hexpm
 ag=$work/airgap
 mkdir -p "$ag"
@@ -340,8 +309,7 @@ ag_config() {  # NAME DATA_DIR OFFLINE -> writes $ag/NAME.toml, sets AG_PORT
   } > "$ag/$1.toml"
 }
 ag_serve() {  # NAME: starts hexmirror with $ag/NAME.toml, sets AG_PID
-  # exec: $! must be hexmirror itself, not a subshell around it, so that stop_pid stops it
-  (exec env $(compgen -e | grep '^HEXMIRROR_' | sed 's/^/-u /') RUST_LOG=warn "$bin" serve --config "$ag/$1.toml") 2> "$ag/$1.log" &
+  RUST_LOG=warn "$bin" serve --config "$ag/$1.toml" 2> "$ag/$1.log" &
   AG_PID=$!; pids+=($AG_PID)
   wait_http "http://127.0.0.1:$AG_PORT/readyz" $AG_PID 30
 }
