@@ -6,8 +6,8 @@
 //! tarballs have nothing to be verified against and are handled apart, as `cache::Content::Docs`.
 //!
 //! What is checked:
-//! - registry v2 files (`/names`, `/versions`, `/packages/NAME`, policies): gunzip under a size
-//!   limit, decode `Signed`, RSASSA-PKCS1-v1_5 / SHA-512 over the payload, decode the payload,
+//! - registry v2 files (`/names`, `/versions`, `/packages/NAME`, policies): exactly one gzip
+//!   member with nothing after it, gunzip under a size limit, decode `Signed`, RSASSA-PKCS1-v1_5 / SHA-512 over the payload, decode the payload,
 //!   check its origin (`repository`, and `name` where the path names one);
 //! - tarballs: sha256 of the whole file against the release's outer checksum from a verified
 //!   package record (the inner checksum where a release has no outer one), under a size limit;
@@ -75,6 +75,11 @@ impl PublicKey {
 pub enum VerifyError {
     #[error("body is not valid gzip")]
     Gzip,
+    /// A registry file is exactly one gzip member. Clients (Erlang's `zlib:gunzip`) decode every
+    /// member and protobuf keeps the last `payload`, so bytes after the first member would reach
+    /// them unverified.
+    #[error("trailing data after the gzip member")]
+    TrailingData,
     #[error("body exceeds the size limit of {limit} bytes")]
     TooLarge { limit: u64 },
     #[error("cannot decode {what}")]
@@ -96,6 +101,7 @@ pub enum VerifyError {
 impl VerifyError {
     pub const REASONS: &'static [&'static str] = &[
         "gzip",
+        "trailing_data",
         "too_large",
         "decode",
         "missing_signature",
@@ -109,6 +115,7 @@ impl VerifyError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Gzip => "gzip",
+            Self::TrailingData => "trailing_data",
             Self::TooLarge { .. } => "too_large",
             Self::Decode { .. } => "decode",
             Self::MissingSignature => "missing_signature",
@@ -191,13 +198,19 @@ pub enum RegistryFile<'a> {
     Policy(&'a str),
 }
 
-/// Gunzips at most `limit` bytes; a larger output is refused without reading further.
+/// Gunzips a body that must be exactly one gzip member with nothing after it (not a second
+/// member, not padding), into at most `limit` bytes; a larger output is refused without reading
+/// further.
 pub fn gunzip(body: &[u8], limit: u64) -> Result<Vec<u8>, VerifyError> {
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit as usize));
-    let mut decoder = flate2::read::GzDecoder::new(body).take(limit + 1);
+    // The `bufread` decoder reads exactly one member, trailer included, and leaves the rest.
+    let mut decoder = flate2::bufread::GzDecoder::new(body).take(limit + 1);
     decoder.read_to_end(&mut out).map_err(|_| VerifyError::Gzip)?;
     if out.len() as u64 > limit {
         return Err(VerifyError::TooLarge { limit });
+    }
+    if !decoder.into_inner().into_inner().is_empty() {
+        return Err(VerifyError::TrailingData);
     }
     Ok(out)
 }
@@ -508,6 +521,79 @@ pub(crate) mod tests {
         assert!(bomb.len() < 64 << 10);
         let err = registry_file(RegistryFile::Names, "hexpm", bomb.into(), &real_key(), 1 << 20).unwrap_err();
         assert_eq!(err, VerifyError::TooLarge { limit: 1 << 20 });
+    }
+
+    /// The reasons under which a body that is not exactly one gzip member is refused.
+    const FRAMING: &[&str] = &["trailing_data"];
+
+    fn demo_mid(body: Vec<u8>) -> Result<Verified<Body>, VerifyError> {
+        registry_file(RegistryFile::Package("hexdemo_mid"), "hexpm", body.into(), &test_key(), LIMIT)
+    }
+
+    /// hexdemo_mid's record without its newest release, signed with the demo key: a genuine
+    /// signed record, as an older snapshot of the registry held it.
+    fn older_demo_mid() -> Vec<u8> {
+        let raw = gunzip(DEMO_MID, LIMIT).unwrap();
+        let signed: Signed = registry::decode(&raw).unwrap();
+        let mut package: Package = registry::decode(&signed.payload).unwrap();
+        assert!(package.releases.len() > 1);
+        package.releases.pop();
+        sign(&package.encode_to_vec())
+    }
+
+    #[test]
+    fn data_after_the_gzip_member_is_refused() {
+        assert!(demo_mid(DEMO_MID.to_vec()).is_ok());
+        for junk in [&b"<html>junk</html>"[..], b"\0", b"\n"] {
+            let err = demo_mid([DEMO_MID, junk].concat()).unwrap_err();
+            assert!(FRAMING.contains(&err.reason()), "{junk:?}: {err:?}");
+        }
+        // Junk that ends with the member's own size field, so it reads as a plausible trailer.
+        let isize = &DEMO_MID[DEMO_MID.len() - 4..];
+        let err = demo_mid([DEMO_MID, b"junk", isize].concat()).unwrap_err();
+        assert_eq!(err.reason(), "trailing_data");
+        assert_eq!(err.to_string(), "trailing data after the gzip member");
+    }
+
+    #[test]
+    fn second_gzip_member_with_another_signed_record_is_refused() {
+        let older = older_demo_mid();
+        assert!(demo_mid(older.clone()).is_ok(), "the older record verifies on its own");
+        let body = [DEMO_MID, &older].concat();
+        // What a client that decodes every member (Erlang's zlib:gunzip) would read: protobuf
+        // keeps the last `payload`, so the second record, which hexmirror never verified.
+        let mut all = Vec::new();
+        flate2::read::MultiGzDecoder::new(&body[..]).read_to_end(&mut all).unwrap();
+        let seen: Signed = registry::decode(&all).unwrap();
+        let older_signed: Signed = registry::decode(&gunzip(&older, LIMIT).unwrap()).unwrap();
+        assert_eq!(seen.payload, older_signed.payload);
+        let err = demo_mid(body).unwrap_err();
+        assert!(FRAMING.contains(&err.reason()), "{err:?}");
+        // The other order, and another package's record behind this one.
+        let err = demo_mid([&older[..], DEMO_MID].concat()).unwrap_err();
+        assert!(FRAMING.contains(&err.reason()), "{err:?}");
+        let top = include_bytes!("../tests/fixtures/demo-repo/hexpm/packages/hexdemo_top");
+        let err = demo_mid([DEMO_MID, &top[..]].concat()).unwrap_err();
+        assert!(FRAMING.contains(&err.reason()), "{err:?}");
+    }
+
+    #[test]
+    fn empty_second_gzip_member_is_refused() {
+        let err = demo_mid([DEMO_MID, &gzip(b"")].concat()).unwrap_err();
+        assert!(FRAMING.contains(&err.reason()), "{err:?}");
+        // A second member as large as the first decodes within the declared size: the data
+        // after the first member is found as such.
+        let raw = gunzip(DEMO_MID, LIMIT).unwrap();
+        let err = demo_mid([DEMO_MID, &gzip(&raw)].concat()).unwrap_err();
+        assert_eq!(err.reason(), "trailing_data");
+        assert!(gunzip(&[DEMO_MID, &gzip(b"")].concat(), LIMIT).is_err(), "gunzip itself refuses it");
+    }
+
+    #[test]
+    fn gzip_framing_reasons_are_metric_labels() {
+        for reason in FRAMING {
+            assert!(VerifyError::REASONS.contains(reason), "{reason} is not in VerifyError::REASONS");
+        }
     }
 
     #[test]
