@@ -64,6 +64,8 @@ pub fn metrics_for(config: &Config) -> metrics::Metrics {
 /// A running server, as tests and `main` use it.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `metrics_listen` was bound (its port resolved), when it is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub mirror: Mirror,
     pub done: tokio::task::JoinHandle<()>,
 }
@@ -82,6 +84,10 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         Some(a) => Some(TcpListener::bind(a).await.map_err(|e| format!("cannot listen on {a}: {e}"))?),
         None => None,
     };
+    let metrics_addr = match &metrics_listener {
+        Some(listener) => Some(listener.local_addr().map_err(|e| e.to_string())?),
+        None => None,
+    };
     let admin_listener = TcpListener::bind(config.admin_listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.admin_listen))?;
@@ -98,6 +104,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let mirror = Mirror::open_for_serving(config, metrics)?;
     let ready = Arc::new(AtomicBool::new(false));
     let service = service::Service::new(mirror.clone(), ready.clone());
+    let operations_service = service::Service::operations(mirror.clone(), ready.clone());
     let admin_service = service::Service::admin(mirror.clone(), ready.clone(), admin_token.clone());
     let endpoint = admin::Endpoint {
         url: format!("http://{admin_addr}"),
@@ -116,10 +123,10 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(address = %addr, scheme, offline, "listening");
-    let mut tasks = vec![tokio::spawn(server::run(listener, service.clone(), tls, limits, stop(), grace))];
-    if let Some(listener) = metrics_listener {
-        tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "operations endpoints listening");
-        tasks.push(tokio::spawn(server::run(listener, service, None, limits, stop(), grace)));
+    let mut tasks = vec![tokio::spawn(server::run(listener, service, tls, limits, stop(), grace))];
+    if let (Some(listener), Some(metrics_addr)) = (metrics_listener, metrics_addr) {
+        tracing::info!(address = %metrics_addr, "operations endpoints listening");
+        tasks.push(tokio::spawn(server::run(listener, operations_service, None, limits, stop(), grace)));
     }
     tracing::info!(address = %admin_addr, "admin endpoint listening");
     tasks.push(tokio::spawn(server::run(
@@ -143,5 +150,5 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         }
         let _ = std::fs::remove_file(admin::endpoint_file(&data_dir));
     });
-    Ok(Running { addr, mirror, done })
+    Ok(Running { addr, metrics_addr, mirror, done })
 }

@@ -100,3 +100,38 @@ async fn bundle_record_with_a_second_gzip_member_is_refused_and_the_store_is_unc
     assert_eq!(report.new, report.objects);
     assert_eq!(mirror.get("/packages/hexdemo_mid").await.status, 200);
 }
+
+#[tokio::test]
+async fn metrics_listen_serves_only_operations_endpoints() {
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml =
+        config_toml(dir.path(), &upstream.url(), "").replace("listen =", "metrics_listen = \"127.0.0.1:0\"\nlisten =");
+    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let ops = mirror.metrics_addr.expect("metrics_listen is bound");
+    assert_ne!(ops, mirror.addr);
+    let url = |path: &str| format!("http://{ops}{path}");
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(get(&url(path), &[]).await.status, 200, "{path}");
+    }
+    let metrics = get(&url("/metrics"), &[]).await;
+    assert!(String::from_utf8_lossy(&metrics.body).contains("hexmirror_requests_total"));
+    for path in [
+        "/names",
+        "/versions",
+        "/packages/hexdemo_mid",
+        "/tarballs/hexdemo_mid-0.2.0.tar",
+        "/repos/x/names",
+        "/public_key",
+        "/_admin/ping",
+    ] {
+        for method in ["GET", "HEAD"] {
+            let got = request(method, &url(path), &[("authorization", "Bearer s3cret")]).await;
+            assert_eq!(got.status, 404, "{method} {path} on the metrics_listen address");
+        }
+    }
+    assert_eq!(upstream.total_requests(), 0, "the metrics address made upstream requests");
+    // The repository is still served on `listen`.
+    assert_eq!(mirror.get("/packages/hexdemo_mid").await.status, 200);
+    assert_eq!(upstream.requests_for("/packages/hexdemo_mid"), 1);
+}
