@@ -9,6 +9,7 @@
 //! - `cache`: cache keys and entries, the moka memory tier and the sled + files disk tier.
 //! - `upstream`: the HTTP client to upstreams: timeouts, fallbacks, proxy, TLS, credential rules.
 //! - `mirror`: the data path: lookup, coalesced fetch, verify, store, stale-if-error.
+//! - `budget`: a global byte budget; bounds the memory of registry files being verified at once.
 //! - `service`: HTTP semantics: status codes, conditional requests, logs and request metrics.
 //! - `server`: sockets, TLS, the hyper connection loop, graceful shutdown.
 //! - `metrics`: every Prometheus family, registered once.
@@ -23,6 +24,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod budget;
 pub mod bundle;
 pub mod cache;
 pub mod config;

@@ -290,6 +290,8 @@ struct Inner {
     tokens: HashMap<String, crate::oauth::TokenSource>,
     degraded: AtomicBool,
     refusals: Mutex<VecDeque<Refusal>>,
+    /// Bytes that registry files being verified may hold at once (see `verify_content`).
+    verifying: crate::budget::Budget,
 }
 
 /// The mirror: a cheap handle shared by every connection.
@@ -382,8 +384,10 @@ impl Mirror {
                 Some((repo.name.clone(), crate::oauth::TokenSource::new(url, key, repo.allow_http)))
             })
             .collect();
+        let verifying = crate::budget::Budget::for_registry_files(config.max_registry_bytes);
         let mirror = Mirror {
             inner: Arc::new(Inner {
+                verifying,
                 tokens,
                 config: Arc::new(config),
                 repos,
@@ -1155,14 +1159,37 @@ impl Mirror {
         async move {
             let key = &target.repo.public_key;
             let limit = self.inner.config.max_registry_bytes;
-            let origin = target.origin.as_str();
             let verified = match resource {
-                Resource::Names => verify::registry_file(RegistryFile::Names, origin, body, key, limit)?,
-                Resource::Versions => verify::registry_file(RegistryFile::Versions, origin, body, key, limit)?,
-                Resource::Package(name) => {
-                    verify::registry_file(RegistryFile::Package(name), origin, body, key, limit)?
+                Resource::Names | Resource::Versions | Resource::Package(_) | Resource::Policy(_) => {
+                    // Memory held per declared byte while verifying: the gunzipped bytes once,
+                    // and the decoded payload, measured at about 10 times their size for
+                    // `/versions` (many short strings), the most of any registry file.
+                    const HELD_PER_BYTE: u64 = 11;
+                    // A body declaring more than the limit is refused before anything else.
+                    let declared = verify::declared_size(&body)?;
+                    if declared > limit {
+                        return Err(VerifyError::TooLarge { limit }.into());
+                    }
+                    // The rest is inflated off the runtime threads, within the global budget;
+                    // the reservation is held by the blocking task, so it is given back only
+                    // when the work ends, even if this future is dropped.
+                    let reservation = self.inner.verifying.reserve(declared.saturating_mul(HELD_PER_BYTE)).await;
+                    let (repo, origin, resource) = (target.repo.clone(), target.origin.clone(), resource.clone());
+                    let verified = tokio::task::spawn_blocking(move || {
+                        let _reservation = reservation;
+                        let file = match &resource {
+                            Resource::Names => RegistryFile::Names,
+                            Resource::Versions => RegistryFile::Versions,
+                            Resource::Package(name) => RegistryFile::Package(name),
+                            Resource::Policy(name) => RegistryFile::Policy(name),
+                            _ => return Err(MirrorError::Internal("not a registry file".into())),
+                        };
+                        Ok(verify::registry_file(file, &origin, body, &repo.public_key, limit)?)
+                    })
+                    .await
+                    .map_err(|e| MirrorError::Internal(format!("verification task failed: {e}")))?;
+                    verified?
                 }
-                Resource::Policy(name) => verify::registry_file(RegistryFile::Policy(name), origin, body, key, limit)?,
                 Resource::Docs { .. } => return Ok(Content::Docs(body)),
                 Resource::PublicKey => return Err(MirrorError::Internal("the public key is never fetched".into())),
                 Resource::Tarball { .. } => match check {

@@ -7,8 +7,10 @@
 //!
 //! What is checked:
 //! - registry v2 files (`/names`, `/versions`, `/packages/NAME`, policies): exactly one gzip
-//!   member with nothing after it, gunzip under a size limit, decode `Signed`, RSASSA-PKCS1-v1_5 / SHA-512 over the payload, decode the payload,
-//!   check its origin (`repository`, and `name` where the path names one);
+//!   member with nothing after it, its declared size (the trailer's ISIZE) within a limit and
+//!   never exceeded while inflating, decode `Signed`, RSASSA-PKCS1-v1_5 / SHA-512 over the
+//!   payload, decode the payload, check its origin (`repository`, and `name` where the path
+//!   names one);
 //! - tarballs: sha256 of the whole file against the release's outer checksum from a verified
 //!   package record (the inner checksum where a release has no outer one), under a size limit;
 //! - registry v1 (`/registry.ets.gz`): hex-encoded RSA / SHA-512 signature over the gzip bytes;
@@ -28,7 +30,7 @@ use rsa::signature::Verifier;
 use rsa::RsaPublicKey;
 use sha2::{Digest, Sha256, Sha512};
 
-use crate::registry::{self, Names, Package, Policy, Signed, Versions};
+use crate::registry::{self, Names, Package, Policy, Versions};
 
 /// A repository's RSA public key, with the PEM text it was read from (served at `/public_key`).
 #[derive(Clone)]
@@ -82,6 +84,11 @@ pub enum VerifyError {
     TrailingData,
     #[error("body exceeds the size limit of {limit} bytes")]
     TooLarge { limit: u64 },
+    /// The member inflates past the size its trailer declares: a false size, or data after the
+    /// member (whose last four bytes are then read as the size). Found without inflating more
+    /// than the declared size.
+    #[error("body inflates past the {declared} bytes its gzip trailer declares")]
+    SizeMismatch { declared: u64 },
     #[error("cannot decode {what}")]
     Decode { what: &'static str },
     #[error("signature is missing")]
@@ -103,6 +110,7 @@ impl VerifyError {
         "gzip",
         "trailing_data",
         "too_large",
+        "size_mismatch",
         "decode",
         "missing_signature",
         "bad_signature",
@@ -117,6 +125,7 @@ impl VerifyError {
             Self::Gzip => "gzip",
             Self::TrailingData => "trailing_data",
             Self::TooLarge { .. } => "too_large",
+            Self::SizeMismatch { .. } => "size_mismatch",
             Self::Decode { .. } => "decode",
             Self::MissingSignature => "missing_signature",
             Self::BadSignature => "bad_signature",
@@ -198,16 +207,36 @@ pub enum RegistryFile<'a> {
     Policy(&'a str),
 }
 
+/// The uncompressed size a gzip body declares: the last four bytes (ISIZE, little-endian), which
+/// are its trailer's size field when the body is exactly one member, as a registry file must be.
+/// Nothing is inflated; a body without the gzip magic is refused as not gzip.
+///
+/// ISIZE is the size modulo 2^32, so a member of 4 GiB or more cannot declare its size: such a
+/// body (far beyond any `max_registry_bytes` in use) is refused as inflating past what it declares.
+pub fn declared_size(body: &[u8]) -> Result<u64, VerifyError> {
+    // A 10-byte header, at least 2 bytes of deflate data, the 8-byte trailer.
+    if body.len() < 20 || body[..3] != [0x1f, 0x8b, 8] {
+        return Err(VerifyError::Gzip);
+    }
+    let isize: [u8; 4] = body[body.len() - 4..].try_into().expect("four bytes");
+    Ok(u64::from(u32::from_le_bytes(isize)))
+}
+
 /// Gunzips a body that must be exactly one gzip member with nothing after it (not a second
-/// member, not padding), into at most `limit` bytes; a larger output is refused without reading
-/// further.
+/// member, not padding). A body declaring more than `limit` bytes is refused before anything is
+/// inflated; the output is capped at the declared size, so one that inflates past it is refused
+/// having inflated no more than that.
 pub fn gunzip(body: &[u8], limit: u64) -> Result<Vec<u8>, VerifyError> {
-    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit as usize));
-    // The `bufread` decoder reads exactly one member, trailer included, and leaves the rest.
-    let mut decoder = flate2::bufread::GzDecoder::new(body).take(limit + 1);
-    decoder.read_to_end(&mut out).map_err(|_| VerifyError::Gzip)?;
-    if out.len() as u64 > limit {
+    let declared = declared_size(body)?;
+    if declared > limit {
         return Err(VerifyError::TooLarge { limit });
+    }
+    let mut out = Vec::with_capacity(declared as usize);
+    // The `bufread` decoder reads exactly one member, trailer included, and leaves the rest.
+    let mut decoder = flate2::bufread::GzDecoder::new(body).take(declared + 1);
+    decoder.read_to_end(&mut out).map_err(|_| VerifyError::Gzip)?;
+    if out.len() as u64 > declared {
+        return Err(VerifyError::SizeMismatch { declared });
     }
     if !decoder.into_inner().into_inner().is_empty() {
         return Err(VerifyError::TrailingData);
@@ -215,14 +244,29 @@ pub fn gunzip(body: &[u8], limit: u64) -> Result<Vec<u8>, VerifyError> {
     Ok(out)
 }
 
-/// Decodes and verifies a `Signed` envelope and returns its payload.
-pub fn signed_payload(raw: &[u8], key: &PublicKey) -> Result<Vec<u8>, VerifyError> {
-    let signed: Signed = registry::decode(raw).map_err(|_| VerifyError::Decode { what: "Signed" })?;
+/// The `Signed` envelope read without copying its payload out of the gunzipped bytes (decoded
+/// from [`Bytes`], prost slices them): a registry file is held in memory once while verified.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SignedView {
+    #[prost(bytes = "bytes", required, tag = "1")]
+    payload: Bytes,
+    #[prost(bytes = "bytes", optional, tag = "2")]
+    signature: Option<Bytes>,
+}
+
+fn verified_payload(raw: Bytes, key: &PublicKey) -> Result<Bytes, VerifyError> {
+    use prost::Message;
+    let signed = SignedView::decode(raw).map_err(|_| VerifyError::Decode { what: "Signed" })?;
     let signature = signed.signature.ok_or(VerifyError::MissingSignature)?;
     if !key.verify(&signed.payload, &signature) {
         return Err(VerifyError::BadSignature);
     }
     Ok(signed.payload)
+}
+
+/// Decodes and verifies a `Signed` envelope and returns its payload.
+pub fn signed_payload(raw: &[u8], key: &PublicKey) -> Result<Vec<u8>, VerifyError> {
+    verified_payload(Bytes::copy_from_slice(raw), key).map(Vec::from)
 }
 
 fn check_origin(expected: &str, found: &str) -> Result<(), VerifyError> {
@@ -249,8 +293,7 @@ pub fn registry_file(
     key: &PublicKey,
     max_uncompressed: u64,
 ) -> Result<Verified<Body>, VerifyError> {
-    let raw = gunzip(&body, max_uncompressed)?;
-    let payload = signed_payload(&raw, key)?;
+    let payload = verified_payload(gunzip(&body, max_uncompressed)?.into(), key)?;
     let facts = match file {
         RegistryFile::Names => {
             let names: Names = registry::decode(&payload).map_err(|_| VerifyError::Decode { what: "Names" })?;
@@ -398,6 +441,7 @@ pub fn installer(body: Bytes, digest_hex: &str, max_bytes: u64) -> Result<Verifi
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::registry::Signed;
     use prost::Message;
     use rsa::pkcs1v15::SigningKey;
     use rsa::pkcs8::DecodePrivateKey;
@@ -523,8 +567,11 @@ pub(crate) mod tests {
         assert_eq!(err, VerifyError::TooLarge { limit: 1 << 20 });
     }
 
-    /// The reasons under which a body that is not exactly one gzip member is refused.
-    const FRAMING: &[&str] = &["trailing_data"];
+    /// The reasons under which a body that is not exactly one gzip member is refused. What
+    /// follows the member takes the place of its size field (the last four bytes), so the
+    /// refusal can come from that false size: more than the limit, or less than the member
+    /// inflates to.
+    const FRAMING: &[&str] = &["trailing_data", "size_mismatch", "too_large"];
 
     fn demo_mid(body: Vec<u8>) -> Result<Verified<Body>, VerifyError> {
         registry_file(RegistryFile::Package("hexdemo_mid"), "hexpm", body.into(), &test_key(), LIMIT)
@@ -587,6 +634,43 @@ pub(crate) mod tests {
         let err = demo_mid([DEMO_MID, &gzip(&raw)].concat()).unwrap_err();
         assert_eq!(err.reason(), "trailing_data");
         assert!(gunzip(&[DEMO_MID, &gzip(b"")].concat(), LIMIT).is_err(), "gunzip itself refuses it");
+    }
+
+    /// `body` with its gzip trailer's size field (ISIZE) set to `declared`.
+    fn declaring(mut body: Vec<u8>, declared: u32) -> Vec<u8> {
+        let at = body.len() - 4;
+        body[at..].copy_from_slice(&declared.to_le_bytes());
+        body
+    }
+
+    #[test]
+    fn a_declared_size_over_the_limit_is_refused_without_inflating() {
+        // A gzip header, then no valid deflate data at all: only the size field can refuse it.
+        let mut body = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+        body.extend_from_slice(&[0xff; 64]);
+        let body = declaring(body, (1 << 20) + 1);
+        assert_eq!(gunzip(&body, 1 << 20).unwrap_err(), VerifyError::TooLarge { limit: 1 << 20 });
+        let err = registry_file(RegistryFile::Names, "hexpm", body.into(), &test_key(), 1 << 20).unwrap_err();
+        assert_eq!(err, VerifyError::TooLarge { limit: 1 << 20 });
+        // Not gzip at all is still reported as such, whatever its last four bytes say.
+        assert_eq!(gunzip(b"<html>oops</html>", 1 << 20).unwrap_err(), VerifyError::Gzip);
+        assert_eq!(gunzip(b"", 1 << 20).unwrap_err(), VerifyError::Gzip);
+    }
+
+    #[test]
+    fn a_body_inflating_past_its_declared_size_is_refused_as_lying() {
+        let bomb = gzip(&vec![0u8; 8 << 20]);
+        assert_eq!(gunzip(&bomb, LIMIT).unwrap().len(), 8 << 20, "the honest bomb is within the limit");
+        let liar = declaring(bomb, 1024);
+        let err = gunzip(&liar, LIMIT).unwrap_err();
+        assert_eq!(err.reason(), "size_mismatch", "{err:?}");
+        assert!(err.to_string().contains("1024"), "{err}");
+        let err = registry_file(RegistryFile::Names, "hexpm", liar.into(), &test_key(), LIMIT).unwrap_err();
+        assert_eq!(err.reason(), "size_mismatch");
+        // Declaring more than it holds is a damaged trailer.
+        let raw = gunzip(DEMO_MID, LIMIT).unwrap();
+        let err = demo_mid(declaring(DEMO_MID.to_vec(), raw.len() as u32 + 1)).unwrap_err();
+        assert_eq!(err, VerifyError::Gzip);
     }
 
     #[test]
