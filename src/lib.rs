@@ -9,6 +9,7 @@
 //! - `cache`: cache keys and entries, the moka memory tier and the sled + files disk tier.
 //! - `upstream`: the HTTP client to upstreams: timeouts, fallbacks, proxy, TLS, credential rules.
 //! - `mirror`: the data path: lookup, coalesced fetch, verify, store, stale-if-error.
+//! - `budget`: a global byte budget; bounds the memory of registry files being verified at once.
 //! - `service`: HTTP semantics: status codes, conditional requests, logs and request metrics.
 //! - `server`: sockets, TLS, the hyper connection loop, graceful shutdown.
 //! - `metrics`: every Prometheus family, registered once.
@@ -23,6 +24,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod budget;
 pub mod bundle;
 pub mod cache;
 pub mod config;
@@ -64,6 +66,8 @@ pub fn metrics_for(config: &Config) -> metrics::Metrics {
 /// A running server, as tests and `main` use it.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `metrics_listen` was bound (its port resolved), when it is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub mirror: Mirror,
     pub done: tokio::task::JoinHandle<()>,
 }
@@ -80,6 +84,10 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let metrics_listener = match config.metrics_listen {
         Some(a) => Some(TcpListener::bind(a).await.map_err(|e| format!("cannot listen on {a}: {e}"))?),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(listener) => Some(listener.local_addr().map_err(|e| e.to_string())?),
         None => None,
     };
     let admin_listener = TcpListener::bind(config.admin_listen)
@@ -103,6 +111,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let mirror = Mirror::open_for_serving(config, metrics)?;
     let ready = Arc::new(AtomicBool::new(false));
     let service = service::Service::new(mirror.clone(), ready.clone());
+    let operations_service = service::Service::operations(mirror.clone(), ready.clone());
     let admin_service = service::Service::admin(mirror.clone(), ready.clone(), admin_token.clone());
     let endpoint = admin::Endpoint {
         url: format!("http://{admin_addr}"),
@@ -132,10 +141,10 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(address = %addr, scheme, offline, "listening");
-    let mut tasks = vec![tokio::spawn(server::run(listener, service.clone(), tls, limits, stop(), grace))];
-    if let Some(listener) = metrics_listener {
-        tracing::info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "operations endpoints listening");
-        tasks.push(tokio::spawn(server::run(listener, service, None, limits, stop(), grace)));
+    let mut tasks = vec![tokio::spawn(server::run(listener, service, tls, limits, stop(), grace))];
+    if let (Some(listener), Some(metrics_addr)) = (metrics_listener, metrics_addr) {
+        tracing::info!(address = %metrics_addr, "operations endpoints listening");
+        tasks.push(tokio::spawn(server::run(listener, operations_service, None, limits, stop(), grace)));
     }
     tracing::info!(address = %admin_addr, "admin endpoint listening");
     tasks.push(tokio::spawn(server::run(
@@ -159,5 +168,5 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         }
         let _ = std::fs::remove_file(admin::endpoint_file(&data_dir));
     });
-    Ok(Running { addr, mirror, done })
+    Ok(Running { addr, metrics_addr, mirror, done })
 }

@@ -38,8 +38,24 @@ where
 pub struct Service {
     mirror: Mirror,
     ready: Arc<AtomicBool>,
-    /// Set on the admin listener only: it then serves `/_admin/...` and nothing of the repository.
-    admin: Option<crate::config::Secret>,
+    role: Role,
+}
+
+/// What a listener serves.
+#[derive(Clone)]
+enum Role {
+    /// `listen`: the repository and the operations endpoints.
+    Repository,
+    /// `metrics_listen`: `/healthz`, `/readyz` and `/metrics`, nothing of the repository.
+    Operations,
+    /// The admin listener: `/_admin/...` authenticated by this token, and the operations
+    /// endpoints; nothing of the repository.
+    Admin(crate::config::Secret),
+}
+
+/// The paths every listener serves.
+fn is_operations_path(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
 /// What the access log and the metrics need to know about a finished request.
@@ -51,12 +67,18 @@ struct Outcome {
 
 impl Service {
     pub fn new(mirror: Mirror, ready: Arc<AtomicBool>) -> Service {
-        Service { mirror, ready, admin: None }
+        Service { mirror, ready, role: Role::Repository }
+    }
+
+    /// The service of the `metrics_listen` address: the operations endpoints only, so that
+    /// address, often opened wider for a scraper, never serves repository content.
+    pub fn operations(mirror: Mirror, ready: Arc<AtomicBool>) -> Service {
+        Service { mirror, ready, role: Role::Operations }
     }
 
     /// The service of the admin listener, authenticated by `token`.
     pub fn admin(mirror: Mirror, ready: Arc<AtomicBool>, token: crate::config::Secret) -> Service {
-        Service { mirror, ready, admin: Some(token) }
+        Service { mirror, ready, role: Role::Admin(token) }
     }
 
     pub fn mirror(&self) -> &Mirror {
@@ -64,12 +86,19 @@ impl Service {
     }
 
     pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
-        if let Some(token) = &self.admin {
-            if req.uri().path().starts_with("/_admin/") {
-                return crate::admin::handle(&self.mirror, token, req).await;
+        match &self.role {
+            Role::Repository => {}
+            Role::Operations if !is_operations_path(req.uri().path()) => {
+                return text(StatusCode::NOT_FOUND, "this address serves /healthz, /readyz and /metrics only");
             }
-            if !matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics") {
-                return text(StatusCode::NOT_FOUND, "the admin listener serves /_admin/ only");
+            Role::Operations => {}
+            Role::Admin(token) => {
+                if req.uri().path().starts_with("/_admin/") {
+                    return crate::admin::handle(&self.mirror, token, req).await;
+                }
+                if !is_operations_path(req.uri().path()) {
+                    return text(StatusCode::NOT_FOUND, "the admin listener serves /_admin/ only");
+                }
             }
         }
         let started = Instant::now();

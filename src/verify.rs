@@ -6,9 +6,11 @@
 //! tarballs have nothing to be verified against and are handled apart, as `cache::Content::Docs`.
 //!
 //! What is checked:
-//! - registry v2 files (`/names`, `/versions`, `/packages/NAME`, policies): gunzip under a size
-//!   limit, decode `Signed`, RSASSA-PKCS1-v1_5 / SHA-512 over the payload, decode the payload,
-//!   check its origin (`repository`, and `name` where the path names one);
+//! - registry v2 files (`/names`, `/versions`, `/packages/NAME`, policies): exactly one gzip
+//!   member with nothing after it, its declared size (the trailer's ISIZE) within a limit and
+//!   never exceeded while inflating, decode `Signed`, RSASSA-PKCS1-v1_5 / SHA-512 over the
+//!   payload, decode the payload, check its origin (`repository`, and `name` where the path
+//!   names one);
 //! - tarballs: sha256 of the whole file against the release's outer checksum from a verified
 //!   package record (the inner checksum where a release has no outer one), under a size limit;
 //! - registry v1 (`/registry.ets.gz`): hex-encoded RSA / SHA-512 signature over the gzip bytes;
@@ -28,7 +30,7 @@ use rsa::signature::Verifier;
 use rsa::RsaPublicKey;
 use sha2::{Digest, Sha256, Sha512};
 
-use crate::registry::{self, Names, Package, Policy, Signed, Versions};
+use crate::registry::{self, Names, Package, Policy, Versions};
 
 /// A repository's RSA public key, with the PEM text it was read from (served at `/public_key`).
 #[derive(Clone)]
@@ -75,8 +77,18 @@ impl PublicKey {
 pub enum VerifyError {
     #[error("body is not valid gzip")]
     Gzip,
+    /// A registry file is exactly one gzip member. Clients (Erlang's `zlib:gunzip`) decode every
+    /// member and protobuf keeps the last `payload`, so bytes after the first member would reach
+    /// them unverified.
+    #[error("trailing data after the gzip member")]
+    TrailingData,
     #[error("body exceeds the size limit of {limit} bytes")]
     TooLarge { limit: u64 },
+    /// The member inflates past the size its trailer declares: a false size, or data after the
+    /// member (whose last four bytes are then read as the size). Found without inflating more
+    /// than the declared size.
+    #[error("body inflates past the {declared} bytes its gzip trailer declares")]
+    SizeMismatch { declared: u64 },
     #[error("cannot decode {what}")]
     Decode { what: &'static str },
     #[error("signature is missing")]
@@ -96,7 +108,9 @@ pub enum VerifyError {
 impl VerifyError {
     pub const REASONS: &'static [&'static str] = &[
         "gzip",
+        "trailing_data",
         "too_large",
+        "size_mismatch",
         "decode",
         "missing_signature",
         "bad_signature",
@@ -109,7 +123,9 @@ impl VerifyError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Gzip => "gzip",
+            Self::TrailingData => "trailing_data",
             Self::TooLarge { .. } => "too_large",
+            Self::SizeMismatch { .. } => "size_mismatch",
             Self::Decode { .. } => "decode",
             Self::MissingSignature => "missing_signature",
             Self::BadSignature => "bad_signature",
@@ -191,25 +207,66 @@ pub enum RegistryFile<'a> {
     Policy(&'a str),
 }
 
-/// Gunzips at most `limit` bytes; a larger output is refused without reading further.
+/// The uncompressed size a gzip body declares: the last four bytes (ISIZE, little-endian), which
+/// are its trailer's size field when the body is exactly one member, as a registry file must be.
+/// Nothing is inflated; a body without the gzip magic is refused as not gzip.
+///
+/// ISIZE is the size modulo 2^32, so a member of 4 GiB or more cannot declare its size: such a
+/// body (far beyond any `max_registry_bytes` in use) is refused as inflating past what it declares.
+pub fn declared_size(body: &[u8]) -> Result<u64, VerifyError> {
+    // A 10-byte header, at least 2 bytes of deflate data, the 8-byte trailer.
+    if body.len() < 20 || body[..3] != [0x1f, 0x8b, 8] {
+        return Err(VerifyError::Gzip);
+    }
+    let isize: [u8; 4] = body[body.len() - 4..].try_into().expect("four bytes");
+    Ok(u64::from(u32::from_le_bytes(isize)))
+}
+
+/// Gunzips a body that must be exactly one gzip member with nothing after it (not a second
+/// member, not padding). A body declaring more than `limit` bytes is refused before anything is
+/// inflated; the output is capped at the declared size, so one that inflates past it is refused
+/// having inflated no more than that.
 pub fn gunzip(body: &[u8], limit: u64) -> Result<Vec<u8>, VerifyError> {
-    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit as usize));
-    let mut decoder = flate2::read::GzDecoder::new(body).take(limit + 1);
-    decoder.read_to_end(&mut out).map_err(|_| VerifyError::Gzip)?;
-    if out.len() as u64 > limit {
+    let declared = declared_size(body)?;
+    if declared > limit {
         return Err(VerifyError::TooLarge { limit });
+    }
+    let mut out = Vec::with_capacity(declared as usize);
+    // The `bufread` decoder reads exactly one member, trailer included, and leaves the rest.
+    let mut decoder = flate2::bufread::GzDecoder::new(body).take(declared + 1);
+    decoder.read_to_end(&mut out).map_err(|_| VerifyError::Gzip)?;
+    if out.len() as u64 > declared {
+        return Err(VerifyError::SizeMismatch { declared });
+    }
+    if !decoder.into_inner().into_inner().is_empty() {
+        return Err(VerifyError::TrailingData);
     }
     Ok(out)
 }
 
-/// Decodes and verifies a `Signed` envelope and returns its payload.
-pub fn signed_payload(raw: &[u8], key: &PublicKey) -> Result<Vec<u8>, VerifyError> {
-    let signed: Signed = registry::decode(raw).map_err(|_| VerifyError::Decode { what: "Signed" })?;
+/// The `Signed` envelope read without copying its payload out of the gunzipped bytes (decoded
+/// from [`Bytes`], prost slices them): a registry file is held in memory once while verified.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SignedView {
+    #[prost(bytes = "bytes", required, tag = "1")]
+    payload: Bytes,
+    #[prost(bytes = "bytes", optional, tag = "2")]
+    signature: Option<Bytes>,
+}
+
+fn verified_payload(raw: Bytes, key: &PublicKey) -> Result<Bytes, VerifyError> {
+    use prost::Message;
+    let signed = SignedView::decode(raw).map_err(|_| VerifyError::Decode { what: "Signed" })?;
     let signature = signed.signature.ok_or(VerifyError::MissingSignature)?;
     if !key.verify(&signed.payload, &signature) {
         return Err(VerifyError::BadSignature);
     }
     Ok(signed.payload)
+}
+
+/// Decodes and verifies a `Signed` envelope and returns its payload.
+pub fn signed_payload(raw: &[u8], key: &PublicKey) -> Result<Vec<u8>, VerifyError> {
+    verified_payload(Bytes::copy_from_slice(raw), key).map(Vec::from)
 }
 
 fn check_origin(expected: &str, found: &str) -> Result<(), VerifyError> {
@@ -236,8 +293,7 @@ pub fn registry_file(
     key: &PublicKey,
     max_uncompressed: u64,
 ) -> Result<Verified<Body>, VerifyError> {
-    let raw = gunzip(&body, max_uncompressed)?;
-    let payload = signed_payload(&raw, key)?;
+    let payload = verified_payload(gunzip(&body, max_uncompressed)?.into(), key)?;
     let facts = match file {
         RegistryFile::Names => {
             let names: Names = registry::decode(&payload).map_err(|_| VerifyError::Decode { what: "Names" })?;
@@ -385,6 +441,7 @@ pub fn installer(body: Bytes, digest_hex: &str, max_bytes: u64) -> Result<Verifi
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::registry::Signed;
     use prost::Message;
     use rsa::pkcs1v15::SigningKey;
     use rsa::pkcs8::DecodePrivateKey;
@@ -508,6 +565,119 @@ pub(crate) mod tests {
         assert!(bomb.len() < 64 << 10);
         let err = registry_file(RegistryFile::Names, "hexpm", bomb.into(), &real_key(), 1 << 20).unwrap_err();
         assert_eq!(err, VerifyError::TooLarge { limit: 1 << 20 });
+    }
+
+    /// The reasons under which a body that is not exactly one gzip member is refused. What
+    /// follows the member takes the place of its size field (the last four bytes), so the
+    /// refusal can come from that false size: more than the limit, or less than the member
+    /// inflates to.
+    const FRAMING: &[&str] = &["trailing_data", "size_mismatch", "too_large"];
+
+    fn demo_mid(body: Vec<u8>) -> Result<Verified<Body>, VerifyError> {
+        registry_file(RegistryFile::Package("hexdemo_mid"), "hexpm", body.into(), &test_key(), LIMIT)
+    }
+
+    /// hexdemo_mid's record without its newest release, signed with the demo key: a genuine
+    /// signed record, as an older snapshot of the registry held it.
+    fn older_demo_mid() -> Vec<u8> {
+        let raw = gunzip(DEMO_MID, LIMIT).unwrap();
+        let signed: Signed = registry::decode(&raw).unwrap();
+        let mut package: Package = registry::decode(&signed.payload).unwrap();
+        assert!(package.releases.len() > 1);
+        package.releases.pop();
+        sign(&package.encode_to_vec())
+    }
+
+    #[test]
+    fn data_after_the_gzip_member_is_refused() {
+        assert!(demo_mid(DEMO_MID.to_vec()).is_ok());
+        for junk in [&b"<html>junk</html>"[..], b"\0", b"\n"] {
+            let err = demo_mid([DEMO_MID, junk].concat()).unwrap_err();
+            assert!(FRAMING.contains(&err.reason()), "{junk:?}: {err:?}");
+        }
+        // Junk that ends with the member's own size field, so it reads as a plausible trailer.
+        let isize = &DEMO_MID[DEMO_MID.len() - 4..];
+        let err = demo_mid([DEMO_MID, b"junk", isize].concat()).unwrap_err();
+        assert_eq!(err.reason(), "trailing_data");
+        assert_eq!(err.to_string(), "trailing data after the gzip member");
+    }
+
+    #[test]
+    fn second_gzip_member_with_another_signed_record_is_refused() {
+        let older = older_demo_mid();
+        assert!(demo_mid(older.clone()).is_ok(), "the older record verifies on its own");
+        let body = [DEMO_MID, &older].concat();
+        // What a client that decodes every member (Erlang's zlib:gunzip) would read: protobuf
+        // keeps the last `payload`, so the second record, which hexmirror never verified.
+        let mut all = Vec::new();
+        flate2::read::MultiGzDecoder::new(&body[..]).read_to_end(&mut all).unwrap();
+        let seen: Signed = registry::decode(&all).unwrap();
+        let older_signed: Signed = registry::decode(&gunzip(&older, LIMIT).unwrap()).unwrap();
+        assert_eq!(seen.payload, older_signed.payload);
+        let err = demo_mid(body).unwrap_err();
+        assert!(FRAMING.contains(&err.reason()), "{err:?}");
+        // The other order, and another package's record behind this one.
+        let err = demo_mid([&older[..], DEMO_MID].concat()).unwrap_err();
+        assert!(FRAMING.contains(&err.reason()), "{err:?}");
+        let top = include_bytes!("../tests/fixtures/demo-repo/hexpm/packages/hexdemo_top");
+        let err = demo_mid([DEMO_MID, &top[..]].concat()).unwrap_err();
+        assert!(FRAMING.contains(&err.reason()), "{err:?}");
+    }
+
+    #[test]
+    fn empty_second_gzip_member_is_refused() {
+        let err = demo_mid([DEMO_MID, &gzip(b"")].concat()).unwrap_err();
+        assert!(FRAMING.contains(&err.reason()), "{err:?}");
+        // A second member as large as the first decodes within the declared size: the data
+        // after the first member is found as such.
+        let raw = gunzip(DEMO_MID, LIMIT).unwrap();
+        let err = demo_mid([DEMO_MID, &gzip(&raw)].concat()).unwrap_err();
+        assert_eq!(err.reason(), "trailing_data");
+        assert!(gunzip(&[DEMO_MID, &gzip(b"")].concat(), LIMIT).is_err(), "gunzip itself refuses it");
+    }
+
+    /// `body` with its gzip trailer's size field (ISIZE) set to `declared`.
+    fn declaring(mut body: Vec<u8>, declared: u32) -> Vec<u8> {
+        let at = body.len() - 4;
+        body[at..].copy_from_slice(&declared.to_le_bytes());
+        body
+    }
+
+    #[test]
+    fn a_declared_size_over_the_limit_is_refused_without_inflating() {
+        // A gzip header, then no valid deflate data at all: only the size field can refuse it.
+        let mut body = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+        body.extend_from_slice(&[0xff; 64]);
+        let body = declaring(body, (1 << 20) + 1);
+        assert_eq!(gunzip(&body, 1 << 20).unwrap_err(), VerifyError::TooLarge { limit: 1 << 20 });
+        let err = registry_file(RegistryFile::Names, "hexpm", body.into(), &test_key(), 1 << 20).unwrap_err();
+        assert_eq!(err, VerifyError::TooLarge { limit: 1 << 20 });
+        // Not gzip at all is still reported as such, whatever its last four bytes say.
+        assert_eq!(gunzip(b"<html>oops</html>", 1 << 20).unwrap_err(), VerifyError::Gzip);
+        assert_eq!(gunzip(b"", 1 << 20).unwrap_err(), VerifyError::Gzip);
+    }
+
+    #[test]
+    fn a_body_inflating_past_its_declared_size_is_refused_as_lying() {
+        let bomb = gzip(&vec![0u8; 8 << 20]);
+        assert_eq!(gunzip(&bomb, LIMIT).unwrap().len(), 8 << 20, "the honest bomb is within the limit");
+        let liar = declaring(bomb, 1024);
+        let err = gunzip(&liar, LIMIT).unwrap_err();
+        assert_eq!(err.reason(), "size_mismatch", "{err:?}");
+        assert!(err.to_string().contains("1024"), "{err}");
+        let err = registry_file(RegistryFile::Names, "hexpm", liar.into(), &test_key(), LIMIT).unwrap_err();
+        assert_eq!(err.reason(), "size_mismatch");
+        // Declaring more than it holds is a damaged trailer.
+        let raw = gunzip(DEMO_MID, LIMIT).unwrap();
+        let err = demo_mid(declaring(DEMO_MID.to_vec(), raw.len() as u32 + 1)).unwrap_err();
+        assert_eq!(err, VerifyError::Gzip);
+    }
+
+    #[test]
+    fn gzip_framing_reasons_are_metric_labels() {
+        for reason in FRAMING {
+            assert!(VerifyError::REASONS.contains(reason), "{reason} is not in VerifyError::REASONS");
+        }
     }
 
     #[test]

@@ -176,6 +176,8 @@ struct Inner {
     tokens: HashMap<String, crate::oauth::TokenSource>,
     degraded: AtomicBool,
     refusals: Mutex<VecDeque<Refusal>>,
+    /// Bytes that registry files being verified may hold at once (see `verify_content`).
+    verifying: crate::budget::Budget,
 }
 
 /// The mirror: a cheap handle shared by every connection.
@@ -268,8 +270,10 @@ impl Mirror {
                 Some((repo.name.clone(), crate::oauth::TokenSource::new(url, key, repo.allow_http)))
             })
             .collect();
+        let verifying = crate::budget::Budget::for_registry_files(config.max_registry_bytes);
         let mirror = Mirror {
             inner: Arc::new(Inner {
+                verifying,
                 tokens,
                 config: Arc::new(config),
                 repos,

@@ -396,12 +396,37 @@ impl Mirror {
     ) -> Result<Content, MirrorError> {
         let key = &target.repo.public_key;
         let limit = self.inner.config.max_registry_bytes;
-        let origin = target.origin.as_str();
         let verified = match resource {
-            Resource::Names => verify::registry_file(RegistryFile::Names, origin, body, key, limit)?,
-            Resource::Versions => verify::registry_file(RegistryFile::Versions, origin, body, key, limit)?,
-            Resource::Package(name) => verify::registry_file(RegistryFile::Package(name), origin, body, key, limit)?,
-            Resource::Policy(name) => verify::registry_file(RegistryFile::Policy(name), origin, body, key, limit)?,
+            Resource::Names | Resource::Versions | Resource::Package(_) | Resource::Policy(_) => {
+                // Memory held per declared byte while verifying: the gunzipped bytes once,
+                // and the decoded payload, measured at about 10 times their size for
+                // `/versions` (many short strings), the most of any registry file.
+                const HELD_PER_BYTE: u64 = 11;
+                // A body declaring more than the limit is refused before anything else.
+                let declared = verify::declared_size(&body)?;
+                if declared > limit {
+                    return Err(VerifyError::TooLarge { limit }.into());
+                }
+                // The rest is inflated off the runtime threads, within the global budget;
+                // the reservation is held by the blocking task, so it is given back only
+                // when the work ends, even if this future is dropped.
+                let reservation = self.inner.verifying.reserve(declared.saturating_mul(HELD_PER_BYTE)).await;
+                let (repo, origin, resource) = (target.repo.clone(), target.origin.clone(), resource.clone());
+                let verified = tokio::task::spawn_blocking(move || {
+                    let _reservation = reservation;
+                    let file = match &resource {
+                        Resource::Names => RegistryFile::Names,
+                        Resource::Versions => RegistryFile::Versions,
+                        Resource::Package(name) => RegistryFile::Package(name),
+                        Resource::Policy(name) => RegistryFile::Policy(name),
+                        _ => return Err(MirrorError::Internal("not a registry file".into())),
+                    };
+                    Ok(verify::registry_file(file, &origin, body, &repo.public_key, limit)?)
+                })
+                .await
+                .map_err(|e| MirrorError::Internal(format!("verification task failed: {e}")))?;
+                verified?
+            }
             Resource::Docs { .. } => {
                 let docs = crate::cache::Docs::for_resource(resource, body);
                 return docs.map(Content::Docs).ok_or(MirrorError::Internal("docs for a docs resource only".into()));

@@ -292,6 +292,8 @@ pub fn load_config(dir: &Path, toml: &str) -> hexmirror::Config {
 /// A running hexmirror and the means to stop it.
 pub struct TestMirror {
     pub addr: SocketAddr,
+    /// The `metrics_listen` address, when configured.
+    pub metrics_addr: Option<SocketAddr>,
     pub mirror: hexmirror::Mirror,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
@@ -305,7 +307,13 @@ impl TestMirror {
         })
         .await
         .unwrap();
-        TestMirror { addr: running.addr, mirror: running.mirror, stop: Some(tx), done: Some(running.done) }
+        TestMirror {
+            addr: running.addr,
+            metrics_addr: running.metrics_addr,
+            mirror: running.mirror,
+            stop: Some(tx),
+            done: Some(running.done),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
