@@ -13,6 +13,7 @@
 //! - `server`: sockets, TLS, the hyper connection loop, graceful shutdown.
 //! - `metrics`: every Prometheus family, registered once.
 //! - `oauth`: exchanges hexmirror's own key for short-lived upstream tokens.
+//! - `term`: the one parser of literal Erlang and Elixir terms, with positions and limits.
 //! - `lockfile`, `requirement`: mix.lock / rebar.lock parsing and Hex version requirements.
 //! - `sync`: selects releases (specs, lockfiles, all) and fills the store through `mirror`.
 //! - `audit`: `verify`: re-verifies the whole store and the completeness of what was selected.
@@ -36,6 +37,7 @@ pub mod route;
 pub mod server;
 pub mod service;
 pub mod sync;
+pub mod term;
 pub mod transfer;
 pub mod upstream;
 pub mod verify;
