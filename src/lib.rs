@@ -17,6 +17,7 @@
 //! - `lockfile`, `requirement`: mix.lock / rebar.lock parsing and Hex version requirements.
 //! - `sync`: selects releases (specs, lockfiles, all) and fills the store through `mirror`.
 //! - `audit`: `verify`: re-verifies the whole store and the completeness of what was selected.
+//! - `hex_tarball`: what is read inside a Hex release tarball (inner checksum, licences).
 //! - `bundle`, `transfer`: the air-gap bundle format, and export/import with full verification.
 //! - `admin`: the loopback admin endpoint and the command line's client for it.
 
@@ -27,6 +28,7 @@ pub mod audit;
 pub mod bundle;
 pub mod cache;
 pub mod config;
+pub mod hex_tarball;
 pub mod lockfile;
 pub mod metrics;
 pub mod mirror;

@@ -28,6 +28,7 @@ use rsa::signature::Verifier;
 use rsa::RsaPublicKey;
 use sha2::{Digest, Sha256, Sha512};
 
+use crate::hex_tarball;
 use crate::registry::{self, Names, Package, Policy, Signed, Versions};
 
 /// A repository's RSA public key, with the PEM text it was read from (served at `/public_key`).
@@ -297,25 +298,10 @@ pub fn tarball(body: Bytes, expected: &ReleaseChecksum, max_bytes: u64) -> Resul
     Ok(Verified(Body { bytes: body, facts: Facts::None }))
 }
 
-/// sha256(VERSION ‖ metadata.config ‖ contents.tar.gz) of a Hex tarball.
+/// sha256(VERSION ‖ metadata.config ‖ contents.tar.gz) of a Hex tarball (see
+/// [`hex_tarball::inner_checksum`]).
 pub fn inner_checksum(tarball: &[u8]) -> Result<[u8; 32], VerifyError> {
-    let bad = || VerifyError::Decode { what: "tarball" };
-    let mut members: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut archive = tar::Archive::new(tarball);
-    for entry in archive.entries().map_err(|_| bad())? {
-        let mut entry = entry.map_err(|_| bad())?;
-        let path = entry.path().map_err(|_| bad())?.to_string_lossy().into_owned();
-        if matches!(path.as_str(), "VERSION" | "metadata.config" | "contents.tar.gz") {
-            let mut data = Vec::new();
-            entry.read_to_end(&mut data).map_err(|_| bad())?;
-            members.insert(path, data);
-        }
-    }
-    let mut hasher = Sha256::new();
-    for name in ["VERSION", "metadata.config", "contents.tar.gz"] {
-        hasher.update(members.get(name).ok_or_else(bad)?);
-    }
-    Ok(hasher.finalize().into())
+    hex_tarball::inner_checksum(tarball).ok_or(VerifyError::Decode { what: "tarball" })
 }
 
 /// Verifies `/registry.ets.gz` with its hex-encoded signature (from `.signed` or a header).
