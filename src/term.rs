@@ -14,8 +14,10 @@
 //! `BASE#DIGITS`) and comments. Elixir adds keyword lists and charlists; Erlang adds binaries
 //! (`<<"text">>`, `<<"text"/utf8>>`, `<<1,2,3>>`) and the concatenation of adjacent strings.
 //! Trailing commas are accepted in both. [`Literals::All`] further reads floats, character
-//! literals (`$a`), improper lists (`[H | T]`) and binaries of any bytes; lock files are held to
-//! the narrower [`Literals::Lock`], where those are errors at the place they start.
+//! literals (`$a`), improper lists (`[H | T]`) and binaries of any bytes, and follows Erlang
+//! where the lock file grammar is narrower (`# {` with a space, adjacent strings inside a
+//! binary, `\^` before any ASCII character). Lock files are held to [`Literals::Lock`], where
+//! all of that is an error at the place it starts, exactly as lock files were always read.
 //!
 //! Nothing is evaluated: variables, expressions, interpolation and function calls are errors.
 //! The parser does no I/O and never panics. Nesting is limited to [`MAX_DEPTH`] containers, so
@@ -431,6 +433,15 @@ impl<'a> Lexer<'a> {
             '=' if second == Some('>') => self.two(Tok::Arrow),
             '%' if elixir && second == Some('{') => self.two(Tok::MapOpen),
             '#' if !elixir && second == Some('{') => self.two(Tok::MapOpen),
+            '#' if self.all_erlang() => {
+                // `#` and `{` are two tokens in Erlang: space or a comment may come between.
+                self.bump();
+                self.skip_trivia();
+                if !self.eat('{') {
+                    return Err(TermError::UnexpectedChar { at, found: '#' });
+                }
+                Tok::MapOpen
+            }
             '<' if !elixir && second == Some('<') => self.two(Tok::BinOpen),
             '>' if !elixir && second == Some('>') => self.two(Tok::BinClose),
             '/' if !elixir => {
@@ -676,6 +687,12 @@ impl<'a> Lexer<'a> {
                 }
                 code
             }
+            // Erlang itself takes any character and keeps its low five bits (`\^?` is 31); lock
+            // files keep the caret notation of control characters (`\^?` is DEL).
+            (Dialect::Erlang, '^') if self.literals == Literals::All => match self.bump() {
+                Some(c) if c.is_ascii() => u32::from(c) & 0x1f,
+                _ => return Err(bad()),
+            },
             (Dialect::Erlang, '^') => match self.bump() {
                 Some(c) if c.is_ascii_alphabetic() || "@[\\]^_".contains(c) => u32::from(c) & 0x1f,
                 Some('?') => 0x7f,
@@ -922,11 +939,22 @@ impl<'t> Parser<'t> {
                 break;
             }
             let segment = match self.peek() {
-                Some(Token { tok: Tok::Str(text), at }) => (Some(text.as_str()), 0, *at),
+                Some(Token { tok: Tok::Str(text), at }) => (Some(text.clone()), 0, *at),
                 Some(Token { tok: Tok::Int(n), at }) => (None, *n, *at),
                 _ => return Err(self.unexpected("a string or integer segment")),
             };
             self.pos += 1;
+            let segment = match segment {
+                // Erlang concatenates adjacent strings here too.
+                (Some(mut text), n, at) if self.literals == Literals::All => {
+                    while let Some(Token { tok: Tok::Str(more), .. }) = self.peek() {
+                        text.push_str(more);
+                        self.pos += 1;
+                    }
+                    (Some(text), n, at)
+                }
+                other => other,
+            };
             let utf8 = if self.eat(&Tok::Slash) {
                 match self.advance() {
                     Some(Token { tok: Tok::Atom(t), .. }) if t == "utf8" => true,
@@ -940,7 +968,7 @@ impl<'t> Parser<'t> {
             };
             let (text, value, at) = segment;
             let out_of_range = || TermError::SegmentOutOfRange { at };
-            let codes: Vec<u32> = match text {
+            let codes: Vec<u32> = match &text {
                 Some(text) => text.chars().map(u32::from).collect(),
                 None => vec![u32::try_from(value).map_err(|_| out_of_range())?],
             };
@@ -1055,6 +1083,29 @@ mod tests {
         // A float needs digits after the point, and an exponent digits after the `e`.
         assert_eq!(all("{1.5e, 2}.").unwrap_err().to_string(), "line 1, column 5: expected `,` or `}`, found atom `e`");
         assert_eq!(all("{1.}.").unwrap_err().to_string(), "line 1, column 3: expected `,` or `}`, found `.`");
+    }
+
+    #[test]
+    fn all_follows_erlang_where_lock_files_are_narrower() {
+        let cases = [
+            ("# % comment\n {a => 1}.", "line 1, column 1: unexpected character '#'"),
+            ("<<\"a\" \"b\", 99>>.", "line 1, column 7: expected `,` or `>>`, found string \"b\""),
+            ("\"\\^?\\^1\".", "line 1, column 5: invalid escape sequence in string"),
+        ];
+        let expected = [
+            Value::Map(vec![(
+                Term { value: atom("a"), at: Position { line: 2, column: 3 } },
+                Term { value: Value::Int(1), at: Position { line: 2, column: 8 } },
+            )]),
+            Value::Binary(b"abc".to_vec()),
+            Value::Str("\u{1f}\u{11}".into()),
+        ];
+        for ((text, lock_error), value) in cases.into_iter().zip(expected) {
+            assert_eq!(values(&all(text).unwrap()), [&value], "{text:?}");
+            assert_eq!(parse_erlang(text, Literals::Lock).unwrap_err().to_string(), lock_error, "{text:?}");
+        }
+        assert_eq!(parse_erlang("\"\\^?\".", Literals::Lock).unwrap()[0].value, Value::Str("\u{7f}".into()));
+        assert_eq!(all("# x.").unwrap_err().to_string(), "line 1, column 1: unexpected character '#'");
     }
 
     #[test]
