@@ -6,12 +6,15 @@
 //! missing or damaged make the audit fail; releases that records list but nobody selected are
 //! reported for information only.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheKey;
 use crate::mirror::Mirror;
 use crate::route::Resource;
-use crate::sync::{decode_package, Selection};
+use crate::sync::Selection;
+use crate::verify::Facts;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AuditReport {
@@ -56,18 +59,18 @@ pub async fn run(mirror: &Mirror, repair: bool) -> AuditReport {
             report.missing.push(key.clone());
         }
     }
-    // Releases the selected records list that nobody selected.
-    let limit = mirror.config().max_registry_bytes;
+    // Releases the selected records list that nobody selected, read from the records' verified
+    // facts (the stored bytes are verified as anything from outside the mirror's memory is).
     for key in selection.keys.iter().filter(|k| k.contains("/packages/")) {
         let Some(parsed) = CacheKey::parse(key) else { continue };
         let Ok(Some((_, body))) = mirror.store().get(&parsed) else { continue };
-        let Some(package) = decode_package(&body, limit) else { continue };
-        let (scope, namespace) = {
-            let mut parts = key.splitn(3, '/');
-            (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default().to_string())
-        };
-        for release in &package.releases {
-            let tarball = format!("{scope}/{namespace}/tarballs/{}-{}.tar", package.name, release.version);
+        let Ok(entry) = mirror.verify_import(&parsed, body, None, &HashMap::new()).await else { continue };
+        let Facts::Releases(releases) = entry.content.facts() else { continue };
+        let mut parts = key.splitn(3, '/');
+        let (scope, namespace) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        let Some(name) = parts.next().and_then(|path| path.strip_prefix("packages/")) else { continue };
+        for release in releases.iter() {
+            let tarball = format!("{scope}/{namespace}/tarballs/{name}-{}.tar", release.version);
             if !selection.keys.contains(&tarball) {
                 report.unselected_releases += 1;
             }

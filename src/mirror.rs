@@ -141,6 +141,8 @@ pub struct Reply {
     pub status: CacheStatus,
     pub private: bool,
     pub docs: bool,
+    /// What verification learned from the body (a shared handle, never a second decode).
+    pub facts: Facts,
 }
 
 impl Reply {
@@ -153,6 +155,7 @@ impl Reply {
             status,
             private: entry.private,
             docs: entry.content.class() == Class::Docs,
+            facts: entry.content.facts().clone(),
         }
     }
 }
@@ -719,6 +722,7 @@ impl Mirror {
                     status: CacheStatus::Local,
                     private: false,
                     docs: false,
+                    facts: Facts::None,
                 })
             }
             Resource::Tarball { name, version } => {
