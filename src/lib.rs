@@ -5,7 +5,8 @@
 //! - `config`: figment layers (defaults < TOML < `HEXMIRROR_*`) into a validated `Config`.
 //! - `route`: pure; a request path to a `Route` (repository, resource) or a refusal.
 //! - `registry`: the Hex registry v2 protobuf messages (prost derive, no protoc).
-//! - `verify`: pure; signatures, origins and checksums; the only constructor of `Verified<T>`.
+//! - `verify`: pure; signatures, origins and checksums; the only constructor of `Verified<T>`;
+//!   what it decodes is kept with the bytes as `Facts` (releases, dependencies, names, counts).
 //! - `cache`: cache keys and entries, the moka memory tier and the sled + files disk tier.
 //! - `upstream`: the HTTP client to upstreams: timeouts, fallbacks, proxy, TLS, credential rules.
 //! - `mirror`: the data path: lookup, coalesced fetch, verify, store, stale-if-error.
@@ -13,11 +14,11 @@
 //! - `server`: sockets, TLS, the hyper connection loop, graceful shutdown.
 //! - `metrics`: every Prometheus family, registered once.
 //! - `oauth`: exchanges hexmirror's own key for short-lived upstream tokens.
-//! - `term`: the one parser of literal Erlang and Elixir terms, with positions and limits.
-//! - `lockfile`, `requirement`: mix.lock / rebar.lock parsing and Hex version requirements.
+//! - `term`: pure; the one parser of literal Erlang and Elixir terms, with positions and limits.
+//! - `lockfile`, `requirement`: mix.lock / rebar.lock (read by `term`), Hex version requirements.
+//! - `hex_tarball`: pure; what is read inside a Hex release tarball (inner checksum, licences).
 //! - `sync`: selects releases (specs, lockfiles, all) and fills the store through `mirror`.
 //! - `audit`: `verify`: re-verifies the whole store and the completeness of what was selected.
-//! - `hex_tarball`: what is read inside a Hex release tarball (inner checksum, licences).
 //! - `bundle`, `transfer`: the air-gap bundle format, and export/import with full verification.
 //! - `admin`: the loopback admin endpoint and the command line's client for it.
 

@@ -14,6 +14,11 @@
 //! - registry v1 (`/registry.ets.gz`): hex-encoded RSA / SHA-512 signature over the gzip bytes;
 //! - installers (`/installs/...`): the CSV's base64 signature by the installs key, and each
 //!   archive's sha512 against the digest the verified CSV lists.
+//!
+//! What verification decodes that others need is returned with the bytes as [`Facts`]: the
+//! checksums and dependencies of a record's releases, the names of `/names`, the counts of
+//! `/versions`, a policy's visibility, the installs rows. Nothing outside decodes a verified body
+//! again. Facts live as long as the cached entry, so they hold only what is read.
 
 use std::collections::HashMap;
 use std::io::Read;
