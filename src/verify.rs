@@ -20,7 +20,7 @@
 //! `/versions`, a policy's visibility, the installs rows. Nothing outside decodes a verified body
 //! again. Facts live as long as the cached entry, so they hold only what is read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::sync::Arc;
 
@@ -370,8 +370,8 @@ fn checksum32(bytes: &[u8]) -> Result<[u8; 32], VerifyError> {
 fn releases_of(package: &Package) -> Result<Releases, VerifyError> {
     let mut list = Vec::with_capacity(package.releases.len());
     let mut by_version = HashMap::with_capacity(package.releases.len());
-    // Consecutive releases mostly declare the same dependencies: one copy per distinct list.
-    let mut shared: HashMap<Vec<Dependency>, Arc<[Dependency]>> = HashMap::new();
+    // Most releases declare the same dependencies as another of the record: one copy per list.
+    let mut shared: HashSet<Arc<[Dependency]>> = HashSet::new();
     for release in &package.releases {
         let outer_checksum = release.outer_checksum.as_deref().map(checksum32).transpose()?;
         let checksum = match outer_checksum {
@@ -388,11 +388,11 @@ fn releases_of(package: &Package) -> Result<Releases, VerifyError> {
                 repository: d.repository.clone(),
             })
             .collect();
-        let dependencies = match shared.get(&dependencies) {
+        let dependencies = match shared.get(dependencies.as_slice()) {
             Some(list) => list.clone(),
             None => {
-                let list: Arc<[Dependency]> = dependencies.clone().into();
-                shared.insert(dependencies, list.clone());
+                let list: Arc<[Dependency]> = dependencies.into();
+                shared.insert(list.clone());
                 list
             }
         };
