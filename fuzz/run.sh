@@ -2,7 +2,7 @@
 # Fuzzes every target for FUZZ_SECONDS seconds each (default 30), on a scratch copy of the
 # committed seed corpus, and fails on any crash, leak, timeout or out-of-memory.
 #
-#   bash fuzz/run.sh                       # about 3 minutes
+#   bash fuzz/run.sh                       # about 4 minutes
 #   FUZZ_SECONDS=1800 bash fuzz/run.sh     # the long run
 #   FUZZ_TARGETS="route config" bash fuzz/run.sh
 #
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export RUSTC_BOOTSTRAP=1
 seconds=${FUZZ_SECONDS:-30}
-read -r -a targets <<<"${FUZZ_TARGETS:-route registry tarball lockfile requirement config bundle}"
+read -r -a targets <<<"${FUZZ_TARGETS:-route registry tarball lockfile term requirement config bundle}"
 
 # Longest input per target: a little above the largest seed that matters for it.
 declare -A max_len=(
@@ -20,6 +20,7 @@ declare -A max_len=(
   [registry]=65536
   [tarball]=131072
   [lockfile]=16384
+  [term]=16384
   [requirement]=512
   [config]=16384
   [bundle]=65536

@@ -6,12 +6,15 @@
 //! missing or damaged make the audit fail; releases that records list but nobody selected are
 //! reported for information only.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheKey;
 use crate::mirror::Mirror;
 use crate::route::Resource;
-use crate::sync::{decode_package, Selection};
+use crate::sync::Selection;
+use crate::verify::Facts;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AuditReport {
@@ -56,16 +59,16 @@ pub async fn run(mirror: &Mirror, repair: bool) -> AuditReport {
             report.missing.push(key.clone());
         }
     }
-    // Releases the selected records list that nobody selected.
-    let limit = mirror.config().max_registry_bytes;
+    // Releases the selected records list that nobody selected, read from the records' verified
+    // facts (the stored bytes are verified as anything from outside the mirror's memory is).
     for key in &selection.keys {
-        let Some(parsed) = CacheKey::parse(key).filter(|k| matches!(k.resource(), Resource::Package(_))) else {
-            continue;
-        };
+        let Some(parsed) = CacheKey::parse(key) else { continue };
+        let Resource::Package(name) = parsed.resource() else { continue };
         let Ok(Some((_, body))) = mirror.store().get(&parsed) else { continue };
-        let Some(package) = decode_package(&body, limit) else { continue };
-        for release in &package.releases {
-            let resource = Resource::Tarball { name: package.name.clone(), version: release.version.clone() };
+        let Ok(entry) = mirror.verify_import(&parsed, body, None, None, &HashMap::new()).await else { continue };
+        let Facts::Releases(releases) = entry.content.facts() else { continue };
+        for release in releases.iter() {
+            let resource = Resource::Tarball { name: name.clone(), version: release.version.clone() };
             let tarball = CacheKey::new(parsed.namespace(), &resource, parsed.is_private());
             if !selection.keys.contains(tarball.as_str()) {
                 report.unselected_releases += 1;

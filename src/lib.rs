@@ -5,7 +5,8 @@
 //! - `config`: figment layers (defaults < TOML < `HEXMIRROR_*`) into a validated `Config`.
 //! - `route`: pure; a request path to a `Route` (repository, resource) or a refusal.
 //! - `registry`: the Hex registry v2 protobuf messages (prost derive, no protoc).
-//! - `verify`: pure; signatures, origins and checksums; the only constructor of `Verified<T>`.
+//! - `verify`: pure; signatures, origins and checksums; the only constructor of `Verified<T>`;
+//!   what it decodes is kept with the bytes as `Facts` (releases, dependencies, names, counts).
 //! - `cache`: cache keys and entries, the moka memory tier and the sled + files disk tier.
 //! - `upstream`: the HTTP client to upstreams: timeouts, fallbacks, proxy, TLS, credential rules.
 //! - `mirror`: the data path: lookup, coalesced fetch, verify, store, stale-if-error.
@@ -14,7 +15,9 @@
 //! - `server`: sockets, TLS, the hyper connection loop, graceful shutdown.
 //! - `metrics`: every Prometheus family, registered once.
 //! - `oauth`: exchanges hexmirror's own key for short-lived upstream tokens.
-//! - `lockfile`, `requirement`: mix.lock / rebar.lock parsing and Hex version requirements.
+//! - `term`: pure; the one parser of literal Erlang and Elixir terms, with positions and limits.
+//! - `lockfile`, `requirement`: mix.lock / rebar.lock (read by `term`), Hex version requirements.
+//! - `hex_tarball`: pure; what is read inside a Hex release tarball (inner checksum, licences).
 //! - `sync`: selects releases (specs, lockfiles, all) and fills the store through `mirror`.
 //! - `audit`: `verify`: re-verifies the whole store and the completeness of what was selected.
 //! - `bundle`, `transfer`: the air-gap bundle format, and export/import with full verification.
@@ -28,6 +31,7 @@ pub mod budget;
 pub mod bundle;
 pub mod cache;
 pub mod config;
+pub mod hex_tarball;
 pub mod lockfile;
 pub mod metrics;
 pub mod mirror;
@@ -38,6 +42,7 @@ pub mod route;
 pub mod server;
 pub mod service;
 pub mod sync;
+pub mod term;
 pub mod transfer;
 pub mod upstream;
 pub mod verify;

@@ -7,6 +7,10 @@
 //! evicted) and recorded in the selection file, which `audit` checks for completeness. A second
 //! run finds what is already stored (a hit, or a cheap 304 for records past their TTL), so sync
 //! is incremental and resumes after an interruption without refetching what is done.
+//!
+//! It decodes no registry file itself: the releases, dependencies, package names and counts it
+//! works from are the facts `verify` decoded while verifying each reply
+//! ([`crate::mirror::Reply::facts`], [`crate::verify::Facts`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
@@ -19,10 +23,11 @@ use serde::{Deserialize, Serialize};
 use crate::cache::CacheKey;
 use crate::lockfile::{self, LockedPackage};
 use crate::metrics::CacheStatus;
-use crate::mirror::{ClientCredentials, Mirror, MirrorError, Target};
-use crate::registry::{self, Package, Signed};
+use crate::mirror::{ClientCredentials, Mirror, MirrorError, Reply, Target};
+use crate::registry::Package;
 use crate::requirement::{parse_version, PackageSpec, Requirement};
 use crate::route::Resource;
+use crate::verify::{Facts, Release, Releases};
 
 /// What to sync. Built by the command line and sent as JSON to a running server.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -124,22 +129,9 @@ impl Selection {
     }
 }
 
-/// Decodes the `Package` inside a registry body the mirror has already verified.
-pub fn decode_package(body: &[u8], limit: u64) -> Option<Package> {
-    let raw = crate::verify::gunzip(body, limit).ok()?;
-    let signed: Signed = registry::decode(&raw).ok()?;
-    registry::decode(&signed.payload).ok()
-}
-
 /// A rough size of one release tarball, for the `--all` estimate (hex.pm's tarballs are mostly
 /// tens of kilobytes).
 const TYPICAL_RELEASE_BYTES: u64 = 100 << 10;
-
-fn decode_versions(body: &[u8], limit: u64) -> Option<registry::Versions> {
-    let raw = crate::verify::gunzip(body, limit).ok()?;
-    let signed: Signed = registry::decode(&raw).ok()?;
-    registry::decode(&signed.payload).ok()
-}
 
 /// The last row of an installs CSV: (installer version, Elixir versions).
 fn newest_install_row(csv: &[u8]) -> Option<(String, Vec<String>)> {
@@ -149,12 +141,6 @@ fn newest_install_row(csv: &[u8]) -> Option<(String, Vec<String>)> {
     let version = cells.next()?.to_string();
     let _digest = cells.next()?;
     Some((version, cells.map(String::from).collect()))
-}
-
-fn decode_names(body: &[u8], limit: u64) -> Option<registry::Names> {
-    let raw = crate::verify::gunzip(body, limit).ok()?;
-    let signed: Signed = registry::decode(&raw).ok()?;
-    registry::decode(&signed.payload).ok()
 }
 
 /// A package to visit: where, which, and which versions.
@@ -181,7 +167,8 @@ struct Planner<'a> {
     selected: BTreeSet<String>,
     /// Tarballs to fetch: (repo, name, version).
     tarballs: BTreeSet<(Option<String>, String, String)>,
-    records: HashMap<(Option<String>, String), Option<Package>>,
+    /// The releases of each verified package record visited (`None`: it could not be had).
+    records: HashMap<(Option<String>, String), Option<Arc<Releases>>>,
     events: &'a (dyn Fn(Event) + Send + Sync),
 }
 
@@ -199,8 +186,9 @@ impl Planner<'_> {
         (self.events)(Event::Item { resource, outcome, detail });
     }
 
-    /// Fetches (with retries) and records one resource; returns the reply body.
-    async fn fetch(&mut self, repo: &Option<String>, resource: Resource) -> Option<bytes::Bytes> {
+    /// Fetches (with retries) and records one resource; returns the reply, whose facts are what
+    /// verification decoded from it.
+    async fn fetch(&mut self, repo: &Option<String>, resource: Resource) -> Option<Reply> {
         let target = self.mirror.target(repo.as_deref());
         let label =
             format!("{}{}", repo.as_ref().map(|r| format!("/repos/{r}/")).unwrap_or("/".into()), resource.path());
@@ -210,7 +198,7 @@ impl Planner<'_> {
                 self.selected.insert(key.to_string());
                 let outcome = if reply.status == CacheStatus::Miss { Outcome::Fetched } else { Outcome::Present };
                 self.item(label, outcome, None);
-                Some(reply.body)
+                Some(reply)
             }
             Err(e) => {
                 self.item(label, Outcome::Failed, Some(e.to_string()));
@@ -219,16 +207,19 @@ impl Planner<'_> {
         }
     }
 
-    async fn record(&mut self, repo: &Option<String>, name: &str) -> Option<Package> {
+    /// The releases of a package's verified record.
+    async fn record(&mut self, repo: &Option<String>, name: &str) -> Option<Arc<Releases>> {
         let id = (repo.clone(), name.to_string());
         if let Some(known) = self.records.get(&id) {
             return known.clone();
         }
-        let body = self.fetch(repo, Resource::Package(name.to_string())).await;
-        let limit = self.mirror.config().max_registry_bytes;
-        let package = body.and_then(|b| decode_package(&b, limit));
-        self.records.insert(id, package.clone());
-        package
+        let reply = self.fetch(repo, Resource::Package(name.to_string())).await;
+        let releases = match reply.map(|r| r.facts) {
+            Some(Facts::Releases(releases)) => Some(releases),
+            _ => None,
+        };
+        self.records.insert(id, releases.clone());
+        releases
     }
 }
 
@@ -303,26 +294,18 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
     if request.all {
         let names = planner.fetch(&request.repo, Resource::Names).await;
         let versions = planner.fetch(&request.repo, Resource::Versions).await;
-        let limit = mirror.config().max_registry_bytes;
-        if let Some(versions) = versions.and_then(|b| decode_versions(&b, limit)) {
-            let releases: usize = versions
-                .packages
-                .iter()
-                .map(|p| {
-                    let retired = if request.include_retired { 0 } else { p.retired.len() };
-                    p.versions.len().saturating_sub(retired)
-                })
-                .sum();
+        if let Some(Facts::Versions(counts)) = versions.map(|r| r.facts) {
+            let releases = if request.include_retired { counts.releases } else { counts.unretired_releases };
             (planner.events)(Event::Estimate {
-                packages: versions.packages.len(),
+                packages: counts.packages,
                 releases,
                 approx_bytes: releases as u64 * TYPICAL_RELEASE_BYTES,
             });
         }
-        if let Some(names) = names.and_then(|b| decode_names(&b, limit)) {
-            tracing::info!(packages = names.packages.len(), "sync --all: every package of the repository");
-            for package in names.packages {
-                queue.push_back(Want { repo: request.repo.clone(), name: package.name, pick: Pick::All(None) });
+        if let Some(Facts::Names(names)) = names.map(|r| r.facts) {
+            tracing::info!(packages = names.len(), "sync --all: every package of the repository");
+            for name in names.iter() {
+                queue.push_back(Want { repo: request.repo.clone(), name: name.to_string(), pick: Pick::All(None) });
             }
         }
     }
@@ -333,7 +316,7 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
             planner.fetch(&request.repo, Resource::InstallsListSignature(list)).await;
             // The newest installer for each Elixir version it supports: what `mix local.hex`
             // and `mix local.rebar` pick.
-            let Some(last) = listing.and_then(|csv| newest_install_row(&csv)) else { continue };
+            let Some(last) = listing.and_then(|reply| newest_install_row(&reply.body)) else { continue };
             for elixir in &last.1 {
                 let archive =
                     Resource::Installer { elixir: elixir.clone(), app: app.into(), version: last.0.clone(), ez };
@@ -345,14 +328,14 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
     // Resolve the closure from verified records.
     let mut visited: BTreeSet<(Option<String>, String, String)> = BTreeSet::new();
     while let Some(want) = queue.pop_front() {
-        let Some(package) = planner.record(&want.repo, &want.name).await else { continue };
-        let mut releases: Vec<(semver::Version, &registry::Release)> =
-            package.releases.iter().filter_map(|r| parse_version(&r.version).ok().map(|v| (v, r))).collect();
+        let Some(record) = planner.record(&want.repo, &want.name).await else { continue };
+        let mut releases: Vec<(semver::Version, &Release)> =
+            record.iter().filter_map(|r| parse_version(&r.version).ok().map(|v| (v, r))).collect();
         releases.sort_by(|a, b| a.0.cmp(&b.0));
-        let eligible = |(v, r): &(semver::Version, &registry::Release)| {
-            (request.include_prereleases || v.pre.is_empty()) && (request.include_retired || r.retired.is_none())
+        let eligible = |(v, r): &(semver::Version, &Release)| {
+            (request.include_prereleases || v.pre.is_empty()) && (request.include_retired || !r.retired)
         };
-        let chosen: Vec<&registry::Release> = match &want.pick {
+        let chosen: Vec<&Release> = match &want.pick {
             Pick::All(req) => releases
                 .iter()
                 .filter(|pair| eligible(pair))
@@ -398,8 +381,8 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
                 // A lockfile already lists the whole closure.
                 continue;
             }
-            for dep in &release.dependencies {
-                if dep.optional.unwrap_or(false) && !request.include_optional {
+            for dep in release.dependencies.iter() {
+                if dep.optional && !request.include_optional {
                     continue;
                 }
                 let Ok(requirement) = Requirement::parse(&dep.requirement) else {
@@ -466,7 +449,7 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
 }
 
 /// Why a lockfile entry disagrees with the verified registry, if it does.
-fn lock_mismatch(locked: &LockedPackage, release: &registry::Release) -> Option<String> {
+fn lock_mismatch(locked: &LockedPackage, release: &Release) -> Option<String> {
     if let (Some(lock), Some(registry)) = (&locked.outer_checksum, &release.outer_checksum) {
         if lock[..] != registry[..] {
             return Some(format!(
@@ -504,14 +487,17 @@ pub fn versions_of(package: &Package) -> BTreeMap<String, bool> {
 mod tests {
     use super::*;
 
-    fn release(version: &str, inner: u8, outer: Option<u8>) -> registry::Release {
-        registry::Release {
+    fn release(version: &str, inner: u8, outer: Option<u8>) -> Release {
+        Release {
             version: version.into(),
-            inner_checksum: vec![inner; 32],
-            dependencies: vec![],
-            retired: None,
-            outer_checksum: outer.map(|o| vec![o; 32]),
-            published_at: None,
+            checksum: match outer {
+                Some(outer) => crate::verify::ReleaseChecksum::Outer([outer; 32]),
+                None => crate::verify::ReleaseChecksum::Inner([inner; 32]),
+            },
+            inner_checksum: vec![inner; 32].into(),
+            outer_checksum: outer.map(|o| [o; 32]),
+            retired: false,
+            dependencies: Arc::from([]),
         }
     }
 

@@ -16,8 +16,13 @@
 //! - registry v1 (`/registry.ets.gz`): hex-encoded RSA / SHA-512 signature over the gzip bytes;
 //! - installers (`/installs/...`): the CSV's base64 signature by the installs key, and each
 //!   archive's sha512 against the digest the verified CSV lists.
+//!
+//! What verification decodes that others need is returned with the bytes as [`Facts`]: the
+//! checksums and dependencies of a record's releases, the names of `/names`, the counts of
+//! `/versions`, a policy's visibility, the installs rows. Nothing outside decodes a verified body
+//! again. Facts live as long as the cached entry, so they hold only what is read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::sync::Arc;
 
@@ -30,6 +35,7 @@ use rsa::signature::Verifier;
 use rsa::RsaPublicKey;
 use sha2::{Digest, Sha256, Sha512};
 
+use crate::hex_tarball;
 use crate::registry::{self, Names, Package, Policy, Versions};
 
 /// A repository's RSA public key, with the PEM text it was read from (served at `/public_key`).
@@ -154,12 +160,20 @@ pub struct Body {
     pub facts: Facts,
 }
 
-/// What a verified body tells about other resources.
+/// What a verified body tells about other resources, decoded once by verification so that no
+/// one decodes a verified body again (the mirror checks tarballs against it; sync resolves
+/// releases and dependencies from it). It is kept beside the bytes for as long as the entry
+/// lives, so it holds only what is read: no copy of a payload's unread parts.
 #[derive(Debug, Clone, Default)]
 pub enum Facts {
     #[default]
     None,
-    /// A package record: the checksum each of its tarballs must have.
+    /// `/names`: the package names, in the file's order.
+    Names(Arc<PackageNames>),
+    /// `/versions`: how many packages and releases it lists (nothing else is read from it).
+    Versions(VersionCounts),
+    /// A package record: each release with the checksum its tarball must have, its
+    /// retirement and its dependencies.
     Releases(Arc<Releases>),
     /// A dependency policy and whether it declares itself public.
     Policy { public: bool },
@@ -167,20 +181,98 @@ pub enum Facts {
     Installs(Arc<Vec<InstallRow>>),
 }
 
-/// The checksum of each release of one package, keyed by version.
+/// The names of a `/names` file, held in one string (a repository can list tens of thousands).
 #[derive(Debug, Default)]
-pub struct Releases(HashMap<String, ReleaseChecksum>);
+pub struct PackageNames {
+    text: String,
+    /// Where each name ends in `text`.
+    ends: Vec<usize>,
+}
 
-impl Releases {
-    pub fn get(&self, version: &str) -> Option<&ReleaseChecksum> {
-        self.0.get(version)
+impl PackageNames {
+    fn of(names: &Names) -> PackageNames {
+        let mut text = String::with_capacity(names.packages.iter().map(|p| p.name.len()).sum());
+        let mut ends = Vec::with_capacity(names.packages.len());
+        for package in &names.packages {
+            text.push_str(&package.name);
+            ends.push(text.len());
+        }
+        PackageNames { text, ends }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(start, &end)| &self.text[start..end])
     }
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.ends.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.ends.is_empty()
     }
+}
+
+/// The counts of a `/versions` file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VersionCounts {
+    pub packages: usize,
+    /// Every version of every package.
+    pub releases: usize,
+    /// The versions not retired (per package, its versions less its retired ones).
+    pub unretired_releases: usize,
+}
+
+/// The releases of one package record, in the record's order, found by version.
+#[derive(Debug, Default)]
+pub struct Releases {
+    list: Vec<Release>,
+    /// Index into `list` by version; a version listed twice is found as its last listing.
+    by_version: HashMap<String, usize>,
+}
+
+impl Releases {
+    /// The checksum the tarball of `version` must have.
+    pub fn get(&self, version: &str) -> Option<&ReleaseChecksum> {
+        self.release(version).map(|r| &r.checksum)
+    }
+    pub fn release(&self, version: &str) -> Option<&Release> {
+        self.by_version.get(version).map(|&i| &self.list[i])
+    }
+    /// Every release, in the record's order.
+    pub fn iter(&self) -> std::slice::Iter<'_, Release> {
+        self.list.iter()
+    }
+    /// The number of distinct versions.
+    pub fn len(&self) -> usize {
+        self.by_version.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.by_version.is_empty()
+    }
+}
+
+/// One release of a verified package record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    pub version: String,
+    /// What its tarball must hash to.
+    pub checksum: ReleaseChecksum,
+    /// The record's inner checksum, as listed (32 bytes in any record hex.pm writes).
+    pub inner_checksum: Box<[u8]>,
+    pub outer_checksum: Option<[u8; 32]>,
+    pub retired: bool,
+    /// Shared with the other releases of the record that declare the same list.
+    pub dependencies: Arc<[Dependency]>,
+}
+
+/// A dependency a release declares.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Dependency {
+    pub package: String,
+    pub requirement: String,
+    pub optional: bool,
+    /// The repository, when the record names one (unset: the parent's).
+    pub repository: Option<String>,
 }
 
 /// What a tarball must hash to. `Outer` is authoritative; `Inner` only for old releases.
@@ -298,13 +390,18 @@ pub fn registry_file(
         RegistryFile::Names => {
             let names: Names = registry::decode(&payload).map_err(|_| VerifyError::Decode { what: "Names" })?;
             check_origin(repository, &names.repository)?;
-            Facts::None
+            Facts::Names(Arc::new(PackageNames::of(&names)))
         }
         RegistryFile::Versions => {
             let versions: Versions =
                 registry::decode(&payload).map_err(|_| VerifyError::Decode { what: "Versions" })?;
             check_origin(repository, &versions.repository)?;
-            Facts::None
+            let packages = &versions.packages;
+            Facts::Versions(VersionCounts {
+                packages: packages.len(),
+                releases: packages.iter().map(|p| p.versions.len()).sum(),
+                unretired_releases: packages.iter().map(|p| p.versions.len().saturating_sub(p.retired.len())).sum(),
+            })
         }
         RegistryFile::Package(name) => {
             let package: Package = registry::decode(&payload).map_err(|_| VerifyError::Decode { what: "Package" })?;
@@ -327,15 +424,45 @@ fn checksum32(bytes: &[u8]) -> Result<[u8; 32], VerifyError> {
 }
 
 fn releases_of(package: &Package) -> Result<Releases, VerifyError> {
-    let mut map = HashMap::with_capacity(package.releases.len());
+    let mut list = Vec::with_capacity(package.releases.len());
+    let mut by_version = HashMap::with_capacity(package.releases.len());
+    // Most releases declare the same dependencies as another of the record: one copy per list.
+    let mut shared: HashSet<Arc<[Dependency]>> = HashSet::new();
     for release in &package.releases {
-        let checksum = match &release.outer_checksum {
-            Some(outer) => ReleaseChecksum::Outer(checksum32(outer)?),
+        let outer_checksum = release.outer_checksum.as_deref().map(checksum32).transpose()?;
+        let checksum = match outer_checksum {
+            Some(outer) => ReleaseChecksum::Outer(outer),
             None => ReleaseChecksum::Inner(checksum32(&release.inner_checksum)?),
         };
-        map.insert(release.version.clone(), checksum);
+        let dependencies: Vec<Dependency> = release
+            .dependencies
+            .iter()
+            .map(|d| Dependency {
+                package: d.package.clone(),
+                requirement: d.requirement.clone(),
+                optional: d.optional.unwrap_or(false),
+                repository: d.repository.clone(),
+            })
+            .collect();
+        let dependencies = match shared.get(dependencies.as_slice()) {
+            Some(list) => list.clone(),
+            None => {
+                let list: Arc<[Dependency]> = dependencies.into();
+                shared.insert(list.clone());
+                list
+            }
+        };
+        by_version.insert(release.version.clone(), list.len());
+        list.push(Release {
+            version: release.version.clone(),
+            checksum,
+            inner_checksum: release.inner_checksum.clone().into_boxed_slice(),
+            outer_checksum,
+            retired: release.retired.is_some(),
+            dependencies,
+        });
     }
-    Ok(Releases(map))
+    Ok(Releases { list, by_version })
 }
 
 /// Verifies a release tarball against the checksum from its verified package record.
@@ -353,25 +480,10 @@ pub fn tarball(body: Bytes, expected: &ReleaseChecksum, max_bytes: u64) -> Resul
     Ok(Verified(Body { bytes: body, facts: Facts::None }))
 }
 
-/// sha256(VERSION ‖ metadata.config ‖ contents.tar.gz) of a Hex tarball.
+/// sha256(VERSION ‖ metadata.config ‖ contents.tar.gz) of a Hex tarball (see
+/// [`hex_tarball::inner_checksum`]).
 pub fn inner_checksum(tarball: &[u8]) -> Result<[u8; 32], VerifyError> {
-    let bad = || VerifyError::Decode { what: "tarball" };
-    let mut members: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut archive = tar::Archive::new(tarball);
-    for entry in archive.entries().map_err(|_| bad())? {
-        let mut entry = entry.map_err(|_| bad())?;
-        let path = entry.path().map_err(|_| bad())?.to_string_lossy().into_owned();
-        if matches!(path.as_str(), "VERSION" | "metadata.config" | "contents.tar.gz") {
-            let mut data = Vec::new();
-            entry.read_to_end(&mut data).map_err(|_| bad())?;
-            members.insert(path, data);
-        }
-    }
-    let mut hasher = Sha256::new();
-    for name in ["VERSION", "metadata.config", "contents.tar.gz"] {
-        hasher.update(members.get(name).ok_or_else(bad)?);
-    }
-    Ok(hasher.finalize().into())
+    hex_tarball::inner_checksum(tarball).ok_or(VerifyError::Decode { what: "tarball" })
 }
 
 /// Verifies `/registry.ets.gz` with its hex-encoded signature (from `.signed` or a header).
@@ -504,6 +616,88 @@ pub(crate) mod tests {
     fn real_hexpm_versions_verifies() {
         let v = registry_file(RegistryFile::Versions, "hexpm", Bytes::from_static(REAL_VERSIONS), &real_key(), LIMIT);
         assert!(v.is_ok(), "{:?}", v.err());
+    }
+
+    #[test]
+    fn facts_carry_what_the_payload_says_decoded_once() {
+        // /versions: only the counts, checked against a decode of the same payload.
+        let v = registry_file(RegistryFile::Versions, "hexpm", Bytes::from_static(REAL_VERSIONS), &real_key(), LIMIT);
+        let Facts::Versions(counts) = v.unwrap().get().facts else { panic!("no counts") };
+        let raw = gunzip(REAL_VERSIONS, LIMIT).unwrap();
+        let versions: Versions = registry::decode(&signed_payload(&raw, &real_key()).unwrap()).unwrap();
+        assert_eq!(counts.packages, versions.packages.len());
+        assert_eq!(counts.releases, versions.packages.iter().map(|p| p.versions.len()).sum::<usize>());
+        let retired: usize = versions.packages.iter().map(|p| p.retired.len()).sum();
+        assert!(retired > 0 && counts.unretired_releases == counts.releases - retired, "{counts:?}");
+
+        // /names: every name, in order.
+        let names = Names {
+            packages: ["b", "", "a_long_name"]
+                .iter()
+                .map(|n| registry::NamesPackage { name: n.to_string(), updated_at: None })
+                .collect(),
+            repository: "acme".into(),
+        };
+        let v = registry_file(RegistryFile::Names, "acme", sign(&names.encode_to_vec()).into(), &test_key(), LIMIT);
+        let v = v.unwrap();
+        let Facts::Names(listed) = &v.get().facts else { panic!("no names") };
+        assert_eq!(listed.iter().collect::<Vec<_>>(), ["b", "", "a_long_name"]);
+        assert_eq!(listed.len(), 3);
+
+        // A package record: releases in order, with checksums, retirement and dependencies;
+        // releases that declare the same dependencies share one list.
+        let dep = |package: &str, optional: Option<bool>, repository: Option<&str>| registry::Dependency {
+            package: package.into(),
+            requirement: "~> 1.0".into(),
+            optional,
+            app: Some("ignored".into()),
+            repository: repository.map(String::from),
+        };
+        let release =
+            |version: &str, outer: Option<u8>, deps: Vec<registry::Dependency>, retired: bool| registry::Release {
+                version: version.into(),
+                inner_checksum: vec![1; 32],
+                dependencies: deps,
+                retired: retired.then_some(registry::RetirementStatus { reason: 1, message: None }),
+                outer_checksum: outer.map(|o| vec![o; 32]),
+                published_at: None,
+            };
+        let package = Package {
+            releases: vec![
+                release("0.9.0", None, vec![dep("a", None, None)], true),
+                release("1.0.0", Some(2), vec![dep("a", None, None)], false),
+                release("1.1.0", Some(3), vec![dep("a", Some(true), Some("acme"))], false),
+            ],
+            name: "p".into(),
+            repository: "acme".into(),
+        };
+        let v = registry_file(
+            RegistryFile::Package("p"),
+            "acme",
+            sign(&package.encode_to_vec()).into(),
+            &test_key(),
+            LIMIT,
+        );
+        let v = v.unwrap();
+        let Facts::Releases(releases) = &v.get().facts else { panic!("no releases") };
+        let listed: Vec<(&str, ReleaseChecksum, bool)> =
+            releases.iter().map(|r| (r.version.as_str(), r.checksum, r.retired)).collect();
+        assert_eq!(
+            listed,
+            [
+                ("0.9.0", ReleaseChecksum::Inner([1; 32]), true),
+                ("1.0.0", ReleaseChecksum::Outer([2; 32]), false),
+                ("1.1.0", ReleaseChecksum::Outer([3; 32]), false),
+            ]
+        );
+        let (old, new, newest) =
+            (releases.release("0.9.0").unwrap(), &releases.iter().nth(1).unwrap(), releases.release("1.1.0").unwrap());
+        assert_eq!((&*new.inner_checksum, new.outer_checksum), (&[1u8; 32][..], Some([2; 32])));
+        assert!(Arc::ptr_eq(&old.dependencies, &new.dependencies), "equal lists are shared");
+        let want = Dependency { package: "a".into(), requirement: "~> 1.0".into(), optional: false, repository: None };
+        assert_eq!(&*new.dependencies, std::slice::from_ref(&want));
+        let want = Dependency { optional: true, repository: Some("acme".into()), ..want };
+        assert_eq!(&*newest.dependencies, [want]);
     }
 
     #[test]

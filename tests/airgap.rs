@@ -225,7 +225,10 @@ async fn altered_truncated_and_forged_bundles_are_refused_and_the_store_is_uncha
 async fn verify_reports_damage_and_repair_refetches_it() {
     let (dir, _upstream, toml) = synced_store().await;
     let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
-    assert!(hexmirror::audit::run(&mirror.mirror, false).await.ok());
+    let report = hexmirror::audit::run(&mirror.mirror, false).await;
+    assert!(report.ok());
+    // The selected records also list hexdemo_mid 0.1.0 and the retired hexdemo_base 1.0.0.
+    assert_eq!(report.unselected_releases, 2, "{report:?}");
     mirror.stop().await;
     // Flip a bit in one blob on disk.
     let blob =

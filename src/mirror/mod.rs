@@ -56,7 +56,7 @@ use crate::config::{Config, RepoConfig, HEXPM};
 use crate::metrics::{CacheStatus, Metrics};
 use crate::route::Resource;
 use crate::upstream::{Upstream, UpstreamError};
-use crate::verify::VerifyError;
+use crate::verify::{Facts, VerifyError};
 
 /// Where a repository request goes and what its payloads must say.
 #[derive(Debug, Clone)]
@@ -87,6 +87,8 @@ pub struct Reply {
     pub status: CacheStatus,
     pub private: bool,
     pub docs: bool,
+    /// What verification learned from the body (a shared handle, never a second decode).
+    pub facts: Facts,
 }
 
 impl Reply {
@@ -99,6 +101,7 @@ impl Reply {
             status,
             private: entry.private,
             docs: entry.content.class() == Class::Docs,
+            facts: entry.content.facts().clone(),
         }
     }
 }

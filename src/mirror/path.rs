@@ -40,6 +40,7 @@ impl Mirror {
                     status: CacheStatus::Local,
                     private: false,
                     docs: false,
+                    facts: Facts::None,
                 })
             }
             Resource::Tarball { name, version } => {
