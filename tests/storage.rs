@@ -4,8 +4,9 @@
 //! The invariant in every case: clients get the right bytes or a clear error, never damaged
 //! bytes; a store that cannot be written degrades (metrics say so) instead of failing requests.
 //!
-//! The disk-full and read-only tests need to mount file systems (root): they print a note and
-//! pass without checking anything when `mount` is refused.
+//! The disk-full and read-only tests need to mount file systems (root): they are `#[ignore]`d,
+//! `.ci/run` (which runs as root) runs them with `cargo test --test storage -- --ignored`, and
+//! they fail when `mount` is refused.
 
 mod common;
 
@@ -20,40 +21,34 @@ struct MountGuard {
 }
 
 impl MountGuard {
-    /// `mount ARGS...`; `None` (with a note on stderr) when mounting is not permitted here.
-    fn mount(path: &Path, steps: &[&[&str]]) -> Option<MountGuard> {
+    /// `mount ARGS...` for each step; panics when a step fails (mounting needs root).
+    fn mount(path: &Path, steps: &[&[&str]]) -> MountGuard {
         std::fs::create_dir_all(path).unwrap();
+        // Held while the later steps run, so that a failure undoes the earlier ones.
         let mut guard = None;
         for args in steps {
-            let out = Command::new("mount").args(*args).output();
-            match out {
+            match Command::new("mount").args(*args).output() {
                 Ok(out) if out.status.success() => {
                     guard.get_or_insert_with(|| MountGuard { path: path.to_path_buf() });
                 }
-                Ok(out) => {
-                    eprintln!(
-                        "note: skipping a storage-fault test: `mount {}` failed (needs root): {}",
-                        args.join(" "),
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    );
-                    return None;
-                }
-                Err(e) => {
-                    eprintln!("note: skipping a storage-fault test: cannot run mount: {e}");
-                    return None;
-                }
+                Ok(out) => panic!(
+                    "`mount {}` failed (this test needs root): {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                Err(e) => panic!("cannot run mount (this test needs root): {e}"),
             }
         }
-        guard
+        guard.expect("at least one mount step")
     }
 
-    fn tmpfs(path: &Path, size: &str) -> Option<MountGuard> {
+    fn tmpfs(path: &Path, size: &str) -> MountGuard {
         let p = path.to_str().unwrap();
         Self::mount(path, &[&["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs", p]])
     }
 
     /// Makes `path` read-only in place (a read-only bind mount of itself).
-    fn read_only(path: &Path) -> Option<MountGuard> {
+    fn read_only(path: &Path) -> MountGuard {
         let p = path.to_str().unwrap();
         Self::mount(path, &[&["--bind", p, p], &["-o", "remount,ro,bind", p]])
     }
@@ -131,11 +126,12 @@ fn blob_of(data: &Path, bytes: &[u8]) -> PathBuf {
 // ------------------------------------------------------------------------------------------
 
 #[tokio::test]
+#[ignore = "needs root to mount a filesystem; .ci/run runs them"]
 async fn a_disk_that_fills_up_degrades_the_store_and_every_client_still_gets_the_right_bytes() {
     let upstream = TestUpstream::start(hexpm_and_acme_files()).await;
     let site = site(&upstream);
     let data = site.data_dir();
-    let Some(_tmpfs) = MountGuard::tmpfs(&data, "1m") else { return };
+    let _tmpfs = MountGuard::tmpfs(&data, "1m");
     let mirror = site.start().await;
     assert_eq!(metric(&mirror, "hexmirror_store_degraded", &[]).await, 0.0);
     let filler = fill(&data, 0);
@@ -193,13 +189,14 @@ async fn a_disk_that_fills_up_degrades_the_store_and_every_client_still_gets_the
 }
 
 #[tokio::test]
+#[ignore = "needs root to mount a filesystem; .ci/run runs them"]
 async fn concurrent_clients_cause_one_upstream_fetch_per_object_while_the_disk_is_full() {
     let mut duplicates = Vec::new();
     for run in 0..20 {
         let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
         let site = site(&upstream);
         let data = site.data_dir();
-        let Some(_tmpfs) = MountGuard::tmpfs(&data, "1m") else { return };
+        let _tmpfs = MountGuard::tmpfs(&data, "1m");
         let mirror = site.start().await;
         fill(&data, 0);
         let mut tasks = Vec::new();
@@ -225,11 +222,12 @@ async fn concurrent_clients_cause_one_upstream_fetch_per_object_while_the_disk_i
 }
 
 #[tokio::test]
+#[ignore = "needs root to mount a filesystem; .ci/run runs them"]
 async fn a_store_on_a_nearly_full_disk_still_starts_and_serves_degraded() {
     let upstream = TestUpstream::start(hexpm_and_acme_files()).await;
     let site = site(&upstream);
     let data = site.data_dir();
-    let Some(_tmpfs) = MountGuard::tmpfs(&data, "2m") else { return };
+    let _tmpfs = MountGuard::tmpfs(&data, "2m");
     let mirror = site.start().await;
     expect_all_served(&mirror, "first run").await;
     mirror.stop().await;
@@ -263,6 +261,7 @@ async fn expect_new_objects_from_upstream(mirror: &TestMirror) {
 // ------------------------------------------------------------------------------------------
 
 #[tokio::test]
+#[ignore = "needs root to mount a filesystem; .ci/run runs them"]
 async fn a_read_only_data_dir_serves_what_is_stored_and_the_rest_from_upstream_degraded() {
     let upstream = TestUpstream::start(hexpm_and_acme_files()).await;
     let site = site(&upstream);
@@ -270,7 +269,7 @@ async fn a_read_only_data_dir_serves_what_is_stored_and_the_rest_from_upstream_d
     let mirror = site.start().await;
     expect_all_served(&mirror, "first run").await;
     mirror.stop().await;
-    let Some(_ro) = MountGuard::read_only(&data) else { return };
+    let _ro = MountGuard::read_only(&data);
     let mirror =
         site.try_start().await.unwrap_or_else(|e| panic!("hexmirror must start on a read-only data_dir; it said: {e}"));
     expect_all_hits(&mirror, "stored before").await;
@@ -281,13 +280,14 @@ async fn a_read_only_data_dir_serves_what_is_stored_and_the_rest_from_upstream_d
 }
 
 #[tokio::test]
+#[ignore = "needs root to mount a filesystem; .ci/run runs them"]
 async fn an_offline_mirror_on_a_read_only_store_serves_what_is_stored() {
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
     let site = site(&upstream);
     let data = site.data_dir();
     populated(&site).await;
     upstream.stop();
-    let Some(_ro) = MountGuard::read_only(&data) else { return };
+    let _ro = MountGuard::read_only(&data);
     let mirror = site
         .clone()
         .offline()
@@ -303,6 +303,7 @@ async fn an_offline_mirror_on_a_read_only_store_serves_what_is_stored() {
 }
 
 #[tokio::test]
+#[ignore = "needs root to mount a filesystem; .ci/run runs them"]
 async fn a_data_dir_that_becomes_read_only_while_serving_degrades_and_keeps_serving() {
     let upstream = TestUpstream::start(hexpm_and_acme_files()).await;
     let site = site(&upstream);
@@ -313,10 +314,7 @@ async fn a_data_dir_that_becomes_read_only_while_serving_degrades_and_keeps_serv
     }
     // The file system is remounted read-only under the running server (as the kernel does
     // after an I/O error).
-    let Some(ro) = MountGuard::read_only(&data) else {
-        mirror.stop().await;
-        return;
-    };
+    let ro = MountGuard::read_only(&data);
     expect_all_served(&mirror, "read-only").await;
     for path in ["/repos/acme/names", "/repos/acme/packages/hexdemo_mid", "/repos/acme/tarballs/hexdemo_mid-0.2.0.tar"]
     {
