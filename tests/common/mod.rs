@@ -567,9 +567,14 @@ impl MirrorBuilder {
         out
     }
 
+    /// Where the configuration is written (by `write_config`, `config`, `start`).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir().join("hexmirror.toml")
+    }
+
     /// Writes `hexmirror.toml` into the site's directory; returns its path.
     pub fn write_config(&self) -> PathBuf {
-        let path = self.dir().join("hexmirror.toml");
+        let path = self.config_path();
         std::fs::write(&path, self.toml()).unwrap();
         path
     }
