@@ -207,6 +207,12 @@ impl TestUpstream {
     }
 }
 
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// An organization-style upstream of the `acme` flavour: everything needs one of `allowed` as
 /// `Authorization` (401 without, 403 with another) and is marked private.
 pub async fn protected_upstream(allowed: &[&str]) -> TestUpstream {
@@ -218,12 +224,6 @@ pub async fn protected_upstream(allowed: &[&str]) -> TestUpstream {
         s.cache_control = Some("private, max-age=3600".into());
     }
     upstream
-}
-
-impl Drop for TestUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// The strong ETag the test upstreams give `body`.
@@ -630,35 +630,6 @@ impl MirrorBuilder {
     }
 }
 
-/// A hexmirror configuration (TOML) for a test, with `data_dir` in `dir`. Being replaced by
-/// [`TestMirror::builder`].
-pub fn config_toml(dir: &Path, upstream: &str, extra: &str) -> String {
-    format!(
-        r#"
-listen = "127.0.0.1:0"
-data_dir = "{data}"
-registry_ttl = "1h"
-connect_timeout = "2s"
-read_timeout = "3s"
-transfer_timeout = "10s"
-shutdown_grace = "5s"
-[repos.hexpm]
-upstream = "{upstream}"
-public_key = "{key}"
-{extra}
-"#,
-        data = dir.join("data").display(),
-        key = demo_key_path().display(),
-    )
-}
-
-/// Being replaced by [`MirrorBuilder::config`].
-pub fn load_config(dir: &Path, toml: &str) -> hexmirror::Config {
-    let path = dir.join("hexmirror.toml");
-    std::fs::write(&path, toml).unwrap();
-    hexmirror::config::load_from(Some(&path), figment::providers::Env::prefixed("HEXMIRROR_TEST_UNUSED_")).unwrap()
-}
-
 /// A running hexmirror and the means to stop it.
 pub struct TestMirror {
     pub addr: SocketAddr,
@@ -674,24 +645,6 @@ impl TestMirror {
     /// A new test site in a directory of its own; `.upstream(url)` is required.
     pub fn builder() -> MirrorBuilder {
         MirrorBuilder::default()
-    }
-
-    /// Being replaced by [`MirrorBuilder::start`].
-    pub async fn start(config: hexmirror::Config) -> TestMirror {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let running = hexmirror::start(config, async move {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-        TestMirror {
-            addr: running.addr,
-            metrics_addr: running.metrics_addr,
-            mirror: running.mirror,
-            site: MirrorBuilder::default(),
-            stop: Some(tx),
-            done: Some(running.done),
-        }
     }
 
     /// The site this server runs on (to restart it, or start another on the same store).
