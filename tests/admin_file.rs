@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 
@@ -16,17 +16,6 @@ const EXIT_REFUSED: i32 = 77;
 
 /// A uid that is neither root nor the one running the tests (when they run as root).
 const NOBODY: u32 = 65534;
-
-fn hexmirror_cmd(config: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hexmirror"));
-    cmd.arg("--config").arg(config).env("RUST_LOG", "warn");
-    for (key, _) in std::env::vars() {
-        if key.starts_with("HEXMIRROR_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
 
 fn mode_of(path: &Path) -> u32 {
     std::fs::symlink_metadata(path).unwrap().mode() & 0o7777
@@ -57,18 +46,17 @@ fn read_endpoint(data: &Path) -> (String, String) {
 async fn admin_json_tmp_planted_by_another_user_does_not_get_the_token() {
     use std::io::Read;
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let site = TestMirror::builder().upstream(&upstream.url());
+    let data = site.data_dir();
     std::fs::create_dir(&data).unwrap();
     chmod(&data, 0o777);
-    let toml = config_toml(dir.path(), &upstream.url(), "");
 
     // A symlink planted under the old fixed temporary name, pointing at a file of the victim's.
-    let outside = dir.path().join("precious.conf");
+    let outside = site.dir().join("precious.conf");
     std::fs::write(&outside, b"precious contents\n").unwrap();
     let planted = data.join("admin.json.tmp");
     std::os::unix::fs::symlink(&outside, &planted).unwrap();
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let mirror = site.start().await;
     assert_eq!(std::fs::read(&outside).unwrap(), b"precious contents\n", "the file the symlink names is unchanged");
     assert_eq!(std::fs::read_link(&planted).unwrap(), outside, "the planted symlink is left alone");
     let admin = data.join("admin.json");
@@ -84,7 +72,7 @@ async fn admin_json_tmp_planted_by_another_user_does_not_get_the_token() {
     std::fs::write(&planted, b"").unwrap();
     chmod(&planted, 0o666);
     let mut held = std::fs::File::open(&planted).unwrap();
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let mirror = site.start().await;
     let (url, token) = read_endpoint(&data);
     let mut seen = String::new();
     held.read_to_string(&mut seen).unwrap();
@@ -99,13 +87,13 @@ async fn admin_json_tmp_planted_by_another_user_does_not_get_the_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_json_is_written_into_place_over_a_planted_symlink() {
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let site = TestMirror::builder().upstream(&upstream.url());
+    let data = site.data_dir();
     std::fs::create_dir(&data).unwrap();
-    let outside = dir.path().join("precious.conf");
+    let outside = site.dir().join("precious.conf");
     std::fs::write(&outside, b"precious contents\n").unwrap();
     std::os::unix::fs::symlink(&outside, data.join("admin.json")).unwrap();
-    let mirror = TestMirror::start(load_config(dir.path(), &config_toml(dir.path(), &upstream.url(), ""))).await;
+    let mirror = site.start().await;
     assert_eq!(std::fs::read(&outside).unwrap(), b"precious contents\n");
     assert!(std::fs::symlink_metadata(data.join("admin.json")).unwrap().file_type().is_file());
     assert_eq!(mode_of(&data.join("admin.json")), 0o600);
@@ -123,12 +111,11 @@ async fn admin_json_is_written_into_place_over_a_planted_symlink() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_token_comes_from_the_os_random_source() {
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let toml = config_toml(dir.path(), &upstream.url(), "");
+    let site = TestMirror::builder().upstream(&upstream.url());
+    let data = site.data_dir();
     let mut tokens = Vec::new();
     for _ in 0..2 {
-        let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+        let mirror = site.start().await;
         let (url, token) = read_endpoint(&data);
         assert_eq!(admin_ping(&url, &token).await, 200);
         mirror.stop().await;
@@ -155,14 +142,15 @@ async fn attacker_endpoint() -> TestUpstream {
     attacker
 }
 
-/// A data directory with a store, and a configuration naming it.
-fn site(dir: &Path, attacker: &TestUpstream) -> (PathBuf, PathBuf) {
-    let data = dir.join("data");
+/// A data directory with a store, and a configuration naming it: the site, its data
+/// directory and its configuration file.
+fn attacked_site(attacker: &TestUpstream) -> (MirrorBuilder, PathBuf, PathBuf) {
+    let site = TestMirror::builder().upstream(&attacker.url());
+    let data = site.data_dir();
     std::fs::create_dir(&data).unwrap();
     chmod(&data, 0o755);
-    let config = dir.join("hexmirror.toml");
-    std::fs::write(&config, config_toml(dir, &attacker.url(), "")).unwrap();
-    (data, config)
+    let config = site.write_config();
+    (site, data, config)
 }
 
 fn write_admin_json(data: &Path, attacker: &TestUpstream, mode: u32) -> PathBuf {
@@ -195,7 +183,7 @@ fn assert_every_command_refuses(dir: &Path, config: &Path, attacker: &TestUpstre
         vec!["inspect", bundle.to_str().unwrap()],
     ];
     for args in commands {
-        let output: Output = hexmirror_cmd(config).args(&args).output().unwrap();
+        let output: Output = run_hexmirror(config, &args);
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -212,13 +200,12 @@ fn assert_every_command_refuses(dir: &Path, config: &Path, attacker: &TestUpstre
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_json_writable_by_others_is_refused_by_client_commands() {
     let attacker = attacker_endpoint().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (data, config) = site(dir.path(), &attacker);
+    let (site, data, config) = attacked_site(&attacker);
 
     // The control: an admin.json that passes every check is used, so the attacker's endpoint
     // would have seen the commands below had they not refused.
     write_admin_json(&data, &attacker, 0o600);
-    let control = tokio::task::block_in_place(|| hexmirror_cmd(&config).arg("verify").output().unwrap());
+    let control = tokio::task::block_in_place(|| run_hexmirror(&config, &["verify"]));
     assert!(String::from_utf8_lossy(&control.stdout).contains("verify: ok"));
     assert!(attacker.total_requests() > 0);
     attacker.state.lock().unwrap().requests.clear();
@@ -226,7 +213,7 @@ async fn admin_json_writable_by_others_is_refused_by_client_commands() {
     for mode in [0o666, 0o620, 0o602] {
         write_admin_json(&data, &attacker, mode);
         tokio::task::block_in_place(|| {
-            assert_every_command_refuses(dir.path(), &config, &attacker, "writable by group or others")
+            assert_every_command_refuses(site.dir(), &config, &attacker, "writable by group or others")
         });
     }
 }
@@ -234,14 +221,13 @@ async fn admin_json_writable_by_others_is_refused_by_client_commands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_json_in_a_directory_writable_by_others_is_refused_by_client_commands() {
     let attacker = attacker_endpoint().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (data, config) = site(dir.path(), &attacker);
+    let (site, data, config) = attacked_site(&attacker);
     write_admin_json(&data, &attacker, 0o600);
     // The sticky bit does not help: the directory is the store, and others may still add files.
     for mode in [0o777, 0o1777, 0o775] {
         chmod(&data, mode);
         tokio::task::block_in_place(|| {
-            assert_every_command_refuses(dir.path(), &config, &attacker, "writable by group or others")
+            assert_every_command_refuses(site.dir(), &config, &attacker, "writable by group or others")
         });
     }
 }
@@ -249,45 +235,42 @@ async fn admin_json_in_a_directory_writable_by_others_is_refused_by_client_comma
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_json_symlink_is_refused_by_client_commands() {
     let attacker = attacker_endpoint().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (data, config) = site(dir.path(), &attacker);
-    let elsewhere = dir.path().join("elsewhere.json");
+    let (site, data, config) = attacked_site(&attacker);
+    let elsewhere = site.dir().join("elsewhere.json");
     let endpoint = serde_json::json!({ "url": attacker.url(), "token": "attacker", "pid": 1 });
     std::fs::write(&elsewhere, serde_json::to_vec(&endpoint).unwrap()).unwrap();
     chmod(&elsewhere, 0o600);
     std::os::unix::fs::symlink(&elsewhere, data.join("admin.json")).unwrap();
-    tokio::task::block_in_place(|| assert_every_command_refuses(dir.path(), &config, &attacker, "symbolic link"));
+    tokio::task::block_in_place(|| assert_every_command_refuses(site.dir(), &config, &attacker, "symbolic link"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_json_owned_by_another_user_is_refused_by_client_commands() {
     let attacker = attacker_endpoint().await;
-    let dir = tempfile::tempdir().unwrap();
-    if !running_as_root(dir.path()) {
+    let (site, data, config) = attacked_site(&attacker);
+    if !running_as_root(site.dir()) {
         eprintln!("skipped: only root can give a file to another user");
         return;
     }
-    let (data, config) = site(dir.path(), &attacker);
     let admin = write_admin_json(&data, &attacker, 0o600);
     std::os::unix::fs::chown(&admin, Some(NOBODY), Some(NOBODY)).unwrap();
     tokio::task::block_in_place(|| {
-        assert_every_command_refuses(dir.path(), &config, &attacker, &format!("owned by uid {NOBODY}"))
+        assert_every_command_refuses(site.dir(), &config, &attacker, &format!("owned by uid {NOBODY}"))
     });
 
     // The same for the directory that holds it.
     std::os::unix::fs::chown(&admin, Some(0), Some(0)).unwrap();
     std::os::unix::fs::chown(&data, Some(NOBODY), Some(NOBODY)).unwrap();
     tokio::task::block_in_place(|| {
-        assert_every_command_refuses(dir.path(), &config, &attacker, &format!("owned by uid {NOBODY}"))
+        assert_every_command_refuses(site.dir(), &config, &attacker, &format!("owned by uid {NOBODY}"))
     });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_admin_json_the_commands_open_the_store_themselves() {
     let attacker = attacker_endpoint().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (_data, config) = site(dir.path(), &attacker);
-    let verify = tokio::task::block_in_place(|| hexmirror_cmd(&config).arg("verify").output().unwrap());
+    let (_site, _data, config) = attacked_site(&attacker);
+    let verify = tokio::task::block_in_place(|| run_hexmirror(&config, &["verify"]));
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
     assert!(String::from_utf8_lossy(&verify.stdout).contains("verify: ok"));
     assert_eq!(attacker.total_requests(), 0);

@@ -3,7 +3,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 use hexmirror::sync::{collect_events, SyncRequest};
@@ -21,29 +20,28 @@ fn request(packages: &[&str]) -> SyncRequest {
     }
 }
 
-async fn synced_store() -> (tempfile::TempDir, TestUpstream, String) {
+/// A site whose store holds hexdemo_top and its dependencies, synced from the upstream.
+async fn synced_store() -> (MirrorBuilder, TestUpstream) {
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(dir.path(), &upstream.url(), "");
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let site = TestMirror::builder().upstream(&upstream.url());
+    let mirror = site.start().await;
     let (_events, sink) = collect_events();
     let summary = hexmirror::sync::run(&mirror.mirror, &request(&["hexdemo_top"]), &sink).await;
     assert!(summary.ok(), "{summary:?}");
     mirror.stop().await;
-    (dir, upstream, toml)
+    (site, upstream)
 }
 
 #[tokio::test]
 async fn sync_resolves_the_dependency_closure_and_offline_serving_needs_no_upstream() {
-    let (dir, upstream, toml) = synced_store().await;
+    let (site, upstream) = synced_store().await;
     for (name, version) in TARBALLS {
         assert_eq!(upstream.requests_for(&format!("/tarballs/{name}-{version}.tar")), 1, "{name} {version}");
     }
     // Retired 1.0.0 is skipped, and the older mid is not needed by the newest top.
     assert_eq!(upstream.requests_for("/tarballs/hexdemo_base-1.0.0.tar"), 0);
     let before = upstream.total_requests();
-    let offline = toml.replace("listen =", "offline = true\nlisten =");
-    let mirror = TestMirror::start(load_config(dir.path(), &offline)).await;
+    let mirror = site.clone().offline().start().await;
     for (name, version) in TARBALLS {
         let path = format!("/tarballs/{name}-{version}.tar");
         let got = mirror.get(&path).await;
@@ -61,9 +59,9 @@ async fn sync_resolves_the_dependency_closure_and_offline_serving_needs_no_upstr
 
 #[tokio::test]
 async fn a_second_sync_fetches_nothing_that_is_already_stored() {
-    let (dir, upstream, toml) = synced_store().await;
+    let (site, upstream) = synced_store().await;
     let before = upstream.total_requests();
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let mirror = site.start().await;
     let (_events, sink) = collect_events();
     let summary = hexmirror::sync::run(&mirror.mirror, &request(&["hexdemo_top"]), &sink).await;
     assert!(summary.ok());
@@ -110,8 +108,7 @@ fn rebar_lock(outer_override: Option<&str>) -> String {
 #[tokio::test]
 async fn lockfile_sync_takes_exact_versions_and_checks_the_locks_checksums() {
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mirror = TestMirror::start(load_config(dir.path(), &config_toml(dir.path(), &upstream.url(), ""))).await;
+    let mirror = TestMirror::builder().upstream(&upstream.url()).start().await;
     let mut req = request(&[]);
     req.lockfiles = vec![("rebar.lock".into(), rebar_lock(None))];
     let (_events, sink) = collect_events();
@@ -131,16 +128,15 @@ async fn lockfile_sync_takes_exact_versions_and_checks_the_locks_checksums() {
 async fn sync_reports_and_fails_when_a_package_cannot_be_verified() {
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
     upstream.set_file("/tarballs/hexdemo_base-1.1.0.tar", b"not the tarball".to_vec());
-    let dir = tempfile::tempdir().unwrap();
-    let mirror = TestMirror::start(load_config(dir.path(), &config_toml(dir.path(), &upstream.url(), ""))).await;
+    let mirror = TestMirror::builder().upstream(&upstream.url()).start().await;
     let (_events, sink) = collect_events();
     let summary = hexmirror::sync::run(&mirror.mirror, &request(&["hexdemo_top"]), &sink).await;
     assert_eq!(summary.failed, 1, "{summary:?}");
     assert!(summary.failures[0].contains("hexdemo_base-1.1.0.tar"));
 }
 
-async fn export_bundle(dir: &Path, toml: &str) -> Vec<u8> {
-    let mirror = TestMirror::start(load_config(dir, toml)).await;
+async fn export_bundle(site: &MirrorBuilder) -> Vec<u8> {
+    let mirror = site.start().await;
     let bytes = hexmirror::transfer::export(&mirror.mirror, &Default::default()).await.unwrap();
     mirror.stop().await;
     bytes
@@ -155,13 +151,11 @@ fn store_snapshot(mirror: &hexmirror::Mirror) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn export_then_import_into_an_empty_store_serves_offline() {
-    let (dir, upstream, toml) = synced_store().await;
-    let bundle = export_bundle(dir.path(), &toml).await;
-    assert_eq!(bundle, export_bundle(dir.path(), &toml).await, "deterministic bytes for the same content");
+    let (site, upstream) = synced_store().await;
+    let bundle = export_bundle(&site).await;
+    assert_eq!(bundle, export_bundle(&site).await, "deterministic bytes for the same content");
     upstream.stop();
-    let inside = tempfile::tempdir().unwrap();
-    let offline = config_toml(inside.path(), "http://127.0.0.1:9", "").replace("listen =", "offline = true\nlisten =");
-    let mirror = TestMirror::start(load_config(inside.path(), &offline)).await;
+    let mirror = TestMirror::builder().upstream("http://127.0.0.1:9").offline().start().await;
     let report = hexmirror::transfer::import(&mirror.mirror, &bundle).await.unwrap();
     assert_eq!(report.new, report.objects);
     for (name, version) in TARBALLS {
@@ -180,12 +174,10 @@ async fn export_then_import_into_an_empty_store_serves_offline() {
 
 #[tokio::test]
 async fn altered_truncated_and_forged_bundles_are_refused_and_the_store_is_unchanged() {
-    let (dir, _upstream, toml) = synced_store().await;
-    let bundle = export_bundle(dir.path(), &toml).await;
+    let (site, _upstream) = synced_store().await;
+    let bundle = export_bundle(&site).await;
     // A populated store inside: half of the content already imported.
-    let inside = tempfile::tempdir().unwrap();
-    let offline = config_toml(inside.path(), "http://127.0.0.1:9", "").replace("listen =", "offline = true\nlisten =");
-    let mirror = TestMirror::start(load_config(inside.path(), &offline)).await;
+    let mirror = TestMirror::builder().upstream("http://127.0.0.1:9").offline().start().await;
     let read = hexmirror::bundle::read(&bundle[..], &hexmirror::transfer::limits()).unwrap();
     let partial: Vec<_> = read.objects.iter().filter(|o| !o.key.contains("hexdemo_top")).cloned().collect();
     let mut partial_bytes = Vec::new();
@@ -223,8 +215,8 @@ async fn altered_truncated_and_forged_bundles_are_refused_and_the_store_is_uncha
 
 #[tokio::test]
 async fn verify_reports_damage_and_repair_refetches_it() {
-    let (dir, _upstream, toml) = synced_store().await;
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let (site, _upstream) = synced_store().await;
+    let mirror = site.start().await;
     let report = hexmirror::audit::run(&mirror.mirror, false).await;
     assert!(report.ok());
     // The selected records also list hexdemo_mid 0.1.0 and the retired hexdemo_base 1.0.0.
@@ -232,11 +224,11 @@ async fn verify_reports_damage_and_repair_refetches_it() {
     mirror.stop().await;
     // Flip a bit in one blob on disk.
     let blob =
-        walk(&dir.path().join("data/blobs")).into_iter().find(|p| std::fs::metadata(p).unwrap().len() == 5120).unwrap();
+        walk(&site.data_dir().join("blobs")).into_iter().find(|p| std::fs::metadata(p).unwrap().len() == 5120).unwrap();
     let mut bytes = std::fs::read(&blob).unwrap();
     bytes[100] ^= 4;
     std::fs::write(&blob, bytes).unwrap();
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let mirror = site.start().await;
     let report = hexmirror::audit::run(&mirror.mirror, false).await;
     assert!(!report.ok());
     assert_eq!(report.damaged.len() + report.missing.len(), 1, "{report:?}");
@@ -259,54 +251,29 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-fn hexmirror_cmd(config: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hexmirror"));
-    cmd.arg("--config").arg(config).env("RUST_LOG", "warn");
-    for (key, _) in std::env::vars() {
-        if key.starts_with("HEXMIRROR_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_find_and_use_a_running_server() {
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(dir.path(), &upstream.url(), "");
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
-    let config = dir.path().join("hexmirror.toml");
-    let run = |args: &[&str]| {
-        let mut cmd = hexmirror_cmd(&config);
-        cmd.args(args);
-        cmd.output().unwrap()
-    };
+    let mirror = TestMirror::builder().upstream(&upstream.url()).start().await;
+    let config = mirror.site().config_path();
+    let run = |args: &[&str]| run_hexmirror(&config, args);
     let (c1, c2) = (config.clone(), config.clone());
-    let sync = tokio::task::spawn_blocking(move || {
-        let mut cmd = hexmirror_cmd(&c1);
-        cmd.args(["sync", "--package", "hexdemo_top ~> 2.0"]).output().unwrap()
-    })
-    .await
-    .unwrap();
+    let sync = tokio::task::spawn_blocking(move || run_hexmirror(&c1, &["sync", "--package", "hexdemo_top ~> 2.0"]))
+        .await
+        .unwrap();
     assert!(sync.status.success(), "{}", String::from_utf8_lossy(&sync.stderr));
     let out = String::from_utf8_lossy(&sync.stdout);
     assert!(out.contains("0 failed"), "{out}");
     // The server (which holds the store's lock) did the work: its store has the tarballs.
     assert_eq!(mirror.get("/tarballs/hexdemo_base-1.1.0.tar").await.header("x-cache"), "hit");
-    let verify = tokio::task::spawn_blocking(move || {
-        let mut cmd = hexmirror_cmd(&c2);
-        cmd.arg("verify").output().unwrap()
-    })
-    .await
-    .unwrap();
+    let verify = tokio::task::spawn_blocking(move || run_hexmirror(&c2, &["verify"])).await.unwrap();
     assert!(
         verify.status.success(),
         "{}{}",
         String::from_utf8_lossy(&verify.stdout),
         String::from_utf8_lossy(&verify.stderr)
     );
-    let bundle = dir.path().join("site.hxb");
+    let bundle = mirror.site().dir().join("site.hxb");
     let export = tokio::task::block_in_place(|| run(&["export", "--out", bundle.to_str().unwrap()]));
     assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
     let inspect = tokio::task::block_in_place(|| run(&["inspect", bundle.to_str().unwrap(), "--packages"]));
@@ -320,7 +287,7 @@ async fn commands_find_and_use_a_running_server() {
     assert_eq!(mirror.get("/tarballs/hexdemo_mid-0.2.0.tar").await.header("x-cache"), "miss", "purged from memory too");
     // Without the admin token the endpoint refuses.
     let endpoint: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("data/admin.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(mirror.data_dir().join("admin.json")).unwrap()).unwrap();
     let url = format!("{}/_admin/cache", endpoint["url"].as_str().unwrap());
     assert_eq!(get(&url, &[]).await.status, 401);
     assert_eq!(get(&url, &[("authorization", "Bearer wrong")]).await.status, 401);
@@ -332,10 +299,9 @@ async fn commands_find_and_use_a_running_server() {
 async fn a_killed_sync_resumes_without_refetching_what_is_done() {
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
     upstream.state.lock().unwrap().delay = std::time::Duration::from_millis(250);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("hexmirror.toml");
-    std::fs::write(&config, config_toml(dir.path(), &upstream.url(), "")).unwrap();
-    let mut child = hexmirror_cmd(&config)
+    let site = TestMirror::builder().upstream(&upstream.url());
+    let config = site.write_config();
+    let mut child = hexmirror_command(&config)
         .args(["sync", "--package", "hexdemo_top", "--concurrency", "1"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -352,27 +318,22 @@ async fn a_killed_sync_resumes_without_refetching_what_is_done() {
     assert!(first_run < 11, "the sync must be interrupted before it finished ({first_run} requests)");
     upstream.state.lock().unwrap().delay = std::time::Duration::ZERO;
     let c = config.clone();
-    let resumed = tokio::task::spawn_blocking(move || {
-        hexmirror_cmd(&c).args(["sync", "--package", "hexdemo_top"]).output().unwrap()
-    })
-    .await
-    .unwrap();
+    let resumed =
+        tokio::task::spawn_blocking(move || run_hexmirror(&c, &["sync", "--package", "hexdemo_top"])).await.unwrap();
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stdout));
     // Every tarball was downloaded at most once more than it was completed before the kill:
     // at most the one in flight at the kill is asked for twice.
     let twice: usize =
         TARBALLS.iter().filter(|(n, v)| upstream.requests_for(&format!("/tarballs/{n}-{v}.tar")) > 1).count();
     assert!(twice <= 1, "refetched {twice} tarballs");
-    let verify =
-        tokio::task::spawn_blocking(move || hexmirror_cmd(&config).arg("verify").output().unwrap()).await.unwrap();
+    let verify = tokio::task::spawn_blocking(move || run_hexmirror(&config, &["verify"])).await.unwrap();
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
 }
 
 #[tokio::test]
 async fn sync_all_estimates_first_then_mirrors_every_release() {
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mirror = TestMirror::start(load_config(dir.path(), &config_toml(dir.path(), &upstream.url(), ""))).await;
+    let mirror = TestMirror::builder().upstream(&upstream.url()).start().await;
     let (events, sink) = collect_events();
     let req = SyncRequest { all: true, concurrency: 4, ..Default::default() };
     let summary = hexmirror::sync::run(&mirror.mirror, &req, &sink).await;
@@ -396,32 +357,20 @@ async fn sync_all_estimates_first_then_mirrors_every_release() {
 #[tokio::test]
 async fn sync_installers_fetches_the_signed_lists_and_the_newest_archives() {
     use base64::Engine;
-    use rsa::pkcs8::DecodePrivateKey;
-    use rsa::signature::{SignatureEncoding, Signer};
     use sha2::Digest;
-    let pem = std::fs::read_to_string(Path::new(DEMO).join("keys/priv.pem")).unwrap();
-    let key = rsa::RsaPrivateKey::from_pkcs8_pem(&pem)
-        .or_else(|_| {
-            use rsa::pkcs1::DecodeRsaPrivateKey;
-            rsa::RsaPrivateKey::from_pkcs1_pem(&pem)
-        })
-        .unwrap();
-    let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha512>::new(key);
     let mut files = demo_files("hexpm", "");
     for (app, file) in [("hex", "hex-2.0.6.ez"), ("rebar3", "rebar3-3.22.0")] {
         let archive = format!("{app} archive").into_bytes();
         let version = file.trim_start_matches(&format!("{app}-")).trim_end_matches(".ez");
         let csv = format!("0.1.0,00,1.0.0\n{version},{},1.15.0\n", hex::encode(sha2::Sha512::digest(&archive)));
-        let signature = base64::engine::general_purpose::STANDARD.encode(signer.sign(csv.as_bytes()).to_vec());
+        let signature = base64::engine::general_purpose::STANDARD.encode(test_signature(csv.as_bytes()));
         files.insert(format!("/installs/{app}-1.x.csv"), csv.into_bytes());
         files.insert(format!("/installs/{app}-1.x.csv.signed"), signature.into_bytes());
         files.insert(format!("/installs/1.15.0/{file}"), archive);
     }
     let upstream = TestUpstream::start(files).await;
-    let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(dir.path(), &upstream.url(), "")
-        .replace("listen =", &format!("installs_public_key = \"{}\"\nlisten =", demo_key_path().display()));
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let mirror =
+        TestMirror::builder().upstream(&upstream.url()).set("installs_public_key", demo_key_path()).start().await;
     let (_events, sink) = collect_events();
     let req = SyncRequest { installers: true, concurrency: 2, ..Default::default() };
     let summary = hexmirror::sync::run(&mirror.mirror, &req, &sink).await;

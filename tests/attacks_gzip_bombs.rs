@@ -94,15 +94,6 @@ fn bare_upstream(files: HashMap<String, Vec<u8>>) -> u16 {
     port
 }
 
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
-}
-
 /// What one server went through: every bomb's answer, `/healthz` latencies, memory.
 struct Attempt {
     statuses: Vec<(u16, String)>,
@@ -143,29 +134,14 @@ impl Attempt {
 /// Starts the real binary in front of `upstream`, fires `ROUNDS` × `BOMBS` concurrent bomb
 /// requests while polling `/healthz`, and stops it.
 fn attempt(upstream: u16) -> Attempt {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let toml = config_toml(dir.path(), &format!("http://127.0.0.1:{upstream}"), "").replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("memory_cache_bytes = \"{MEMORY_CACHE_MIB}MiB\"\nlisten = \"127.0.0.1:{port}\""),
-    );
-    let config = dir.path().join("hexmirror.toml");
-    std::fs::write(&config, toml).unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hexmirror"));
-    cmd.arg("--config").arg(&config).arg("serve").env("RUST_LOG", "error");
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("HEXMIRROR_")) {
-        cmd.env_remove(key);
-    }
-    let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
-    let pid = child.id();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let served = TestMirror::builder()
+        .upstream(&format!("http://127.0.0.1:{upstream}"))
+        .set("memory_cache_bytes", format!("{MEMORY_CACHE_MIB}MiB"))
+        .serve_binary("error", std::process::Stdio::null());
+    let (port, pid) = (served.port, served.pid().to_string());
     // The server at work, before any bomb: a real record fetched and verified.
     assert_eq!(fetch(port, "/packages/hexdemo_mid").1, 200);
-    let rss_before_kib = status_kib(pid, "VmRSS:");
+    let rss_before_kib = proc_status_kib(&pid, "VmRSS:");
     // How fast /healthz is on this machine right now, without bombs (for the report only).
     let quiet_started = Instant::now();
     let mut quiet = Duration::ZERO;
@@ -203,10 +179,9 @@ fn attempt(upstream: u16) -> Attempt {
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     let (latencies, failures) = poller.join().unwrap();
-    let peak_kib = status_kib(pid, "VmHWM:");
+    let peak_kib = proc_status_kib(&pid, "VmHWM:");
     let still_ok = fetch(port, "/healthz").1 == 200;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    served.stop();
     Attempt { statuses, elapsed, latencies, failures, quiet, still_ok, rss_before_kib, peak_kib }
 }
 

@@ -10,23 +10,12 @@ use prost::Message;
 /// hexdemo_mid's record without its newest release, signed with the demo repository's key: a
 /// genuine signed record, as an older snapshot of the registry held it.
 fn older_signed_record_of_hexdemo_mid() -> Vec<u8> {
-    use rsa::pkcs8::DecodePrivateKey;
-    use rsa::signature::{SignatureEncoding, Signer};
     let raw = hexmirror::verify::gunzip(&demo_file("hexpm", "packages/hexdemo_mid"), 64 << 20).unwrap();
     let signed: hexmirror::registry::Signed = hexmirror::registry::decode(&raw).unwrap();
     let mut package: hexmirror::registry::Package = hexmirror::registry::decode(&signed.payload).unwrap();
     assert!(package.releases.iter().any(|r| r.version == "0.2.0"));
     package.releases.retain(|r| r.version != "0.2.0");
-    let payload = package.encode_to_vec();
-    let pem = std::fs::read_to_string(std::path::Path::new(DEMO).join("keys/priv.pem")).unwrap();
-    let key = rsa::RsaPrivateKey::from_pkcs8_pem(&pem)
-        .or_else(|_| {
-            use rsa::pkcs1::DecodeRsaPrivateKey;
-            rsa::RsaPrivateKey::from_pkcs1_pem(&pem)
-        })
-        .unwrap();
-    let signature = rsa::pkcs1v15::SigningKey::<sha2::Sha512>::new(key).sign(&payload).to_vec();
-    gzip(&hexmirror::registry::Signed { payload, signature: Some(signature) }.encode_to_vec())
+    sign_registry_file(&package.encode_to_vec())
 }
 
 /// The signed record of hexdemo_mid followed by a second gzip member holding an older signed
@@ -39,8 +28,7 @@ fn record_with_a_second_member() -> Vec<u8> {
 async fn second_gzip_member_is_refused_not_served() {
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
     upstream.set_file("/packages/hexdemo_mid", record_with_a_second_member());
-    let dir = tempfile::tempdir().unwrap();
-    let mirror = TestMirror::start(load_config(dir.path(), &config_toml(dir.path(), &upstream.url(), ""))).await;
+    let mirror = TestMirror::builder().upstream(&upstream.url()).start().await;
     let got = mirror.get("/packages/hexdemo_mid").await;
     assert_eq!((got.status, got.header("x-cache")), (502, "refused"), "served {} bytes", got.body.len());
     let metrics = mirror.metrics().await;
@@ -67,9 +55,7 @@ async fn second_gzip_member_is_refused_not_served() {
 async fn bundle_record_with_a_second_gzip_member_is_refused_and_the_store_is_unchanged() {
     // A store holding the demo repository, exported as a bundle.
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(dir.path(), &upstream.url(), "");
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let mirror = TestMirror::builder().upstream(&upstream.url()).start().await;
     let (_events, sink) = hexmirror::sync::collect_events();
     let request = hexmirror::sync::SyncRequest {
         packages: vec!["hexdemo_top".into()],
@@ -90,9 +76,7 @@ async fn bundle_record_with_a_second_gzip_member_is_refused_and_the_store_is_unc
     let mut forged = Vec::new();
     hexmirror::bundle::write(&read.objects, None, &mut forged).unwrap();
 
-    let inside = tempfile::tempdir().unwrap();
-    let offline = config_toml(inside.path(), "http://127.0.0.1:9", "").replace("listen =", "offline = true\nlisten =");
-    let mirror = TestMirror::start(load_config(inside.path(), &offline)).await;
+    let mirror = TestMirror::builder().upstream("http://127.0.0.1:9").offline().start().await;
     let err = hexmirror::transfer::import(&mirror.mirror, &forged).await.unwrap_err();
     assert!(err.starts_with("bundle refused: public/hexpm/packages/hexdemo_mid"), "{err}");
     assert!(mirror.mirror.store().list("").unwrap().is_empty(), "nothing of a refused bundle is stored");
@@ -105,10 +89,7 @@ async fn bundle_record_with_a_second_gzip_member_is_refused_and_the_store_is_unc
 #[tokio::test]
 async fn metrics_listen_serves_only_operations_endpoints() {
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let toml =
-        config_toml(dir.path(), &upstream.url(), "").replace("listen =", "metrics_listen = \"127.0.0.1:0\"\nlisten =");
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let mirror = TestMirror::builder().upstream(&upstream.url()).set("metrics_listen", "127.0.0.1:0").start().await;
     let ops = mirror.metrics_addr.expect("metrics_listen is bound");
     assert_ne!(ops, mirror.addr);
     let url = |path: &str| format!("http://{ops}{path}");

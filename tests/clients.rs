@@ -26,17 +26,15 @@ const PATHS: &[&str] = &[
     TARBALL,
 ];
 
-/// Top-level configuration keys go before `listen` (the repository table follows it).
-async fn setup(top: &str) -> (tempfile::TempDir, TestUpstream, TestMirror) {
-    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(dir.path(), &upstream.url(), "").replace("listen =", &format!("{top}\nlisten ="));
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
-    (dir, upstream, mirror)
+/// A mirror in front of an upstream serving hex.pm.
+async fn setup() -> (TestUpstream, TestMirror) {
+    setup_with(|site| site).await
 }
 
-fn fixture(path: &str) -> Vec<u8> {
-    demo_file("hexpm", path.trim_start_matches('/'))
+async fn setup_with(configure: impl FnOnce(MirrorBuilder) -> MirrorBuilder) -> (TestUpstream, TestMirror) {
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    let mirror = configure(TestMirror::builder().upstream(&upstream.url())).start().await;
+    (upstream, mirror)
 }
 
 /// A response read off a raw socket.
@@ -163,7 +161,7 @@ async fn wait_for_connections(mirror: &TestMirror, want: i64, limit: Duration) -
 
 #[tokio::test]
 async fn a_client_that_stalls_in_the_middle_of_its_request_head_is_cut_after_the_header_timeout() {
-    let (_dir, _upstream, mirror) = setup("client_header_timeout = \"1s\"").await;
+    let (_upstream, mirror) = setup_with(|site| site.set("client_header_timeout", "1s")).await;
     let mut slow = connect(&mirror).await;
     slow.write_all(b"GET /names HTTP/1.1\r\nHost: mirror\r\nUser-Agent: sl").await.unwrap();
     let started = Instant::now();
@@ -184,7 +182,7 @@ async fn a_client_that_stalls_in_the_middle_of_its_request_head_is_cut_after_the
 async fn a_client_trickling_its_request_head_byte_by_byte_is_cut_after_the_header_timeout() {
     // Slowloris: every byte arrives before any idle timer would fire, but the head as a whole
     // takes far longer than client_header_timeout.
-    let (_dir, _upstream, mirror) = setup("client_header_timeout = \"1s\"").await;
+    let (_upstream, mirror) = setup_with(|site| site.set("client_header_timeout", "1s")).await;
     let mut slow = connect(&mirror).await;
     let started = Instant::now();
     let head = format!("GET /names HTTP/1.1\r\nHost: mirror\r\nX-Slow: {}\r\n\r\n", "z".repeat(200));
@@ -212,7 +210,7 @@ async fn a_client_trickling_its_request_head_byte_by_byte_is_cut_after_the_heade
 
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
-    let (_dir, _upstream, mirror) = setup("client_header_timeout = \"1s\"").await;
+    let (_upstream, mirror) = setup_with(|site| site.set("client_header_timeout", "1s")).await;
     let mut silent = connect(&mirror).await;
     let mut preface_only = connect(&mirror).await;
     preface_only.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
@@ -225,17 +223,7 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
 
 #[tokio::test]
 async fn idle_connections_holding_every_slot_are_released_after_the_header_timeout() {
-    let (_dir, _upstream, mirror) = setup("max_connections = 5\nclient_header_timeout = \"1s\"").await;
-    let mut idle = Vec::new();
-    for _ in 0..5 {
-        idle.push(connect(&mirror).await);
-    }
-    assert_eq!(wait_for_connections(&mirror, 5, Duration::from_secs(2)).await, 5);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let got = tokio::time::timeout(Duration::from_secs(3), raw_get(&mirror, "/names")).await;
-    let status = got.ok().flatten().map(|r| r.status);
-    assert_eq!(status, Some(200), "3 s after client_header_timeout (1s), 5 silent sockets still lock clients out");
-    drop(idle);
+    idle_connections_do_not_hold_every_slot(b"", "5 silent sockets still").await;
 }
 
 #[tokio::test]
@@ -243,18 +231,31 @@ async fn http2_connections_that_open_no_stream_do_not_hold_every_slot() {
     // The whole HTTP/2 preface and an empty SETTINGS frame, then nothing: the HTTP/2 twin of an
     // idle socket. With every slot held like this, new clients must still get in once
     // client_header_timeout has passed.
-    let (_dir, _upstream, mirror) = setup("max_connections = 5\nclient_header_timeout = \"1s\"").await;
+    idle_connections_do_not_hold_every_slot(
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
+        "5 idle HTTP/2 connections",
+    )
+    .await;
+}
+
+/// Every one of 5 slots held by a connection that sends `preamble` (maybe nothing), then
+/// nothing more: 3 s after client_header_timeout (1s) a new client is served.
+async fn idle_connections_do_not_hold_every_slot(preamble: &[u8], idle_ones: &str) {
+    let (_upstream, mirror) =
+        setup_with(|site| site.set("max_connections", 5).set("client_header_timeout", "1s")).await;
     let mut idle = Vec::new();
     for _ in 0..5 {
         let mut stream = connect(&mirror).await;
-        stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+        if !preamble.is_empty() {
+            stream.write_all(preamble).await.unwrap();
+        }
         idle.push(stream);
     }
     assert_eq!(wait_for_connections(&mirror, 5, Duration::from_secs(2)).await, 5);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let got = tokio::time::timeout(Duration::from_secs(3), raw_get(&mirror, "/names")).await;
     let status = got.ok().flatten().map(|r| r.status);
-    assert_eq!(status, Some(200), "3 s after client_header_timeout (1s), 5 idle HTTP/2 connections lock clients out");
+    assert_eq!(status, Some(200), "3 s after client_header_timeout (1s), {idle_ones} lock clients out");
     drop(idle);
 }
 
@@ -264,7 +265,7 @@ async fn http2_connections_that_open_no_stream_do_not_hold_every_slot() {
 
 #[tokio::test]
 async fn an_oversized_request_header_is_refused_without_affecting_other_clients() {
-    let (_dir, upstream, mirror) = setup("").await;
+    let (upstream, mirror) = setup().await;
     let mut big = connect(&mirror).await;
     let head = format!("GET /names HTTP/1.1\r\nHost: mirror\r\nCookie: c={}\r\n\r\n", "x".repeat(100 << 10));
     // The server may stop reading (and close) before the whole head is written.
@@ -285,11 +286,17 @@ async fn an_oversized_request_header_is_refused_without_affecting_other_clients(
 async fn an_oversized_request_header_is_answered_431_to_a_client_that_waits_for_the_answer() {
     // 100 KB is read only up to the 64 KiB limit; a client that sends a 70 KB head and then
     // waits for the answer must receive a 431, not just a closed socket.
-    let (_dir, _upstream, mirror) = setup("").await;
-    let mut big = connect(&mirror).await;
     let head = format!("GET /names HTTP/1.1\r\nHost: mirror\r\nCookie: c={}\r\n\r\n", "x".repeat(70 << 10));
-    let _ = big.write_all(head.as_bytes()).await;
-    let answer = tokio::time::timeout(Duration::from_secs(5), read_response(&mut big, &mut Vec::new(), false))
+    answered_431_and_others_are_served(&head).await;
+}
+
+/// A client that sends `head` and waits gets a 431 (not just a closed socket), and other
+/// clients are served normally afterwards.
+async fn answered_431_and_others_are_served(head: &str) {
+    let (_upstream, mirror) = setup().await;
+    let mut stream = connect(&mirror).await;
+    let _ = stream.write_all(head.as_bytes()).await;
+    let answer = tokio::time::timeout(Duration::from_secs(5), read_response(&mut stream, &mut Vec::new(), false))
         .await
         .expect("answered or closed within 5 s");
     let answer = answer.expect("a 431 answer before the connection is closed");
@@ -300,7 +307,7 @@ async fn an_oversized_request_header_is_answered_431_to_a_client_that_waits_for_
 #[tokio::test]
 async fn an_oversized_header_over_http2_is_refused_and_the_connection_keeps_serving_other_streams() {
     use http_body_util::{BodyExt, Empty};
-    let (_dir, _upstream, mirror) = setup("").await;
+    let (_upstream, mirror) = setup().await;
     let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).http2_only(true).build_http();
     let warm = client.get(mirror.url("/names").parse().unwrap()).await.unwrap();
@@ -318,25 +325,17 @@ async fn an_oversized_header_over_http2_is_refused_and_the_connection_keeps_serv
 
 #[tokio::test]
 async fn too_many_request_headers_are_refused_without_affecting_other_clients() {
-    let (_dir, _upstream, mirror) = setup("").await;
-    let mut many = connect(&mirror).await;
     let mut head = String::from("GET /names HTTP/1.1\r\nHost: mirror\r\n");
     for i in 0..500 {
         head.push_str(&format!("X-H{i}: v\r\n"));
     }
     head.push_str("\r\n");
-    let _ = many.write_all(head.as_bytes()).await;
-    let answer = tokio::time::timeout(Duration::from_secs(5), read_response(&mut many, &mut Vec::new(), false))
-        .await
-        .expect("answered or closed within 5 s");
-    let answer = answer.expect("a 431 answer before the connection is closed");
-    assert_eq!(answer.status, 431, "{answer:?}");
-    others_are_served(&mirror, Duration::from_secs(1)).await;
+    answered_431_and_others_are_served(&head).await;
 }
 
 #[tokio::test]
 async fn an_over_long_path_is_answered_400_before_any_upstream_request() {
-    let (_dir, upstream, mirror) = setup("").await;
+    let (upstream, mirror) = setup().await;
     for len in [1025, 4096, 16 << 10] {
         let path = format!("/packages/{}", "a".repeat(len));
         let got = raw_get(&mirror, &path).await.unwrap_or_else(|| panic!("no answer for a {len}-byte path"));
@@ -358,7 +357,8 @@ async fn an_over_long_path_is_answered_400_before_any_upstream_request() {
 
 #[tokio::test]
 async fn connections_beyond_max_connections_are_closed_and_the_gauge_never_exceeds_the_limit() {
-    let (_dir, _upstream, mirror) = setup("max_connections = 20\nclient_header_timeout = \"30s\"").await;
+    let (_upstream, mirror) =
+        setup_with(|site| site.set("max_connections", 20).set("client_header_timeout", "30s")).await;
     let sampler = {
         let gauge = mirror.mirror.metrics().connections.clone();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -410,7 +410,8 @@ async fn connections_beyond_max_connections_are_closed_and_the_gauge_never_excee
 
 #[tokio::test]
 async fn a_flood_of_short_connections_beyond_the_limit_leaves_no_slot_leaked() {
-    let (_dir, _upstream, mirror) = setup("max_connections = 20\nclient_header_timeout = \"2s\"").await;
+    let (_upstream, mirror) =
+        setup_with(|site| site.set("max_connections", 20).set("client_header_timeout", "2s")).await;
     let mut tasks = Vec::new();
     for i in 0..200 {
         let addr = mirror.addr;
@@ -444,7 +445,7 @@ async fn a_flood_of_short_connections_beyond_the_limit_leaves_no_slot_leaked() {
 
 #[tokio::test]
 async fn pipelined_requests_on_one_connection_are_answered_in_order() {
-    let (_dir, _upstream, mirror) = setup("").await;
+    let (_upstream, mirror) = setup().await;
     let paths = ["/names", "/packages/hexdemo_top", TARBALL];
     // Cold and warm: the first round fetches from the upstream, the second is all hits.
     for round in ["miss", "hit"] {
@@ -483,7 +484,7 @@ async fn pipelined_requests_on_one_connection_are_answered_in_order() {
 #[tokio::test]
 async fn http2_prior_knowledge_gets_the_same_bytes_as_http1() {
     use http_body_util::{BodyExt, Empty};
-    let (_dir, _upstream, mirror) = setup("").await;
+    let (_upstream, mirror) = setup().await;
     let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).http2_only(true).build_http();
     // Concurrent streams on one connection, cold: the fetches are coalesced and each stream
@@ -515,7 +516,7 @@ async fn http2_prior_knowledge_gets_the_same_bytes_as_http1() {
 
 #[tokio::test]
 async fn a_range_request_gets_the_whole_body_or_exactly_the_range_never_other_bytes() {
-    let (_dir, _upstream, mirror) = setup("").await;
+    let (_upstream, mirror) = setup().await;
     let full = fixture(TARBALL);
     for warm in [false, true] {
         for (range, want) in [
@@ -548,7 +549,7 @@ async fn a_range_request_gets_the_whole_body_or_exactly_the_range_never_other_by
 
 #[tokio::test]
 async fn if_none_match_lists_and_weak_tags_are_compared_weakly_and_exactly() {
-    let (_dir, _upstream, mirror) = setup("").await;
+    let (_upstream, mirror) = setup().await;
     for path in ["/packages/hexdemo_top", TARBALL] {
         let first = mirror.get(path).await;
         let etag = first.header("etag").to_string();

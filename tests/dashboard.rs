@@ -84,8 +84,7 @@ async fn every_metric_and_label_the_dashboard_queries_exists() {
     assert!(queries.len() >= 10, "the dashboard has {} queries", queries.len());
 
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mirror = TestMirror::start(load_config(dir.path(), &config_toml(dir.path(), &upstream.url(), ""))).await;
+    let mirror = TestMirror::builder().upstream(&upstream.url()).start().await;
     mirror.get("/packages/hexdemo_mid").await;
     let text = mirror.metrics().await;
     // Each exported series name with the labels it carries.

@@ -177,10 +177,6 @@ async fn listen(addr: SocketAddr, state: Arc<Mutex<FaultState>>, open: Arc<Atomi
     (addr, Listening { stop, task, connections })
 }
 
-fn etag_of(body: &[u8]) -> String {
-    format!("\"{}\"", hex::encode(&Sha256::digest(body)[..8]))
-}
-
 /// Reads a request head; returns the path and the `If-None-Match` value.
 async fn read_head(stream: &mut TcpStream) -> Option<(String, Option<String>)> {
     let mut head = Vec::new();
@@ -329,24 +325,17 @@ const TARBALL_RECORD: &str = "/packages/hexdemo_base";
 const TARBALL: &str = "/tarballs/hexdemo_base-1.0.0.tar";
 
 /// Short TTL and timeouts, small size limits.
-fn fault_toml(dir: &std::path::Path, upstream: &str, extra: &str, transfer_timeout: &str) -> String {
-    let toml = config_toml(dir, upstream, extra);
-    let replaced = toml
-        .replace(
-            "registry_ttl = \"1h\"",
-            "registry_ttl = \"1s\"\nmax_registry_bytes = \"8KiB\"\nmax_tarball_bytes = \"16KiB\"",
-        )
-        .replace("read_timeout = \"3s\"", "read_timeout = \"1s\"")
-        .replace("transfer_timeout = \"10s\"", &format!("transfer_timeout = \"{transfer_timeout}\""));
-    let transfer = format!("transfer_timeout = \"{transfer_timeout}\"");
-    for setting in ["registry_ttl = \"1s\"", "read_timeout = \"1s\"", transfer.as_str()] {
-        assert!(replaced.contains(setting), "config_toml changed: {setting} not applied");
-    }
-    replaced
+fn fault_site(up: &FaultyUpstream) -> MirrorBuilder {
+    TestMirror::builder()
+        .upstream(&up.url())
+        .registry_ttl("1s")
+        .set("max_registry_bytes", "8KiB")
+        .set("max_tarball_bytes", "16KiB")
+        .set("read_timeout", "1s")
+        .set("transfer_timeout", "3s")
 }
 
 struct Harness {
-    _dir: tempfile::TempDir,
     up: FaultyUpstream,
     mirror: TestMirror,
 }
@@ -360,16 +349,15 @@ struct Seen {
 }
 
 impl Harness {
-    async fn start(extra: &str) -> Harness {
-        Self::start_with(extra, "3s").await
+    async fn start() -> Harness {
+        Self::start_with(|site| site).await
     }
 
-    async fn start_with(extra: &str, transfer_timeout: &str) -> Harness {
+    /// With `configure` applied to the fault site's settings.
+    async fn start_with(configure: impl FnOnce(MirrorBuilder) -> MirrorBuilder) -> Harness {
         let up = FaultyUpstream::start(demo_files("hexpm", "")).await;
-        let dir = tempfile::tempdir().unwrap();
-        let config = load_config(dir.path(), &fault_toml(dir.path(), &up.url(), extra, transfer_timeout));
-        let mirror = TestMirror::start(config).await;
-        Harness { _dir: dir, up, mirror }
+        let mirror = configure(fault_site(&up)).start().await;
+        Harness { up, mirror }
     }
 
     /// A GET that fails the test instead of hanging.
@@ -487,7 +475,7 @@ impl Matrix {
 ///
 /// then the upstream heals and all three are served normally.
 async fn run_fault(name: &str, fault: Fault, status: u16, cache: &str) -> Matrix {
-    let h = Harness::start("").await;
+    let h = Harness::start().await;
     run_fault_on(&h, name, fault, status, cache).await
 }
 
@@ -530,7 +518,7 @@ async fn run_fault_on(h: &Harness, name: &str, fault: Fault, status: u16, cache:
 
 #[tokio::test]
 async fn refused_connection_serves_the_stale_copy_or_502_and_recovers() {
-    let h = Harness::start("").await;
+    let h = Harness::start().await;
     h.warm(NAMES).await;
     h.warm(TARBALL_RECORD).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -566,10 +554,10 @@ async fn content_length_larger_than_the_body_is_502_and_never_cached() {
 
 #[tokio::test]
 async fn body_over_the_size_limit_is_502_and_never_cached() {
-    let h = Harness::start("").await;
+    let h = Harness::start().await;
     run_fault_on(&h, "over-limit", Fault::OverLimit, 502, "error").await;
     // Without a Content-Length the limit is enforced while reading.
-    let h = Harness::start("").await;
+    let h = Harness::start().await;
     run_fault_on(&h, "over-limit-chunked", Fault::OverLimitChunked, 502, "error").await;
 }
 
@@ -615,7 +603,7 @@ async fn upstream_that_never_answers_is_504_within_the_transfer_timeout() {
 async fn upstream_that_never_answers_is_cut_by_the_idle_timeout_not_the_transfer_timeout() {
     // Waiting for a response head is idle waiting: it is bounded by the read timeout (1 s), or
     // the connect timeout when longer (2 s here), well before the 6 s transfer timeout.
-    let h = Harness::start_with("", "6s").await;
+    let h = Harness::start_with(|site| site.set("transfer_timeout", "6s")).await;
     h.up.set(RECORD, Fault::Silent);
     let seen = h.expect_error(RECORD, 504, "error").await;
     println!("fault silent, transfer_timeout 6 s: 504 in {} ms", seen.elapsed.as_millis());
@@ -630,7 +618,7 @@ async fn non_http_answer_is_502_and_never_cached() {
 
 #[tokio::test]
 async fn storm_of_5xx_serves_stale_or_502_without_amplifying_requests() {
-    let h = Harness::start("").await;
+    let h = Harness::start().await;
     run_fault_on(&h, "500", Fault::Status(500), 502, "error").await;
     // A storm: every path answers 503 while 60 clients ask at once, several times over.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -674,7 +662,7 @@ async fn storm_of_5xx_serves_stale_or_502_without_amplifying_requests() {
 
 #[tokio::test]
 async fn redirect_loop_is_bounded_and_answered_502() {
-    let h = Harness::start("").await;
+    let h = Harness::start().await;
     run_fault_on(&h, "redirect-self", Fault::RedirectSelf, 502, "error").await;
     for path in [NAMES, RECORD, TARBALL] {
         let hops = h.up.requests_for(path);
@@ -685,7 +673,7 @@ async fn redirect_loop_is_bounded_and_answered_502() {
 
 #[tokio::test]
 async fn redirect_loop_is_reported_as_a_loop() {
-    let h = Harness::start("").await;
+    let h = Harness::start().await;
     h.up.set(RECORD, Fault::RedirectSelf);
     let (got, _) = h.get(RECORD).await;
     assert_eq!(got.status, 502);
@@ -697,7 +685,7 @@ async fn redirect_loop_is_reported_as_a_loop() {
 #[tokio::test]
 async fn same_origin_redirect_is_followed() {
     // The control for the redirect tests: a redirect within the origin to the right bytes works.
-    let h = Harness::start("").await;
+    let h = Harness::start().await;
     let moved = h.up.file(RECORD);
     h.up.state.lock().unwrap().files.insert(format!("/moved{RECORD}"), moved.clone());
     h.up.set(RECORD, Fault::RedirectTo(format!("{}/moved", h.up.url())));
@@ -716,7 +704,7 @@ async fn redirect_to_another_origin_is_not_followed() {
 
 #[tokio::test]
 async fn html_error_page_with_200_is_refused_and_never_cached() {
-    let h = Harness::start("").await;
+    let h = Harness::start().await;
     run_fault_on(&h, "html-200", Fault::Html, 502, "refused").await;
     let metrics = h.mirror.metrics().await;
     let refused = metric_sum(&metrics, "hexmirror_verification_failures_total", &[]);
@@ -732,15 +720,6 @@ async fn html_error_page_with_200_is_refused_and_never_cached() {
 
 const RSS_CHILD: &str = "HEXMIRROR_FAULTS_RSS_CHILD";
 const RSS_TEST: &str = "thousand_fault_cycles_keep_resident_memory_flat";
-
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .expect("VmRSS in /proc/self/status")
-}
 
 /// Runs in a process of its own (this test binary, re-run on this one test), so that the other
 /// tests' allocations do not blur the measurement.
@@ -767,8 +746,7 @@ async fn fault_cycles() {
     let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gone_url = format!("http://{}", gone.local_addr().unwrap());
     drop(gone);
-    let extra = format!("[repos.gone]\nupstream = \"{gone_url}\"\npublic_key = \"{}\"\n", demo_key_path().display());
-    let h = Harness::start(&extra).await;
+    let h = Harness::start_with(|site| site.repo("gone", RepoSpec::demo(&gone_url))).await;
     h.up.set(NAMES, Fault::Reset);
     h.up.set("/versions", Fault::Truncated);
     h.up.set(RECORD, Fault::Status(500));

@@ -6,34 +6,21 @@ use std::time::Duration;
 
 use common::*;
 
-async fn setup(extra: &str) -> (tempfile::TempDir, TestUpstream, TestMirror) {
-    let mut files = demo_files("hexpm", "");
-    files.extend(demo_files("acme", "/repos/acme"));
-    let upstream = TestUpstream::start(files).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = load_config(dir.path(), &config_toml(dir.path(), &upstream.url(), extra));
-    let mirror = TestMirror::start(config).await;
-    (dir, upstream, mirror)
+/// A mirror in front of an upstream serving hex.pm and the organization `acme`.
+async fn setup() -> (TestUpstream, TestMirror) {
+    setup_with(|site| site).await
 }
 
-const PATHS: &[&str] = &[
-    "/names",
-    "/versions",
-    "/packages/hexdemo_base",
-    "/packages/hexdemo_mid",
-    "/packages/hexdemo_top",
-    "/tarballs/hexdemo_base-1.0.0.tar",
-    "/tarballs/hexdemo_base-1.1.0.tar",
-    "/tarballs/hexdemo_mid-0.1.0.tar",
-    "/tarballs/hexdemo_mid-0.2.0.tar",
-    "/tarballs/hexdemo_top-2.0.0.tar",
-    "/tarballs/hexdemo_top-2.0.1.tar",
-];
+async fn setup_with(configure: impl FnOnce(MirrorBuilder) -> MirrorBuilder) -> (TestUpstream, TestMirror) {
+    let upstream = TestUpstream::start(hexpm_and_acme_files()).await;
+    let mirror = configure(TestMirror::builder().upstream(&upstream.url())).start().await;
+    (upstream, mirror)
+}
 
 #[tokio::test]
 async fn responses_are_byte_identical_to_the_upstream() {
-    let (_dir, upstream, mirror) = setup("").await;
-    for path in PATHS {
+    let (upstream, mirror) = setup().await;
+    for path in HEXPM_PATHS {
         let got = mirror.get(path).await;
         assert_eq!(got.status, 200, "{path}");
         let want = upstream.state.lock().unwrap().files[*path].clone();
@@ -47,7 +34,7 @@ async fn responses_are_byte_identical_to_the_upstream() {
 
 #[tokio::test]
 async fn organization_under_repos_is_fetched_from_the_upstream_repos_path() {
-    let (_dir, upstream, mirror) = setup("").await;
+    let (upstream, mirror) = setup().await;
     for rel in ["/names", "/packages/hexdemo_mid", "/tarballs/hexdemo_mid-0.2.0.tar"] {
         let got = mirror.get(&format!("/repos/acme{rel}")).await;
         assert_eq!(got.status, 200, "{rel}");
@@ -62,12 +49,7 @@ async fn organization_under_repos_is_fetched_from_the_upstream_repos_path() {
 #[tokio::test]
 async fn configured_repository_is_served_under_repos_name() {
     let corp = TestUpstream::start(demo_files("acme", "")).await;
-    let extra = format!(
-        "[repos.corp]\nupstream = \"{}\"\npublic_key = \"{}\"\nrepository = \"acme\"\n",
-        corp.url(),
-        demo_key_path().display()
-    );
-    let (_dir, hexpm, mirror) = setup(&extra).await;
+    let (hexpm, mirror) = setup_with(|site| site.repo("corp", RepoSpec::acme(&corp.url()))).await;
     let got = mirror.get("/repos/corp/tarballs/hexdemo_top-2.0.1.tar").await;
     assert_eq!(got.status, 200);
     assert_eq!(got.body, demo_file("acme", "tarballs/hexdemo_top-2.0.1.tar"));
@@ -77,23 +59,23 @@ async fn configured_repository_is_served_under_repos_name() {
 
 #[tokio::test]
 async fn a_hit_does_not_touch_the_upstream() {
-    let (_dir, upstream, mirror) = setup("").await;
-    for path in PATHS {
+    let (upstream, mirror) = setup().await;
+    for path in HEXPM_PATHS {
         mirror.get(path).await;
     }
     let before = upstream.total_requests();
-    for path in PATHS {
+    for path in HEXPM_PATHS {
         let got = mirror.get(path).await;
         assert_eq!(got.header("x-cache"), "hit", "{path}");
     }
     assert_eq!(upstream.total_requests(), before);
     let metrics = mirror.metrics().await;
-    assert!(metric_sum(&metrics, "hexmirror_requests_total", &["cache=\"hit\""]) >= PATHS.len() as f64);
+    assert!(metric_sum(&metrics, "hexmirror_requests_total", &["cache=\"hit\""]) >= HEXPM_PATHS.len() as f64);
 }
 
 #[tokio::test]
 async fn tampered_registry_file_is_refused_and_never_cached() {
-    let (_dir, upstream, mirror) = setup("").await;
+    let (upstream, mirror) = setup().await;
     let good = demo_file("hexpm", "packages/hexdemo_mid");
     upstream.set_file("/packages/hexdemo_mid", tamper_signed(&good));
     let got = mirror.get("/packages/hexdemo_mid").await;
@@ -112,7 +94,7 @@ async fn tampered_registry_file_is_refused_and_never_cached() {
 
 #[tokio::test]
 async fn wrong_origin_and_another_packages_record_are_refused() {
-    let (_dir, upstream, mirror) = setup("").await;
+    let (upstream, mirror) = setup().await;
     // Validly signed, but for the organization `acme`.
     upstream.set_file("/packages/hexdemo_mid", demo_file("acme", "packages/hexdemo_mid"));
     let got = mirror.get("/packages/hexdemo_mid").await;
@@ -132,7 +114,7 @@ async fn wrong_origin_and_another_packages_record_are_refused() {
 
 #[tokio::test]
 async fn tampered_truncated_and_swapped_tarballs_are_refused_and_never_cached() {
-    let (_dir, upstream, mirror) = setup("").await;
+    let (upstream, mirror) = setup().await;
     let path = "/tarballs/hexdemo_mid-0.2.0.tar";
     let good = demo_file("hexpm", "tarballs/hexdemo_mid-0.2.0.tar");
     let mut flipped = good.clone();
@@ -154,7 +136,7 @@ async fn tampered_truncated_and_swapped_tarballs_are_refused_and_never_cached() 
 
 #[tokio::test]
 async fn tarball_of_an_unknown_release_is_404_without_fetching_it() {
-    let (_dir, upstream, mirror) = setup("").await;
+    let (upstream, mirror) = setup().await;
     upstream.set_file("/tarballs/hexdemo_mid-9.9.9.tar", b"anything".to_vec());
     let got = mirror.get("/tarballs/hexdemo_mid-9.9.9.tar").await;
     assert_eq!(got.status, 404);
@@ -163,7 +145,7 @@ async fn tarball_of_an_unknown_release_is_404_without_fetching_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hundred_concurrent_cold_requests_make_one_upstream_request() {
-    let (_dir, upstream, mirror) = setup("").await;
+    let (upstream, mirror) = setup().await;
     upstream.state.lock().unwrap().delay = Duration::from_millis(200);
     let path = "/tarballs/hexdemo_top-2.0.1.tar";
     let want = demo_file("hexpm", "tarballs/hexdemo_top-2.0.1.tar");
@@ -186,19 +168,15 @@ async fn get_owned(url: String) -> Fetched {
 
 #[tokio::test]
 async fn restart_serves_from_disk_with_the_upstream_gone() {
-    let mut files = demo_files("hexpm", "");
-    files.extend(demo_files("acme", "/repos/acme"));
-    let upstream = TestUpstream::start(files).await;
-    let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(dir.path(), &upstream.url(), "");
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
-    for path in PATHS {
+    let (upstream, mirror) = setup().await;
+    for path in HEXPM_PATHS {
         assert_eq!(mirror.get(path).await.status, 200);
     }
+    let site = mirror.site().clone();
     mirror.stop().await;
     upstream.stop();
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
-    for path in PATHS {
+    let mirror = site.start().await;
+    for path in HEXPM_PATHS {
         let got = mirror.get(path).await;
         assert_eq!(got.status, 200, "{path}");
         assert_eq!(got.header("x-cache"), "hit", "{path}");
@@ -209,9 +187,7 @@ async fn restart_serves_from_disk_with_the_upstream_gone() {
 #[tokio::test]
 async fn stale_copy_is_served_when_the_upstream_dies_after_the_ttl() {
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(dir.path(), &upstream.url(), "").replace("registry_ttl = \"1h\"", "registry_ttl = \"1s\"");
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let mirror = TestMirror::builder().upstream(&upstream.url()).registry_ttl("1s").start().await;
     assert_eq!(mirror.get("/packages/hexdemo_mid").await.status, 200);
     upstream.stop();
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -226,9 +202,7 @@ async fn stale_copy_is_served_when_the_upstream_dies_after_the_ttl() {
 #[tokio::test]
 async fn expired_registry_file_is_revalidated_with_the_upstream_etag() {
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(dir.path(), &upstream.url(), "").replace("registry_ttl = \"1h\"", "registry_ttl = \"1s\"");
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let mirror = TestMirror::builder().upstream(&upstream.url()).registry_ttl("1s").start().await;
     assert_eq!(mirror.get("/names").await.header("x-cache"), "miss");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let got = mirror.get("/names").await;
@@ -242,9 +216,7 @@ async fn expired_registry_file_is_revalidated_with_the_upstream_etag() {
 #[tokio::test]
 async fn rate_limited_upstream_is_respected_and_stale_served_meanwhile() {
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(dir.path(), &upstream.url(), "").replace("registry_ttl = \"1h\"", "registry_ttl = \"1s\"");
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let mirror = TestMirror::builder().upstream(&upstream.url()).registry_ttl("1s").start().await;
     assert_eq!(mirror.get("/names").await.status, 200);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     upstream.state.lock().unwrap().scripted.insert(
@@ -264,7 +236,7 @@ async fn rate_limited_upstream_is_respected_and_stale_served_meanwhile() {
 
 #[tokio::test]
 async fn if_none_match_gets_304_for_registry_files_and_tarballs() {
-    let (_dir, _upstream, mirror) = setup("").await;
+    let (_upstream, mirror) = setup().await;
     for path in ["/packages/hexdemo_mid", "/tarballs/hexdemo_mid-0.2.0.tar"] {
         let first = mirror.get(path).await;
         let etag = first.header("etag").to_string();
@@ -279,7 +251,7 @@ async fn if_none_match_gets_304_for_registry_files_and_tarballs() {
 
 #[tokio::test]
 async fn head_sends_the_same_headers_as_get() {
-    let (_dir, _upstream, mirror) = setup("").await;
+    let (_upstream, mirror) = setup().await;
     let head = request("HEAD", &mirror.url("/tarballs/hexdemo_base-1.1.0.tar"), &[]).await;
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty());
@@ -291,7 +263,7 @@ async fn head_sends_the_same_headers_as_get() {
 
 #[tokio::test]
 async fn never_content_encoding_even_when_the_client_accepts_gzip() {
-    let (_dir, _upstream, mirror) = setup("").await;
+    let (_upstream, mirror) = setup().await;
     let got = get(&mirror.url("/packages/hexdemo_mid"), &[("accept-encoding", "gzip, deflate")]).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.header("content-encoding"), "");
@@ -300,7 +272,7 @@ async fn never_content_encoding_even_when_the_client_accepts_gzip() {
 
 #[tokio::test]
 async fn bad_paths_are_refused_without_touching_the_upstream() {
-    let (_dir, upstream, mirror) = setup("").await;
+    let (upstream, mirror) = setup().await;
     for (path, status) in [
         ("/packages/..%2Fnames", 400),
         ("/packages/a%2Fb", 400),
@@ -321,14 +293,14 @@ async fn bad_paths_are_refused_without_touching_the_upstream() {
 
 #[tokio::test]
 async fn doubled_slash_from_a_trailing_slash_base_url_is_tolerated() {
-    let (_dir, _upstream, mirror) = setup("").await;
+    let (_upstream, mirror) = setup().await;
     let got = mirror.get("//packages/hexdemo_mid").await;
     assert_eq!(got.status, 200);
 }
 
 #[tokio::test]
 async fn upstream_404_is_remembered_briefly() {
-    let (_dir, upstream, mirror) = setup("").await;
+    let (upstream, mirror) = setup().await;
     assert_eq!(mirror.get("/packages/nothere").await.status, 404);
     let got = mirror.get("/packages/nothere").await;
     assert_eq!((got.status, got.header("x-cache")), (404, "negative"));
@@ -337,7 +309,7 @@ async fn upstream_404_is_remembered_briefly() {
 
 #[tokio::test]
 async fn gzip_bomb_is_refused_without_a_memory_spike() {
-    let (_dir, upstream, mirror) = setup("").await;
+    let (upstream, mirror) = setup().await;
     // 512 MiB of zeros compresses to about 500 KiB.
     let bomb = gzip(&vec![0u8; 512 << 20]);
     assert!(bomb.len() < 1 << 20);
@@ -350,18 +322,9 @@ async fn gzip_bomb_is_refused_without_a_memory_spike() {
     assert!(grown_mib < 200, "resident memory grew by {grown_mib} MiB");
 }
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn public_key_is_the_configured_key() {
-    let (_dir, upstream, mirror) = setup("").await;
+    let (upstream, mirror) = setup().await;
     let got = mirror.get("/public_key").await;
     assert_eq!(got.status, 200);
     let want = std::fs::read_to_string(demo_key_path()).unwrap();
@@ -371,7 +334,7 @@ async fn public_key_is_the_configured_key() {
 
 #[tokio::test]
 async fn upstream_5xx_without_a_copy_is_502_and_next_good_answer_is_served() {
-    let (_dir, upstream, mirror) = setup("").await;
+    let (upstream, mirror) = setup().await;
     upstream.state.lock().unwrap().fail_all = Some(500);
     let got = mirror.get("/names").await;
     assert_eq!((got.status, got.header("x-cache")), (502, "error"));
@@ -381,7 +344,7 @@ async fn upstream_5xx_without_a_copy_is_502_and_next_good_answer_is_served() {
 
 #[tokio::test]
 async fn operations_endpoints() {
-    let (_dir, _upstream, mirror) = setup("").await;
+    let (_upstream, mirror) = setup().await;
     assert_eq!(mirror.get("/healthz").await.status, 200);
     assert_eq!(mirror.get("/readyz").await.status, 200);
     let metrics = mirror.metrics().await;
@@ -397,7 +360,7 @@ async fn operations_endpoints() {
 
 #[tokio::test]
 async fn graceful_shutdown_finishes_an_in_flight_slow_transfer() {
-    let (_dir, upstream, mirror) = setup("").await;
+    let (upstream, mirror) = setup().await;
     upstream.state.lock().unwrap().delay = Duration::from_millis(1500);
     let url = mirror.url("/packages/hexdemo_top");
     let pending = tokio::spawn(get_owned(url));
@@ -412,7 +375,7 @@ async fn graceful_shutdown_finishes_an_in_flight_slow_transfer() {
 #[tokio::test]
 async fn policies_are_verified_and_a_private_policy_needs_authorization() {
     use prost::Message;
-    let (_dir, upstream, mirror) = setup("").await;
+    let (upstream, mirror) = setup().await;
     let policy = |name: &str, visibility: i32| hexmirror::registry::Policy {
         repository: "acme".into(),
         name: name.into(),
@@ -433,9 +396,8 @@ async fn policies_are_verified_and_a_private_policy_needs_authorization() {
 
 #[tokio::test]
 async fn a_second_server_on_the_same_store_refuses_to_start() {
-    let (dir, _upstream, _mirror) = setup("").await;
-    let config = load_config(dir.path(), &std::fs::read_to_string(dir.path().join("hexmirror.toml")).unwrap());
-    let err = match hexmirror::start(config, std::future::pending::<()>()).await {
+    let (_upstream, mirror) = setup().await;
+    let err = match mirror.site().try_start().await {
         Ok(_) => panic!("two servers on one store"),
         Err(e) => e,
     };
@@ -444,7 +406,7 @@ async fn a_second_server_on_the_same_store_refuses_to_start() {
 
 #[tokio::test]
 async fn registry_v1_is_verified_with_its_hex_signature() {
-    let (_dir, upstream, mirror) = setup("").await;
+    let (upstream, mirror) = setup().await;
     let ets = gzip(b"a frozen registry v1 table");
     upstream.set_file("/registry.ets.gz", ets.clone());
     upstream.set_file("/registry.ets.gz.signed", hex::encode(test_signature(&ets)).into_bytes());
@@ -453,7 +415,7 @@ async fn registry_v1_is_verified_with_its_hex_signature() {
     let signed = mirror.get("/registry.ets.gz.signed").await;
     assert_eq!(signed.status, 200);
     // A registry that does not match its signature is refused.
-    let (_dir, upstream, mirror) = setup("").await;
+    let (upstream, mirror) = setup().await;
     upstream.set_file("/registry.ets.gz", gzip(b"another table"));
     upstream.set_file("/registry.ets.gz.signed", hex::encode(test_signature(&ets)).into_bytes());
     assert_eq!(mirror.get("/registry.ets.gz").await.status, 502);
@@ -472,10 +434,8 @@ async fn installers_are_verified_against_the_signed_csv() {
     files.insert("/installs/1.14.0/hex-2.0.6.ez".into(), archive.clone());
     files.insert("/installs/1.15.0/hex-2.0.6.ez".into(), b"a different archive".to_vec());
     let upstream = TestUpstream::start(files).await;
-    let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(dir.path(), &upstream.url(), "")
-        .replace("listen =", &format!("installs_public_key = \"{}\"\nlisten =", demo_key_path().display()));
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let mirror =
+        TestMirror::builder().upstream(&upstream.url()).set("installs_public_key", demo_key_path()).start().await;
     let got = mirror.get("/installs/hex-1.x.csv").await;
     assert_eq!((got.status, got.body.to_vec()), (200, csv.into_bytes()));
     assert_eq!(mirror.get("/installs/hex-1.x.csv.signed").await.status, 200);
@@ -484,8 +444,7 @@ async fn installers_are_verified_against_the_signed_csv() {
     assert_eq!(mirror.get("/installs/1.15.0/hex-2.0.6.ez").await.status, 502, "digest mismatch");
     assert_eq!(mirror.get("/installs/1.14.0/hex-9.9.9.ez").await.status, 404, "not listed");
     // With the built-in Mix key (not the test key) the CSV is refused.
-    let dir = tempfile::tempdir().unwrap();
-    let mirror = TestMirror::start(load_config(dir.path(), &config_toml(dir.path(), &upstream.url(), ""))).await;
+    let mirror = TestMirror::builder().upstream(&upstream.url()).start().await;
     assert_eq!(mirror.get("/installs/hex-1.x.csv").await.status, 502);
 }
 
@@ -493,9 +452,8 @@ async fn installers_are_verified_against_the_signed_csv() {
 async fn fetched_content_is_served_even_when_no_cache_tier_keeps_it() {
     // A memory budget too small for any entry, and a store that refuses every write.
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(dir.path(), &upstream.url(), "").replace("listen =", "memory_cache_bytes = 1\nlisten =");
-    let config = load_config(dir.path(), &toml);
+    let site = TestMirror::builder().upstream(&upstream.url()).set("memory_cache_bytes", 1);
+    let config = site.config();
     let metrics = hexmirror::metrics_for(&config);
     let store = std::sync::Arc::new(hexmirror::cache::NullStore { reason: "test".into() });
     let mirror = hexmirror::Mirror::with_store(config, metrics, store).unwrap();
@@ -510,26 +468,10 @@ async fn fetched_content_is_served_even_when_no_cache_tier_keeps_it() {
 async fn access_log_is_one_json_line_per_request_on_stdout() {
     use std::io::BufRead;
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let toml = config_toml(dir.path(), &upstream.url(), "")
-        .replace("listen = \"127.0.0.1:0\"", &format!("access_log = true\nlisten = \"127.0.0.1:{port}\""));
-    let config = dir.path().join("hexmirror.toml");
-    std::fs::write(&config, toml).unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hexmirror"));
-    cmd.arg("--config").arg(&config).arg("serve").env("RUST_LOG", "warn");
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("HEXMIRROR_")) {
-        cmd.env_remove(key);
-    }
-    let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "the server did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(get(&format!("{url}/packages/hexdemo_mid"), &[("authorization", "Bearer s3cret")]).await.status, 200);
-    let stdout = child.stdout.take().unwrap();
+    let site = TestMirror::builder().upstream(&upstream.url()).set("access_log", true);
+    let mut served = tokio::task::block_in_place(|| site.serve_binary("warn", std::process::Stdio::piped()));
+    assert_eq!(get(&served.url("/packages/hexdemo_mid"), &[("authorization", "Bearer s3cret")]).await.status, 200);
+    let stdout = served.child.stdout.take().unwrap();
     let line = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
         std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
@@ -537,8 +479,7 @@ async fn access_log_is_one_json_line_per_request_on_stdout() {
     })
     .await
     .unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    served.stop();
     let record: serde_json::Value = serde_json::from_str(line.trim()).expect("a JSON line");
     assert_eq!(record["path"], "/packages/hexdemo_mid");
     assert_eq!(record["status"], 200);

@@ -54,8 +54,7 @@ async fn upstream_traffic_goes_through_the_connect_proxy_from_the_environment() 
         std::env::remove_var(var);
     }
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mirror = TestMirror::start(load_config(dir.path(), &config_toml(dir.path(), &upstream.url(), ""))).await;
+    let mirror = TestMirror::builder().upstream(&upstream.url()).start().await;
     let got = mirror.get("/tarballs/hexdemo_mid-0.2.0.tar").await;
     assert_eq!(got.status, 200);
     assert_eq!(got.body, demo_file("hexpm", "tarballs/hexdemo_mid-0.2.0.tar"));

@@ -11,37 +11,9 @@ use std::time::Duration;
 use common::*;
 use hexmirror::cache::{CacheKey, Class, DiskStore, Store};
 
-/// A mirror whose hex.pm repository is `hexpm_upstream` plus a repository `corp` in front of
-/// `corp_upstream` (signed as `acme`), configured by `corp_extra`.
-async fn corp_mirror(dir: &std::path::Path, hexpm_upstream: &str, corp_upstream: &str, corp_extra: &str) -> TestMirror {
-    TestMirror::start(corp_config(dir, hexpm_upstream, corp_upstream, corp_extra)).await
-}
-
-fn corp_config(
-    dir: &std::path::Path,
-    hexpm_upstream: &str,
-    corp_upstream: &str,
-    corp_extra: &str,
-) -> hexmirror::Config {
-    let toml = format!(
-        "{}\n[repos.corp]\nupstream = \"{corp_upstream}\"\npublic_key = \"{}\"\nrepository = \"acme\"\n{corp_extra}\n",
-        config_toml(dir, hexpm_upstream, ""),
-        demo_key_path().display()
-    );
-    load_config(dir, &toml)
-}
-
-/// An organization-style upstream: everything needs one of `allowed` as `Authorization` (401
-/// without, 403 with another) and is marked private.
-async fn protected_upstream(allowed: &[&str]) -> TestUpstream {
-    let upstream = TestUpstream::start(demo_files("acme", "")).await;
-    {
-        let mut s = upstream.state.lock().unwrap();
-        s.protected_prefix = Some("/".into());
-        s.allowed = allowed.iter().map(|a| a.to_string()).collect();
-        s.cache_control = Some("private, max-age=3600".into());
-    }
-    upstream
+/// A site whose hex.pm repository is `hexpm_upstream`, plus the repository `corp`.
+fn corp_site(hexpm_upstream: &str, corp: RepoSpec) -> MirrorBuilder {
+    TestMirror::builder().upstream(hexpm_upstream).repo("corp", corp)
 }
 
 /// Item 1: a new flight looked at the memory tier and handed out an entry another client's
@@ -50,8 +22,7 @@ async fn protected_upstream(allowed: &[&str]) -> TestUpstream {
 async fn private_record_fetched_for_one_client_never_reaches_concurrent_wrong_tokens() {
     let upstream = protected_upstream(&["Bearer alice-key"]).await;
     upstream.state.lock().unwrap().delay = Duration::from_millis(200);
-    let dir = tempfile::tempdir().unwrap();
-    let mirror = corp_mirror(dir.path(), &upstream.url(), &upstream.url(), "trusted = true\nallow_http = true").await;
+    let mirror = corp_site(&upstream.url(), RepoSpec::acme(&upstream.url()).trusted().allow_http()).start().await;
     let url = mirror.url("/repos/corp/packages/hexdemo_mid");
     let leaks = Arc::new(AtomicUsize::new(0));
     let strangers_answered = Arc::new(AtomicUsize::new(0));
@@ -93,9 +64,7 @@ async fn private_record_fetched_for_one_client_never_reaches_concurrent_wrong_to
 async fn tarball_is_never_served_once_the_verified_record_gives_it_another_checksum() {
     use prost::Message;
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(dir.path(), &upstream.url(), "").replace("registry_ttl = \"1h\"", "registry_ttl = \"1s\"");
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let mirror = TestMirror::builder().upstream(&upstream.url()).registry_ttl("1s").start().await;
     let tarball = "/tarballs/hexdemo_mid-0.2.0.tar";
     let got = mirror.get(tarball).await;
     assert_eq!((got.status, got.header("x-cache")), (200, "miss"));
@@ -118,8 +87,7 @@ async fn tarball_is_never_served_once_the_verified_record_gives_it_another_check
     let got = mirror.get(tarball).await;
     assert_ne!(got.status, 200, "served as {} after the record changed", got.header("x-cache"));
     // Nor from the store after a restart.
-    mirror.stop().await;
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let mirror = mirror.restart().await;
     let got = mirror.get(tarball).await;
     assert_ne!(got.status, 200, "served as {} after a restart", got.header("x-cache"));
 }
@@ -130,15 +98,12 @@ use sha2::Digest;
 /// relabelled `public/...` were served to anonymous clients.
 #[tokio::test]
 async fn bundle_relabelling_an_organizations_content_as_public_is_refused() {
-    let mut files = demo_files("hexpm", "");
-    files.extend(demo_files("acme", "/repos/acme"));
-    let upstream = TestUpstream::start(files).await;
+    let upstream = TestUpstream::start(hexpm_and_acme_files()).await;
     {
         let mut s = upstream.state.lock().unwrap();
         s.protected_prefix = Some("/repos/acme".into());
     }
-    let dir = tempfile::tempdir().unwrap();
-    let mirror = TestMirror::start(load_config(dir.path(), &config_toml(dir.path(), &upstream.url(), ""))).await;
+    let mirror = TestMirror::builder().upstream(&upstream.url()).start().await;
     let object = |key: &str, kind: &str, rel: &str| hexmirror::bundle::Object {
         key: key.into(),
         kind: kind.into(),
@@ -178,8 +143,7 @@ async fn an_authenticated_request_never_hides_public_content_from_anonymous_clie
     let upstream = TestUpstream::start(demo_files("acme", "")).await;
     // An upstream that marks nothing `public` (RFC 9111: an answer to credentials is private).
     upstream.state.lock().unwrap().cache_control = Some("max-age=3600".into());
-    let dir = tempfile::tempdir().unwrap();
-    let mirror = corp_mirror(dir.path(), &upstream.url(), &upstream.url(), "trusted = true\nallow_http = true").await;
+    let mirror = corp_site(&upstream.url(), RepoSpec::acme(&upstream.url()).trusted().allow_http()).start().await;
     let key = [("authorization", "Bearer someones-key")];
     for path in ["/repos/corp/packages/hexdemo_mid", "/repos/corp/tarballs/hexdemo_mid-0.2.0.tar"] {
         assert_eq!(get(&mirror.url(path), &key).await.status, 200, "{path}");
@@ -198,9 +162,8 @@ async fn an_authenticated_request_never_hides_public_content_from_anonymous_clie
 #[tokio::test]
 async fn a_closed_repository_answers_the_same_401_for_existing_and_missing_packages() {
     let upstream = protected_upstream(&["own-key-4e1"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let extra = "allow_http = true\nauth_key = \"own-key-4e1\"\n[repos.corp.access]\ntokens = [\"team-7c2\"]";
-    let mirror = corp_mirror(dir.path(), &upstream.url(), &upstream.url(), extra).await;
+    let corp = RepoSpec::acme(&upstream.url()).allow_http().auth_key("own-key-4e1").access_tokens(&["team-7c2"]);
+    let mirror = corp_site(&upstream.url(), corp).start().await;
     let team = [("authorization", "Bearer team-7c2")];
     let probes = [
         ("/repos/corp/packages/hexdemo_mid", "/repos/corp/packages/nosuch"),
@@ -231,13 +194,9 @@ async fn a_closed_repository_answers_the_same_401_for_existing_and_missing_packa
     mirror.stop().await;
 
     // hex.pm with hexmirror's own key: its public repository stays open, its organizations close.
-    let mut files = demo_files("hexpm", "");
-    files.extend(demo_files("acme", "/repos/acme"));
-    let hexpm = TestUpstream::start(files).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config =
-        load_config(dir.path(), &config_toml(dir.path(), &hexpm.url(), "allow_http = true\nauth_key = \"own-key\""));
-    let mirror = TestMirror::start(config).await;
+    let hexpm = TestUpstream::start(hexpm_and_acme_files()).await;
+    let own_key = RepoSpec::demo(&hexpm.url()).allow_http().auth_key("own-key");
+    let mirror = TestMirror::builder().repo("hexpm", own_key).start().await;
     assert_eq!(mirror.get("/names").await.status, 200);
     assert_eq!(mirror.get("/packages/hexdemo_mid").await.status, 200);
     assert_eq!(mirror.get("/packages/nosuch").await.status, 404);
@@ -255,9 +214,8 @@ async fn a_closed_repository_answers_the_same_401_for_existing_and_missing_packa
 async fn a_stored_record_edited_to_say_docs_or_public_is_not_trusted() {
     let hexpm = TestUpstream::start(demo_files("hexpm", "")).await;
     let corp = protected_upstream(&["Bearer alice-key"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = || corp_config(dir.path(), &hexpm.url(), &corp.url(), "trusted = true\nallow_http = true");
-    let mirror = TestMirror::start(config()).await;
+    let site = corp_site(&hexpm.url(), RepoSpec::acme(&corp.url()).trusted().allow_http());
+    let mirror = site.start().await;
     let record = demo_file("hexpm", "packages/hexdemo_mid");
     assert_eq!(mirror.get("/packages/hexdemo_mid").await.status, 200);
     let alice = [("authorization", "Bearer alice-key")];
@@ -265,7 +223,7 @@ async fn a_stored_record_edited_to_say_docs_or_public_is_not_trusted() {
     mirror.stop().await;
 
     // Someone with write access to the store edits it.
-    let (store, _) = DiskStore::open(&dir.path().join("data")).unwrap();
+    let (store, _) = DiskStore::open(&site.data_dir()).unwrap();
     let public = CacheKey::parse("public/hexpm/packages/hexdemo_mid").unwrap();
     let (mut meta, _) = store.get(&public).unwrap().unwrap();
     let forged = tamper_signed(&record);
@@ -281,7 +239,7 @@ async fn a_stored_record_edited_to_say_docs_or_public_is_not_trusted() {
     store.flush().unwrap();
     drop(store);
 
-    let mirror = TestMirror::start(config()).await;
+    let mirror = site.start().await;
     assert!(mirror.mirror.check_stored(&public).await.is_err(), "verify calls the forged record intact");
     let got = mirror.get("/packages/hexdemo_mid").await;
     assert_eq!(got.status, 200);

@@ -4,8 +4,9 @@
 //! The invariant in every case: clients get the right bytes or a clear error, never damaged
 //! bytes; a store that cannot be written degrades (metrics say so) instead of failing requests.
 //!
-//! The disk-full and read-only tests need to mount file systems (root): they print a note and
-//! pass without checking anything when `mount` is refused.
+//! The disk-full and read-only tests need to mount file systems (root): they are `#[ignore]`d,
+//! `.ci/run` (which runs as root) runs them with `cargo test --test storage -- --ignored`, and
+//! they fail when `mount` is refused.
 
 mod common;
 
@@ -14,66 +15,40 @@ use std::process::Command;
 
 use common::*;
 
-const TARBALLS: &[&str] = &[
-    "/tarballs/hexdemo_base-1.0.0.tar",
-    "/tarballs/hexdemo_base-1.1.0.tar",
-    "/tarballs/hexdemo_mid-0.1.0.tar",
-    "/tarballs/hexdemo_mid-0.2.0.tar",
-    "/tarballs/hexdemo_top-2.0.0.tar",
-    "/tarballs/hexdemo_top-2.0.1.tar",
-];
-
-const RECORDS: &[&str] =
-    &["/names", "/versions", "/packages/hexdemo_base", "/packages/hexdemo_mid", "/packages/hexdemo_top"];
-
-fn fixture(path: &str) -> Vec<u8> {
-    demo_file("hexpm", path.trim_start_matches('/'))
-}
-
-fn all_paths() -> Vec<&'static str> {
-    RECORDS.iter().chain(TARBALLS).copied().collect()
-}
-
 /// A mount made for a test, undone when dropped (also when the test panics).
 struct MountGuard {
     path: PathBuf,
 }
 
 impl MountGuard {
-    /// `mount ARGS...`; `None` (with a note on stderr) when mounting is not permitted here.
-    fn mount(path: &Path, steps: &[&[&str]]) -> Option<MountGuard> {
+    /// `mount ARGS...` for each step; panics when a step fails (mounting needs root).
+    fn mount(path: &Path, steps: &[&[&str]]) -> MountGuard {
         std::fs::create_dir_all(path).unwrap();
+        // Held while the later steps run, so that a failure undoes the earlier ones.
         let mut guard = None;
         for args in steps {
-            let out = Command::new("mount").args(*args).output();
-            match out {
+            match Command::new("mount").args(*args).output() {
                 Ok(out) if out.status.success() => {
                     guard.get_or_insert_with(|| MountGuard { path: path.to_path_buf() });
                 }
-                Ok(out) => {
-                    eprintln!(
-                        "note: skipping a storage-fault test: `mount {}` failed (needs root): {}",
-                        args.join(" "),
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    );
-                    return None;
-                }
-                Err(e) => {
-                    eprintln!("note: skipping a storage-fault test: cannot run mount: {e}");
-                    return None;
-                }
+                Ok(out) => panic!(
+                    "`mount {}` failed (this test needs root): {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                Err(e) => panic!("cannot run mount (this test needs root): {e}"),
             }
         }
-        guard
+        guard.expect("at least one mount step")
     }
 
-    fn tmpfs(path: &Path, size: &str) -> Option<MountGuard> {
+    fn tmpfs(path: &Path, size: &str) -> MountGuard {
         let p = path.to_str().unwrap();
         Self::mount(path, &[&["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs", p]])
     }
 
     /// Makes `path` read-only in place (a read-only bind mount of itself).
-    fn read_only(path: &Path) -> Option<MountGuard> {
+    fn read_only(path: &Path) -> MountGuard {
         let p = path.to_str().unwrap();
         Self::mount(path, &[&["--bind", p, p], &["-o", "remount,ro,bind", p]])
     }
@@ -91,12 +66,8 @@ impl Drop for MountGuard {
     }
 }
 
-fn toml(dir: &Path, upstream: &str, top: &str) -> String {
-    config_toml(dir, upstream, "").replace("listen =", &format!("{top}\nlisten ="))
-}
-
-async fn start(dir: &Path, upstream: &TestUpstream, top: &str) -> TestMirror {
-    TestMirror::start(load_config(dir, &toml(dir, &upstream.url(), top))).await
+fn site(upstream: &TestUpstream) -> MirrorBuilder {
+    TestMirror::builder().upstream(&upstream.url())
 }
 
 async fn metric(mirror: &TestMirror, family: &str, needles: &[&str]) -> f64 {
@@ -119,7 +90,7 @@ fn fill(path: &Path, leave: u64) -> PathBuf {
 }
 
 async fn expect_all_served(mirror: &TestMirror, what: &str) {
-    for path in all_paths() {
+    for &path in HEXPM_PATHS {
         let got = mirror.get(path).await;
         assert_eq!(got.status, 200, "{what}: {path}");
         assert_eq!(got.body, fixture(path), "{what}: {path}");
@@ -155,14 +126,13 @@ fn blob_of(data: &Path, bytes: &[u8]) -> PathBuf {
 // ------------------------------------------------------------------------------------------
 
 #[tokio::test]
+#[ignore = "needs root to mount a filesystem; .ci/run runs them"]
 async fn a_disk_that_fills_up_degrades_the_store_and_every_client_still_gets_the_right_bytes() {
-    let mut files = demo_files("hexpm", "");
-    files.extend(demo_files("acme", "/repos/acme"));
-    let upstream = TestUpstream::start(files).await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let Some(_tmpfs) = MountGuard::tmpfs(&data, "1m") else { return };
-    let mirror = start(dir.path(), &upstream, "").await;
+    let upstream = TestUpstream::start(hexpm_and_acme_files()).await;
+    let site = site(&upstream);
+    let data = site.data_dir();
+    let _tmpfs = MountGuard::tmpfs(&data, "1m");
+    let mirror = site.start().await;
     assert_eq!(metric(&mirror, "hexmirror_store_degraded", &[]).await, 0.0);
     let filler = fill(&data, 0);
     // Concurrent clients, twice over: misses (nothing can be written), then hits from memory.
@@ -172,7 +142,7 @@ async fn a_disk_that_fills_up_degrades_the_store_and_every_client_still_gets_the
         for client in 0..4 {
             let url = mirror.url("");
             tasks.push(tokio::spawn(async move {
-                for path in all_paths() {
+                for &path in HEXPM_PATHS {
                     let got = get(&format!("{url}{path}"), &[]).await;
                     assert_eq!(got.status, 200, "round {round} client {client}: {path}");
                     assert_eq!(got.body, fixture(path), "round {round} client {client}: {path}");
@@ -184,7 +154,7 @@ async fn a_disk_that_fills_up_degrades_the_store_and_every_client_still_gets_the
         }
         if round == 0 {
             upstream_requests = upstream.total_requests();
-            assert!(upstream_requests >= all_paths().len());
+            assert!(upstream_requests >= HEXPM_PATHS.len());
         }
     }
     assert_eq!(upstream.total_requests(), upstream_requests, "the memory tier serves what the disk could not keep");
@@ -205,34 +175,35 @@ async fn a_disk_that_fills_up_degrades_the_store_and_every_client_still_gets_the
 
     // What the episode left on disk opens, verifies and serves correctly.
     upstream.stop();
-    let mirror = start(dir.path(), &upstream, "offline = true").await;
+    let mirror = site.clone().offline().start().await;
     let report = hexmirror::audit::run(&mirror.mirror, false).await;
     assert!(report.damaged.is_empty(), "{report:?}");
     assert_eq!(report.intact, 1, "only the entry written after space came back: {report:?}");
     let got = mirror.get("/repos/acme/packages/hexdemo_top").await;
     assert_eq!((got.status, got.header("x-cache")), (200, "hit"));
     assert_eq!(got.body, demo_file("acme", "packages/hexdemo_top"));
-    for path in all_paths() {
+    for path in HEXPM_PATHS {
         assert_eq!(mirror.get(path).await.status, 404, "{path} was never stored");
     }
     mirror.stop().await;
 }
 
 #[tokio::test]
+#[ignore = "needs root to mount a filesystem; .ci/run runs them"]
 async fn concurrent_clients_cause_one_upstream_fetch_per_object_while_the_disk_is_full() {
     let mut duplicates = Vec::new();
     for run in 0..20 {
         let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let Some(_tmpfs) = MountGuard::tmpfs(&data, "1m") else { return };
-        let mirror = start(dir.path(), &upstream, "").await;
+        let site = site(&upstream);
+        let data = site.data_dir();
+        let _tmpfs = MountGuard::tmpfs(&data, "1m");
+        let mirror = site.start().await;
         fill(&data, 0);
         let mut tasks = Vec::new();
         for _ in 0..4 {
             let url = mirror.url("");
             tasks.push(tokio::spawn(async move {
-                for path in all_paths() {
+                for path in HEXPM_PATHS {
                     assert_eq!(get(&format!("{url}{path}"), &[]).await.status, 200, "{path}");
                 }
             }));
@@ -240,7 +211,7 @@ async fn concurrent_clients_cause_one_upstream_fetch_per_object_while_the_disk_i
         for task in tasks {
             task.await.unwrap();
         }
-        for path in all_paths() {
+        for path in HEXPM_PATHS {
             if upstream.requests_for(path) > 1 {
                 duplicates.push(format!("run {run}: {path} x{}", upstream.requests_for(path)));
             }
@@ -251,36 +222,38 @@ async fn concurrent_clients_cause_one_upstream_fetch_per_object_while_the_disk_i
 }
 
 #[tokio::test]
+#[ignore = "needs root to mount a filesystem; .ci/run runs them"]
 async fn a_store_on_a_nearly_full_disk_still_starts_and_serves_degraded() {
-    let mut files = demo_files("hexpm", "");
-    files.extend(demo_files("acme", "/repos/acme"));
-    let upstream = TestUpstream::start(files).await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let Some(_tmpfs) = MountGuard::tmpfs(&data, "2m") else { return };
-    let mirror = start(dir.path(), &upstream, "").await;
+    let upstream = TestUpstream::start(hexpm_and_acme_files()).await;
+    let site = site(&upstream);
+    let data = site.data_dir();
+    let _tmpfs = MountGuard::tmpfs(&data, "2m");
+    let mirror = site.start().await;
     expect_all_served(&mirror, "first run").await;
     mirror.stop().await;
     // The disk fills up while hexmirror is down; 300 KiB are left.
     let _filler = fill(&data, 300 << 10);
-    let config = load_config(dir.path(), &toml(dir.path(), &upstream.url(), ""));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = hexmirror::start(config, async move {
-        let _ = stopped.await;
-    })
-    .await
-    .unwrap_or_else(|e| panic!("hexmirror must start on a nearly full disk; it said: {e}"));
-    let base = format!("http://{}", running.addr);
-    for path in all_paths() {
-        let got = get(&format!("{base}{path}"), &[]).await;
-        assert_eq!((got.status, got.header("x-cache")), (200, "hit"), "{path}: stored before the disk filled");
+    let mirror =
+        site.try_start().await.unwrap_or_else(|e| panic!("hexmirror must start on a nearly full disk; it said: {e}"));
+    expect_all_hits(&mirror, "stored before the disk filled").await;
+    expect_new_objects_from_upstream(&mirror).await;
+    mirror.stop().await;
+}
+
+/// Every demo path is served from the store (`hit`) with the right bytes.
+async fn expect_all_hits(mirror: &TestMirror, what: &str) {
+    for &path in HEXPM_PATHS {
+        let got = mirror.get(path).await;
+        assert_eq!((got.status, got.header("x-cache")), (200, "hit"), "{path}: {what}");
         assert_eq!(got.body, fixture(path), "{path}");
     }
-    let got = get(&format!("{base}/repos/acme/names"), &[]).await;
+}
+
+/// An object that was never stored is fetched from the upstream and served.
+async fn expect_new_objects_from_upstream(mirror: &TestMirror) {
+    let got = mirror.get("/repos/acme/names").await;
     assert_eq!(got.status, 200, "a new object comes from the upstream");
     assert_eq!(got.body, demo_file("acme", "names"));
-    let _ = stop.send(());
-    let _ = running.done.await;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -288,81 +261,60 @@ async fn a_store_on_a_nearly_full_disk_still_starts_and_serves_degraded() {
 // ------------------------------------------------------------------------------------------
 
 #[tokio::test]
+#[ignore = "needs root to mount a filesystem; .ci/run runs them"]
 async fn a_read_only_data_dir_serves_what_is_stored_and_the_rest_from_upstream_degraded() {
-    let mut files = demo_files("hexpm", "");
-    files.extend(demo_files("acme", "/repos/acme"));
-    let upstream = TestUpstream::start(files).await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mirror = start(dir.path(), &upstream, "").await;
+    let upstream = TestUpstream::start(hexpm_and_acme_files()).await;
+    let site = site(&upstream);
+    let data = site.data_dir();
+    let mirror = site.start().await;
     expect_all_served(&mirror, "first run").await;
     mirror.stop().await;
-    let Some(_ro) = MountGuard::read_only(&data) else { return };
-    let config = load_config(dir.path(), &toml(dir.path(), &upstream.url(), ""));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = hexmirror::start(config, async move {
-        let _ = stopped.await;
-    })
-    .await
-    .unwrap_or_else(|e| panic!("hexmirror must start on a read-only data_dir; it said: {e}"));
-    let base = format!("http://{}", running.addr);
-    for path in all_paths() {
-        let got = get(&format!("{base}{path}"), &[]).await;
-        assert_eq!((got.status, got.header("x-cache")), (200, "hit"), "{path}: stored before");
-        assert_eq!(got.body, fixture(path), "{path}");
-    }
-    let got = get(&format!("{base}/repos/acme/names"), &[]).await;
-    assert_eq!(got.status, 200, "a new object comes from the upstream");
-    assert_eq!(got.body, demo_file("acme", "names"));
-    let metrics = get(&format!("{base}/metrics"), &[]).await;
-    let text = String::from_utf8_lossy(&metrics.body);
+    let _ro = MountGuard::read_only(&data);
+    let mirror =
+        site.try_start().await.unwrap_or_else(|e| panic!("hexmirror must start on a read-only data_dir; it said: {e}"));
+    expect_all_hits(&mirror, "stored before").await;
+    expect_new_objects_from_upstream(&mirror).await;
+    let text = mirror.metrics().await;
     assert_eq!(metric_sum(&text, "hexmirror_store_degraded", &[]), 1.0);
-    let _ = stop.send(());
-    let _ = running.done.await;
+    mirror.stop().await;
 }
 
 #[tokio::test]
+#[ignore = "needs root to mount a filesystem; .ci/run runs them"]
 async fn an_offline_mirror_on_a_read_only_store_serves_what_is_stored() {
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    populated(&upstream, dir.path()).await;
+    let site = site(&upstream);
+    let data = site.data_dir();
+    populated(&site).await;
     upstream.stop();
-    let Some(_ro) = MountGuard::read_only(&data) else { return };
-    let config = load_config(dir.path(), &toml(dir.path(), &upstream.url(), "offline = true"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = hexmirror::start(config, async move {
-        let _ = stopped.await;
-    })
-    .await
-    .unwrap_or_else(|e| panic!("hexmirror must start on a read-only data_dir; it said: {e}"));
-    let base = format!("http://{}", running.addr);
-    for path in all_paths() {
-        let got = get(&format!("{base}{path}"), &[]).await;
+    let _ro = MountGuard::read_only(&data);
+    let mirror = site
+        .clone()
+        .offline()
+        .try_start()
+        .await
+        .unwrap_or_else(|e| panic!("hexmirror must start on a read-only data_dir; it said: {e}"));
+    for &path in HEXPM_PATHS {
+        let got = mirror.get(path).await;
         assert_eq!(got.status, 200, "{path}: {}", String::from_utf8_lossy(&got.body).trim());
         assert_eq!(got.body, fixture(path), "{path}");
     }
-    let _ = stop.send(());
-    let _ = running.done.await;
+    mirror.stop().await;
 }
 
 #[tokio::test]
+#[ignore = "needs root to mount a filesystem; .ci/run runs them"]
 async fn a_data_dir_that_becomes_read_only_while_serving_degrades_and_keeps_serving() {
-    let mut files = demo_files("hexpm", "");
-    files.extend(demo_files("acme", "/repos/acme"));
-    let upstream = TestUpstream::start(files).await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mirror = start(dir.path(), &upstream, "").await;
-    for path in RECORDS {
+    let upstream = TestUpstream::start(hexpm_and_acme_files()).await;
+    let site = site(&upstream);
+    let data = site.data_dir();
+    let mirror = site.start().await;
+    for path in HEXPM_RECORDS {
         assert_eq!(mirror.get(path).await.status, 200);
     }
     // The file system is remounted read-only under the running server (as the kernel does
     // after an I/O error).
-    let Some(ro) = MountGuard::read_only(&data) else {
-        mirror.stop().await;
-        return;
-    };
+    let ro = MountGuard::read_only(&data);
     expect_all_served(&mirror, "read-only").await;
     for path in ["/repos/acme/names", "/repos/acme/packages/hexdemo_mid", "/repos/acme/tarballs/hexdemo_mid-0.2.0.tar"]
     {
@@ -386,8 +338,8 @@ async fn a_data_dir_that_becomes_read_only_while_serving_degrades_and_keeps_serv
 // ------------------------------------------------------------------------------------------
 
 /// A store holding every demo path, written by a server that was then stopped.
-async fn populated(upstream: &TestUpstream, dir: &Path) {
-    let mirror = start(dir, upstream, "").await;
+async fn populated(site: &MirrorBuilder) {
+    let mirror = site.start().await;
     expect_all_served(&mirror, "first run").await;
     mirror.stop().await;
 }
@@ -395,9 +347,9 @@ async fn populated(upstream: &TestUpstream, dir: &Path) {
 #[tokio::test]
 async fn damaged_blob_files_are_never_served_and_are_refetched() {
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    populated(&upstream, dir.path()).await;
+    let site = site(&upstream);
+    let data = site.data_dir();
+    populated(&site).await;
     let flipped = "/tarballs/hexdemo_top-2.0.1.tar";
     let truncated = "/tarballs/hexdemo_mid-0.2.0.tar";
     let swapped = "/tarballs/hexdemo_base-1.1.0.tar";
@@ -417,10 +369,10 @@ async fn damaged_blob_files_are_never_served_and_are_refetched() {
     bytes[200] ^= 0x01;
     std::fs::write(&path, bytes).unwrap();
 
-    let before: Vec<usize> = all_paths().iter().map(|p| upstream.requests_for(p)).collect();
-    let mirror = start(dir.path(), &upstream, "").await;
+    let before: Vec<usize> = HEXPM_PATHS.iter().map(|p| upstream.requests_for(p)).collect();
+    let mirror = site.start().await;
     let damaged = [flipped, truncated, swapped, record];
-    for (path, before) in all_paths().into_iter().zip(before) {
+    for (&path, before) in HEXPM_PATHS.iter().zip(before) {
         let got = mirror.get(path).await;
         assert_eq!(got.status, 200, "{path}");
         assert_eq!(got.body, fixture(path), "{path}: damaged bytes must never be served");
@@ -434,17 +386,16 @@ async fn damaged_blob_files_are_never_served_and_are_refetched() {
     }
     // The refetched copies replaced the damaged files: the store verifies clean.
     let report = hexmirror::audit::run(&mirror.mirror, false).await;
-    assert!(report.damaged.is_empty() && report.intact == all_paths().len(), "{report:?}");
+    assert!(report.damaged.is_empty() && report.intact == HEXPM_PATHS.len(), "{report:?}");
     mirror.stop().await;
 }
 
 #[tokio::test]
 async fn a_blob_damaged_while_serving_is_detected_on_read_and_refetched() {
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
     // A memory tier too small to hold a tarball: every read of one goes to disk.
-    let mirror = start(dir.path(), &upstream, "memory_cache_bytes = 1").await;
+    let mirror = site(&upstream).set("memory_cache_bytes", 1).start().await;
+    let data = mirror.data_dir();
     let path = "/tarballs/hexdemo_top-2.0.1.tar";
     assert_eq!(mirror.get(path).await.body, fixture(path));
     mirror.mirror.update_gauges(); // runs the memory tier's pending evictions
@@ -465,9 +416,9 @@ async fn a_damaged_index_is_detected_at_start_up_and_everything_lost_is_refetche
     // Bits flipped across the sled log, the log cut in half, emptied, overwritten.
     for damage in ["flipped", "truncated", "emptied", "overwritten"] {
         let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        populated(&upstream, dir.path()).await;
+        let site = site(&upstream);
+        let data = site.data_dir();
+        populated(&site).await;
         let db = data.join("index").join("db");
         let mut bytes = std::fs::read(&db).unwrap();
         match damage {
@@ -481,9 +432,9 @@ async fn a_damaged_index_is_detected_at_start_up_and_everything_lost_is_refetche
             _ => bytes = vec![0xab; bytes.len()],
         }
         std::fs::write(&db, bytes).unwrap();
-        let before: Vec<usize> = all_paths().iter().map(|p| upstream.requests_for(p)).collect();
-        let mirror = start(dir.path(), &upstream, "").await;
-        for (path, before) in all_paths().into_iter().zip(before) {
+        let before: Vec<usize> = HEXPM_PATHS.iter().map(|p| upstream.requests_for(p)).collect();
+        let mirror = site.start().await;
+        for (&path, before) in HEXPM_PATHS.iter().zip(before) {
             let got = mirror.get(path).await;
             assert_eq!(got.status, 200, "{damage}: {path}");
             assert_eq!(got.body, fixture(path), "{damage}: {path}");
@@ -497,8 +448,8 @@ async fn a_damaged_index_is_detected_at_start_up_and_everything_lost_is_refetche
         // Blobs the lost index no longer names were swept: one file per entry.
         let report = hexmirror::audit::run(&mirror.mirror, false).await;
         assert!(report.damaged.is_empty(), "{damage}: {report:?}");
-        assert_eq!(report.intact, all_paths().len(), "{damage}");
-        assert_eq!(blobs(&data).len(), all_paths().len(), "{damage}: orphan blobs are swept");
+        assert_eq!(report.intact, HEXPM_PATHS.len(), "{damage}");
+        assert_eq!(blobs(&data).len(), HEXPM_PATHS.len(), "{damage}: orphan blobs are swept");
         mirror.stop().await;
     }
 }
@@ -515,9 +466,9 @@ fn disk_bytes_on_disk(data: &Path) -> u64 {
 async fn the_disk_tier_stays_within_its_budget_and_never_evicts_what_sync_pinned() {
     let budget = 12 << 10;
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mirror = start(dir.path(), &upstream, &format!("disk_cache_bytes = {budget}")).await;
+    let site = site(&upstream).set("disk_cache_bytes", budget);
+    let data = site.data_dir();
+    let mirror = site.start().await;
     // Sync pins hexdemo_base's record and its one current release (~5.6 KB).
     let request =
         hexmirror::sync::SyncRequest { packages: vec!["hexdemo_base".into()], concurrency: 2, ..Default::default() };
@@ -536,7 +487,7 @@ async fn the_disk_tier_stays_within_its_budget_and_never_evicts_what_sync_pinned
     assert_eq!(pinned, ["public/hexpm/packages/hexdemo_base", "public/hexpm/tarballs/hexdemo_base-1.1.0.tar"]);
     // Clients fetch six 5 KB tarballs (and their records) through a 12 KB disk tier, twice.
     for round in 0..2 {
-        for path in TARBALLS.iter().rev().chain(RECORDS) {
+        for path in HEXPM_TARBALLS.iter().rev().chain(HEXPM_RECORDS) {
             let got = mirror.get(path).await;
             assert_eq!(got.status, 200, "round {round}: {path}");
             assert_eq!(got.body, fixture(path), "round {round}: {path}");
@@ -555,7 +506,7 @@ async fn the_disk_tier_stays_within_its_budget_and_never_evicts_what_sync_pinned
     // The pinned entries are still served from disk after a restart, with no upstream.
     mirror.stop().await;
     upstream.stop();
-    let mirror = start(dir.path(), &upstream, &format!("offline = true\ndisk_cache_bytes = {budget}")).await;
+    let mirror = site.clone().offline().start().await;
     for path in ["/packages/hexdemo_base", "/tarballs/hexdemo_base-1.1.0.tar"] {
         let got = mirror.get(path).await;
         assert_eq!((got.status, got.header("x-cache")), (200, "hit"), "{path}");
@@ -575,8 +526,7 @@ async fn the_entry_just_written_is_not_the_first_one_evicted() {
         ("/tarballs/hexdemo_top-2.0.1.tar", "/tarballs/hexdemo_base-1.1.0.tar"),
         ("/tarballs/hexdemo_base-1.1.0.tar", "/tarballs/hexdemo_top-2.0.1.tar"),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let mirror = start(dir.path(), &upstream, "disk_cache_bytes = 6000").await;
+        let mirror = site(&upstream).set("disk_cache_bytes", 6000).start().await;
         assert_eq!(mirror.get(older).await.status, 200);
         assert_eq!(mirror.get(newer).await.status, 200);
         let stored: Vec<String> =
@@ -592,8 +542,7 @@ async fn the_entry_just_written_is_not_the_first_one_evicted() {
 #[tokio::test]
 async fn purge_also_removes_entries_that_only_the_memory_tier_holds() {
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mirror = start(dir.path(), &upstream, "disk_cache_bytes = 6000").await;
+    let mirror = site(&upstream).set("disk_cache_bytes", 6000).start().await;
     let evicted = "/tarballs/hexdemo_base-1.1.0.tar";
     assert_eq!(mirror.get(evicted).await.status, 200);
     // A second tarball pushes the first out of the 6000-byte disk tier (the memory tier keeps it).

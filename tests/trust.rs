@@ -38,21 +38,16 @@ impl Write for SharedWriter {
 
 const CREDENTIAL_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
 
-/// A mirror with one extra repository `corp` in front of `upstream`, configured by `repo_extra`.
-async fn corp_mirror(upstream: &TestUpstream, repo_extra: &str, registry_ttl: &str) -> (tempfile::TempDir, TestMirror) {
-    let dir = tempfile::tempdir().unwrap();
+/// A mirror with one extra repository, `corp`; its hex.pm repository is an empty upstream.
+async fn corp_mirror(corp: RepoSpec) -> TestMirror {
+    corp_site(corp).await.start().await
+}
+
+async fn corp_site(corp: RepoSpec) -> MirrorBuilder {
     let hexpm = TestUpstream::start(Default::default()).await;
-    let toml = format!(
-        "{}\n[repos.corp]\nupstream = \"{}\"\npublic_key = \"{}\"\nrepository = \"acme\"\n{repo_extra}\n",
-        config_toml(dir.path(), &hexpm.url(), ""),
-        upstream.url(),
-        demo_key_path().display()
-    );
-    let ttl = if registry_ttl.is_empty() { "1h" } else { registry_ttl };
-    let toml = toml.replacen("registry_ttl = \"1h\"", &format!("registry_ttl = \"{ttl}\""), 1);
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let site = TestMirror::builder().upstream(&hexpm.url()).repo("corp", corp);
     std::mem::forget(hexpm);
-    (dir, mirror)
+    site
 }
 
 fn assert_no_credentials(upstream: &TestUpstream) {
@@ -72,7 +67,7 @@ fn assert_no_credentials(upstream: &TestUpstream) {
 #[tokio::test]
 async fn no_client_credential_of_any_kind_reaches_an_untrusted_upstream() {
     let upstream = TestUpstream::start(demo_files("acme", "")).await;
-    let (_dir, mirror) = corp_mirror(&upstream, "", "1s").await;
+    let mirror = corp_site(RepoSpec::acme(&upstream.url())).await.registry_ttl("1s").start().await;
     let presented: &[&[(&str, &str)]] = &[
         &[("authorization", "s3cret-raw-key")],
         &[("authorization", "Bearer s3cret-token")],
@@ -100,7 +95,7 @@ async fn no_client_credential_of_any_kind_reaches_an_untrusted_upstream() {
 #[tokio::test]
 async fn a_trusted_upstream_receives_exactly_the_clients_authorization() {
     let upstream = TestUpstream::start(demo_files("acme", "")).await;
-    let (_dir, mirror) = corp_mirror(&upstream, "trusted = true\nallow_http = true", "").await;
+    let mirror = corp_mirror(RepoSpec::acme(&upstream.url()).trusted().allow_http()).await;
     let cases =
         [("hexdemo_base", "rawkey123"), ("hexdemo_mid", "Bearer tok-abc"), ("hexdemo_top", "Basic dXNlcjpwYXNz")];
     for (package, value) in cases {
@@ -118,7 +113,7 @@ async fn a_trusted_upstream_receives_exactly_the_clients_authorization() {
 async fn trusted_over_plain_http_to_a_remote_host_never_carries_credentials() {
     let upstream = TestUpstream::start(demo_files("acme", "")).await;
     // trusted, but allow_http is not set: the loopback http upstream gets no credentials.
-    let (_dir, mirror) = corp_mirror(&upstream, "trusted = true", "").await;
+    let mirror = corp_mirror(RepoSpec::acme(&upstream.url()).trusted()).await;
     let got = get(&mirror.url("/repos/corp/packages/hexdemo_base"), &[("authorization", "Bearer s3cret")]).await;
     assert_eq!(got.status, 200);
     assert_no_credentials(&upstream);
@@ -128,8 +123,12 @@ async fn trusted_over_plain_http_to_a_remote_host_never_carries_credentials() {
 async fn hexmirrors_own_key_goes_upstream_verbatim_and_the_clients_never_does() {
     let upstream = TestUpstream::start(demo_files("acme", "")).await;
     // A repository fetched with hexmirror's own key is closed: the client is on its access list.
-    let extra = "trusted = true\nallow_http = true\nauth_key = \"own-key-7f3a\"\n[repos.corp.access]\ntokens = [\"client-s3cret\"]";
-    let (_dir, mirror) = corp_mirror(&upstream, extra, "").await;
+    let corp = RepoSpec::acme(&upstream.url())
+        .trusted()
+        .allow_http()
+        .auth_key("own-key-7f3a")
+        .access_tokens(&["client-s3cret"]);
+    let mirror = corp_mirror(corp).await;
     let got = get(&mirror.url("/repos/corp/packages/hexdemo_base"), &[("authorization", "Bearer client-s3cret")]).await;
     assert_eq!(got.status, 200);
     assert!(upstream.total_requests() > 0);
@@ -138,28 +137,13 @@ async fn hexmirrors_own_key_goes_upstream_verbatim_and_the_clients_never_does() 
     }
 }
 
-/// An organization-style upstream: everything needs `Authorization` and is marked private.
-async fn private_upstream(allowed: &[&str]) -> TestUpstream {
-    let upstream = TestUpstream::start(demo_files("acme", "")).await;
-    {
-        let mut s = upstream.state.lock().unwrap();
-        s.protected_prefix = Some("/".into());
-        s.allowed = allowed.iter().map(|a| a.to_string()).collect();
-        s.cache_control = Some("private, max-age=3600".into());
-    }
-    upstream
-}
-
 #[tokio::test]
 async fn cached_private_package_is_refused_to_strangers_and_served_to_the_access_list() {
     let logs = captured_logs();
-    let upstream = private_upstream(&["own-key-91c2"]).await;
-    let (_dir, mirror) = corp_mirror(
-        &upstream,
-        "allow_http = true\nauth_key = \"own-key-91c2\"\n[repos.corp.access]\ntokens = [\"team-token-5d1e\"]",
-        "",
-    )
-    .await;
+    let upstream = protected_upstream(&["own-key-91c2"]).await;
+    let corp =
+        RepoSpec::acme(&upstream.url()).allow_http().auth_key("own-key-91c2").access_tokens(&["team-token-5d1e"]);
+    let mirror = corp_mirror(corp).await;
     let path = "/repos/corp/packages/hexdemo_mid";
     let member = [("authorization", "Bearer team-token-5d1e")];
     let got = get(&mirror.url(path), &member).await;
@@ -196,8 +180,8 @@ async fn cached_private_package_is_refused_to_strangers_and_served_to_the_access
 
 #[tokio::test]
 async fn private_content_is_rechecked_with_the_clients_own_credentials() {
-    let upstream = private_upstream(&["Bearer alice-key"]).await;
-    let (_dir, mirror) = corp_mirror(&upstream, "trusted = true\nallow_http = true", "").await;
+    let upstream = protected_upstream(&["Bearer alice-key"]).await;
+    let mirror = corp_mirror(RepoSpec::acme(&upstream.url()).trusted().allow_http()).await;
     let path = "/repos/corp/packages/hexdemo_mid";
     let alice = [("authorization", "Bearer alice-key")];
     assert_eq!(get(&mirror.url(path), &alice).await.header("x-cache"), "miss");
@@ -217,13 +201,8 @@ async fn private_content_is_rechecked_with_the_clients_own_credentials() {
 
 #[tokio::test]
 async fn allow_all_clients_opt_in_serves_private_content_offline() {
-    let upstream = private_upstream(&["own"]).await;
-    let (_dir, mirror) = corp_mirror(
-        &upstream,
-        "allow_http = true\nauth_key = \"own\"\n[repos.corp.access]\nallow_all_clients = true",
-        "",
-    )
-    .await;
+    let upstream = protected_upstream(&["own"]).await;
+    let mirror = corp_mirror(RepoSpec::acme(&upstream.url()).allow_http().auth_key("own").allow_all_clients()).await;
     assert_eq!(get(&mirror.url("/repos/corp/packages/hexdemo_mid"), &[]).await.status, 200);
     upstream.stop();
     assert_eq!(get(&mirror.url("/repos/corp/packages/hexdemo_mid"), &[]).await.status, 200);
@@ -231,13 +210,14 @@ async fn allow_all_clients_opt_in_serves_private_content_offline() {
 
 #[tokio::test]
 async fn oauth_token_is_obtained_refreshed_and_sent_instead_of_the_key() {
-    let upstream = private_upstream(&[]).await;
+    let upstream = protected_upstream(&[]).await;
     upstream.state.lock().unwrap().token_lifetime = 1;
-    let repo = format!(
-        "allow_http = true\nauth_key = \"exchange-key-44\"\noauth_token_url = \"{}/api/oauth/token\"\n[repos.corp.access]\nallow_all_clients = true",
-        upstream.url()
-    );
-    let (_dir, mirror) = corp_mirror(&upstream, &repo, "").await;
+    let corp = RepoSpec::acme(&upstream.url())
+        .allow_http()
+        .auth_key("exchange-key-44")
+        .oauth_token_url(&format!("{}/api/oauth/token", upstream.url()))
+        .allow_all_clients();
+    let mirror = corp_mirror(corp).await;
     assert_eq!(get(&mirror.url("/repos/corp/packages/hexdemo_mid"), &[]).await.status, 200);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(get(&mirror.url("/repos/corp/packages/hexdemo_top"), &[]).await.status, 200);
@@ -261,17 +241,9 @@ async fn upstreams_are_tried_in_order_and_a_bad_mirror_cannot_inject() {
     let failing = TestUpstream::start(demo_files("acme", "")).await;
     failing.state.lock().unwrap().fail_all = Some(503);
     let good = TestUpstream::start(demo_files("acme", "")).await;
-    let dir = tempfile::tempdir().unwrap();
     let hexpm = TestUpstream::start(Default::default()).await;
-    let toml = format!(
-        "{}\n[repos.corp]\nupstream = [\"{}\", \"{}\", \"{}\"]\npublic_key = \"{}\"\nrepository = \"acme\"\n",
-        config_toml(dir.path(), &hexpm.url(), ""),
-        dead.url(),
-        failing.url(),
-        good.url(),
-        demo_key_path().display()
-    );
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let corp = RepoSpec::acme(&dead.url()).or_upstream(&failing.url()).or_upstream(&good.url());
+    let mirror = TestMirror::builder().upstream(&hexpm.url()).repo("corp", corp).start().await;
     let got = mirror.get("/repos/corp/packages/hexdemo_mid").await;
     assert_eq!(got.status, 200);
     assert_eq!(failing.requests_for("/packages/hexdemo_mid"), 1);
@@ -290,9 +262,7 @@ async fn upstreams_are_tried_in_order_and_a_bad_mirror_cannot_inject() {
 async fn global_cap_on_concurrent_upstream_requests() {
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
     upstream.state.lock().unwrap().delay = Duration::from_millis(100);
-    let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(dir.path(), &upstream.url(), "").replace("listen =", "max_upstream_requests = 2\nlisten =");
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let mirror = TestMirror::builder().upstream(&upstream.url()).set("max_upstream_requests", 2).start().await;
     let paths = ["/names", "/versions", "/packages/hexdemo_base", "/packages/hexdemo_mid", "/packages/hexdemo_top"];
     let tasks: Vec<_> = paths.iter().map(|p| tokio::spawn(get_url(mirror.url(p)))).collect();
     for task in tasks {
@@ -330,18 +300,16 @@ fn acceptor(cert: &str, key: &str) -> tokio_rustls::TlsAcceptor {
 async fn tls_to_an_upstream_signed_by_a_configured_ca() {
     let (ca, cert, key) = test_pki();
     let upstream = TestUpstream::start_tls(demo_files("hexpm", ""), acceptor(&cert, &key)).await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("ca.pem"), &ca).unwrap();
     let https = format!("https://localhost:{}", upstream.addr.port());
-    let with_ca = config_toml(dir.path(), &https, "")
-        .replace("listen =", &format!("ca_file = \"{}\"\nlisten =", dir.path().join("ca.pem").display()));
-    let mirror = TestMirror::start(load_config(dir.path(), &with_ca)).await;
+    let site = TestMirror::builder().upstream(&https);
+    let ca_file = site.dir().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let mirror = site.set("ca_file", ca_file).start().await;
     let got = mirror.get("/packages/hexdemo_mid").await;
     assert_eq!(got.status, 200);
     mirror.stop().await;
     // Without the CA, the upstream's certificate is not trusted.
-    let dir = tempfile::tempdir().unwrap();
-    let mirror = TestMirror::start(load_config(dir.path(), &config_toml(dir.path(), &https, ""))).await;
+    let mirror = TestMirror::builder().upstream(&https).start().await;
     assert_eq!(mirror.get("/packages/hexdemo_mid").await.status, 502);
 }
 
@@ -349,21 +317,14 @@ async fn tls_to_an_upstream_signed_by_a_configured_ca() {
 async fn hexmirror_serves_over_tls_when_configured() {
     let (ca, cert, key) = test_pki();
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let dir = tempfile::tempdir().unwrap();
+    let site = TestMirror::builder().upstream(&upstream.url());
+    let dir = site.dir().to_path_buf();
     for (name, text) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
-        std::fs::write(dir.path().join(name), text).unwrap();
+        std::fs::write(dir.join(name), text).unwrap();
     }
-    let toml = config_toml(dir.path(), &upstream.url(), "").replace(
-        "listen =",
-        &format!(
-            "tls_cert = \"{}\"\ntls_key = \"{}\"\nlisten =",
-            dir.path().join("cert.pem").display(),
-            dir.path().join("key.pem").display()
-        ),
-    );
-    let mirror = TestMirror::start(load_config(dir.path(), &toml)).await;
+    let mirror = site.set("tls_cert", dir.join("cert.pem")).set("tls_key", dir.join("key.pem")).start().await;
     let url = format!("https://localhost:{}/packages/hexdemo_mid", mirror.addr.port());
-    let ca_path = dir.path().join("ca.pem");
+    let ca_path = dir.join("ca.pem");
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new("curl")
             .args(["-sS", "--cacert"])

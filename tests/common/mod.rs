@@ -1,6 +1,7 @@
 //! Test support: a scriptable local upstream that serves the demo repository, records every
-//! request it receives, and can be told to tamper, fail, stall or go away; plus a hexmirror
-//! started on port 0 in front of it and a small HTTP client.
+//! request it receives, and can be told to tamper, fail, stall or go away; a hexmirror in front
+//! of it, configured as data ([`TestMirror::builder`]) and started on port 0 in this process or
+//! as the binary; and a small HTTP client.
 
 #![allow(dead_code)]
 
@@ -8,6 +9,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +46,38 @@ pub fn demo_files(flavour: &str, prefix: &str) -> HashMap<String, Vec<u8>> {
 
 pub fn demo_file(flavour: &str, rel: &str) -> Vec<u8> {
     std::fs::read(Path::new(DEMO).join(flavour).join(rel)).unwrap()
+}
+
+/// The hex.pm flavour at the root and the organization `acme` under `/repos/acme`, as hex.pm
+/// serves them.
+pub fn hexpm_and_acme_files() -> HashMap<String, Vec<u8>> {
+    let mut files = demo_files("hexpm", "");
+    files.extend(demo_files("acme", "/repos/acme"));
+    files
+}
+
+/// Every path of the hex.pm flavour: its registry records, then its tarballs.
+pub const HEXPM_PATHS: &[&str] = &[
+    "/names",
+    "/versions",
+    "/packages/hexdemo_base",
+    "/packages/hexdemo_mid",
+    "/packages/hexdemo_top",
+    "/tarballs/hexdemo_base-1.0.0.tar",
+    "/tarballs/hexdemo_base-1.1.0.tar",
+    "/tarballs/hexdemo_mid-0.1.0.tar",
+    "/tarballs/hexdemo_mid-0.2.0.tar",
+    "/tarballs/hexdemo_top-2.0.0.tar",
+    "/tarballs/hexdemo_top-2.0.1.tar",
+];
+
+pub const HEXPM_RECORDS: &[&str] = HEXPM_PATHS.split_at(5).0;
+
+pub const HEXPM_TARBALLS: &[&str] = HEXPM_PATHS.split_at(5).1;
+
+/// The hex.pm flavour's file at `path` (`/names`, `/tarballs/...`).
+pub fn fixture(path: &str) -> Vec<u8> {
+    demo_file("hexpm", path.trim_start_matches('/'))
 }
 
 /// A scripted answer for one path.
@@ -179,7 +213,21 @@ impl Drop for TestUpstream {
     }
 }
 
-fn etag_of(body: &[u8]) -> String {
+/// An organization-style upstream of the `acme` flavour: everything needs one of `allowed` as
+/// `Authorization` (401 without, 403 with another) and is marked private.
+pub async fn protected_upstream(allowed: &[&str]) -> TestUpstream {
+    let upstream = TestUpstream::start(demo_files("acme", "")).await;
+    {
+        let mut s = upstream.state.lock().unwrap();
+        s.protected_prefix = Some("/".into());
+        s.allowed = allowed.iter().map(|a| a.to_string()).collect();
+        s.cache_control = Some("private, max-age=3600".into());
+    }
+    upstream
+}
+
+/// The strong ETag the test upstreams give `body`.
+pub fn etag_of(body: &[u8]) -> String {
     format!("\"{}\"", hex::encode(&Sha256::digest(body)[..8]))
 }
 
@@ -262,31 +310,324 @@ async fn answer(state: &Arc<Mutex<UpstreamState>>, req: Request<hyper::body::Inc
     }
 }
 
-/// A hexmirror configuration (TOML) for a test, with `data_dir` in `dir`.
-pub fn config_toml(dir: &Path, upstream: &str, extra: &str) -> String {
-    format!(
-        r#"
-listen = "127.0.0.1:0"
-data_dir = "{data}"
-registry_ttl = "1h"
-connect_timeout = "2s"
-read_timeout = "3s"
-transfer_timeout = "10s"
-shutdown_grace = "5s"
-[repos.hexpm]
-upstream = "{upstream}"
-public_key = "{key}"
-{extra}
-"#,
-        data = dir.join("data").display(),
-        key = demo_key_path().display(),
-    )
+// ------------------------------------------------------------------------------------------
+// A hexmirror in front of it: its configuration as data, rendered to TOML in one place
+// ------------------------------------------------------------------------------------------
+
+/// A value of a TOML setting: strings and paths are quoted, numbers and booleans are not.
+pub trait TomlValue {
+    fn to_toml(&self) -> String;
 }
 
-pub fn load_config(dir: &Path, toml: &str) -> hexmirror::Config {
-    let path = dir.join("hexmirror.toml");
-    std::fs::write(&path, toml).unwrap();
-    hexmirror::config::load_from(Some(&path), figment::providers::Env::prefixed("HEXMIRROR_TEST_UNUSED_")).unwrap()
+/// A TOML basic string (JSON's string escapes are all valid in one).
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+fn toml_array(items: &[String]) -> String {
+    let items: Vec<String> = items.iter().map(|i| toml_string(i)).collect();
+    format!("[{}]", items.join(", "))
+}
+
+impl TomlValue for &str {
+    fn to_toml(&self) -> String {
+        toml_string(self)
+    }
+}
+
+impl TomlValue for String {
+    fn to_toml(&self) -> String {
+        toml_string(self)
+    }
+}
+
+impl TomlValue for &Path {
+    fn to_toml(&self) -> String {
+        toml_string(&self.display().to_string())
+    }
+}
+
+impl TomlValue for PathBuf {
+    fn to_toml(&self) -> String {
+        self.as_path().to_toml()
+    }
+}
+
+impl TomlValue for bool {
+    fn to_toml(&self) -> String {
+        self.to_string()
+    }
+}
+
+macro_rules! toml_integers {
+    ($($t:ty),*) => {$(
+        impl TomlValue for $t {
+            fn to_toml(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+toml_integers!(i32, i64, u32, u64, usize);
+
+/// One `[repos.NAME]` table. `RepoSpec::demo(url)` or `RepoSpec::acme(url)`, then the
+/// settings a test needs, chained (`.trusted().allow_http()`) or as struct fields.
+#[derive(Clone, Debug, Default)]
+pub struct RepoSpec {
+    /// Tried in order; one is written as a string, more as an array.
+    pub upstreams: Vec<String>,
+    pub public_key: Option<PathBuf>,
+    /// The repository name its records are signed for (the table's name when unset).
+    pub repository: Option<String>,
+    pub trusted: Option<bool>,
+    pub allow_http: bool,
+    pub auth_key: Option<String>,
+    pub oauth_token_url: Option<String>,
+    /// `[repos.NAME.access] tokens`.
+    pub access_tokens: Vec<String>,
+    /// `[repos.NAME.access] allow_all_clients`.
+    pub allow_all_clients: bool,
+}
+
+impl RepoSpec {
+    /// A repository at `upstream` whose records are checked with the demo repository's key.
+    pub fn demo(upstream: &str) -> RepoSpec {
+        RepoSpec { upstreams: vec![upstream.into()], public_key: Some(demo_key_path()), ..Default::default() }
+    }
+
+    /// The demo organization: a repository at `upstream` whose records are signed as `acme`.
+    pub fn acme(upstream: &str) -> RepoSpec {
+        RepoSpec { repository: Some("acme".into()), ..RepoSpec::demo(upstream) }
+    }
+
+    /// Another upstream, tried after the ones before it.
+    pub fn or_upstream(mut self, upstream: &str) -> RepoSpec {
+        self.upstreams.push(upstream.into());
+        self
+    }
+
+    pub fn trusted(mut self) -> RepoSpec {
+        self.trusted = Some(true);
+        self
+    }
+
+    pub fn allow_http(mut self) -> RepoSpec {
+        self.allow_http = true;
+        self
+    }
+
+    pub fn auth_key(mut self, key: &str) -> RepoSpec {
+        self.auth_key = Some(key.into());
+        self
+    }
+
+    pub fn oauth_token_url(mut self, url: &str) -> RepoSpec {
+        self.oauth_token_url = Some(url.into());
+        self
+    }
+
+    pub fn access_tokens(mut self, tokens: &[&str]) -> RepoSpec {
+        self.access_tokens = tokens.iter().map(|t| t.to_string()).collect();
+        self
+    }
+
+    pub fn allow_all_clients(mut self) -> RepoSpec {
+        self.allow_all_clients = true;
+        self
+    }
+
+    fn render(&self, name: &str, out: &mut String) {
+        use std::fmt::Write;
+        writeln!(out, "[repos.{name}]").unwrap();
+        match &self.upstreams[..] {
+            [] => {}
+            [one] => writeln!(out, "upstream = {}", toml_string(one)).unwrap(),
+            many => writeln!(out, "upstream = {}", toml_array(many)).unwrap(),
+        }
+        if let Some(key) = &self.public_key {
+            writeln!(out, "public_key = {}", key.to_toml()).unwrap();
+        }
+        if let Some(repository) = &self.repository {
+            writeln!(out, "repository = {}", toml_string(repository)).unwrap();
+        }
+        if let Some(trusted) = self.trusted {
+            writeln!(out, "trusted = {trusted}").unwrap();
+        }
+        if self.allow_http {
+            writeln!(out, "allow_http = true").unwrap();
+        }
+        if let Some(key) = &self.auth_key {
+            writeln!(out, "auth_key = {}", toml_string(key)).unwrap();
+        }
+        if let Some(url) = &self.oauth_token_url {
+            writeln!(out, "oauth_token_url = {}", toml_string(url)).unwrap();
+        }
+        if !self.access_tokens.is_empty() || self.allow_all_clients {
+            writeln!(out, "[repos.{name}.access]").unwrap();
+            if !self.access_tokens.is_empty() {
+                writeln!(out, "tokens = {}", toml_array(&self.access_tokens)).unwrap();
+            }
+            if self.allow_all_clients {
+                writeln!(out, "allow_all_clients = true").unwrap();
+            }
+        }
+    }
+}
+
+/// A test site: a temporary directory that holds `hexmirror.toml` and `data/`, and the
+/// configuration as data. Clones share the directory (it is removed when the last clone, or
+/// the last [`TestMirror`] started from one, is dropped), so a clone with other settings
+/// restarts on the same store:
+///
+/// ```ignore
+/// let site = TestMirror::builder().upstream(&upstream.url()).registry_ttl("1s");
+/// let mirror = site.start().await;
+/// mirror.stop().await;
+/// let mirror = site.clone().offline().start().await;
+/// ```
+#[derive(Clone)]
+pub struct MirrorBuilder {
+    dir: Arc<tempfile::TempDir>,
+    /// Top-level settings: the key and its value as TOML, in the order first set.
+    settings: Vec<(String, String)>,
+    /// `hexpm` (set by [`MirrorBuilder::upstream`]) first, then the others in the order added.
+    repos: Vec<(String, RepoSpec)>,
+}
+
+impl Default for MirrorBuilder {
+    fn default() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let site = MirrorBuilder { dir: Arc::new(dir), settings: Vec::new(), repos: Vec::new() };
+        site.set("listen", "127.0.0.1:0")
+            .set("data_dir", data)
+            .registry_ttl("1h")
+            .set("connect_timeout", "2s")
+            .set("read_timeout", "3s")
+            .set("transfer_timeout", "10s")
+            .set("shutdown_grace", "5s")
+    }
+}
+
+impl MirrorBuilder {
+    /// The hex.pm repository (`hexpm`): `upstream`, checked with the demo key.
+    pub fn upstream(self, upstream: &str) -> Self {
+        self.repo(hexmirror::config::HEXPM, RepoSpec::demo(upstream))
+    }
+
+    /// Adds the repository `name`, or replaces it.
+    pub fn repo(mut self, name: &str, spec: RepoSpec) -> Self {
+        match self.repos.iter_mut().find(|(n, _)| n == name) {
+            Some((_, existing)) => *existing = spec,
+            None => self.repos.push((name.into(), spec)),
+        }
+        self
+    }
+
+    /// Sets a top-level key, or replaces its value.
+    pub fn set(mut self, key: &str, value: impl TomlValue) -> Self {
+        let value = value.to_toml();
+        match self.settings.iter_mut().find(|(k, _)| k == key) {
+            Some((_, existing)) => *existing = value,
+            None => self.settings.push((key.into(), value)),
+        }
+        self
+    }
+
+    pub fn registry_ttl(self, ttl: &str) -> Self {
+        self.set("registry_ttl", ttl)
+    }
+
+    pub fn offline(self) -> Self {
+        self.set("offline", true)
+    }
+
+    /// The site's directory (where `hexmirror.toml` is written).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir().join("data")
+    }
+
+    /// The configuration as TOML.
+    pub fn toml(&self) -> String {
+        assert!(
+            self.repos.iter().any(|(name, _)| name == hexmirror::config::HEXPM),
+            "a test site needs .upstream(url) for its hex.pm repository"
+        );
+        let mut out = String::new();
+        for (key, value) in &self.settings {
+            out.push_str(&format!("{key} = {value}\n"));
+        }
+        for (name, spec) in &self.repos {
+            spec.render(name, &mut out);
+        }
+        out
+    }
+
+    /// Where the configuration is written (by `write_config`, `config`, `start`).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir().join("hexmirror.toml")
+    }
+
+    /// Writes `hexmirror.toml` into the site's directory; returns its path.
+    pub fn write_config(&self) -> PathBuf {
+        let path = self.config_path();
+        std::fs::write(&path, self.toml()).unwrap();
+        path
+    }
+
+    /// The configuration, written and loaded as `hexmirror --config` loads it, without starting.
+    pub fn config(&self) -> hexmirror::Config {
+        let path = self.write_config();
+        hexmirror::config::load_from(Some(&path), figment::providers::Env::prefixed("HEXMIRROR_TEST_UNUSED_")).unwrap()
+    }
+
+    /// Starts hexmirror (in this process) on the site; `Err` with what `hexmirror::start` said.
+    pub async fn try_start(&self) -> Result<TestMirror, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let running = hexmirror::start(self.config(), async move {
+            let _ = rx.await;
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(TestMirror {
+            addr: running.addr,
+            metrics_addr: running.metrics_addr,
+            mirror: running.mirror,
+            site: self.clone(),
+            stop: Some(tx),
+            done: Some(running.done),
+        })
+    }
+
+    pub async fn start(&self) -> TestMirror {
+        self.try_start().await.unwrap()
+    }
+
+    /// Starts the binary (`hexmirror serve`) on the site, listening on a free port, with
+    /// `RUST_LOG=rust_log`, its stdout to `stdout` and its stderr discarded; returns once it
+    /// accepts connections. Blocks the calling thread (in an async test: `block_in_place`).
+    pub fn serve_binary(&self, rust_log: &str, stdout: Stdio) -> ServedBinary {
+        let port = free_port();
+        let site = self.clone().set("listen", format!("127.0.0.1:{port}"));
+        let child = hexmirror_command(&site.write_config())
+            .arg("serve")
+            .env("RUST_LOG", rust_log)
+            .stdout(stdout)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let served = ServedBinary { child, port, _site: site };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "the server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        served
+    }
 }
 
 /// A running hexmirror and the means to stop it.
@@ -295,25 +636,24 @@ pub struct TestMirror {
     /// The `metrics_listen` address, when configured.
     pub metrics_addr: Option<SocketAddr>,
     pub mirror: hexmirror::Mirror,
+    site: MirrorBuilder,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestMirror {
-    pub async fn start(config: hexmirror::Config) -> TestMirror {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let running = hexmirror::start(config, async move {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-        TestMirror {
-            addr: running.addr,
-            metrics_addr: running.metrics_addr,
-            mirror: running.mirror,
-            stop: Some(tx),
-            done: Some(running.done),
-        }
+    /// A new test site in a directory of its own; `.upstream(url)` is required.
+    pub fn builder() -> MirrorBuilder {
+        MirrorBuilder::default()
+    }
+
+    /// The site this server runs on (to restart it, or start another on the same store).
+    pub fn site(&self) -> &MirrorBuilder {
+        &self.site
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.site.data_dir()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -330,6 +670,13 @@ impl TestMirror {
         }
     }
 
+    /// Stops the server and starts it again with the same configuration on the same store.
+    pub async fn restart(self) -> TestMirror {
+        let site = self.site.clone();
+        self.stop().await;
+        site.start().await
+    }
+
     pub async fn get(&self, path: &str) -> Fetched {
         get(&self.url(path), &[]).await
     }
@@ -337,6 +684,78 @@ impl TestMirror {
     pub async fn metrics(&self) -> String {
         String::from_utf8(self.get("/metrics").await.body.to_vec()).unwrap()
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// The binary
+// ------------------------------------------------------------------------------------------
+
+/// `hexmirror --config CONFIG`: the binary under test, with `RUST_LOG=warn` and none of the
+/// test environment's `HEXMIRROR_*` variables.
+pub fn hexmirror_command(config: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hexmirror"));
+    cmd.arg("--config").arg(config).env("RUST_LOG", "warn");
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("HEXMIRROR_")) {
+        cmd.env_remove(key);
+    }
+    cmd
+}
+
+/// Runs `hexmirror --config CONFIG ARGS...` to its end: its exit status, stdout and stderr.
+pub fn run_hexmirror(config: &Path, args: &[&str]) -> Output {
+    hexmirror_command(config).args(args).output().unwrap()
+}
+
+/// `hexmirror serve` in a process of its own (see [`MirrorBuilder::serve_binary`]); killed
+/// when dropped.
+pub struct ServedBinary {
+    pub child: Child,
+    pub port: u16,
+    /// Keeps the site's directory while the process runs.
+    _site: MirrorBuilder,
+}
+
+impl ServedBinary {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process and reaps it.
+    pub fn stop(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ServedBinary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `/proc/PID/status` field in KiB (`pid` may be `"self"`).
+pub fn proc_status_kib(pid: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+/// This process's resident memory in KiB.
+pub fn rss_kib() -> u64 {
+    proc_status_kib("self", "VmRSS:")
 }
 
 #[derive(Debug)]
