@@ -79,6 +79,7 @@ pub struct RawConfig {
     pub disk_cache_bytes: RawSize,
     pub registry_ttl: RawDuration,
     pub negative_ttl: RawDuration,
+    pub stale_while_revalidate: RawDuration,
     pub max_registry_bytes: RawSize,
     pub max_tarball_bytes: RawSize,
     pub connect_timeout: RawDuration,
@@ -160,6 +161,7 @@ impl Default for RawConfig {
             disk_cache_bytes: RawSize::Bytes(0),
             registry_ttl: RawDuration::Text("5m".into()),
             negative_ttl: RawDuration::Text("10s".into()),
+            stale_while_revalidate: RawDuration::Text("1h".into()),
             max_registry_bytes: RawSize::Text("64MiB".into()),
             max_tarball_bytes: RawSize::Text("16MiB".into()),
             connect_timeout: RawDuration::Text("10s".into()),
@@ -213,6 +215,9 @@ pub struct Config {
     pub disk_cache_bytes: u64,
     pub registry_ttl: Duration,
     pub negative_ttl: Duration,
+    /// How long past `registry_ttl` a registry file is still answered at once (`x-cache: stale`)
+    /// while one background revalidation runs; zero turns it off.
+    pub stale_while_revalidate: Duration,
     pub max_registry_bytes: u64,
     pub max_tarball_bytes: u64,
     pub timeouts: Timeouts,
@@ -496,6 +501,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let max_tarball_bytes = size("max_tarball_bytes", &raw.max_tarball_bytes, &mut errors);
     let registry_ttl = duration("registry_ttl", &raw.registry_ttl, &mut errors);
     let negative_ttl = duration("negative_ttl", &raw.negative_ttl, &mut errors);
+    let stale_while_revalidate = duration("stale_while_revalidate", &raw.stale_while_revalidate, &mut errors);
     let timeouts = Timeouts {
         connect: duration("connect_timeout", &raw.connect_timeout, &mut errors),
         read: duration("read_timeout", &raw.read_timeout, &mut errors),
@@ -563,6 +569,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         disk_cache_bytes,
         registry_ttl,
         negative_ttl,
+        stale_while_revalidate,
         max_registry_bytes,
         max_tarball_bytes,
         timeouts,

@@ -85,6 +85,10 @@ pub const NO_REPO: &str = "none";
 /// The resource label for requests that name no valid resource.
 pub const NO_RESOURCE: &str = "none";
 
+/// Why a stale copy was served: `revalidating` (within `stale_while_revalidate`, a background
+/// revalidation runs) or `error` (the upstream was down, timed out, or answered 5xx or 429).
+pub const STALE_REASONS: [&str; 2] = ["revalidating", "error"];
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -190,8 +194,8 @@ impl Metrics {
         let stale_served = counter_vec(
             &registry,
             "hexmirror_stale_served_total",
-            "Responses served from a stale copy because the upstream could not be asked.",
-            &["repo"],
+            "Responses served from a stale copy: while a background revalidation runs (reason=revalidating), or because the upstream could not be asked (reason=error).",
+            &["repo", "reason"],
         );
         let store_write_errors = IntCounter::new(
             "hexmirror_store_write_errors_total",
@@ -276,7 +280,9 @@ impl Metrics {
         }
         for repo in repos {
             self.upstream_duration.with_label_values(&[repo]);
-            self.stale_served.with_label_values(&[repo]);
+            for reason in STALE_REASONS {
+                self.stale_served.with_label_values(&[repo, reason]);
+            }
             for kind in Kind::ALL {
                 for reason in VerifyError::REASONS {
                     self.verification_failures.with_label_values(&[repo, kind.as_str(), reason]);
@@ -338,7 +344,8 @@ mod tests {
             "hexmirror_upstream_requests_total{repo=\"hexpm\",status_class=\"5xx\",upstream=\"repo.hex.pm:443\"} 0",
             "hexmirror_cache_bytes{tier=\"disk\"} 0",
             "hexmirror_coalesced_waiters_total 0",
-            "hexmirror_stale_served_total{repo=\"corp\"} 0",
+            "hexmirror_stale_served_total{reason=\"revalidating\",repo=\"corp\"} 0",
+            "hexmirror_stale_served_total{reason=\"error\",repo=\"corp\"} 0",
             "hexmirror_build_info{version=",
             "hexmirror_request_duration_seconds_bucket{cache=\"miss\",resource=\"package\",le=\"0.001\"} 0",
             "hexmirror_sync_items{state=\"failed\"} 0",

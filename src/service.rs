@@ -232,12 +232,19 @@ impl Service {
         if let Ok(etag) = HeaderValue::from_str(&reply.etag) {
             h.insert(header::ETAG, etag);
         }
-        let cache_control = match (&reply.cache_control, reply.private) {
-            (Some(cc), false) => cc.clone(),
-            (Some(cc), true) if cc.contains("private") => cc.clone(),
-            (_, true) => "private, max-age=0".to_string(),
-            (None, false) => format!("public, max-age={}", self.mirror.config().registry_ttl.as_secs()),
+        let cache_control = match (&reply.cache_control, reply.private, reply.stale_age) {
+            // A stale copy is not fresh for anyone downstream (a sidecar hexmirror included).
+            (_, private, Some(_)) => {
+                format!("{}, max-age=0, must-revalidate", if private { "private" } else { "public" })
+            }
+            (Some(cc), false, None) => cc.clone(),
+            (Some(cc), true, None) if cc.contains("private") => cc.clone(),
+            (_, true, None) => "private, max-age=0".to_string(),
+            (None, false, None) => format!("public, max-age={}", self.mirror.config().registry_ttl.as_secs()),
         };
+        if let Some(age) = reply.stale_age {
+            h.insert(header::AGE, HeaderValue::from(age));
+        }
         if let Ok(cc) = HeaderValue::from_str(&cache_control) {
             h.insert(header::CACHE_CONTROL, cc);
         }

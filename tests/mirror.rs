@@ -202,7 +202,12 @@ async fn stale_copy_is_served_when_the_upstream_dies_after_the_ttl() {
 #[tokio::test]
 async fn expired_registry_file_is_revalidated_with_the_upstream_etag() {
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let mirror = TestMirror::builder().upstream(&upstream.url()).registry_ttl("1s").start().await;
+    let mirror = TestMirror::builder()
+        .upstream(&upstream.url())
+        .registry_ttl("1s")
+        .set("stale_while_revalidate", "0")
+        .start()
+        .await;
     assert_eq!(mirror.get("/names").await.header("x-cache"), "miss");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let got = mirror.get("/names").await;

@@ -182,7 +182,7 @@ mod tests {
     use super::*;
 
     #[test]
-    pub(super) fn client_tokens_from_bearer_basic_and_raw() {
+    fn client_tokens_from_bearer_basic_and_raw() {
         let creds = |v: &str| ClientCredentials::from_header(Some(HeaderValue::from_str(v).unwrap()));
         assert_eq!(creds("Bearer abc").token().as_deref(), Some("abc"));
         // "user:s3cret" in base64

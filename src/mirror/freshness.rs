@@ -27,6 +27,21 @@ pub(super) enum Check {
     Signature { signed: Bytes, ttl: Option<u64> },
 }
 
+/// Whether an expired registry file (or signature) may still be answered at `now` while it is
+/// revalidated in the background: within `window` seconds past its TTL. A TTL of 0 asks for a
+/// copy confirmed now (a record that does not list a requested release), never a stale one.
+/// Tarballs, installers
+/// and docs never are (a tarball is valid exactly while it matches its record).
+pub(super) fn within_stale_window(entry: &Entry, check: &Check, now: u64, window: u64) -> bool {
+    let age = now.saturating_sub(entry.fetched_at);
+    match check {
+        Check::Ttl(Some(ttl)) | Check::Signature { ttl: Some(ttl), .. } => {
+            *ttl > 0 && window > 0 && age < ttl.saturating_add(window)
+        }
+        _ => false,
+    }
+}
+
 /// Whether a cached entry may be served as it is, at `now` (Unix seconds); `default_ttl` is the
 /// lifetime of docs without a max-age.
 pub(super) fn is_fresh(entry: &Entry, check: &Check, now: u64, default_ttl: u64) -> bool {
@@ -80,6 +95,11 @@ pub(super) fn validators_of(headers: &HeaderMap) -> Validators {
     }
 }
 
+/// The `Age` an upstream (a cache itself) reports, in seconds; 0 when absent or malformed.
+pub(super) fn age_of(headers: &HeaderMap) -> u64 {
+    headers.get(http::header::AGE).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +137,15 @@ mod tests {
             let e = entry(b"body", fetched_at, cc);
             assert_eq!(is_fresh(&e, &check, now, ttl), fresh, "{check:?} fetched at {fetched_at}, now {now}");
         }
+        // Past the TTL, within the stale window: answered while revalidating; never with 0.
+        let e = entry(b"body", 1000, None);
+        assert!(within_stale_window(&e, &Check::Ttl(Some(300)), 1300, 3600));
+        assert!(within_stale_window(&e, &Check::Ttl(Some(300)), 1000 + 300 + 3599, 3600));
+        assert!(!within_stale_window(&e, &Check::Ttl(Some(300)), 1000 + 300 + 3600, 3600));
+        assert!(!within_stale_window(&e, &Check::Ttl(Some(300)), 1300, 0));
+        assert!(!within_stale_window(&e, &Check::Docs, 1300, 3600));
+        assert!(!within_stale_window(&e, &Check::Ttl(Some(0)), 1001, 3600), "confirmed now, never stale");
+        assert!(!within_stale_window(&e, &Check::Tarball(ReleaseChecksum::Outer(sum)), 1300, 3600));
         // A copy whose bytes are not what the listing says is never usable, fresh or stale.
         assert!(!content_matches(&entry(b"body", 0, None), &Check::Tarball(ReleaseChecksum::Outer(other))));
         assert!(content_matches(&entry(b"body", 0, None), &Check::Ttl(Some(0))));
@@ -124,7 +153,7 @@ mod tests {
     use http::{HeaderValue, StatusCode};
 
     #[test]
-    pub(super) fn privacy_follows_rfc_9111() {
+    fn privacy_follows_rfc_9111() {
         let response = |cc: Option<&str>, sent: bool| {
             let mut headers = HeaderMap::new();
             if let Some(cc) = cc {
@@ -143,7 +172,19 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn max_age_parsing() {
+    fn age_header_parsing() {
+        let headers = |age: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("age", HeaderValue::from_str(age).unwrap());
+            h
+        };
+        assert_eq!(age_of(&headers("120")), 120);
+        assert_eq!(age_of(&headers("soon")), 0);
+        assert_eq!(age_of(&HeaderMap::new()), 0);
+    }
+
+    #[test]
+    fn max_age_parsing() {
         assert_eq!(max_age(Some("public, max-age=86400")), Some(86400));
         assert_eq!(max_age(Some("private")), None);
         assert_eq!(max_age(None), None);

@@ -89,6 +89,9 @@ pub struct Reply {
     pub docs: bool,
     /// What verification learned from the body (a shared handle, never a second decode).
     pub facts: Facts,
+    /// For a stale answer, seconds since the upstream last confirmed it (sent as `Age`, with a
+    /// `Cache-Control` that keeps a downstream cache from treating it as fresh).
+    pub stale_age: Option<u64>,
 }
 
 impl Reply {
@@ -102,6 +105,8 @@ impl Reply {
             private: entry.private,
             docs: entry.content.class() == Class::Docs,
             facts: entry.content.facts().clone(),
+            stale_age: (status == CacheStatus::Stale)
+                .then(|| crate::cache::unix_now().saturating_sub(entry.fetched_at)),
         }
     }
 }

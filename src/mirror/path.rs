@@ -9,7 +9,7 @@ use http::StatusCode;
 use sha2::{Digest, Sha256};
 
 use super::access::{ClientCredentials, Credential};
-use super::freshness::{self, content_matches, is_private, validators_of, Check};
+use super::freshness::{self, age_of, content_matches, is_private, validators_of, Check};
 use super::{Mirror, MirrorError, Reply, Target};
 use crate::cache::{unix_now, CacheKey, Content, Entry, Validators};
 use crate::config::HEXPM;
@@ -41,6 +41,7 @@ impl Mirror {
                     private: false,
                     docs: false,
                     facts: Facts::None,
+                    stale_age: None,
                 })
             }
             Resource::Tarball { name, version } => {
@@ -85,15 +86,18 @@ impl Mirror {
         client: &ClientCredentials,
     ) -> Result<ReleaseChecksum, MirrorError> {
         let package = Resource::Package(name.to_string());
+        // Any verified record held lists the release: its checksum decides. A record that does
+        // not list it is asked again only when it is older than `registry_ttl` (a release
+        // published since); a fresh one answers 404 by itself.
         for check in [Check::Ttl(None), Check::Ttl(Some(0))] {
-            let record = self.resolve_entry(target, &package, client, check).await?;
-            let fresh_from_upstream = record.1 == CacheStatus::Miss || record.1 == CacheStatus::Revalidated;
-            if let Facts::Releases(releases) = record.0.content.facts() {
+            let (record, status) = self.resolve_entry(target, &package, client, check).await?;
+            if let Facts::Releases(releases) = record.content.facts() {
                 if let Some(checksum) = releases.get(version) {
                     return Ok(*checksum);
                 }
             }
-            if fresh_from_upstream || self.inner.config.offline {
+            let confirmed_now = matches!(status, CacheStatus::Miss | CacheStatus::Revalidated);
+            if confirmed_now || self.is_fresh(&record, &Check::Ttl(Some(self.ttl()))) || self.inner.config.offline {
                 break;
             }
         }
@@ -171,6 +175,12 @@ impl Mirror {
             if offline || self.is_fresh(entry, &check) {
                 return Ok((entry.clone(), CacheStatus::Hit));
             }
+            // Expired, but within stale_while_revalidate: answer now, revalidate behind.
+            if let Some(background) = self.background_credential(target, entry, &check) {
+                self.revalidate_in_background(target, resource, &check, background, entry.clone());
+                self.count_stale(target, "revalidating");
+                return Ok((entry.clone(), CacheStatus::Stale));
+            }
         } else if offline {
             return Err(MirrorError::NotFound(format!("{path} is not in this offline mirror's store")));
         } else if matches!(credential, Credential::None) && self.inner.negative.contains_key(&public_key) {
@@ -178,28 +188,11 @@ impl Mirror {
             return Err(MirrorError::NotFound(format!("{path} (the upstream answered 404 moments ago)")));
         }
 
-        let flight_key = format!("{public_key}#{}", credential.fingerprint());
         let client_credential = matches!(credential, Credential::Client(_));
-        let this = self.clone();
-        let (t, r, c) = (target.clone(), resource.clone(), check.clone());
-        let stale = cached.clone();
-        // The flight hands every waiter the entry itself, so a reply never depends on the
-        // entry still being in a cache tier (a tiny memory budget, a full disk).
-        let (entry, status) = self
-            .inner
-            .flights
-            .join(flight_key, &self.inner.metrics, move || {
-                async move {
-                    // A flight that finished just before this one started may have stored
-                    // what we need: look again before asking the upstream.
-                    if let Some(entry) = this.stored_since(&t, &r, &c, stale.as_deref()) {
-                        return Ok((entry, CacheStatus::Hit));
-                    }
-                    this.fetch(&t, &r, c, credential, stale).await
-                }
-                .boxed()
-            })
-            .await?;
+        let (entry, status) = self.fetch_coalesced(target, resource, &check, credential, cached).await?;
+        if status == CacheStatus::Stale {
+            self.count_stale(target, "error");
+        }
         // A private entry reaches only a client that is authorized, or whose own credential
         // the upstream has just accepted for it (a flight is per credential; an entry found
         // in a tier or handed over by another flight proves nothing about this client).
@@ -254,6 +247,72 @@ impl Mirror {
         let entry = Arc::new(entry);
         self.inner.memory.insert(key.clone(), entry.clone());
         Some(entry)
+    }
+
+    /// Asks the upstream once for any number of concurrent requests with the same credential
+    /// (`flights.rs`). The flight hands every waiter the entry itself, so a reply never depends
+    /// on the entry still being in a cache tier (a tiny memory budget, a full disk).
+    async fn fetch_coalesced(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        check: &Check,
+        credential: Credential,
+        stale: Option<Arc<Entry>>,
+    ) -> Result<(Arc<Entry>, CacheStatus), MirrorError> {
+        let flight_key = format!("{}#{}", CacheKey::new(&target.namespace, resource, false), credential.fingerprint());
+        let this = self.clone();
+        let (t, r, c) = (target.clone(), resource.clone(), check.clone());
+        self.inner
+            .flights
+            .join(flight_key, &self.inner.metrics, move || {
+                async move {
+                    // A flight that finished just before this one started may have stored
+                    // what we need: look again before asking the upstream.
+                    if let Some(entry) = this.stored_since(&t, &r, &c, stale.as_deref()) {
+                        return Ok((entry, CacheStatus::Hit));
+                    }
+                    this.fetch(&t, &r, c, credential, stale).await
+                }
+                .boxed()
+            })
+            .await
+    }
+
+    /// The credential a background revalidation of `entry` uses, when `entry` may be answered
+    /// stale while it runs: an expired registry file within `stale_while_revalidate`, that
+    /// hexmirror can revalidate without any client's credential (a public entry, or a private
+    /// one fetched with hexmirror's own key). `None`: the request waits for the upstream.
+    fn background_credential(&self, target: &Target, entry: &Entry, check: &Check) -> Option<Credential> {
+        let window = self.inner.config.stale_while_revalidate.as_secs();
+        if !freshness::within_stale_window(entry, check, unix_now(), window) {
+            return None;
+        }
+        let credential = self.credential_for(target, &ClientCredentials::default());
+        (!entry.private || matches!(credential, Credential::Own)).then_some(credential)
+    }
+
+    /// Starts one revalidation of `stale` (coalesced with any running for the same key and
+    /// credential); its result replaces the copy only when it verifies. Never cancelled: no
+    /// client waits for it.
+    fn revalidate_in_background(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        check: &Check,
+        credential: Credential,
+        stale: Arc<Entry>,
+    ) {
+        let (this, target, resource, check) = (self.clone(), target.clone(), resource.clone(), check.clone());
+        tokio::spawn(async move {
+            if let Err(e) = this.fetch_coalesced(&target, &resource, &check, credential, Some(stale)).await {
+                tracing::info!(repo = target.label(), resource = %resource.path(), error = %e, "background revalidation failed; the last verified copy stays");
+            }
+        });
+    }
+
+    fn count_stale(&self, target: &Target, reason: &str) {
+        self.inner.metrics.stale_served.with_label_values(&[target.label(), reason]).inc();
     }
 
     /// A fresh public entry in the memory tier that is not the stale copy this request started
@@ -321,7 +380,6 @@ impl Mirror {
         };
         let stale = |e: MirrorError| match &cached {
             Some(entry) => {
-                self.inner.metrics.stale_served.with_label_values(&[target.label()]).inc();
                 tracing::info!(repo = target.label(), resource = %path, error = %e, "serving the last verified copy");
                 Ok((entry.clone(), CacheStatus::Stale))
             }
@@ -331,7 +389,9 @@ impl Mirror {
             Ok(response) => response,
             Err(e) => return stale(e.into()),
         };
-        let now = unix_now();
+        // When the upstream confirmed these bytes: now, less the `Age` it reports (another
+        // cache, such as a central hexmirror answering stale, must not make them look new).
+        let now = unix_now().saturating_sub(age_of(&response.headers));
         match response.status.as_u16() {
             200 => {
                 let mut validators = validators_of(&response.headers);
