@@ -76,7 +76,7 @@ pub struct Running {
 pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Running, String> {
     let metrics = metrics_for(&config);
     let tls = match &config.tls {
-        Some((cert, key)) => Some(server::tls_acceptor(cert, key)?),
+        Some((cert, key)) => Some(server::tls_acceptor(cert, key).map_err(|e| e.to_string())?),
         None => None,
     };
     let listener =

@@ -34,22 +34,38 @@ impl Default for Limits {
     }
 }
 
+/// Why hexmirror's own TLS certificate or key (`tls_cert`, `tls_key`) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: std::path::PathBuf, source: std::io::Error },
+    #[error("tls_cert: {0}")]
+    Certificate(std::io::Error),
+    #[error("tls_key: {0}")]
+    Key(std::io::Error),
+    #[error("tls_key: no private key found")]
+    NoKey,
+    #[error("{0}")]
+    Protocols(rustls::Error),
+    #[error("tls_cert/tls_key: {0}")]
+    Pair(rustls::Error),
+}
+
 /// Loads a TLS acceptor for serving hexmirror itself over https.
-pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor, String> {
-    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
-    let certs = rustls_pemfile::certs(&mut &read(cert)?[..])
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("tls_cert: {e}"))?;
-    let key = rustls_pemfile::private_key(&mut &read(key)?[..])
-        .map_err(|e| format!("tls_key: {e}"))?
-        .ok_or("tls_key: no private key found")?;
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor, TlsError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })
+    };
+    let certs =
+        rustls_pemfile::certs(&mut &read(cert)?[..]).collect::<Result<Vec<_>, _>>().map_err(TlsError::Certificate)?;
+    let key = rustls_pemfile::private_key(&mut &read(key)?[..]).map_err(TlsError::Key)?.ok_or(TlsError::NoKey)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(TlsError::Protocols)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("tls_cert/tls_key: {e}"))?;
+        .map_err(TlsError::Pair)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -249,7 +249,7 @@ impl Mirror {
     }
 
     pub fn with_store(config: Config, metrics: Metrics, store: Arc<dyn Store>) -> Result<Mirror, String> {
-        let upstream = Upstream::new(&config, metrics.clone())?;
+        let upstream = Upstream::new(&config, metrics.clone()).map_err(|e| e.to_string())?;
         let evictions = metrics.cache_evictions.with_label_values(&["memory"]);
         let memory = MemoryTier::new(config.memory_cache_bytes, move || evictions.inc());
         let negative = moka::sync::Cache::builder().max_capacity(100_000).time_to_live(config.negative_ttl).build();
