@@ -72,33 +72,45 @@ pub struct Running {
     pub done: tokio::task::JoinHandle<()>,
 }
 
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] server::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    /// A bound socket could not say its own address.
+    #[error("{0}")]
+    LocalAddress(std::io::Error),
+    #[error("cannot draw the admin token from the OS random source: {0}")]
+    AdminToken(getrandom::Error),
+    #[error(transparent)]
+    Open(#[from] mirror::OpenError),
+}
+
+/// Binds `addr`, and returns the listener with its resolved address.
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
+    let local = listener.local_addr().map_err(StartError::LocalAddress)?;
+    Ok((listener, local))
+}
+
 /// Opens the store, binds `config.listen` (and `metrics_listen`), and serves until `shutdown`.
-pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Running, String> {
+pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Running, StartError> {
     let metrics = metrics_for(&config);
     let tls = match &config.tls {
-        Some((cert, key)) => Some(server::tls_acceptor(cert, key).map_err(|e| e.to_string())?),
+        Some((cert, key)) => Some(server::tls_acceptor(cert, key)?),
         None => None,
     };
-    let listener =
-        TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let metrics_listener = match config.metrics_listen {
-        Some(a) => Some(TcpListener::bind(a).await.map_err(|e| format!("cannot listen on {a}: {e}"))?),
-        None => None,
+    let (listener, addr) = bind(config.listen).await?;
+    let (metrics_listener, metrics_addr) = match config.metrics_listen {
+        Some(a) => bind(a).await.map(|(listener, addr)| (Some(listener), Some(addr)))?,
+        None => (None, None),
     };
-    let metrics_addr = match &metrics_listener {
-        Some(listener) => Some(listener.local_addr().map_err(|e| e.to_string())?),
-        None => None,
-    };
-    let admin_listener = TcpListener::bind(config.admin_listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.admin_listen))?;
-    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+    let (admin_listener, admin_addr) = bind(config.admin_listen).await?;
     let admin_token = match config.admin_token.clone() {
         Some(token) => token,
-        None => config::Secret::new(
-            admin::random_token().map_err(|e| format!("cannot draw the admin token from the OS random source: {e}"))?,
-        ),
+        None => config::Secret::new(admin::random_token().map_err(StartError::AdminToken)?),
     };
     let data_dir = config.data_dir.clone();
     let grace = config.shutdown_grace;

@@ -143,6 +143,12 @@ impl From<Refused> for Failure {
     }
 }
 
+impl From<hexmirror::StartError> for Failure {
+    fn from(e: hexmirror::StartError) -> Failure {
+        Failure::Other(e.to_string())
+    }
+}
+
 impl From<String> for Failure {
     fn from(message: String) -> Failure {
         Failure::Other(message)

@@ -437,7 +437,7 @@ async fn a_second_server_on_the_same_store_refuses_to_start() {
     let config = load_config(dir.path(), &std::fs::read_to_string(dir.path().join("hexmirror.toml")).unwrap());
     let err = match hexmirror::start(config, std::future::pending::<()>()).await {
         Ok(_) => panic!("two servers on one store"),
-        Err(e) => e,
+        Err(e) => e.to_string(),
     };
     assert!(err.contains("another hexmirror"), "{err}");
 }

@@ -51,11 +51,11 @@ pub use access::ClientCredentials;
 use flights::Flights;
 pub use store::{key_names_package, CheckError};
 
-use crate::cache::{CacheKey, Class, DiskStore, Entry, MemoryTier, Store};
+use crate::cache::{CacheKey, Class, DiskStore, Entry, MemoryTier, Store, StoreError};
 use crate::config::{Config, RepoConfig, HEXPM};
 use crate::metrics::{CacheStatus, Metrics};
 use crate::route::Resource;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{Upstream, UpstreamError, UpstreamSetupError};
 use crate::verify::VerifyError;
 
 /// Where a repository request goes and what its payloads must say.
@@ -152,6 +152,18 @@ impl MirrorError {
     }
 }
 
+/// Why a [`Mirror`] could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open the store in {}: {source}", data_dir.display())]
+    Store { data_dir: std::path::PathBuf, source: StoreError },
+    /// Another process (a running server) holds the store: never a reason to degrade.
+    #[error("cannot open the store in {}: {source} (is another hexmirror using it?)", data_dir.display())]
+    Locked { data_dir: std::path::PathBuf, source: StoreError },
+    #[error(transparent)]
+    Upstream(#[from] UpstreamSetupError),
+}
+
 /// A refused upstream answer, kept for the admin view.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Refusal {
@@ -188,9 +200,9 @@ pub struct Mirror {
 
 impl Mirror {
     /// Opens the persistent tier under `data_dir` and builds the mirror.
-    pub fn open(config: Config, metrics: Metrics) -> Result<Mirror, String> {
+    pub fn open(config: Config, metrics: Metrics) -> Result<Mirror, OpenError> {
         let opened = DiskStore::open(&config.data_dir)
-            .map_err(|e| format!("cannot open the store in {}: {e}", config.data_dir.display()))?;
+            .map_err(|source| OpenError::Store { data_dir: config.data_dir.clone(), source })?;
         Self::from_disk(config, metrics, opened)
     }
 
@@ -198,7 +210,7 @@ impl Mirror {
         config: Config,
         metrics: Metrics,
         (store, sweep): (DiskStore, crate::cache::disk::Sweep),
-    ) -> Result<Mirror, String> {
+    ) -> Result<Mirror, OpenError> {
         if sweep != Default::default() {
             tracing::info!(
                 temp_files = sweep.temp_files,
@@ -213,13 +225,10 @@ impl Mirror {
     /// Like [`Mirror::open`] for the server: a data directory that cannot be used (read-only,
     /// no permission, no space) degrades to serving from memory and the upstream, loudly.
     /// Another process holding the store is still an error.
-    pub fn open_for_serving(config: Config, metrics: Metrics) -> Result<Mirror, String> {
+    pub fn open_for_serving(config: Config, metrics: Metrics) -> Result<Mirror, OpenError> {
         match DiskStore::open(&config.data_dir) {
             Ok(opened) => Self::from_disk(config, metrics, opened),
-            Err(e) if e.is_locked() => Err(format!(
-                "cannot open the store in {}: {e} (is another hexmirror using it?)",
-                config.data_dir.display()
-            )),
+            Err(source) if source.is_locked() => Err(OpenError::Locked { data_dir: config.data_dir.clone(), source }),
             Err(e) => {
                 let store: Arc<dyn Store> = match DiskStore::open_read_only(&config.data_dir) {
                     Ok(store) => {
@@ -248,8 +257,8 @@ impl Mirror {
         }
     }
 
-    pub fn with_store(config: Config, metrics: Metrics, store: Arc<dyn Store>) -> Result<Mirror, String> {
-        let upstream = Upstream::new(&config, metrics.clone()).map_err(|e| e.to_string())?;
+    pub fn with_store(config: Config, metrics: Metrics, store: Arc<dyn Store>) -> Result<Mirror, OpenError> {
+        let upstream = Upstream::new(&config, metrics.clone())?;
         let evictions = metrics.cache_evictions.with_label_values(&["memory"]);
         let memory = MemoryTier::new(config.memory_cache_bytes, move || evictions.inc());
         let negative = moka::sync::Cache::builder().max_capacity(100_000).time_to_live(config.negative_ttl).build();
