@@ -303,7 +303,7 @@ pub async fn handle(mirror: &Mirror, token: &Secret, req: Request<hyper::body::I
             };
             match crate::transfer::import(mirror, &body).await {
                 Ok(report) => json(StatusCode::OK, &report),
-                Err(e) => service::text(StatusCode::UNPROCESSABLE_ENTITY, &e),
+                Err(e) => service::text(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
             }
         }
         (Method::POST, "/_admin/export") => {
@@ -321,7 +321,7 @@ pub async fn handle(mirror: &Mirror, token: &Secret, req: Request<hyper::body::I
                     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
                     resp
                 }
-                Err(e) => service::text(StatusCode::INTERNAL_SERVER_ERROR, &e),
+                Err(e) => service::text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             }
         }
         _ => service::text(StatusCode::NOT_FOUND, "no such admin route"),

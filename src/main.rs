@@ -149,6 +149,12 @@ impl From<hexmirror::StartError> for Failure {
     }
 }
 
+impl From<hexmirror::transfer::TransferError> for Failure {
+    fn from(e: hexmirror::transfer::TransferError) -> Failure {
+        Failure::Other(e.to_string())
+    }
+}
+
 impl From<String> for Failure {
     fn from(message: String) -> Failure {
         Failure::Other(message)

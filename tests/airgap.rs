@@ -214,7 +214,7 @@ async fn altered_truncated_and_forged_bundles_are_refused_and_the_store_is_uncha
     hexmirror::bundle::write(&swapped_objects, None, &mut swapped).unwrap();
 
     for (what, bad) in [("altered", flipped), ("truncated", truncated), ("forged", forged), ("swapped", swapped)] {
-        let err = hexmirror::transfer::import(&mirror.mirror, &bad).await.unwrap_err();
+        let err = hexmirror::transfer::import(&mirror.mirror, &bad).await.unwrap_err().to_string();
         assert!(err.starts_with("bundle refused"), "{what}: {err}");
         assert_eq!(store_snapshot(&mirror.mirror), before, "{what}: the store must be unchanged");
         assert_eq!(mirror.get("/tarballs/hexdemo_top-2.0.1.tar").await.status, 404, "{what}: nothing new served");
