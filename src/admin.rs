@@ -356,6 +356,32 @@ fn stream_sync(mirror: Mirror, request: SyncRequest) -> Response<Body> {
     resp
 }
 
+/// Why a call to the admin endpoint failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    Request(http::Error),
+    #[error("admin endpoint {url}: {source}")]
+    Unreachable { url: String, source: hyper_util::client::legacy::Error },
+    #[error("{0}")]
+    Body(hyper::Error),
+    /// The server answered with a status other than 2xx; `message` is what it said.
+    #[error("{message}")]
+    Status { status: StatusCode, message: String },
+}
+
+impl AdminError {
+    async fn from_answer(resp: Response<hyper::body::Incoming>) -> AdminError {
+        let status = resp.status();
+        match resp.into_body().collect().await {
+            Ok(body) => {
+                AdminError::Status { status, message: String::from_utf8_lossy(&body.to_bytes()).trim().to_string() }
+            }
+            Err(e) => AdminError::Body(e),
+        }
+    }
+}
+
 /// The command line's handle on a running server's admin endpoint.
 pub struct AdminClient {
     endpoint: Endpoint,
@@ -389,40 +415,43 @@ impl AdminClient {
         method: Method,
         path_and_query: &str,
         body: Bytes,
-    ) -> Result<Response<hyper::body::Incoming>, String> {
+    ) -> Result<Response<hyper::body::Incoming>, AdminError> {
         let request = Request::builder()
             .method(method)
             .uri(format!("{}{path_and_query}", self.endpoint.url))
             .header(header::AUTHORIZATION, format!("Bearer {}", self.endpoint.token))
             .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
-        self.client.request(request).await.map_err(|e| format!("admin endpoint {}: {e}", self.endpoint.url))
+            .map_err(AdminError::Request)?;
+        self.client
+            .request(request)
+            .await
+            .map_err(|source| AdminError::Unreachable { url: self.endpoint.url.clone(), source })
     }
 
     /// Calls and reads the whole answer; a non-2xx status is an error with the server's message.
-    pub async fn call_bytes(&self, method: Method, path_and_query: &str, body: Bytes) -> Result<Bytes, String> {
+    pub async fn call_bytes(&self, method: Method, path_and_query: &str, body: Bytes) -> Result<Bytes, AdminError> {
         let resp = self.call(method, path_and_query, body).await?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        if status.is_success() {
-            Ok(bytes)
-        } else {
-            Err(String::from_utf8_lossy(&bytes).trim().to_string())
+        if !resp.status().is_success() {
+            return Err(AdminError::from_answer(resp).await);
         }
+        Ok(resp.into_body().collect().await.map_err(AdminError::Body)?.to_bytes())
     }
 
     /// Runs a sync on the server, passing each event to `on_event` as it arrives.
-    pub async fn sync(&self, request: &SyncRequest, on_event: &(dyn Fn(Event) + Send + Sync)) -> Result<(), String> {
+    pub async fn sync(
+        &self,
+        request: &SyncRequest,
+        on_event: &(dyn Fn(Event) + Send + Sync),
+    ) -> Result<(), AdminError> {
         let body = Bytes::from(serde_json::to_vec(request).expect("requests serialize"));
         let resp = self.call(Method::POST, "/_admin/sync", body).await?;
         if !resp.status().is_success() {
-            let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-            return Err(String::from_utf8_lossy(&bytes).trim().to_string());
+            return Err(AdminError::from_answer(resp).await);
         }
         let mut body = resp.into_body();
         let mut pending = Vec::new();
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| e.to_string())?;
+            let frame = frame.map_err(AdminError::Body)?;
             if let Ok(data) = frame.into_data() {
                 pending.extend_from_slice(&data);
                 while let Some(at) = pending.iter().position(|b| *b == b'\n') {

@@ -143,17 +143,18 @@ impl From<Refused> for Failure {
     }
 }
 
-impl From<hexmirror::StartError> for Failure {
-    fn from(e: hexmirror::StartError) -> Failure {
-        Failure::Other(e.to_string())
-    }
+/// The library's errors end a command with their message and the generic failure status.
+macro_rules! fails_with_message {
+    ($($error:ty),*) => {$(
+        impl From<$error> for Failure {
+            fn from(e: $error) -> Failure {
+                Failure::Other(e.to_string())
+            }
+        }
+    )*};
 }
 
-impl From<hexmirror::transfer::TransferError> for Failure {
-    fn from(e: hexmirror::transfer::TransferError) -> Failure {
-        Failure::Other(e.to_string())
-    }
-}
+fails_with_message!(hexmirror::StartError, hexmirror::transfer::TransferError, hexmirror::admin::AdminError);
 
 impl From<String> for Failure {
     fn from(message: String) -> Failure {
