@@ -24,10 +24,11 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde::{Deserialize, Serialize};
 
+use crate::body::{full, streaming, text, Answer, Body};
 use crate::cache::CacheKey;
 use crate::config::Secret;
 use crate::mirror::Mirror;
-use crate::service::{self, Body};
+use crate::service::{is_operations_path, Service};
 use crate::sync::{self, Event, SyncRequest};
 
 /// The largest request body the admin endpoint reads (an import bundle).
@@ -244,7 +245,7 @@ pub fn cache_rows(mirror: &Mirror, filter: &str, package: Option<&str>) -> Vec<C
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
-    let mut resp = Response::new(service::full(Bytes::from(serde_json::to_vec_pretty(value).expect("serializes"))));
+    let mut resp = Response::new(full(Bytes::from(serde_json::to_vec_pretty(value).expect("serializes"))));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
@@ -257,74 +258,112 @@ fn query(req: &Request<hyper::body::Incoming>, name: &str) -> Option<String> {
     })
 }
 
-/// Serves one admin request (already known to be on the admin listener).
-pub async fn handle(mirror: &Mirror, token: &Secret, req: Request<hyper::body::Incoming>) -> Response<Body> {
-    let presented = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let expected = format!("Bearer {}", token.expose());
-    let authorized: bool = subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), expected.as_bytes()).into();
-    if !authorized {
-        return service::text(StatusCode::UNAUTHORIZED, "admin token required");
+/// The admin listener's hyper service: `/_admin/...` for a bearer of the token, the operations
+/// endpoints (answered, logged and counted by an operations [`Service`]), and nothing else.
+#[derive(Clone)]
+pub struct AdminService {
+    mirror: Mirror,
+    token: Secret,
+    operations: Service,
+}
+
+impl AdminService {
+    pub fn new(mirror: Mirror, ready: std::sync::Arc<std::sync::atomic::AtomicBool>, token: Secret) -> AdminService {
+        AdminService { operations: Service::operations(mirror.clone(), ready), mirror, token }
     }
-    let path = req.uri().path().to_string();
-    match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/_admin/ping") => service::text(StatusCode::OK, "ok"),
-        (Method::GET, "/_admin/refusals") => json(StatusCode::OK, &mirror.refusals()),
-        (Method::GET, "/_admin/cache") => {
-            let filter = query(&req, "filter").unwrap_or_default();
-            let package = query(&req, "package");
-            json(StatusCode::OK, &cache_rows(mirror, &filter, package.as_deref()))
+
+    pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
+        if req.uri().path().starts_with("/_admin/") {
+            return self.admin(req).await;
         }
-        (Method::POST, "/_admin/purge") => match query(&req, "package") {
-            Some(name) if crate::route::package_name(&name).is_ok() => match mirror.purge(&name).await {
-                Ok(removed) => json(StatusCode::OK, &removed),
-                Err(e) => service::text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        if !is_operations_path(req.uri().path()) {
+            return text(StatusCode::NOT_FOUND, "the admin listener serves /_admin/ only");
+        }
+        self.operations.handle(req).await
+    }
+
+    /// Serves one `/_admin/` request.
+    async fn admin(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
+        let (mirror, token) = (&self.mirror, &self.token);
+        let presented = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let expected = format!("Bearer {}", token.expose());
+        let authorized: bool = subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), expected.as_bytes()).into();
+        if !authorized {
+            return text(StatusCode::UNAUTHORIZED, "admin token required");
+        }
+        let path = req.uri().path().to_string();
+        match (req.method().clone(), path.as_str()) {
+            (Method::GET, "/_admin/ping") => text(StatusCode::OK, "ok"),
+            (Method::GET, "/_admin/refusals") => json(StatusCode::OK, &mirror.refusals()),
+            (Method::GET, "/_admin/cache") => {
+                let filter = query(&req, "filter").unwrap_or_default();
+                let package = query(&req, "package");
+                json(StatusCode::OK, &cache_rows(mirror, &filter, package.as_deref()))
+            }
+            (Method::POST, "/_admin/purge") => match query(&req, "package") {
+                Some(name) if crate::route::package_name(&name).is_ok() => match mirror.purge(&name).await {
+                    Ok(removed) => json(StatusCode::OK, &removed),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                },
+                _ => text(StatusCode::BAD_REQUEST, "purge needs ?package=NAME"),
             },
-            _ => service::text(StatusCode::BAD_REQUEST, "purge needs ?package=NAME"),
-        },
-        (Method::POST, "/_admin/verify") => {
-            let repair = query(&req, "repair").is_some_and(|v| v == "1" || v == "true");
-            json(StatusCode::OK, &crate::audit::run(mirror, repair).await)
-        }
-        (Method::POST, "/_admin/sync") => {
-            let body = match read_body(req, 64 << 20).await {
-                Ok(body) => body,
-                Err(resp) => return resp,
-            };
-            let request: SyncRequest = match serde_json::from_slice(&body) {
-                Ok(request) => request,
-                Err(e) => return service::text(StatusCode::BAD_REQUEST, &format!("bad sync request: {e}")),
-            };
-            stream_sync(mirror.clone(), request)
-        }
-        (Method::POST, "/_admin/import") => {
-            let body = match read_body(req, MAX_ADMIN_BODY).await {
-                Ok(body) => body,
-                Err(resp) => return resp,
-            };
-            match crate::transfer::import(mirror, &body).await {
-                Ok(report) => json(StatusCode::OK, &report),
-                Err(e) => service::text(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
+            (Method::POST, "/_admin/verify") => {
+                let repair = query(&req, "repair").is_some_and(|v| v == "1" || v == "true");
+                json(StatusCode::OK, &crate::audit::run(mirror, repair).await)
             }
-        }
-        (Method::POST, "/_admin/export") => {
-            let body = match read_body(req, 64 << 20).await {
-                Ok(body) => body,
-                Err(resp) => return resp,
-            };
-            let request: crate::transfer::ExportRequest = match serde_json::from_slice(&body) {
-                Ok(request) => request,
-                Err(e) => return service::text(StatusCode::BAD_REQUEST, &format!("bad export request: {e}")),
-            };
-            match crate::transfer::export(mirror, &request).await {
-                Ok(bytes) => {
-                    let mut resp = Response::new(service::full(Bytes::from(bytes)));
-                    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
-                    resp
+            (Method::POST, "/_admin/sync") => {
+                let body = match read_body(req, 64 << 20).await {
+                    Ok(body) => body,
+                    Err(resp) => return resp,
+                };
+                let request: SyncRequest = match serde_json::from_slice(&body) {
+                    Ok(request) => request,
+                    Err(e) => return text(StatusCode::BAD_REQUEST, &format!("bad sync request: {e}")),
+                };
+                stream_sync(mirror.clone(), request)
+            }
+            (Method::POST, "/_admin/import") => {
+                let body = match read_body(req, MAX_ADMIN_BODY).await {
+                    Ok(body) => body,
+                    Err(resp) => return resp,
+                };
+                match crate::transfer::import(mirror, &body).await {
+                    Ok(report) => json(StatusCode::OK, &report),
+                    Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
                 }
-                Err(e) => service::text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             }
+            (Method::POST, "/_admin/export") => {
+                let body = match read_body(req, 64 << 20).await {
+                    Ok(body) => body,
+                    Err(resp) => return resp,
+                };
+                let request: crate::transfer::ExportRequest = match serde_json::from_slice(&body) {
+                    Ok(request) => request,
+                    Err(e) => return text(StatusCode::BAD_REQUEST, &format!("bad export request: {e}")),
+                };
+                match crate::transfer::export(mirror, &request).await {
+                    Ok(bytes) => {
+                        let mut resp = Response::new(full(Bytes::from(bytes)));
+                        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
+                        resp
+                    }
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                }
+            }
+            _ => text(StatusCode::NOT_FOUND, "no such admin route"),
         }
-        _ => service::text(StatusCode::NOT_FOUND, "no such admin route"),
+    }
+}
+
+/// What `server::run` calls for each request on the admin listener.
+impl hyper::service::Service<Request<hyper::body::Incoming>> for AdminService {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = Answer;
+
+    fn call(&self, req: Request<hyper::body::Incoming>) -> Answer {
+        let service = self.clone();
+        Box::pin(async move { Ok(service.handle(req).await) })
     }
 }
 
@@ -332,7 +371,7 @@ async fn read_body(req: Request<hyper::body::Incoming>, limit: u64) -> Result<By
     let limited = http_body_util::Limited::new(req.into_body(), limit as usize);
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) => Err(service::text(StatusCode::PAYLOAD_TOO_LARGE, &format!("cannot read the request body: {e}"))),
+        Err(e) => Err(text(StatusCode::PAYLOAD_TOO_LARGE, &format!("cannot read the request body: {e}"))),
     }
 }
 
@@ -351,7 +390,7 @@ fn stream_sync(mirror: Mirror, request: SyncRequest) -> Response<Body> {
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk)), rx))
     });
-    let mut resp = Response::new(service::streaming(http_body_util::StreamBody::new(stream)));
+    let mut resp = Response::new(streaming(http_body_util::StreamBody::new(stream)));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     resp
 }

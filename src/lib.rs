@@ -24,6 +24,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod body;
 pub mod budget;
 pub mod bundle;
 pub mod cache;
@@ -124,7 +125,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let ready = Arc::new(AtomicBool::new(false));
     let service = service::Service::new(mirror.clone(), ready.clone());
     let operations_service = service::Service::operations(mirror.clone(), ready.clone());
-    let admin_service = service::Service::admin(mirror.clone(), ready.clone(), admin_token.clone());
+    let admin_service = admin::AdminService::new(mirror.clone(), ready.clone(), admin_token.clone());
     let endpoint = admin::Endpoint {
         url: format!("http://{admin_addr}"),
         token: admin_token.expose().to_string(),
@@ -153,10 +154,19 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(address = %addr, scheme, offline, "listening");
-    let mut tasks = vec![tokio::spawn(server::run(listener, service, tls, limits, stop(), grace))];
+    let connections = mirror.metrics().connections.clone();
+    let mut tasks = vec![tokio::spawn(server::run(listener, service, tls, limits, connections.clone(), stop(), grace))];
     if let (Some(listener), Some(metrics_addr)) = (metrics_listener, metrics_addr) {
         tracing::info!(address = %metrics_addr, "operations endpoints listening");
-        tasks.push(tokio::spawn(server::run(listener, operations_service, None, limits, stop(), grace)));
+        tasks.push(tokio::spawn(server::run(
+            listener,
+            operations_service,
+            None,
+            limits,
+            connections.clone(),
+            stop(),
+            grace,
+        )));
     }
     tracing::info!(address = %admin_addr, "admin endpoint listening");
     tasks.push(tokio::spawn(server::run(
@@ -164,6 +174,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         admin_service,
         None,
         server::Limits::default(),
+        connections,
         stop(),
         grace,
     )));

@@ -10,7 +10,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -18,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::service::Service;
+use crate::body::Body;
 
 /// Limits applied to client connections.
 #[derive(Debug, Clone, Copy)]
@@ -92,14 +94,22 @@ async fn first_bytes(stream: &tokio::net::TcpStream, limit: Duration) -> bool {
 }
 
 /// Serves `service` on `listener` until `shutdown` resolves, then drains for up to `grace`.
-pub async fn run(
+/// `connections` counts the connections open on it.
+///
+/// `service` is any hyper service answering every request: the repository's or the operations'
+/// `service::Service`, or the admin listener's `admin::AdminService`.
+pub async fn run<S>(
     listener: TcpListener,
-    service: Service,
+    service: S,
     tls: Option<TlsAcceptor>,
     limits: Limits,
+    connections: prometheus::IntGauge,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
-) {
+) where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -133,7 +143,7 @@ pub async fn run(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
-        let connections = service.mirror().metrics().connections.clone();
+        let connections = connections.clone();
         tokio::spawn(async move {
             connections.inc();
             // Set when the connection's first request arrives: a connection that opens no
@@ -143,8 +153,7 @@ pub async fn run(
             let seen_by_handler = seen.clone();
             let handler = service_fn(move |req| {
                 seen_by_handler.store(true, std::sync::atomic::Ordering::Relaxed);
-                let service = service.clone();
-                async move { Ok::<_, Infallible>(service.handle(req).await) }
+                service.call(req)
             });
             if tls.is_none() && !first_bytes(&stream, limits.header_read_timeout).await {
                 tracing::debug!(%peer, "connection sent no request in time; closed");
