@@ -251,11 +251,25 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     resp
 }
 
+/// `path` with `params` as its query string, names and values form-urlencoded, so that a value
+/// holding `&`, `=`, `%`, `+`, spaces or `/` reaches the endpoint as it was given. How the
+/// command line names an admin route.
+pub fn request_path(path: &str, params: &[(&str, &str)]) -> String {
+    if params.is_empty() {
+        return path.to_string();
+    }
+    let query = form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
+    format!("{path}?{query}")
+}
+
+/// The first value of the parameter `name` in a query string, decoded: the inverse of
+/// [`request_path`]. A name without `=` has the empty value.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes()).find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
+}
+
 fn query(req: &Request<hyper::body::Incoming>, name: &str) -> Option<String> {
-    req.uri().query()?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| v.to_string())
-    })
+    query_param(req.uri().query(), name)
 }
 
 /// The admin listener's hyper service: `/_admin/...` for a bearer of the token, the operations
@@ -513,6 +527,34 @@ pub fn parse_key(text: &str) -> Option<CacheKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_values_round_trip_through_the_encoding() {
+        let values = [
+            "a&b",
+            "k=v",
+            "100%",
+            "%2F and %zz",
+            "a b",
+            "a+b",
+            "public/hexpm~acme/tarballs/x-1.0.0.tar",
+            "&filter=x&package=y",
+            "",
+            "tr\u{e9}s",
+        ];
+        for value in values {
+            let path = request_path("/_admin/cache", &[("filter", value), ("package", "p&q=r")]);
+            let uri: http::Uri = path.parse().expect("a valid request target");
+            assert_eq!(uri.path(), "/_admin/cache", "{path}");
+            assert_eq!(query_param(uri.query(), "filter").as_deref(), Some(value), "{path}");
+            assert_eq!(query_param(uri.query(), "package").as_deref(), Some("p&q=r"), "{path}");
+        }
+        assert_eq!(request_path("/_admin/ping", &[]), "/_admin/ping");
+        assert_eq!(query_param(Some("repair=true"), "repair").as_deref(), Some("true"));
+        assert_eq!(query_param(Some("a=1&b"), "b").as_deref(), Some(""));
+        assert_eq!(query_param(Some("a=1"), "b"), None);
+        assert_eq!(query_param(None, "a"), None);
+    }
 
     #[test]
     fn random_token_comes_from_the_os_random_source() {

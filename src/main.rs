@@ -390,7 +390,7 @@ async fn sync(config: Config, request: SyncRequest) -> Result<ExitCode, Failure>
 async fn verify(config: Config, repair: bool) -> Result<ExitCode, Failure> {
     let report: AuditReport = match open(config).await? {
         Store::Remote(admin) => {
-            let path = format!("/_admin/verify?repair={repair}");
+            let path = hexmirror::admin::request_path("/_admin/verify", &[("repair", &repair.to_string())]);
             serde_json::from_slice(&admin.call_bytes(Method::POST, &path, Bytes::new()).await?)
                 .map_err(|e| e.to_string())?
         }
@@ -526,7 +526,7 @@ async fn cache(config: Config, action: CacheAction) -> Result<ExitCode, Failure>
     let store = open(config).await?;
     let rows: Vec<CacheRow> = match (&action, &store) {
         (CacheAction::List { filter }, Store::Remote(admin)) => {
-            let path = format!("/_admin/cache?filter={}", filter.clone().unwrap_or_default());
+            let path = hexmirror::admin::request_path("/_admin/cache", &[("filter", filter.as_deref().unwrap_or(""))]);
             serde_json::from_slice(&admin.call_bytes(Method::GET, &path, Bytes::new()).await?)
                 .map_err(|e| e.to_string())?
         }
@@ -534,7 +534,7 @@ async fn cache(config: Config, action: CacheAction) -> Result<ExitCode, Failure>
             hexmirror::admin::cache_rows(mirror, filter.as_deref().unwrap_or(""), None)
         }
         (CacheAction::Show { name }, Store::Remote(admin)) => {
-            let path = format!("/_admin/cache?package={name}");
+            let path = hexmirror::admin::request_path("/_admin/cache", &[("package", name)]);
             serde_json::from_slice(&admin.call_bytes(Method::GET, &path, Bytes::new()).await?)
                 .map_err(|e| e.to_string())?
         }
@@ -543,7 +543,7 @@ async fn cache(config: Config, action: CacheAction) -> Result<ExitCode, Failure>
             hexmirror::route::package_name(name).map_err(|e| e.to_string())?;
             let removed: Vec<String> = match &store {
                 Store::Remote(admin) => {
-                    let path = format!("/_admin/purge?package={name}");
+                    let path = hexmirror::admin::request_path("/_admin/purge", &[("package", name)]);
                     serde_json::from_slice(&admin.call_bytes(Method::POST, &path, Bytes::new()).await?)
                         .map_err(|e| e.to_string())?
                 }
