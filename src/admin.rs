@@ -7,7 +7,10 @@
 //! per start, or `admin_token`). A command given the same configuration reads that file, checks
 //! that the endpoint answers, and calls it; when there is no such file or no server answers, it
 //! opens the store itself. Admin routes are served only on the admin listener, never on the
-//! public one.
+//! public one: [`AdminService`] is that listener's hyper service (`/_admin/...`, and the
+//! operations endpoints through an operations `service::Service`). Query strings are
+//! form-urlencoded by [`request_path`] and decoded by the endpoint, so values travel intact.
+//! The client's failures are [`AdminError`]s.
 //!
 //! The file decides where a command sends the token, its bundle or its trust, so a command uses
 //! it only when nobody but the user running it (or root) could have written it: it refuses an

@@ -4,7 +4,9 @@
 //! errors), then `validate` turns it into a [`Config`] of parsed types: socket addresses, URIs,
 //! byte sizes, durations and RSA keys. Validation checks every key before it fails, so an
 //! operator sees all mistakes at once, each naming its key. Nothing here opens sockets or the
-//! store; reading a key file named in the config is the only I/O.
+//! store; reading a key file named in the config is the only I/O. The value parsers it shares
+//! with the fuzzers, [`parse_size`] and [`upstream_uri`], fail with [`SizeError`] and
+//! [`UrlError`], whose text goes into that list after the key's name.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

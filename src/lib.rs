@@ -11,14 +11,18 @@
 //! - `mirror`: the data path: lookup, coalesced fetch, verify, store, stale-if-error.
 //! - `budget`: a global byte budget; bounds the memory of registry files being verified at once.
 //! - `service`: HTTP semantics: status codes, conditional requests, logs and request metrics.
-//! - `server`: sockets, TLS, the hyper connection loop, graceful shutdown.
+//! - `body`: the response body type and its constructors, shared by `service` and `admin`.
+//! - `server`: sockets, TLS, the hyper connection loop, graceful shutdown; runs any service.
 //! - `metrics`: every Prometheus family, registered once.
 //! - `oauth`: exchanges hexmirror's own key for short-lived upstream tokens.
 //! - `lockfile`, `requirement`: mix.lock / rebar.lock parsing and Hex version requirements.
 //! - `sync`: selects releases (specs, lockfiles, all) and fills the store through `mirror`.
 //! - `audit`: `verify`: re-verifies the whole store and the completeness of what was selected.
 //! - `bundle`, `transfer`: the air-gap bundle format, and export/import with full verification.
-//! - `admin`: the loopback admin endpoint and the command line's client for it.
+//! - `admin`: the loopback admin endpoint (`AdminService`) and the command line's client for it.
+//!
+//! [`start`] wires them together and is the one function that opens sockets; it fails with a
+//! [`StartError`]. Imports between the modules form no cycle.
 
 #![forbid(unsafe_code)]
 

@@ -5,7 +5,7 @@
 //! `grant_type=client_credentials&client_secret=KEY`, form-encoded) for an access token, which
 //! is sent as `Authorization: Bearer TOKEN` and refreshed before it expires (at 80 % of its
 //! lifetime, or a minute before the end, whichever is sooner). Neither the key nor the token is
-//! ever logged.
+//! ever logged, nor held by an [`OAuthError`].
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,9 @@
-//! Sockets, TLS and the hyper connection loop; no HTTP semantics (that is `service`).
+//! Sockets, TLS and the hyper connection loop; no HTTP semantics (that is `service`, or `admin`
+//! for the admin listener: `run` takes any hyper service answering with a `body::Body`).
 //!
-//! `run` accepts connections until the shutdown future resolves, then stops accepting and
-//! lets in-flight requests finish within the grace period. An accept error backs off instead
+//! `tls_acceptor` loads hexmirror's own certificate and key ([`TlsError`]). `run` accepts
+//! connections until the shutdown future resolves, then stops accepting and lets in-flight
+//! requests finish within the grace period. An accept error backs off instead
 //! of ending the loop. Slow clients are bounded by a header read timeout, and the number of
 //! open connections by a limit.
 

@@ -5,7 +5,8 @@
 //! every object exactly as an upstream answer would be verified (registry signatures and origins
 //! with the configured keys, tarballs against verified records of the same bundle or the store)
 //! before writing anything: a truncated, altered or forged bundle is refused whole and the store
-//! is left exactly as it was.
+//! is left exactly as it was. Failures are [`TransferError`]s; the `bundle refused` ones are
+//! those that leave the store untouched.
 
 use std::collections::HashMap;
 use std::sync::Arc;

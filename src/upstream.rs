@@ -10,7 +10,7 @@
 //! credential over plain http (unless the repository allows it for a loopback upstream), and it
 //! follows a redirect only to the same origin. Egress goes through `HTTPS_PROXY`/`HTTP_PROXY`
 //! (an HTTP CONNECT tunnel) unless `NO_PROXY` exempts the host; TLS uses the platform's roots
-//! plus `ca_file`.
+//! plus `ca_file` (a bad one is an [`UpstreamSetupError`] when the client is built).
 
 use std::future::Future;
 use std::io::BufReader;

@@ -9,6 +9,10 @@
 //!
 //! The [`Store`] trait is the seam for other persistent tiers (a shared object store for several
 //! replicas). A store returns raw bytes, never an `Entry`: callers re-verify what they read.
+//!
+//! sled holds an exclusive file lock on `index/db` while a store is open, so one process owns a
+//! data directory. When the index cannot be opened, that lock is tried again: if it is held,
+//! the error is [`StoreError::Locked`] (another hexmirror runs), otherwise `Index`.
 
 use std::fs::{self, File};
 use std::io::{ErrorKind, Write};

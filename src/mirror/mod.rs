@@ -29,7 +29,9 @@
 //!    (the `stale` closure in `fetch`); an anonymous 404 is remembered for `negative_ttl`.
 //!
 //! Store maintenance (pinning, purging, eviction, `hexmirror verify`, import, refusals, gauges)
-//! is apart from the request path, in `store.rs`.
+//! is apart from the request path, in `store.rs`. Opening the handle ([`Mirror::open`],
+//! [`Mirror::open_for_serving`], [`Mirror::with_store`]) fails with an [`OpenError`]; a store
+//! held by another process is always an error, never a reason to degrade.
 //!
 //! The invariant: a [`Reply`] body is the bytes of an [`Entry`], and an entry holds only
 //! verified content or a docs tarball; so nothing unverified is ever served as verified.
