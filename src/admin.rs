@@ -7,7 +7,10 @@
 //! per start, or `admin_token`). A command given the same configuration reads that file, checks
 //! that the endpoint answers, and calls it; when there is no such file or no server answers, it
 //! opens the store itself. Admin routes are served only on the admin listener, never on the
-//! public one.
+//! public one: [`AdminService`] is that listener's hyper service (`/_admin/...`, and the
+//! operations endpoints through an operations `service::Service`). Query strings are
+//! form-urlencoded by [`request_path`] and decoded by the endpoint, so values travel intact.
+//! The client's failures are [`AdminError`]s.
 //!
 //! The file decides where a command sends the token, its bundle or its trust, so a command uses
 //! it only when nobody but the user running it (or root) could have written it: it refuses an
@@ -24,10 +27,11 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde::{Deserialize, Serialize};
 
+use crate::body::{full, streaming, text, Answer, Body};
 use crate::cache::CacheKey;
 use crate::config::Secret;
 use crate::mirror::Mirror;
-use crate::service::{self, Body};
+use crate::service::{is_operations_path, Service};
 use crate::sync::{self, Event, SyncRequest};
 
 /// The largest request body the admin endpoint reads (an import bundle).
@@ -244,87 +248,139 @@ pub fn cache_rows(mirror: &Mirror, filter: &str, package: Option<&str>) -> Vec<C
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
-    let mut resp = Response::new(service::full(Bytes::from(serde_json::to_vec_pretty(value).expect("serializes"))));
+    let mut resp = Response::new(full(Bytes::from(serde_json::to_vec_pretty(value).expect("serializes"))));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
-fn query(req: &Request<hyper::body::Incoming>, name: &str) -> Option<String> {
-    req.uri().query()?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| v.to_string())
-    })
+/// `path` with `params` as its query string, names and values form-urlencoded, so that a value
+/// holding `&`, `=`, `%`, `+`, spaces or `/` reaches the endpoint as it was given. How the
+/// command line names an admin route.
+pub fn request_path(path: &str, params: &[(&str, &str)]) -> String {
+    if params.is_empty() {
+        return path.to_string();
+    }
+    let query = form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
+    format!("{path}?{query}")
 }
 
-/// Serves one admin request (already known to be on the admin listener).
-pub async fn handle(mirror: &Mirror, token: &Secret, req: Request<hyper::body::Incoming>) -> Response<Body> {
-    let presented = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let expected = format!("Bearer {}", token.expose());
-    let authorized: bool = subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), expected.as_bytes()).into();
-    if !authorized {
-        return service::text(StatusCode::UNAUTHORIZED, "admin token required");
+/// The first value of the parameter `name` in a query string, decoded: the inverse of
+/// [`request_path`]. A name without `=` has the empty value.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes()).find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
+}
+
+fn query(req: &Request<hyper::body::Incoming>, name: &str) -> Option<String> {
+    query_param(req.uri().query(), name)
+}
+
+/// The admin listener's hyper service: `/_admin/...` for a bearer of the token, the operations
+/// endpoints (answered, logged and counted by an operations [`Service`]), and nothing else.
+#[derive(Clone)]
+pub struct AdminService {
+    mirror: Mirror,
+    token: Secret,
+    operations: Service,
+}
+
+impl AdminService {
+    pub fn new(mirror: Mirror, ready: std::sync::Arc<std::sync::atomic::AtomicBool>, token: Secret) -> AdminService {
+        AdminService { operations: Service::operations(mirror.clone(), ready), mirror, token }
     }
-    let path = req.uri().path().to_string();
-    match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/_admin/ping") => service::text(StatusCode::OK, "ok"),
-        (Method::GET, "/_admin/refusals") => json(StatusCode::OK, &mirror.refusals()),
-        (Method::GET, "/_admin/cache") => {
-            let filter = query(&req, "filter").unwrap_or_default();
-            let package = query(&req, "package");
-            json(StatusCode::OK, &cache_rows(mirror, &filter, package.as_deref()))
+
+    pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
+        if req.uri().path().starts_with("/_admin/") {
+            return self.admin(req).await;
         }
-        (Method::POST, "/_admin/purge") => match query(&req, "package") {
-            Some(name) if crate::route::package_name(&name).is_ok() => match mirror.purge(&name).await {
-                Ok(removed) => json(StatusCode::OK, &removed),
-                Err(e) => service::text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        if !is_operations_path(req.uri().path()) {
+            return text(StatusCode::NOT_FOUND, "the admin listener serves /_admin/ only");
+        }
+        self.operations.handle(req).await
+    }
+
+    /// Serves one `/_admin/` request.
+    async fn admin(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
+        let (mirror, token) = (&self.mirror, &self.token);
+        let presented = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let expected = format!("Bearer {}", token.expose());
+        let authorized: bool = subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), expected.as_bytes()).into();
+        if !authorized {
+            return text(StatusCode::UNAUTHORIZED, "admin token required");
+        }
+        let path = req.uri().path().to_string();
+        match (req.method().clone(), path.as_str()) {
+            (Method::GET, "/_admin/ping") => text(StatusCode::OK, "ok"),
+            (Method::GET, "/_admin/refusals") => json(StatusCode::OK, &mirror.refusals()),
+            (Method::GET, "/_admin/cache") => {
+                let filter = query(&req, "filter").unwrap_or_default();
+                let package = query(&req, "package");
+                json(StatusCode::OK, &cache_rows(mirror, &filter, package.as_deref()))
+            }
+            (Method::POST, "/_admin/purge") => match query(&req, "package") {
+                Some(name) if crate::route::package_name(&name).is_ok() => match mirror.purge(&name).await {
+                    Ok(removed) => json(StatusCode::OK, &removed),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                },
+                _ => text(StatusCode::BAD_REQUEST, "purge needs ?package=NAME"),
             },
-            _ => service::text(StatusCode::BAD_REQUEST, "purge needs ?package=NAME"),
-        },
-        (Method::POST, "/_admin/verify") => {
-            let repair = query(&req, "repair").is_some_and(|v| v == "1" || v == "true");
-            json(StatusCode::OK, &crate::audit::run(mirror, repair).await)
-        }
-        (Method::POST, "/_admin/sync") => {
-            let body = match read_body(req, 64 << 20).await {
-                Ok(body) => body,
-                Err(resp) => return resp,
-            };
-            let request: SyncRequest = match serde_json::from_slice(&body) {
-                Ok(request) => request,
-                Err(e) => return service::text(StatusCode::BAD_REQUEST, &format!("bad sync request: {e}")),
-            };
-            stream_sync(mirror.clone(), request)
-        }
-        (Method::POST, "/_admin/import") => {
-            let body = match read_body(req, MAX_ADMIN_BODY).await {
-                Ok(body) => body,
-                Err(resp) => return resp,
-            };
-            match crate::transfer::import(mirror, &body).await {
-                Ok(report) => json(StatusCode::OK, &report),
-                Err(e) => service::text(StatusCode::UNPROCESSABLE_ENTITY, &e),
+            (Method::POST, "/_admin/verify") => {
+                let repair = query(&req, "repair").is_some_and(|v| v == "1" || v == "true");
+                json(StatusCode::OK, &crate::audit::run(mirror, repair).await)
             }
-        }
-        (Method::POST, "/_admin/export") => {
-            let body = match read_body(req, 64 << 20).await {
-                Ok(body) => body,
-                Err(resp) => return resp,
-            };
-            let request: crate::transfer::ExportRequest = match serde_json::from_slice(&body) {
-                Ok(request) => request,
-                Err(e) => return service::text(StatusCode::BAD_REQUEST, &format!("bad export request: {e}")),
-            };
-            match crate::transfer::export(mirror, &request).await {
-                Ok(bytes) => {
-                    let mut resp = Response::new(service::full(Bytes::from(bytes)));
-                    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
-                    resp
+            (Method::POST, "/_admin/sync") => {
+                let body = match read_body(req, 64 << 20).await {
+                    Ok(body) => body,
+                    Err(resp) => return resp,
+                };
+                let request: SyncRequest = match serde_json::from_slice(&body) {
+                    Ok(request) => request,
+                    Err(e) => return text(StatusCode::BAD_REQUEST, &format!("bad sync request: {e}")),
+                };
+                stream_sync(mirror.clone(), request)
+            }
+            (Method::POST, "/_admin/import") => {
+                let body = match read_body(req, MAX_ADMIN_BODY).await {
+                    Ok(body) => body,
+                    Err(resp) => return resp,
+                };
+                match crate::transfer::import(mirror, &body).await {
+                    Ok(report) => json(StatusCode::OK, &report),
+                    Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
                 }
-                Err(e) => service::text(StatusCode::INTERNAL_SERVER_ERROR, &e),
             }
+            (Method::POST, "/_admin/export") => {
+                let body = match read_body(req, 64 << 20).await {
+                    Ok(body) => body,
+                    Err(resp) => return resp,
+                };
+                let request: crate::transfer::ExportRequest = match serde_json::from_slice(&body) {
+                    Ok(request) => request,
+                    Err(e) => return text(StatusCode::BAD_REQUEST, &format!("bad export request: {e}")),
+                };
+                match crate::transfer::export(mirror, &request).await {
+                    Ok(bytes) => {
+                        let mut resp = Response::new(full(Bytes::from(bytes)));
+                        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
+                        resp
+                    }
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                }
+            }
+            _ => text(StatusCode::NOT_FOUND, "no such admin route"),
         }
-        _ => service::text(StatusCode::NOT_FOUND, "no such admin route"),
+    }
+}
+
+/// What `server::run` calls for each request on the admin listener.
+impl hyper::service::Service<Request<hyper::body::Incoming>> for AdminService {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = Answer;
+
+    fn call(&self, req: Request<hyper::body::Incoming>) -> Answer {
+        let service = self.clone();
+        Box::pin(async move { Ok(service.handle(req).await) })
     }
 }
 
@@ -332,7 +388,7 @@ async fn read_body(req: Request<hyper::body::Incoming>, limit: u64) -> Result<By
     let limited = http_body_util::Limited::new(req.into_body(), limit as usize);
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) => Err(service::text(StatusCode::PAYLOAD_TOO_LARGE, &format!("cannot read the request body: {e}"))),
+        Err(e) => Err(text(StatusCode::PAYLOAD_TOO_LARGE, &format!("cannot read the request body: {e}"))),
     }
 }
 
@@ -351,9 +407,35 @@ fn stream_sync(mirror: Mirror, request: SyncRequest) -> Response<Body> {
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk)), rx))
     });
-    let mut resp = Response::new(service::streaming(http_body_util::StreamBody::new(stream)));
+    let mut resp = Response::new(streaming(http_body_util::StreamBody::new(stream)));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     resp
+}
+
+/// Why a call to the admin endpoint failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    Request(http::Error),
+    #[error("admin endpoint {url}: {source}")]
+    Unreachable { url: String, source: hyper_util::client::legacy::Error },
+    #[error("{0}")]
+    Body(hyper::Error),
+    /// The server answered with a status other than 2xx; `message` is what it said.
+    #[error("{message}")]
+    Status { status: StatusCode, message: String },
+}
+
+impl AdminError {
+    async fn from_answer(resp: Response<hyper::body::Incoming>) -> AdminError {
+        let status = resp.status();
+        match resp.into_body().collect().await {
+            Ok(body) => {
+                AdminError::Status { status, message: String::from_utf8_lossy(&body.to_bytes()).trim().to_string() }
+            }
+            Err(e) => AdminError::Body(e),
+        }
+    }
 }
 
 /// The command line's handle on a running server's admin endpoint.
@@ -389,40 +471,43 @@ impl AdminClient {
         method: Method,
         path_and_query: &str,
         body: Bytes,
-    ) -> Result<Response<hyper::body::Incoming>, String> {
+    ) -> Result<Response<hyper::body::Incoming>, AdminError> {
         let request = Request::builder()
             .method(method)
             .uri(format!("{}{path_and_query}", self.endpoint.url))
             .header(header::AUTHORIZATION, format!("Bearer {}", self.endpoint.token))
             .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
-        self.client.request(request).await.map_err(|e| format!("admin endpoint {}: {e}", self.endpoint.url))
+            .map_err(AdminError::Request)?;
+        self.client
+            .request(request)
+            .await
+            .map_err(|source| AdminError::Unreachable { url: self.endpoint.url.clone(), source })
     }
 
     /// Calls and reads the whole answer; a non-2xx status is an error with the server's message.
-    pub async fn call_bytes(&self, method: Method, path_and_query: &str, body: Bytes) -> Result<Bytes, String> {
+    pub async fn call_bytes(&self, method: Method, path_and_query: &str, body: Bytes) -> Result<Bytes, AdminError> {
         let resp = self.call(method, path_and_query, body).await?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        if status.is_success() {
-            Ok(bytes)
-        } else {
-            Err(String::from_utf8_lossy(&bytes).trim().to_string())
+        if !resp.status().is_success() {
+            return Err(AdminError::from_answer(resp).await);
         }
+        Ok(resp.into_body().collect().await.map_err(AdminError::Body)?.to_bytes())
     }
 
     /// Runs a sync on the server, passing each event to `on_event` as it arrives.
-    pub async fn sync(&self, request: &SyncRequest, on_event: &(dyn Fn(Event) + Send + Sync)) -> Result<(), String> {
+    pub async fn sync(
+        &self,
+        request: &SyncRequest,
+        on_event: &(dyn Fn(Event) + Send + Sync),
+    ) -> Result<(), AdminError> {
         let body = Bytes::from(serde_json::to_vec(request).expect("requests serialize"));
         let resp = self.call(Method::POST, "/_admin/sync", body).await?;
         if !resp.status().is_success() {
-            let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-            return Err(String::from_utf8_lossy(&bytes).trim().to_string());
+            return Err(AdminError::from_answer(resp).await);
         }
         let mut body = resp.into_body();
         let mut pending = Vec::new();
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| e.to_string())?;
+            let frame = frame.map_err(AdminError::Body)?;
             if let Ok(data) = frame.into_data() {
                 pending.extend_from_slice(&data);
                 while let Some(at) = pending.iter().position(|b| *b == b'\n') {
@@ -445,6 +530,34 @@ pub fn parse_key(text: &str) -> Option<CacheKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_values_round_trip_through_the_encoding() {
+        let values = [
+            "a&b",
+            "k=v",
+            "100%",
+            "%2F and %zz",
+            "a b",
+            "a+b",
+            "public/hexpm~acme/tarballs/x-1.0.0.tar",
+            "&filter=x&package=y",
+            "",
+            "tr\u{e9}s",
+        ];
+        for value in values {
+            let path = request_path("/_admin/cache", &[("filter", value), ("package", "p&q=r")]);
+            let uri: http::Uri = path.parse().expect("a valid request target");
+            assert_eq!(uri.path(), "/_admin/cache", "{path}");
+            assert_eq!(query_param(uri.query(), "filter").as_deref(), Some(value), "{path}");
+            assert_eq!(query_param(uri.query(), "package").as_deref(), Some("p&q=r"), "{path}");
+        }
+        assert_eq!(request_path("/_admin/ping", &[]), "/_admin/ping");
+        assert_eq!(query_param(Some("repair=true"), "repair").as_deref(), Some("true"));
+        assert_eq!(query_param(Some("a=1&b"), "b").as_deref(), Some(""));
+        assert_eq!(query_param(Some("a=1"), "b"), None);
+        assert_eq!(query_param(None, "a"), None);
+    }
 
     #[test]
     fn random_token_comes_from_the_os_random_source() {

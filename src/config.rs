@@ -4,7 +4,9 @@
 //! errors), then `validate` turns it into a [`Config`] of parsed types: socket addresses, URIs,
 //! byte sizes, durations and RSA keys. Validation checks every key before it fails, so an
 //! operator sees all mistakes at once, each naming its key. Nothing here opens sockets or the
-//! store; reading a key file named in the config is the only I/O.
+//! store; reading a key file named in the config is the only I/O. The value parsers it shares
+//! with the fuzzers, [`parse_size`] and [`upstream_uri`], fail with [`SizeError`] and
+//! [`UrlError`], whose text goes into that list after the key's name.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -291,12 +293,23 @@ pub fn load_from(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
     validate(raw)
 }
 
+/// Why a size in the configuration cannot be read; each message quotes the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("{0:?} is not a size such as \"256MiB\"")]
+    NotASize(String),
+    #[error("unknown size unit {0:?}")]
+    UnknownUnit(String),
+    #[error("{0:?} is too large")]
+    TooLarge(String),
+}
+
 /// Parses `"256MiB"`, `"64 MB"`, `"1024"`; units are B, KB/KiB, MB/MiB, GB/GiB, TB/TiB.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a size such as \"256MiB\""))?;
+    let number: u64 = number.parse().map_err(|_| SizeError::NotASize(text.to_string()))?;
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1000,
@@ -307,9 +320,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "gib" => 1 << 30,
         "tb" => 1000u64.pow(4),
         "tib" => 1 << 40,
-        other => return Err(format!("unknown size unit {other:?}")),
+        other => return Err(SizeError::UnknownUnit(other.to_string())),
     };
-    number.checked_mul(factor).ok_or_else(|| format!("{text:?} is too large"))
+    number.checked_mul(factor).ok_or_else(|| SizeError::TooLarge(text.to_string()))
 }
 
 fn size(key: &str, raw: &RawSize, errors: &mut Vec<String>) -> u64 {
@@ -368,21 +381,35 @@ fn secret_file(key: &str, path: &Path, errors: &mut Vec<String>) -> Option<Strin
     }
 }
 
+/// Why an upstream (or token endpoint) URL cannot be used; each message quotes the text.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error("{text:?} is not a URL: {source}")]
+    NotAUrl { text: String, source: http::uri::InvalidUri },
+    #[error("{0:?} must start with http:// or https://")]
+    Scheme(String),
+    #[error("{0:?} has no host")]
+    NoHost(String),
+    #[error("{0:?} must not have a query")]
+    Query(String),
+}
+
 /// Parses an upstream base URL: http or https, a host, no query, no trailing slash kept.
-pub fn upstream_uri(text: &str) -> Result<http::Uri, String> {
-    let uri: http::Uri = text.trim().parse().map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+pub fn upstream_uri(text: &str) -> Result<http::Uri, UrlError> {
+    let not_a_url = |source| UrlError::NotAUrl { text: text.to_string(), source };
+    let uri: http::Uri = text.trim().parse().map_err(not_a_url)?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
-        _ => return Err(format!("{text:?} must start with http:// or https://")),
+        _ => return Err(UrlError::Scheme(text.to_string())),
     }
     if uri.host().is_none() {
-        return Err(format!("{text:?} has no host"));
+        return Err(UrlError::NoHost(text.to_string()));
     }
     if uri.query().is_some() {
-        return Err(format!("{text:?} must not have a query"));
+        return Err(UrlError::Query(text.to_string()));
     }
     let trimmed = text.trim().trim_end_matches('/');
-    trimmed.parse().map_err(|e| format!("{text:?} is not a URL: {e}"))
+    trimmed.parse().map_err(not_a_url)
 }
 
 /// True for 127.0.0.0/8, ::1 and `localhost`.

@@ -12,7 +12,8 @@
 //! - `mirror`: the data path: lookup, coalesced fetch, verify, store, stale-if-error.
 //! - `budget`: a global byte budget; bounds the memory of registry files being verified at once.
 //! - `service`: HTTP semantics: status codes, conditional requests, logs and request metrics.
-//! - `server`: sockets, TLS, the hyper connection loop, graceful shutdown.
+//! - `body`: the response body type and its constructors, shared by `service` and `admin`.
+//! - `server`: sockets, TLS, the hyper connection loop, graceful shutdown; runs any service.
 //! - `metrics`: every Prometheus family, registered once.
 //! - `oauth`: exchanges hexmirror's own key for short-lived upstream tokens.
 //! - `term`: pure; the one parser of literal Erlang and Elixir terms, with positions and limits.
@@ -21,12 +22,16 @@
 //! - `sync`: selects releases (specs, lockfiles, all) and fills the store through `mirror`.
 //! - `audit`: `verify`: re-verifies the whole store and the completeness of what was selected.
 //! - `bundle`, `transfer`: the air-gap bundle format, and export/import with full verification.
-//! - `admin`: the loopback admin endpoint and the command line's client for it.
+//! - `admin`: the loopback admin endpoint (`AdminService`) and the command line's client for it.
+//!
+//! [`start`] wires them together and is the one function that opens sockets; it fails with a
+//! [`StartError`]. Imports between the modules form no cycle.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod audit;
+pub mod body;
 pub mod budget;
 pub mod bundle;
 pub mod cache;
@@ -77,33 +82,45 @@ pub struct Running {
     pub done: tokio::task::JoinHandle<()>,
 }
 
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] server::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    /// A bound socket could not say its own address.
+    #[error("{0}")]
+    LocalAddress(std::io::Error),
+    #[error("cannot draw the admin token from the OS random source: {0}")]
+    AdminToken(getrandom::Error),
+    #[error(transparent)]
+    Open(#[from] mirror::OpenError),
+}
+
+/// Binds `addr`, and returns the listener with its resolved address.
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
+    let local = listener.local_addr().map_err(StartError::LocalAddress)?;
+    Ok((listener, local))
+}
+
 /// Opens the store, binds `config.listen` (and `metrics_listen`), and serves until `shutdown`.
-pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Running, String> {
+pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<Running, StartError> {
     let metrics = metrics_for(&config);
     let tls = match &config.tls {
         Some((cert, key)) => Some(server::tls_acceptor(cert, key)?),
         None => None,
     };
-    let listener =
-        TcpListener::bind(config.listen).await.map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let metrics_listener = match config.metrics_listen {
-        Some(a) => Some(TcpListener::bind(a).await.map_err(|e| format!("cannot listen on {a}: {e}"))?),
-        None => None,
+    let (listener, addr) = bind(config.listen).await?;
+    let (metrics_listener, metrics_addr) = match config.metrics_listen {
+        Some(a) => bind(a).await.map(|(listener, addr)| (Some(listener), Some(addr)))?,
+        None => (None, None),
     };
-    let metrics_addr = match &metrics_listener {
-        Some(listener) => Some(listener.local_addr().map_err(|e| e.to_string())?),
-        None => None,
-    };
-    let admin_listener = TcpListener::bind(config.admin_listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.admin_listen))?;
-    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+    let (admin_listener, admin_addr) = bind(config.admin_listen).await?;
     let admin_token = match config.admin_token.clone() {
         Some(token) => token,
-        None => config::Secret::new(
-            admin::random_token().map_err(|e| format!("cannot draw the admin token from the OS random source: {e}"))?,
-        ),
+        None => config::Secret::new(admin::random_token().map_err(StartError::AdminToken)?),
     };
     let data_dir = config.data_dir.clone();
     let grace = config.shutdown_grace;
@@ -117,7 +134,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let ready = Arc::new(AtomicBool::new(false));
     let service = service::Service::new(mirror.clone(), ready.clone());
     let operations_service = service::Service::operations(mirror.clone(), ready.clone());
-    let admin_service = service::Service::admin(mirror.clone(), ready.clone(), admin_token.clone());
+    let admin_service = admin::AdminService::new(mirror.clone(), ready.clone(), admin_token.clone());
     let endpoint = admin::Endpoint {
         url: format!("http://{admin_addr}"),
         token: admin_token.expose().to_string(),
@@ -146,10 +163,19 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(address = %addr, scheme, offline, "listening");
-    let mut tasks = vec![tokio::spawn(server::run(listener, service, tls, limits, stop(), grace))];
+    let connections = mirror.metrics().connections.clone();
+    let mut tasks = vec![tokio::spawn(server::run(listener, service, tls, limits, connections.clone(), stop(), grace))];
     if let (Some(listener), Some(metrics_addr)) = (metrics_listener, metrics_addr) {
         tracing::info!(address = %metrics_addr, "operations endpoints listening");
-        tasks.push(tokio::spawn(server::run(listener, operations_service, None, limits, stop(), grace)));
+        tasks.push(tokio::spawn(server::run(
+            listener,
+            operations_service,
+            None,
+            limits,
+            connections.clone(),
+            stop(),
+            grace,
+        )));
     }
     tracing::info!(address = %admin_addr, "admin endpoint listening");
     tasks.push(tokio::spawn(server::run(
@@ -157,6 +183,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         admin_service,
         None,
         server::Limits::default(),
+        connections,
         stop(),
         grace,
     )));

@@ -143,6 +143,19 @@ impl From<Refused> for Failure {
     }
 }
 
+/// The library's errors end a command with their message and the generic failure status.
+macro_rules! fails_with_message {
+    ($($error:ty),*) => {$(
+        impl From<$error> for Failure {
+            fn from(e: $error) -> Failure {
+                Failure::Other(e.to_string())
+            }
+        }
+    )*};
+}
+
+fails_with_message!(hexmirror::StartError, hexmirror::transfer::TransferError, hexmirror::admin::AdminError);
+
 impl From<String> for Failure {
     fn from(message: String) -> Failure {
         Failure::Other(message)
@@ -377,7 +390,7 @@ async fn sync(config: Config, request: SyncRequest) -> Result<ExitCode, Failure>
 async fn verify(config: Config, repair: bool) -> Result<ExitCode, Failure> {
     let report: AuditReport = match open(config).await? {
         Store::Remote(admin) => {
-            let path = format!("/_admin/verify?repair={repair}");
+            let path = hexmirror::admin::request_path("/_admin/verify", &[("repair", &repair.to_string())]);
             serde_json::from_slice(&admin.call_bytes(Method::POST, &path, Bytes::new()).await?)
                 .map_err(|e| e.to_string())?
         }
@@ -513,7 +526,7 @@ async fn cache(config: Config, action: CacheAction) -> Result<ExitCode, Failure>
     let store = open(config).await?;
     let rows: Vec<CacheRow> = match (&action, &store) {
         (CacheAction::List { filter }, Store::Remote(admin)) => {
-            let path = format!("/_admin/cache?filter={}", filter.clone().unwrap_or_default());
+            let path = hexmirror::admin::request_path("/_admin/cache", &[("filter", filter.as_deref().unwrap_or(""))]);
             serde_json::from_slice(&admin.call_bytes(Method::GET, &path, Bytes::new()).await?)
                 .map_err(|e| e.to_string())?
         }
@@ -521,7 +534,7 @@ async fn cache(config: Config, action: CacheAction) -> Result<ExitCode, Failure>
             hexmirror::admin::cache_rows(mirror, filter.as_deref().unwrap_or(""), None)
         }
         (CacheAction::Show { name }, Store::Remote(admin)) => {
-            let path = format!("/_admin/cache?package={name}");
+            let path = hexmirror::admin::request_path("/_admin/cache", &[("package", name)]);
             serde_json::from_slice(&admin.call_bytes(Method::GET, &path, Bytes::new()).await?)
                 .map_err(|e| e.to_string())?
         }
@@ -530,7 +543,7 @@ async fn cache(config: Config, action: CacheAction) -> Result<ExitCode, Failure>
             hexmirror::route::package_name(name).map_err(|e| e.to_string())?;
             let removed: Vec<String> = match &store {
                 Store::Remote(admin) => {
-                    let path = format!("/_admin/purge?package={name}");
+                    let path = hexmirror::admin::request_path("/_admin/purge", &[("package", name)]);
                     serde_json::from_slice(&admin.call_bytes(Method::POST, &path, Bytes::new()).await?)
                         .map_err(|e| e.to_string())?
                 }

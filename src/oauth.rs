@@ -5,7 +5,7 @@
 //! `grant_type=client_credentials&client_secret=KEY`, form-encoded) for an access token, which
 //! is sent as `Authorization: Bearer TOKEN` and refreshed before it expires (at 80 % of its
 //! lifetime, or a minute before the end, whichever is sooner). Neither the key nor the token is
-//! ever logged.
+//! ever logged, nor held by an [`OAuthError`].
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,22 @@ use http::Uri;
 use tokio::sync::Mutex;
 
 use crate::config::{is_loopback, Secret};
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamError};
+
+/// Why no token could be had from the token endpoint. Never holds the key or a token.
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    #[error("oauth_token_url must be https")]
+    NotHttps,
+    #[error("token exchange failed: {0}")]
+    Exchange(UpstreamError),
+    #[error("token exchange answered {0}")]
+    Status(http::StatusCode),
+    #[error("token exchange answered something that is not a token")]
+    NotAToken,
+    #[error("the token endpoint returned a token that is not a header value")]
+    NotAHeaderValue,
+}
 
 #[derive(Debug)]
 pub struct TokenSource {
@@ -44,7 +59,7 @@ impl TokenSource {
     }
 
     /// The `Authorization` value to send now, exchanging the key when needed.
-    pub async fn authorization(&self, upstream: &Upstream) -> Result<HeaderValue, String> {
+    pub async fn authorization(&self, upstream: &Upstream) -> Result<HeaderValue, OAuthError> {
         let mut current = self.current.lock().await;
         if let Some((token, refresh_at)) = current.as_ref() {
             if Instant::now() < *refresh_at {
@@ -52,16 +67,14 @@ impl TokenSource {
             }
         }
         if self.url.scheme_str() != Some("https") && !(self.allow_http && is_loopback(&self.url)) {
-            return Err("oauth_token_url must be https".into());
+            return Err(OAuthError::NotHttps);
         }
         let form = format!("grant_type=client_credentials&client_secret={}", form_encode(self.key.expose()));
-        let (status, body) =
-            upstream.post_form(&self.url, form, 64 << 10).await.map_err(|e| format!("token exchange failed: {e}"))?;
+        let (status, body) = upstream.post_form(&self.url, form, 64 << 10).await.map_err(OAuthError::Exchange)?;
         if !status.is_success() {
-            return Err(format!("token exchange answered {status}"));
+            return Err(OAuthError::Status(status));
         }
-        let parsed: TokenResponse =
-            serde_json::from_slice(&body).map_err(|_| "token exchange answered something that is not a token")?;
+        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|_| OAuthError::NotAToken)?;
         let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(3600).max(1));
         let token = Secret::new(parsed.access_token);
         let value = bearer(&token)?;
@@ -71,9 +84,9 @@ impl TokenSource {
     }
 }
 
-fn bearer(token: &Secret) -> Result<HeaderValue, String> {
-    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-        .map_err(|_| "the token endpoint returned a token that is not a header value")?;
+fn bearer(token: &Secret) -> Result<HeaderValue, OAuthError> {
+    let mut value =
+        HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| OAuthError::NotAHeaderValue)?;
     value.set_sensitive(true);
     Ok(value)
 }

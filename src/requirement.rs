@@ -260,14 +260,14 @@ fn parse_version_at(text: &str, column: usize, allow_no_patch: bool) -> Result<(
     let pre = match pre {
         None => Prerelease::EMPTY,
         Some(pre) => {
-            check_identifiers(pre, "pre-release").map_err(invalid)?;
+            check_identifiers(pre, "pre-release").map_err(|e| invalid(e.to_string()))?;
             Prerelease::new(pre).map_err(|e| invalid(e.to_string()))?
         }
     };
     let build = match build {
         None => BuildMetadata::EMPTY,
         Some(build) => {
-            check_identifiers(build, "build").map_err(invalid)?;
+            check_identifiers(build, "build").map_err(|e| invalid(e.to_string()))?;
             BuildMetadata::new(build).map_err(|e| invalid(e.to_string()))?
         }
     };
@@ -289,19 +289,31 @@ fn parse_number(part: &str) -> Result<u64, &'static str> {
     part.parse().map_err(|_| "version number too large")
 }
 
+/// Why the pre-release or build part of a version is malformed; the `reason` of
+/// [`RequirementError::InvalidVersion`]. `what` is `"pre-release"` or `"build"`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum IdentifierError {
+    #[error("empty {what} identifier")]
+    Empty { what: &'static str },
+    #[error("{what} identifier {ident:?} has a character outside [0-9A-Za-z-]")]
+    Character { what: &'static str, ident: String },
+    #[error("numeric pre-release identifier {0:?} has a leading zero")]
+    LeadingZero(String),
+}
+
 /// Dot-separated, non-empty identifiers of `[0-9A-Za-z-]`; numeric pre-release
 /// identifiers may not have leading zeros.
-fn check_identifiers(text: &str, what: &str) -> Result<(), String> {
+fn check_identifiers(text: &str, what: &'static str) -> Result<(), IdentifierError> {
     for ident in text.split('.') {
         if ident.is_empty() {
-            return Err(format!("empty {what} identifier"));
+            return Err(IdentifierError::Empty { what });
         }
         if !ident.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return Err(format!("{what} identifier {ident:?} has a character outside [0-9A-Za-z-]"));
+            return Err(IdentifierError::Character { what, ident: ident.to_string() });
         }
         let numeric = ident.bytes().all(|b| b.is_ascii_digit());
         if what == "pre-release" && numeric && ident.len() > 1 && ident.starts_with('0') {
-            return Err(format!("numeric pre-release identifier {ident:?} has a leading zero"));
+            return Err(IdentifierError::LeadingZero(ident.to_string()));
         }
     }
     Ok(())

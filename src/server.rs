@@ -1,7 +1,9 @@
-//! Sockets, TLS and the hyper connection loop; no HTTP semantics (that is `service`).
+//! Sockets, TLS and the hyper connection loop; no HTTP semantics (that is `service`, or `admin`
+//! for the admin listener: `run` takes any hyper service answering with a `body::Body`).
 //!
-//! `run` accepts connections until the shutdown future resolves, then stops accepting and
-//! lets in-flight requests finish within the grace period. An accept error backs off instead
+//! `tls_acceptor` loads hexmirror's own certificate and key ([`TlsError`]). `run` accepts
+//! connections until the shutdown future resolves, then stops accepting and lets in-flight
+//! requests finish within the grace period. An accept error backs off instead
 //! of ending the loop. Slow clients are bounded by a header read timeout, and the number of
 //! open connections by a limit.
 
@@ -10,7 +12,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::{service_fn, Service};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -18,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::service::Service;
+use crate::body::Body;
 
 /// Limits applied to client connections.
 #[derive(Debug, Clone, Copy)]
@@ -34,22 +38,38 @@ impl Default for Limits {
     }
 }
 
+/// Why hexmirror's own TLS certificate or key (`tls_cert`, `tls_key`) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: std::path::PathBuf, source: std::io::Error },
+    #[error("tls_cert: {0}")]
+    Certificate(std::io::Error),
+    #[error("tls_key: {0}")]
+    Key(std::io::Error),
+    #[error("tls_key: no private key found")]
+    NoKey,
+    #[error("{0}")]
+    Protocols(rustls::Error),
+    #[error("tls_cert/tls_key: {0}")]
+    Pair(rustls::Error),
+}
+
 /// Loads a TLS acceptor for serving hexmirror itself over https.
-pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor, String> {
-    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
-    let certs = rustls_pemfile::certs(&mut &read(cert)?[..])
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("tls_cert: {e}"))?;
-    let key = rustls_pemfile::private_key(&mut &read(key)?[..])
-        .map_err(|e| format!("tls_key: {e}"))?
-        .ok_or("tls_key: no private key found")?;
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor, TlsError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })
+    };
+    let certs =
+        rustls_pemfile::certs(&mut &read(cert)?[..]).collect::<Result<Vec<_>, _>>().map_err(TlsError::Certificate)?;
+    let key = rustls_pemfile::private_key(&mut &read(key)?[..]).map_err(TlsError::Key)?.ok_or(TlsError::NoKey)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(TlsError::Protocols)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("tls_cert/tls_key: {e}"))?;
+        .map_err(TlsError::Pair)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
@@ -76,14 +96,22 @@ async fn first_bytes(stream: &tokio::net::TcpStream, limit: Duration) -> bool {
 }
 
 /// Serves `service` on `listener` until `shutdown` resolves, then drains for up to `grace`.
-pub async fn run(
+/// `connections` counts the connections open on it.
+///
+/// `service` is any hyper service answering every request: the repository's or the operations'
+/// `service::Service`, or the admin listener's `admin::AdminService`.
+pub async fn run<S>(
     listener: TcpListener,
-    service: Service,
+    service: S,
     tls: Option<TlsAcceptor>,
     limits: Limits,
+    connections: prometheus::IntGauge,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
-) {
+) where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -117,7 +145,7 @@ pub async fn run(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
-        let connections = service.mirror().metrics().connections.clone();
+        let connections = connections.clone();
         tokio::spawn(async move {
             connections.inc();
             // Set when the connection's first request arrives: a connection that opens no
@@ -127,8 +155,7 @@ pub async fn run(
             let seen_by_handler = seen.clone();
             let handler = service_fn(move |req| {
                 seen_by_handler.store(true, std::sync::atomic::Ordering::Relaxed);
-                let service = service.clone();
-                async move { Ok::<_, Infallible>(service.handle(req).await) }
+                service.call(req)
             });
             if tls.is_none() && !first_bytes(&stream, limits.header_read_timeout).await {
                 tracing::debug!(%peer, "connection sent no request in time; closed");

@@ -1,9 +1,14 @@
-//! HTTP semantics: one request in, one response out.
+//! HTTP semantics of the repository and operations endpoints: one request in, one response out.
 //!
 //! This is the one place where a request becomes a route, where errors become status codes,
 //! where requests are logged and counted, and where conditional requests (`If-None-Match`) and
 //! HEAD are answered. Bodies are sent exactly as stored: `application/octet-stream`, never a
 //! `Content-Encoding`, whatever the client's `Accept-Encoding` says.
+//!
+//! [`Service`] is the hyper service of `listen` (repository and operations endpoints) and of
+//! `metrics_listen` (operations endpoints only). The admin listener runs `admin::AdminService`,
+//! which hands the operations endpoints to an operations [`Service`]; this module knows nothing
+//! of the admin routes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,26 +17,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Either, Full};
 
+use crate::body::{full, text, Answer, Body};
 use crate::metrics::{CacheStatus, NO_REPO, NO_RESOURCE};
 use crate::mirror::{ClientCredentials, Mirror, MirrorError, Reply};
 use crate::route::{route, Route, RouteError};
-
-/// A response body: a whole buffer (every repository response), or a stream (admin sync).
-pub type Body = Either<Full<Bytes>, BoxBody<Bytes, std::convert::Infallible>>;
-
-pub fn full(bytes: Bytes) -> Body {
-    Either::Left(Full::new(bytes))
-}
-
-pub fn streaming<B>(body: B) -> Body
-where
-    B: hyper::body::Body<Data = Bytes, Error = std::convert::Infallible> + Send + Sync + 'static,
-{
-    Either::Right(body.boxed())
-}
 
 /// The request handler shared by every connection.
 #[derive(Clone)]
@@ -46,15 +36,13 @@ pub struct Service {
 enum Role {
     /// `listen`: the repository and the operations endpoints.
     Repository,
-    /// `metrics_listen`: `/healthz`, `/readyz` and `/metrics`, nothing of the repository.
+    /// `metrics_listen`: `/healthz`, `/readyz` and `/metrics`, nothing of the repository. The
+    /// admin listener's service (`admin::AdminService`) hands these paths to this role too.
     Operations,
-    /// The admin listener: `/_admin/...` authenticated by this token, and the operations
-    /// endpoints; nothing of the repository.
-    Admin(crate::config::Secret),
 }
 
 /// The paths every listener serves.
-fn is_operations_path(path: &str) -> bool {
+pub fn is_operations_path(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
@@ -76,30 +64,9 @@ impl Service {
         Service { mirror, ready, role: Role::Operations }
     }
 
-    /// The service of the admin listener, authenticated by `token`.
-    pub fn admin(mirror: Mirror, ready: Arc<AtomicBool>, token: crate::config::Secret) -> Service {
-        Service { mirror, ready, role: Role::Admin(token) }
-    }
-
-    pub fn mirror(&self) -> &Mirror {
-        &self.mirror
-    }
-
     pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
-        match &self.role {
-            Role::Repository => {}
-            Role::Operations if !is_operations_path(req.uri().path()) => {
-                return text(StatusCode::NOT_FOUND, "this address serves /healthz, /readyz and /metrics only");
-            }
-            Role::Operations => {}
-            Role::Admin(token) => {
-                if req.uri().path().starts_with("/_admin/") {
-                    return crate::admin::handle(&self.mirror, token, req).await;
-                }
-                if !is_operations_path(req.uri().path()) {
-                    return text(StatusCode::NOT_FOUND, "the admin listener serves /_admin/ only");
-                }
-            }
+        if matches!(self.role, Role::Operations) && !is_operations_path(req.uri().path()) {
+            return text(StatusCode::NOT_FOUND, "this address serves /healthz, /readyz and /metrics only");
         }
         let started = Instant::now();
         let method = req.method().clone();
@@ -282,10 +249,14 @@ fn access_log(line: serde_json::Value) {
     let _ = writer.try_send(line);
 }
 
-/// A one-line plain-text answer.
-pub fn text(status: StatusCode, message: &str) -> Response<Body> {
-    let mut resp = Response::new(full(Bytes::from(format!("{message}\n"))));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    resp
+/// What `server::run` calls for each request.
+impl hyper::service::Service<Request<hyper::body::Incoming>> for Service {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = Answer;
+
+    fn call(&self, req: Request<hyper::body::Incoming>) -> Answer {
+        let service = self.clone();
+        Box::pin(async move { Ok(service.handle(req).await) })
+    }
 }

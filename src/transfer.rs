@@ -5,7 +5,8 @@
 //! every object exactly as an upstream answer would be verified (registry signatures and origins
 //! with the configured keys, tarballs against verified records of the same bundle or the store)
 //! before writing anything: a truncated, altered or forged bundle is refused whole and the store
-//! is left exactly as it was.
+//! is left exactly as it was. Failures are [`TransferError`]s; the `bundle refused` ones are
+//! those that leave the store untouched.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,11 +14,35 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::{self, Manifest};
-use crate::cache::CacheKey;
-use crate::mirror::Mirror;
+use crate::bundle::{self, BundleError, Manifest};
+use crate::cache::{CacheKey, StoreError};
+use crate::mirror::{CheckError, Mirror};
 use crate::route::Resource;
 use crate::sync::Selection;
+
+/// Why an export or an import failed. The `bundle refused` variants leave the store exactly
+/// as it was; the others happened while reading or writing the store.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The bundle's structure or digests are wrong.
+    #[error("bundle refused: {0}")]
+    Malformed(BundleError),
+    #[error("bundle refused: {0}: not a cache key")]
+    NotAKey(String),
+    /// An object did not verify.
+    #[error("bundle refused: {key}: {reason}")]
+    Refused { key: String, reason: CheckError },
+    #[error("cannot store {key}: {source}")]
+    Write { key: CacheKey, source: StoreError },
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Selection(std::io::Error),
+    #[error("{0}")]
+    Bundle(BundleError),
+    #[error("{0}")]
+    Task(#[from] tokio::task::JoinError),
+}
 
 /// What to export.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -42,10 +67,9 @@ pub struct ImportReport {
 }
 
 /// Builds a bundle of the store's verified entries.
-pub async fn export(mirror: &Mirror, request: &ExportRequest) -> Result<Vec<u8>, String> {
+pub async fn export(mirror: &Mirror, request: &ExportRequest) -> Result<Vec<u8>, TransferError> {
     let store = mirror.store().clone();
-    let listed = tokio::task::spawn_blocking(move || store.list("")).await.map_err(|e| e.to_string())?;
-    let listed = listed.map_err(|e| e.to_string())?;
+    let listed = tokio::task::spawn_blocking(move || store.list("")).await??;
     let selection = Selection::load(&mirror.config().data_dir);
     let mut objects = Vec::new();
     for (key, meta) in listed {
@@ -79,7 +103,7 @@ pub async fn export(mirror: &Mirror, request: &ExportRequest) -> Result<Vec<u8>,
         objects = bundle::incremental(objects, manifest);
     }
     let mut out = Vec::new();
-    bundle::write(&objects, base.as_ref(), &mut out).map_err(|e| e.to_string())?;
+    bundle::write(&objects, base.as_ref(), &mut out).map_err(TransferError::Bundle)?;
     Ok(out)
 }
 
@@ -89,8 +113,8 @@ pub fn limits() -> bundle::Limits {
 }
 
 /// Verifies every object of `bytes`, then stores them all (pinned and selected), or nothing.
-pub async fn import(mirror: &Mirror, bytes: &[u8]) -> Result<ImportReport, String> {
-    let read = bundle::read(bytes, &limits()).map_err(|e| format!("bundle refused: {e}"))?;
+pub async fn import(mirror: &Mirror, bytes: &[u8]) -> Result<ImportReport, TransferError> {
+    let read = bundle::read(bytes, &limits()).map_err(TransferError::Malformed)?;
     let mut objects: HashMap<String, Bytes> = HashMap::new();
     for object in &read.objects {
         objects.insert(object.key.clone(), object.bytes.clone());
@@ -99,7 +123,7 @@ pub async fn import(mirror: &Mirror, bytes: &[u8]) -> Result<ImportReport, Strin
     // detached signatures sign, then everything else (tarballs, signatures, installers, docs).
     let mut keys = Vec::with_capacity(objects.len());
     for key_text in objects.keys() {
-        let key = CacheKey::parse(key_text).ok_or_else(|| format!("bundle refused: {key_text}: not a cache key"))?;
+        let key = CacheKey::parse(key_text).ok_or_else(|| TransferError::NotAKey(key_text.clone()))?;
         let rank = match key.resource() {
             Resource::Names | Resource::Versions | Resource::Package(_) | Resource::Policy(_) => 0,
             Resource::InstallsList(_) | Resource::RegistryV1 => 1,
@@ -116,7 +140,7 @@ pub async fn import(mirror: &Mirror, bytes: &[u8]) -> Result<ImportReport, Strin
         let entry = mirror
             .verify_import(&key, objects[&key_text].clone(), signature, signs, &records)
             .await
-            .map_err(|reason| format!("bundle refused: {key_text}: {reason}"))?;
+            .map_err(|reason| TransferError::Refused { key: key_text.clone(), reason })?;
         let entry = Arc::new(entry);
         if let Resource::Package(name) = key.resource() {
             records.insert((key.namespace().to_string(), name.clone()), entry.clone());
@@ -130,15 +154,17 @@ pub async fn import(mirror: &Mirror, bytes: &[u8]) -> Result<ImportReport, Strin
         let existing = mirror.store().get(&key).ok().flatten().map(|(meta, _)| meta.sha256);
         if existing.as_deref() == Some(hex::encode(entry.sha256).as_str()) {
             report.unchanged += 1;
-            mirror.pin(&key).await.map_err(|e| e.to_string())?;
+            mirror.pin(&key).await?;
         } else {
             report.new += 1;
-            mirror.store_imported(&key, (*entry).clone()).await.map_err(|e| format!("cannot store {key}: {e}"))?;
+            if let Err(source) = mirror.store_imported(&key, (*entry).clone()).await {
+                return Err(TransferError::Write { key, source });
+            }
         }
         selected.push(key.to_string());
     }
-    Selection::add(&mirror.config().data_dir, selected).map_err(|e| e.to_string())?;
-    mirror.store().flush().map_err(|e| e.to_string())?;
+    Selection::add(&mirror.config().data_dir, selected).map_err(TransferError::Selection)?;
+    mirror.store().flush()?;
     mirror.metrics().sync_last_success.set(crate::cache::unix_now() as f64);
     Ok(report)
 }

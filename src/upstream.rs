@@ -10,7 +10,7 @@
 //! credential over plain http (unless the repository allows it for a loopback upstream), and it
 //! follows a redirect only to the same origin. Egress goes through `HTTPS_PROXY`/`HTTP_PROXY`
 //! (an HTTP CONNECT tunnel) unless `NO_PROXY` exempts the host; TLS uses the platform's roots
-//! plus `ca_file`.
+//! plus `ca_file` (a bad one is an [`UpstreamSetupError`] when the client is built).
 
 use std::future::Future;
 use std::io::BufReader;
@@ -143,9 +143,24 @@ pub struct Upstream {
     blocked: Arc<Mutex<Vec<(String, Instant)>>>,
 }
 
+/// Why the upstream client could not be built: the TLS configuration, `ca_file` above all.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamSetupError {
+    #[error("ca_file: cannot read {}: {source}", path.display())]
+    ReadCaFile { path: std::path::PathBuf, source: std::io::Error },
+    #[error("ca_file: {}: {source}", path.display())]
+    CaFilePem { path: std::path::PathBuf, source: std::io::Error },
+    #[error("ca_file: {}: {source}", path.display())]
+    CaCertificate { path: std::path::PathBuf, source: rustls::Error },
+    #[error("ca_file: {} holds no PEM certificate", path.display())]
+    NoCaCertificate { path: std::path::PathBuf },
+    #[error("{0}")]
+    Tls(rustls::Error),
+}
+
 /// Builds the TLS client configuration: platform roots (bundled roots when the platform has
 /// none), plus the PEM certificates of `ca_file`.
-pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, UpstreamSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
@@ -154,21 +169,22 @@ pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientCon
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     }
     if let Some(path) = ca_file {
-        let file = std::fs::File::open(path).map_err(|e| format!("ca_file: cannot read {}: {e}", path.display()))?;
+        let file = std::fs::File::open(path)
+            .map_err(|source| UpstreamSetupError::ReadCaFile { path: path.to_path_buf(), source })?;
         let mut added = 0;
         for cert in rustls_pemfile::certs(&mut BufReader::new(file)) {
-            let cert = cert.map_err(|e| format!("ca_file: {}: {e}", path.display()))?;
-            roots.add(cert).map_err(|e| format!("ca_file: {}: {e}", path.display()))?;
+            let cert = cert.map_err(|source| UpstreamSetupError::CaFilePem { path: path.to_path_buf(), source })?;
+            roots.add(cert).map_err(|source| UpstreamSetupError::CaCertificate { path: path.to_path_buf(), source })?;
             added += 1;
         }
         if added == 0 {
-            return Err(format!("ca_file: {} holds no PEM certificate", path.display()));
+            return Err(UpstreamSetupError::NoCaCertificate { path: path.to_path_buf() });
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(UpstreamSetupError::Tls)?
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
@@ -191,7 +207,7 @@ fn retry_after(headers: &HeaderMap) -> u64 {
 }
 
 impl Upstream {
-    pub fn new(config: &Config, metrics: Metrics) -> Result<Upstream, String> {
+    pub fn new(config: &Config, metrics: Metrics) -> Result<Upstream, UpstreamSetupError> {
         let mut direct = HttpConnector::new();
         direct.enforce_http(false);
         direct.set_connect_timeout(Some(config.timeouts.connect));

@@ -51,17 +51,28 @@ impl std::fmt::Debug for PublicKey {
     }
 }
 
+/// Why a configured public key cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("not a PKCS#1 RSA public key: {0}")]
+    Pkcs1(rsa::pkcs1::Error),
+    #[error("not an RSA public key: {0}")]
+    Spki(rsa::pkcs8::spki::Error),
+    #[error("expected a PEM block `BEGIN PUBLIC KEY` or `BEGIN RSA PUBLIC KEY`")]
+    NotPem,
+}
+
 impl PublicKey {
     /// Reads an RSA public key in either PEM form: SPKI (`BEGIN PUBLIC KEY`) or PKCS#1
     /// (`BEGIN RSA PUBLIC KEY`, what `mix hex.registry build` writes).
-    pub fn from_pem(pem: &str) -> Result<Self, String> {
+    pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
         let pem = pem.trim();
         let key = if pem.contains("BEGIN RSA PUBLIC KEY") {
-            RsaPublicKey::from_pkcs1_pem(pem).map_err(|e| format!("not a PKCS#1 RSA public key: {e}"))?
+            RsaPublicKey::from_pkcs1_pem(pem).map_err(KeyError::Pkcs1)?
         } else if pem.contains("BEGIN PUBLIC KEY") {
-            RsaPublicKey::from_public_key_pem(pem).map_err(|e| format!("not an RSA public key: {e}"))?
+            RsaPublicKey::from_public_key_pem(pem).map_err(KeyError::Spki)?
         } else {
-            return Err("expected a PEM block `BEGIN PUBLIC KEY` or `BEGIN RSA PUBLIC KEY`".into());
+            return Err(KeyError::NotPem);
         };
         Ok(Self { key: VerifyingKey::new(key), pem: format!("{pem}\n").into() })
     }

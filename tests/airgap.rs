@@ -206,7 +206,7 @@ async fn altered_truncated_and_forged_bundles_are_refused_and_the_store_is_uncha
     hexmirror::bundle::write(&swapped_objects, None, &mut swapped).unwrap();
 
     for (what, bad) in [("altered", flipped), ("truncated", truncated), ("forged", forged), ("swapped", swapped)] {
-        let err = hexmirror::transfer::import(&mirror.mirror, &bad).await.unwrap_err();
+        let err = hexmirror::transfer::import(&mirror.mirror, &bad).await.unwrap_err().to_string();
         assert!(err.starts_with("bundle refused"), "{what}: {err}");
         assert_eq!(store_snapshot(&mirror.mirror), before, "{what}: the store must be unchanged");
         assert_eq!(mirror.get("/tarballs/hexdemo_top-2.0.1.tar").await.status, 404, "{what}: nothing new served");
@@ -293,6 +293,54 @@ async fn commands_find_and_use_a_running_server() {
     assert_eq!(get(&url, &[("authorization", "Bearer wrong")]).await.status, 401);
     // And admin routes are not on the public listener.
     assert_eq!(mirror.get("/_admin/cache").await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_filters_reach_the_admin_endpoint_as_given() {
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    let site = TestMirror::builder().upstream(&upstream.url());
+    let mirror = site.start().await;
+    assert_eq!(mirror.get("/tarballs/hexdemo_mid-0.2.0.tar").await.status, 200);
+    let tarball = "public/hexpm/tarballs/hexdemo_mid-0.2.0.tar";
+    let endpoint: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(site.data_dir().join("admin.json")).unwrap()).unwrap();
+    let (url, token) = (endpoint["url"].as_str().unwrap(), endpoint["token"].as_str().unwrap());
+    let bearer = format!("Bearer {token}");
+    let keys = |query: &'static str| {
+        let (url, bearer) = (url.to_string(), bearer.clone());
+        async move {
+            let got = get(&format!("{url}/_admin/cache?{query}"), &[("authorization", &bearer)]).await;
+            assert_eq!(got.status, 200, "{query}");
+            let rows: Vec<serde_json::Value> = serde_json::from_slice(&got.body).unwrap();
+            rows.iter().map(|row| row["key"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+        }
+    };
+    // The endpoint decodes what it is sent: an escaped `/` matches the key's `/`.
+    assert_eq!(keys("filter=hexpm%2Ftarballs%2Fhexdemo_mid-0.2.0.tar").await, vec![tarball.to_string()]);
+    // An escaped `&` or `=` stays inside the value instead of starting a `package` parameter.
+    assert!(keys("filter=%26package%3Dhexdemo_mid").await.is_empty());
+    assert!(!keys("filter=&package=hexdemo_mid").await.is_empty(), "the same parameter unescaped is a package");
+
+    // The command line escapes what it sends: a filter with a space, `&`, `=` and `%` is one
+    // value that matches nothing (it used to make an invalid request), and one with `/` matches.
+    let config = site.config_path();
+    let run = |args: &[&str]| {
+        let mut cmd = hexmirror_command(&config);
+        cmd.args(args);
+        tokio::task::block_in_place(|| cmd.output().unwrap())
+    };
+    let odd = run(&["cache", "list", "a b&package=hexdemo_mid=100%"]);
+    assert!(odd.status.success(), "{}", String::from_utf8_lossy(&odd.stderr));
+    assert!(String::from_utf8_lossy(&odd.stdout).contains("0 entries"), "{}", String::from_utf8_lossy(&odd.stdout));
+    let slash = run(&["cache", "list", "hexpm/tarballs/hexdemo_mid-0.2.0.tar"]);
+    assert!(slash.status.success(), "{}", String::from_utf8_lossy(&slash.stderr));
+    let out = String::from_utf8_lossy(&slash.stdout);
+    assert!(out.contains(tarball) && out.contains("1 entries"), "{out}");
+
+    // The admin listener still answers the operations endpoints, and nothing of the repository.
+    assert_eq!(get(&format!("{url}/healthz"), &[]).await.status, 200);
+    assert_eq!(get(&format!("{url}/tarballs/hexdemo_mid-0.2.0.tar"), &[]).await.status, 404);
+    mirror.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,7 +77,7 @@ async fn bundle_record_with_a_second_gzip_member_is_refused_and_the_store_is_unc
     hexmirror::bundle::write(&read.objects, None, &mut forged).unwrap();
 
     let mirror = TestMirror::builder().upstream("http://127.0.0.1:9").offline().start().await;
-    let err = hexmirror::transfer::import(&mirror.mirror, &forged).await.unwrap_err();
+    let err = hexmirror::transfer::import(&mirror.mirror, &forged).await.unwrap_err().to_string();
     assert!(err.starts_with("bundle refused: public/hexpm/packages/hexdemo_mid"), "{err}");
     assert!(mirror.mirror.store().list("").unwrap().is_empty(), "nothing of a refused bundle is stored");
     // The unaltered bundle imports.

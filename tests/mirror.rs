@@ -404,7 +404,7 @@ async fn a_second_server_on_the_same_store_refuses_to_start() {
     let (_upstream, mirror) = setup().await;
     let err = match mirror.site().try_start().await {
         Ok(_) => panic!("two servers on one store"),
-        Err(e) => e,
+        Err(e) => e.to_string(),
     };
     assert!(err.contains("another hexmirror"), "{err}");
 }

@@ -132,7 +132,7 @@ async fn bundle_relabelling_an_organizations_content_as_public_is_refused() {
             assert!(result.is_ok(), "{result:?}");
             continue;
         }
-        let err = result.expect_err("an organization's content labelled public was imported");
+        let err = result.expect_err("an organization's content labelled public was imported").to_string();
         assert!(err.contains("private"), "{err}");
         assert!(mirror.mirror.store().list("").unwrap().is_empty(), "the store is unchanged");
         for path in ["/repos/acme/packages/hexdemo_mid", "/repos/acme/tarballs/hexdemo_mid-0.2.0.tar"] {

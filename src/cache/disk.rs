@@ -9,6 +9,10 @@
 //!
 //! The [`Store`] trait is the seam for other persistent tiers (a shared object store for several
 //! replicas). A store returns raw bytes, never an `Entry`: callers re-verify what they read.
+//!
+//! sled holds an exclusive file lock on `index/db` while a store is open, so one process owns a
+//! data directory. When the index cannot be opened, that lock is tried again: if it is held,
+//! the error is [`StoreError::Locked`] (another hexmirror runs), otherwise `Index`.
 
 use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
@@ -26,16 +30,20 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("store index error: {0}")]
     Index(#[from] sled::Error),
+    /// The index could not be opened because another process holds its file lock. The text is
+    /// sled's, as for `Index`; what makes it this variant is the lock itself (`lock_is_held`).
+    #[error("store index error: {0}")]
+    Locked(sled::Error),
     #[error("store record is damaged: {0}")]
     Damaged(String),
 }
 
 impl StoreError {
     /// True when another process holds the store (a running server): never a reason to
-    /// degrade, since two writers would corrupt it.
+    /// degrade, since two writers would corrupt it. Decided when the store was opened, by
+    /// asking the operating system whether the index's lock is held, not by reading the text.
     pub fn is_locked(&self) -> bool {
-        let text = self.to_string().to_ascii_lowercase();
-        text.contains("lock") || text.contains("temporarily unavailable")
+        matches!(self, StoreError::Locked(_))
     }
 
     /// True when the disk is full: the mirror then keeps serving from memory and upstream.
@@ -130,6 +138,24 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The file in sled's directory that sled 0.34 locks for as long as a `Db` is open
+/// (`Config::db_path`, locked with fs2's `try_lock_exclusive`).
+const SLED_DB_FILE: &str = "db";
+
+/// True when another open file description holds the exclusive lock on `path`, the lock sled
+/// takes. sled reports a held lock as `io::ErrorKind::Other` with the OS error only in its
+/// text, so after sled fails to open, the lock is tried again here, with the same call sled
+/// makes: it fails with the platform's "lock contended" error (EWOULDBLOCK on Unix) exactly
+/// when someone holds it. A lock taken here is released at once (closing the file).
+fn lock_is_held(path: &Path) -> bool {
+    use fs2::FileExt;
+    let Ok(file) = File::open(path) else { return false };
+    match file.try_lock_exclusive() {
+        Ok(()) => false,
+        Err(e) => e.raw_os_error().is_some() && e.raw_os_error() == fs2::lock_contended_error().raw_os_error(),
+    }
+}
+
 /// What the start-up sweep cleaned.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Sweep {
@@ -143,8 +169,18 @@ impl DiskStore {
     pub fn open(root: &Path) -> Result<(DiskStore, Sweep), StoreError> {
         fs::create_dir_all(root.join("blobs"))?;
         fs::create_dir_all(root.join("tmp"))?;
-        let index =
-            sled::Config::new().path(root.join("index")).cache_capacity(8 << 20).flush_every_ms(Some(1000)).open()?;
+        let index = sled::Config::new()
+            .path(root.join("index"))
+            .cache_capacity(8 << 20)
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(|e| {
+                if lock_is_held(&root.join("index").join(SLED_DB_FILE)) {
+                    StoreError::Locked(e)
+                } else {
+                    StoreError::Index(e)
+                }
+            })?;
         let store = Self::with_index(root, index, None);
         let sweep = store.sweep()?;
         Ok((store, sweep))
@@ -407,6 +443,29 @@ mod tests {
 
     fn key(path: &str) -> CacheKey {
         CacheKey::parse(&format!("public/hexpm/{path}")).expect("a resource path")
+    }
+
+    #[test]
+    fn a_store_open_elsewhere_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _) = DiskStore::open(dir.path()).unwrap();
+        let second = DiskStore::open(dir.path()).err().expect("sled allows one open Db per directory");
+        assert!(second.is_locked(), "{second}");
+        assert!(matches!(second, StoreError::Locked(_)), "{second:?}");
+        drop(first);
+        // Once the holder is gone, the same directory opens again.
+        let (_again, _) = DiskStore::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_store_that_cannot_be_opened_is_not_locked() {
+        // Not a directory where the index should be: an error, but nobody holds a lock.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("index"), b"not a directory").unwrap();
+        let err = DiskStore::open(other.path()).err().expect("the index cannot be opened");
+        assert!(!err.is_locked(), "{err}");
+        let err = StoreError::Damaged("a lock file is locked".into());
+        assert!(!err.is_locked(), "the text of an error does not make it a lock");
     }
 
     #[test]

@@ -112,7 +112,7 @@ impl Mirror {
                         .authorization(&self.inner.upstream)
                         .await
                         .map(Some)
-                        .map_err(|e| MirrorError::Upstream(UpstreamError::Unreachable(e)));
+                        .map_err(|e| MirrorError::Upstream(UpstreamError::Unreachable(e.to_string())));
                 }
                 let key = target.repo.auth_key.as_ref().map(|k| k.expose()).unwrap_or_default();
                 let mut value = HeaderValue::from_str(key)

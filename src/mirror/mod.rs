@@ -29,7 +29,9 @@
 //!    (the `stale` closure in `fetch`); an anonymous 404 is remembered for `negative_ttl`.
 //!
 //! Store maintenance (pinning, purging, eviction, `hexmirror verify`, import, refusals, gauges)
-//! is apart from the request path, in `store.rs`.
+//! is apart from the request path, in `store.rs`. Opening the handle ([`Mirror::open`],
+//! [`Mirror::open_for_serving`], [`Mirror::with_store`]) fails with an [`OpenError`]; a store
+//! held by another process is always an error, never a reason to degrade.
 //!
 //! The invariant: a [`Reply`] body is the bytes of an [`Entry`], and an entry holds only
 //! verified content or a docs tarball; so nothing unverified is ever served as verified.
@@ -51,11 +53,11 @@ pub use access::ClientCredentials;
 use flights::Flights;
 pub use store::{key_names_package, CheckError};
 
-use crate::cache::{CacheKey, Class, DiskStore, Entry, MemoryTier, Store};
+use crate::cache::{CacheKey, Class, DiskStore, Entry, MemoryTier, Store, StoreError};
 use crate::config::{Config, RepoConfig, HEXPM};
 use crate::metrics::{CacheStatus, Metrics};
 use crate::route::Resource;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{Upstream, UpstreamError, UpstreamSetupError};
 use crate::verify::{Facts, VerifyError};
 
 /// Where a repository request goes and what its payloads must say.
@@ -160,6 +162,18 @@ impl MirrorError {
     }
 }
 
+/// Why a [`Mirror`] could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open the store in {}: {source}", data_dir.display())]
+    Store { data_dir: std::path::PathBuf, source: StoreError },
+    /// Another process (a running server) holds the store: never a reason to degrade.
+    #[error("cannot open the store in {}: {source} (is another hexmirror using it?)", data_dir.display())]
+    Locked { data_dir: std::path::PathBuf, source: StoreError },
+    #[error(transparent)]
+    Upstream(#[from] UpstreamSetupError),
+}
+
 /// A refused upstream answer, kept for the admin view.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Refusal {
@@ -196,9 +210,9 @@ pub struct Mirror {
 
 impl Mirror {
     /// Opens the persistent tier under `data_dir` and builds the mirror.
-    pub fn open(config: Config, metrics: Metrics) -> Result<Mirror, String> {
+    pub fn open(config: Config, metrics: Metrics) -> Result<Mirror, OpenError> {
         let opened = DiskStore::open(&config.data_dir)
-            .map_err(|e| format!("cannot open the store in {}: {e}", config.data_dir.display()))?;
+            .map_err(|source| OpenError::Store { data_dir: config.data_dir.clone(), source })?;
         Self::from_disk(config, metrics, opened)
     }
 
@@ -206,7 +220,7 @@ impl Mirror {
         config: Config,
         metrics: Metrics,
         (store, sweep): (DiskStore, crate::cache::disk::Sweep),
-    ) -> Result<Mirror, String> {
+    ) -> Result<Mirror, OpenError> {
         if sweep != Default::default() {
             tracing::info!(
                 temp_files = sweep.temp_files,
@@ -221,13 +235,10 @@ impl Mirror {
     /// Like [`Mirror::open`] for the server: a data directory that cannot be used (read-only,
     /// no permission, no space) degrades to serving from memory and the upstream, loudly.
     /// Another process holding the store is still an error.
-    pub fn open_for_serving(config: Config, metrics: Metrics) -> Result<Mirror, String> {
+    pub fn open_for_serving(config: Config, metrics: Metrics) -> Result<Mirror, OpenError> {
         match DiskStore::open(&config.data_dir) {
             Ok(opened) => Self::from_disk(config, metrics, opened),
-            Err(e) if e.is_locked() => Err(format!(
-                "cannot open the store in {}: {e} (is another hexmirror using it?)",
-                config.data_dir.display()
-            )),
+            Err(source) if source.is_locked() => Err(OpenError::Locked { data_dir: config.data_dir.clone(), source }),
             Err(e) => {
                 let store: Arc<dyn Store> = match DiskStore::open_read_only(&config.data_dir) {
                     Ok(store) => {
@@ -256,7 +267,7 @@ impl Mirror {
         }
     }
 
-    pub fn with_store(config: Config, metrics: Metrics, store: Arc<dyn Store>) -> Result<Mirror, String> {
+    pub fn with_store(config: Config, metrics: Metrics, store: Arc<dyn Store>) -> Result<Mirror, OpenError> {
         let upstream = Upstream::new(&config, metrics.clone())?;
         let evictions = metrics.cache_evictions.with_label_values(&["memory"]);
         let memory = MemoryTier::new(config.memory_cache_bytes, move || evictions.inc());
