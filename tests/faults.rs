@@ -330,7 +330,7 @@ fn fault_site(up: &FaultyUpstream) -> MirrorBuilder {
     TestMirror::builder()
         .upstream(&up.url())
         .registry_ttl("1s")
-        .set("stale_while_revalidate", "0")
+        .without_stale_while_revalidate()
         .set("max_registry_bytes", "8KiB")
         .set("max_tarball_bytes", "16KiB")
         .set("read_timeout", "1s")

@@ -72,7 +72,7 @@ async fn a_hung_upstream_never_delays_an_expired_registry_file_within_the_window
 #[tokio::test]
 async fn without_the_window_an_expired_file_waits_for_the_upstream_then_falls_back() {
     let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
-    let mirror = site(&upstream.url()).set("stale_while_revalidate", "0").start().await;
+    let mirror = site(&upstream.url()).without_stale_while_revalidate().start().await;
     assert_eq!(mirror.get("/names").await.header("x-cache"), "miss");
     tokio::time::sleep(Duration::from_millis(2100)).await;
     upstream.state.lock().unwrap().fail_all = Some(503);

@@ -205,7 +205,7 @@ async fn expired_registry_file_is_revalidated_with_the_upstream_etag() {
     let mirror = TestMirror::builder()
         .upstream(&upstream.url())
         .registry_ttl("1s")
-        .set("stale_while_revalidate", "0")
+        .without_stale_while_revalidate()
         .start()
         .await;
     assert_eq!(mirror.get("/names").await.header("x-cache"), "miss");

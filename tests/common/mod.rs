@@ -538,6 +538,12 @@ impl MirrorBuilder {
         self.set("registry_ttl", ttl)
     }
 
+    /// An expired registry file waits for the upstream (`stale_while_revalidate = "0"`), for
+    /// tests of what happens on that request.
+    pub fn without_stale_while_revalidate(self) -> Self {
+        self.set("stale_while_revalidate", "0")
+    }
+
     pub fn offline(self) -> Self {
         self.set("offline", true)
     }
