@@ -936,18 +936,14 @@ fn is_sha256_hex(text: &str) -> bool {
 /// The manifest entry of a tarball object: release and repository from its key, licences from
 /// its `metadata.config` ([`hex_tarball::licenses`]). `None` if the key names no tarball.
 fn package_for(key: &str, sha256: &str, bytes: &[u8]) -> Option<PackageInfo> {
-    let mut parts = key.splitn(3, '/');
-    let (_scope, namespace, path) = (parts.next()?, parts.next()?, parts.next()?);
-    let file = path.strip_prefix("tarballs/")?;
-    let Ok(Resource::Tarball { name, version }) = Resource::parse(&["tarballs", file]) else {
-        return None;
-    };
+    let parsed = CacheKey::parse(key)?;
+    let Resource::Tarball { name, version } = parsed.resource().clone() else { return None };
     Some(PackageInfo {
         key: key.to_string(),
         licenses: hex_tarball::licenses(bytes),
         name,
         outer_checksum: sha256.to_string(),
-        repo: namespace.to_string(),
+        repo: parsed.namespace().to_string(),
         size: bytes.len() as u64,
         version,
     })
