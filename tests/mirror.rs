@@ -306,7 +306,9 @@ async fn doubled_slash_from_a_trailing_slash_base_url_is_tolerated() {
 #[tokio::test]
 async fn upstream_404_is_remembered_briefly() {
     let (upstream, mirror) = setup().await;
-    assert_eq!(mirror.get("/packages/nothere").await.status, 404);
+    let got = mirror.get("/packages/nothere").await;
+    // The upstream was asked: a miss; the remembered answer after it: negative.
+    assert_eq!((got.status, got.header("x-cache")), (404, "miss"));
     let got = mirror.get("/packages/nothere").await;
     assert_eq!((got.status, got.header("x-cache")), (404, "negative"));
     assert_eq!(upstream.requests_for("/packages/nothere"), 1);

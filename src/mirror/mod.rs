@@ -116,8 +116,13 @@ impl Reply {
 /// Why a request could not be answered with content. `status()` is the one status mapping.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum MirrorError {
+    /// Not found, decided by hexmirror without asking (a remembered 404, the verified record,
+    /// an offline store).
     #[error("not found: {0}")]
     NotFound(String),
+    /// The upstream answered 404 (or hex.pm's 403) to this request.
+    #[error("not found: {0}")]
+    NotFoundUpstream(String),
     #[error("refused: {0}")]
     Refused(#[from] VerifyError),
     #[error("{0}")]
@@ -133,7 +138,7 @@ pub enum MirrorError {
 impl MirrorError {
     pub fn status(&self) -> StatusCode {
         match self {
-            MirrorError::NotFound(_) => StatusCode::NOT_FOUND,
+            MirrorError::NotFound(_) | MirrorError::NotFoundUpstream(_) => StatusCode::NOT_FOUND,
             MirrorError::Refused(_) => StatusCode::BAD_GATEWAY,
             MirrorError::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             MirrorError::Upstream(UpstreamError::RateLimited(_)) => StatusCode::SERVICE_UNAVAILABLE,
@@ -147,6 +152,7 @@ impl MirrorError {
     pub fn cache_status(&self) -> CacheStatus {
         match self {
             MirrorError::NotFound(_) => CacheStatus::Negative,
+            MirrorError::NotFoundUpstream(_) => CacheStatus::Miss,
             MirrorError::Refused(_) => CacheStatus::Refused,
             MirrorError::Unauthorized => CacheStatus::Denied,
             _ => CacheStatus::Error,

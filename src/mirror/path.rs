@@ -440,7 +440,7 @@ impl Mirror {
                 if !response.sent_credentials {
                     self.inner.negative.insert(CacheKey::new(&target.namespace, resource, false), ());
                 }
-                Err(MirrorError::NotFound(path))
+                Err(MirrorError::NotFoundUpstream(path))
             }
             other => stale(MirrorError::Upstream(UpstreamError::Status(other))),
         }
