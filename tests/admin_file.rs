@@ -249,7 +249,9 @@ async fn admin_json_owned_by_another_user_is_refused_by_client_commands() {
     let attacker = attacker_endpoint().await;
     let (site, data, config) = attacked_site(&attacker);
     if !running_as_root(site.dir()) {
-        eprintln!("skipped: only root can give a file to another user");
+        // A skipped test tests nothing: under CI (which runs as root) this is a failure.
+        assert!(std::env::var("CI").is_err(), "only root can give a file to another user, and CI must run as root");
+        eprintln!("SKIPPED (not root): only root can give a file to another user");
         return;
     }
     let admin = write_admin_json(&data, &attacker, 0o600);
