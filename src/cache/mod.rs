@@ -173,6 +173,15 @@ pub struct Entry {
     pub pinned: bool,
     /// Unix milliseconds of the last time it was served or stored (for disk eviction).
     last_used: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Digests of the bytes that only some checks need, computed on first use: a check made on
+    /// every hit hashes the bytes once per entry, not once per request.
+    digests: std::sync::Arc<Digests>,
+}
+
+#[derive(Debug, Default)]
+struct Digests {
+    inner_checksum: std::sync::OnceLock<Option<[u8; 32]>>,
+    sha512_hex: std::sync::OnceLock<String>,
 }
 
 impl Entry {
@@ -197,7 +206,18 @@ impl Entry {
             private,
             pinned: false,
             last_used: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(unix_now_millis())),
+            digests: Default::default(),
         }
+    }
+
+    /// The Hex inner checksum of a tarball's bytes (`None` when they are no Hex tarball).
+    pub fn inner_checksum(&self) -> Option<[u8; 32]> {
+        *self.digests.inner_checksum.get_or_init(|| crate::verify::inner_checksum(self.bytes()).ok())
+    }
+
+    /// The sha512 of the bytes, lower-case hex (what an installs list gives an archive).
+    pub fn sha512_hex(&self) -> &str {
+        self.digests.sha512_hex.get_or_init(|| hex::encode(sha2::Sha512::digest(self.bytes())))
     }
 
     pub fn bytes(&self) -> &Bytes {

@@ -4,11 +4,10 @@
 
 use bytes::Bytes;
 use http::header::HeaderMap;
-use sha2::Digest;
 
 use crate::cache::{Entry, Validators};
 use crate::upstream::UpstreamResponse;
-use crate::verify::{self, ReleaseChecksum};
+use crate::verify::ReleaseChecksum;
 
 /// What must hold for a cached copy to be served, decided before lookup.
 #[derive(Debug, Clone)]
@@ -59,8 +58,8 @@ pub(super) fn is_fresh(entry: &Entry, check: &Check, now: u64, default_ttl: u64)
 pub(super) fn content_matches(entry: &Entry, check: &Check) -> bool {
     match check {
         Check::Tarball(ReleaseChecksum::Outer(sum)) => entry.sha256 == *sum,
-        Check::Tarball(ReleaseChecksum::Inner(sum)) => verify::inner_checksum(entry.bytes()).is_ok_and(|s| s == *sum),
-        Check::Installer(digest) => hex::encode(sha2::Sha512::digest(entry.bytes())).eq_ignore_ascii_case(digest),
+        Check::Tarball(ReleaseChecksum::Inner(sum)) => entry.inner_checksum() == Some(*sum),
+        Check::Installer(digest) => entry.sha512_hex().eq_ignore_ascii_case(digest),
         Check::Ttl(_) | Check::Docs | Check::Signature { .. } => true,
     }
 }
@@ -105,6 +104,7 @@ mod tests {
     use super::*;
     use crate::cache::{Content, Docs};
     use crate::route::{Kind, Resource};
+    use sha2::Digest;
 
     fn entry(body: &'static [u8], fetched_at: u64, cache_control: Option<&str>) -> Entry {
         let docs = Resource::Docs { name: "a".into(), version: "1.0.0".into() };
