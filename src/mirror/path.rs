@@ -144,26 +144,25 @@ impl Mirror {
         client: &ClientCredentials,
         check: Check,
     ) -> Result<(Arc<Entry>, CacheStatus), MirrorError> {
-        let path = resource.path();
         let public_key = CacheKey::new(&target.namespace, resource, false);
-        let private_key = public_key.with_scope(true);
         let offline = self.inner.config.offline;
         let allowed = self.access_allows(target, client);
+        let closed = self.is_closed(target);
 
         // A public copy serves everyone; a closed repository has none (whatever the store
         // holds under that key). A private copy serves only an authorized client.
-        let mut cached = match self.is_closed(target) {
+        let mut cached = match closed {
             true => None,
             false => self.lookup(target, &public_key, resource, &check).await,
         };
         if cached.is_none() {
-            if let Some(entry) = self.lookup(target, &private_key, resource, &check).await {
-                entry.touch();
+            if let Some(entry) = self.lookup(target, &public_key.with_scope(true), resource, &check).await {
                 if allowed {
                     cached = Some(entry);
                 } else if self.can_recheck(target, client) {
+                    entry.touch();
                     return self.recheck(target, resource, client, entry, &check).await;
-                } else if self.is_closed(target) {
+                } else if closed {
                     return Err(MirrorError::Unauthorized);
                 }
                 // Otherwise this client may still read a public answer: ask as it would.
@@ -182,14 +181,14 @@ impl Mirror {
                 return Ok((entry.clone(), CacheStatus::Stale));
             }
         } else if offline {
-            return Err(MirrorError::NotFound(format!("{path} is not in this offline mirror's store")));
+            return Err(MirrorError::NotFound(format!("{} is not in this offline mirror's store", resource.path())));
         } else if matches!(credential, Credential::None) && self.inner.negative.contains_key(&public_key) {
             // Only anonymous 404s are remembered, so only anonymous requests are answered so.
-            return Err(MirrorError::NotFound(format!("{path} (the upstream answered 404 moments ago)")));
+            return Err(MirrorError::NotFound(format!("{} (the upstream answered 404 moments ago)", resource.path())));
         }
 
         let client_credential = matches!(credential, Credential::Client(_));
-        let (entry, status) = self.fetch_coalesced(target, resource, &check, credential, cached).await?;
+        let (entry, status) = self.fetch_coalesced(target, &public_key, &check, credential, cached).await?;
         if status == CacheStatus::Stale {
             self.count_stale(target, "error");
         }
@@ -252,17 +251,19 @@ impl Mirror {
     /// Asks the upstream once for any number of concurrent requests with the same credential
     /// (`flights.rs`). The flight hands every waiter the entry itself, so a reply never depends
     /// on the entry still being in a cache tier (a tiny memory budget, a full disk).
+    /// `key` is the resource's public key: flights are per resource and credential, whatever
+    /// the scope the answer is stored under.
     async fn fetch_coalesced(
         &self,
         target: &Target,
-        resource: &Resource,
+        key: &CacheKey,
         check: &Check,
         credential: Credential,
         stale: Option<Arc<Entry>>,
     ) -> Result<(Arc<Entry>, CacheStatus), MirrorError> {
-        let flight_key = format!("{}#{}", CacheKey::new(&target.namespace, resource, false), credential.fingerprint());
+        let flight_key = format!("{key}#{}", credential.fingerprint());
         let this = self.clone();
-        let (t, r, c) = (target.clone(), resource.clone(), check.clone());
+        let (t, r, c) = (target.clone(), key.resource().clone(), check.clone());
         self.inner
             .flights
             .join(flight_key, &self.inner.metrics, move || {
@@ -305,7 +306,8 @@ impl Mirror {
     ) {
         let (this, target, resource, check) = (self.clone(), target.clone(), resource.clone(), check.clone());
         tokio::spawn(async move {
-            if let Err(e) = this.fetch_coalesced(&target, &resource, &check, credential, Some(stale)).await {
+            let key = CacheKey::new(&target.namespace, &resource, false);
+            if let Err(e) = this.fetch_coalesced(&target, &key, &check, credential, Some(stale)).await {
                 tracing::info!(repo = target.label(), resource = %resource.path(), error = %e, "background revalidation failed; the last verified copy stays");
             }
         });
