@@ -97,6 +97,11 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     pub upstream_duration: HistogramVec,
     pub upstream_inflight: IntGauge,
+    pub upstream_up: IntGaugeVec,
+    pub breaker_openings: IntCounterVec,
+    pub pending_fetches: IntGauge,
+    pub fetches_rejected: IntCounter,
+    pub fetches_cancelled: IntCounter,
     pub verification_failures: IntCounterVec,
     pub cache_bytes: IntGaugeVec,
     pub cache_entries: IntGaugeVec,
@@ -164,6 +169,36 @@ impl Metrics {
         let upstream_inflight =
             IntGauge::new("hexmirror_upstream_inflight", "Upstream requests in progress.").expect("valid metric");
         registry.register(Box::new(upstream_inflight.clone())).expect("metric registered once");
+        let upstream_up = gauge_vec(
+            &registry,
+            "hexmirror_upstream_up",
+            "1 while an upstream's circuit breaker is closed (requests go to it), 0 while it is open.",
+            &["repo", "upstream"],
+        );
+        let breaker_openings = counter_vec(
+            &registry,
+            "hexmirror_upstream_breaker_openings_total",
+            "Times an upstream's circuit breaker opened after consecutive failures.",
+            &["repo", "upstream"],
+        );
+        let pending_fetches = IntGauge::new(
+            "hexmirror_pending_fetches",
+            "Upstream fetches started for clients and not finished (running or waiting for a connection).",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(pending_fetches.clone())).expect("metric registered once");
+        let fetches_rejected = IntCounter::new(
+            "hexmirror_fetches_rejected_total",
+            "Cold misses answered 503 at once because max_pending_fetches fetches were already pending.",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(fetches_rejected.clone())).expect("metric registered once");
+        let fetches_cancelled = IntCounter::new(
+            "hexmirror_fetches_cancelled_total",
+            "Upstream fetches cancelled because no client waited for them any more.",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(fetches_cancelled.clone())).expect("metric registered once");
         let verification_failures = counter_vec(
             &registry,
             "hexmirror_verification_failures_total",
@@ -233,6 +268,11 @@ impl Metrics {
             upstream_requests,
             upstream_duration,
             upstream_inflight,
+            upstream_up,
+            breaker_openings,
+            pending_fetches,
+            fetches_rejected,
+            fetches_cancelled,
             verification_failures,
             cache_bytes,
             cache_entries,
@@ -277,6 +317,8 @@ impl Metrics {
             for class in UPSTREAM_STATUS_CLASSES {
                 self.upstream_requests.with_label_values(&[repo, upstream.as_str(), class]);
             }
+            self.upstream_up.with_label_values(&[repo, upstream.as_str()]).set(1);
+            self.breaker_openings.with_label_values(&[repo, upstream.as_str()]);
         }
         for repo in repos {
             self.upstream_duration.with_label_values(&[repo]);
