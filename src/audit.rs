@@ -98,8 +98,13 @@ async fn repair_one(mirror: &Mirror, key: &str) -> bool {
     match mirror.fetch_internal(&target, &resource).await {
         Ok(reply) => {
             let key = mirror.key_for(&target, &resource, reply.private);
-            let _ = mirror.pin(&key).await;
-            true
+            match mirror.pin(&key).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(key = %key, error = %e, "verify --repair: refetched but not stored");
+                    false
+                }
+            }
         }
         Err(e) => {
             tracing::warn!(key, error = %e, "verify --repair: cannot refetch");

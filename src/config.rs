@@ -89,6 +89,16 @@ pub struct RawConfig {
     pub transfer_timeout: RawDuration,
     pub shutdown_grace: RawDuration,
     pub max_upstream_requests: u64,
+    /// Upstream fetches started for clients that may be pending at once; beyond it a cold miss
+    /// is answered 503 with `Retry-After` at once.
+    pub max_pending_fetches: u64,
+    /// Consecutive failures (no connection, timeout, 5xx) that open an upstream's circuit
+    /// breaker; 0 turns the breaker off.
+    pub breaker_failures: u64,
+    /// How long an open breaker waits before its first probe; doubled after each failed probe.
+    pub breaker_backoff: RawDuration,
+    /// The longest an open breaker waits between probes.
+    pub breaker_max_backoff: RawDuration,
     /// Open client connections beyond this are closed at once.
     pub max_connections: u64,
     /// How long a client may take to send its request head.
@@ -171,6 +181,10 @@ impl Default for RawConfig {
             transfer_timeout: RawDuration::Text("300s".into()),
             shutdown_grace: RawDuration::Text("30s".into()),
             max_upstream_requests: 64,
+            max_pending_fetches: 2048,
+            breaker_failures: 5,
+            breaker_backoff: RawDuration::Text("2s".into()),
+            breaker_max_backoff: RawDuration::Text("60s".into()),
             max_connections: 4096,
             client_header_timeout: RawDuration::Text("10s".into()),
             offline: false,
@@ -225,6 +239,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub shutdown_grace: Duration,
     pub max_upstream_requests: usize,
+    pub max_pending_fetches: usize,
+    pub breaker: Breaker,
     pub max_connections: usize,
     pub client_header_timeout: Duration,
     pub offline: bool,
@@ -235,6 +251,15 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     pub admin_token: Option<Secret>,
     pub repos: BTreeMap<String, RepoConfig>,
+}
+
+/// When an upstream's circuit breaker opens and how it probes (see `upstream.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Breaker {
+    /// Consecutive failures that open it; 0: never.
+    pub failures: u32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -557,6 +582,22 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if raw.max_upstream_requests == 0 {
         errors.push("max_upstream_requests: must be at least 1".into());
     }
+    if raw.max_pending_fetches == 0 {
+        errors.push("max_pending_fetches: must be at least 1".into());
+    }
+    let breaker = Breaker {
+        failures: u32::try_from(raw.breaker_failures).unwrap_or(u32::MAX),
+        backoff: duration("breaker_backoff", &raw.breaker_backoff, &mut errors),
+        max_backoff: duration("breaker_max_backoff", &raw.breaker_max_backoff, &mut errors),
+    };
+    if breaker.failures > 0 && breaker.backoff.is_zero() && !errors.iter().any(|e| e.starts_with("breaker_backoff")) {
+        errors.push(
+            "breaker_backoff: must be longer than zero (set breaker_failures = 0 to turn the breaker off)".into(),
+        );
+    }
+    if breaker.max_backoff < breaker.backoff {
+        errors.push("breaker_max_backoff: must be at least breaker_backoff".into());
+    }
     let installs_public_key = public_key("installs_public_key", &raw.installs_public_key, &mut errors);
     let tls = match (&raw.tls_cert, &raw.tls_key) {
         (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
@@ -602,6 +643,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         timeouts,
         shutdown_grace,
         max_upstream_requests: raw.max_upstream_requests as usize,
+        max_pending_fetches: usize::try_from(raw.max_pending_fetches).unwrap_or(usize::MAX),
+        breaker,
         max_connections: raw.max_connections as usize,
         client_header_timeout,
         offline: raw.offline,

@@ -32,6 +32,7 @@
 pub mod admin;
 pub mod audit;
 pub mod body;
+pub mod breaker;
 pub mod budget;
 pub mod bundle;
 pub mod cache;
@@ -189,12 +190,15 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     )));
     ready.store(true, Ordering::Relaxed);
     let store = mirror.store().clone();
+    let writes_mirror = mirror.clone();
     let done = tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
         for task in tasks {
             let _ = task.await;
         }
+        // Entries answered from memory may still be on their way to disk.
+        writes_mirror.settle_writes().await;
         if let Err(e) = tokio::task::spawn_blocking(move || store.flush()).await.unwrap_or(Ok(())) {
             tracing::error!(error = %e, "store: final flush failed");
         }

@@ -427,8 +427,11 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
     let selected = std::mem::take(&mut planner.selected);
     for key in &selected {
         if let Some(key) = CacheKey::parse(key) {
+            // Pinning waits for the entry's background write: an entry that is not durable
+            // now is a failure of this sync, not a success.
             if let Err(e) = mirror.pin(&key).await {
                 tracing::warn!(key = %key, error = %e, "sync: cannot pin");
+                planner.item(format!("store: {key}"), Outcome::Failed, Some(e.to_string()));
             }
         }
     }

@@ -12,6 +12,7 @@
 //! (an HTTP CONNECT tunnel) unless `NO_PROXY` exempts the host; TLS uses the platform's roots
 //! plus `ca_file` (a bad one is an [`UpstreamSetupError`] when the client is built).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io::BufReader;
 use std::pin::Pin;
@@ -31,6 +32,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tower_service::Service;
 
+use crate::breaker::{Admit, Breaker, Change};
 use crate::cache::Validators;
 use crate::config::{is_loopback, Config, RepoConfig, Timeouts};
 use crate::metrics::{status_class, Metrics};
@@ -54,6 +56,9 @@ pub enum UpstreamError {
     Redirect,
     #[error("upstream redirected too many times")]
     TooManyRedirects,
+    /// The upstream's circuit breaker is open: it was not asked.
+    #[error("upstream {upstream} is failing (circuit breaker open; next probe in {retry_in} s)")]
+    CircuitOpen { upstream: String, retry_in: u64 },
 }
 
 /// One request to a repository's upstreams.
@@ -141,6 +146,19 @@ pub struct Upstream {
     metrics: Metrics,
     /// Upstreams that answered 429, by base URL, with the instant they may be asked again.
     blocked: Arc<Mutex<Vec<(String, Instant)>>>,
+    /// One circuit breaker per repository and upstream base URL.
+    breakers: Arc<HashMap<(String, String), Arc<Breaker>>>,
+}
+
+/// Releases a probe that ended without an outcome (its request was cancelled).
+struct ProbeGuard(Option<Arc<Breaker>>);
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        if let Some(breaker) = self.0.take() {
+            breaker.abandon();
+        }
+    }
 }
 
 /// Why the upstream client could not be built: the TLS configuration, `ca_file` above all.
@@ -224,7 +242,14 @@ impl Upstream {
             .pool_max_idle_per_host(32)
             .build(https.clone());
         let post_client = Client::builder(TokioExecutor::new()).build(https);
+        let breakers = config
+            .repos
+            .values()
+            .flat_map(|repo| repo.upstreams.iter().map(|uri| (repo.name.clone(), base_url(uri))))
+            .map(|key| (key, Arc::new(Breaker::new(config.breaker))))
+            .collect();
         Ok(Upstream {
+            breakers: Arc::new(breakers),
             client,
             post_client,
             timeouts: config.timeouts,
@@ -247,6 +272,41 @@ impl Upstream {
         blocked.push((base.to_string(), Instant::now() + Duration::from_secs(seconds)));
     }
 
+    fn breaker(&self, repo: &str, base: &str) -> Option<&Arc<Breaker>> {
+        self.breakers.get(&(repo.to_string(), base.to_string()))
+    }
+
+    /// True while at least one upstream of `repo` has its circuit breaker closed.
+    pub fn is_healthy(&self, repo: &RepoConfig) -> bool {
+        repo.upstreams.iter().any(|uri| self.breaker(&repo.name, &base_url(uri)).is_none_or(|b| b.is_closed()))
+    }
+
+    /// Reports a request's outcome to the upstream's breaker, with the gauge, counter and log
+    /// line that go with a change.
+    fn report(&self, repo: &str, label: &str, breaker: &Breaker, probe: bool, failed: bool) {
+        let change = match failed {
+            true => breaker.failure(Instant::now(), probe),
+            false => breaker.success(),
+        };
+        match change {
+            Some(Change::Opened { backoff }) => {
+                tracing::warn!(
+                    repo,
+                    upstream = label,
+                    backoff_s = backoff.as_secs_f64(),
+                    "upstream failing: circuit breaker open; requests stop waiting on it, one probe at a time tests it"
+                );
+                self.metrics.upstream_up.with_label_values(&[repo, label]).set(0);
+                self.metrics.breaker_openings.with_label_values(&[repo, label]).inc();
+            }
+            Some(Change::Closed) => {
+                tracing::info!(repo, upstream = label, "upstream answers again: circuit breaker closed");
+                self.metrics.upstream_up.with_label_values(&[repo, label]).set(1);
+            }
+            None => {}
+        }
+    }
+
     /// Asks each upstream of the repository in turn; see the module docs for the rules.
     pub async fn get(&self, req: UpstreamRequest<'_>) -> Result<UpstreamResponse, UpstreamError> {
         let mut last = UpstreamError::Unreachable("no upstream configured".into());
@@ -257,6 +317,13 @@ impl Upstream {
                 continue;
             }
             let label = upstream_label(uri);
+            let breaker = self.breaker(&req.repo.name, &base).cloned();
+            let admitted = breaker.as_ref().map(|b| b.admit(Instant::now())).unwrap_or(Admit::Closed);
+            if let Admit::Open { retry_in } = admitted {
+                last = UpstreamError::CircuitOpen { upstream: label, retry_in: retry_in.as_secs().max(1) };
+                continue;
+            }
+            let mut probe = ProbeGuard(breaker.clone().filter(|_| admitted == Admit::Probe));
             let started = Instant::now();
             let _permit = self.permits.acquire().await.expect("the semaphore is never closed");
             self.metrics.upstream_inflight.inc();
@@ -272,6 +339,15 @@ impl Upstream {
                 .upstream_duration
                 .with_label_values(&[&req.repo.name])
                 .observe(started.elapsed().as_secs_f64());
+            if let Some(breaker) = &breaker {
+                // No connection, no answer in time, or a 5xx: the upstream is failing. Any
+                // other outcome (an answer, a refused redirect, a body over the limit) is not.
+                let failed = match &result {
+                    Ok(resp) => resp.status.is_server_error(),
+                    Err(e) => matches!(e, UpstreamError::Unreachable(_) | UpstreamError::Timeout),
+                };
+                self.report(&req.repo.name, &label, breaker, probe.0.take().is_some(), failed);
+            }
             match result {
                 Ok(resp) if resp.status == StatusCode::TOO_MANY_REQUESTS => {
                     let wait = retry_after(&resp.headers);

@@ -36,6 +36,9 @@ pub enum StoreError {
     Locked(sled::Error),
     #[error("store record is damaged: {0}")]
     Damaged(String),
+    /// An entry expected in the store is not there (its write failed or it was evicted).
+    #[error("not in the store: {0}")]
+    NotStored(String),
 }
 
 impl StoreError {

@@ -41,6 +41,7 @@ mod flights;
 mod freshness;
 mod path;
 mod store;
+mod writes;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -131,6 +132,9 @@ pub enum MirrorError {
     Unauthorized,
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// `max_pending_fetches` upstream fetches are pending: a cold miss is not queued.
+    #[error("service unavailable: {pending} upstream fetches are pending (max_pending_fetches); retry shortly")]
+    Busy { pending: usize },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -144,7 +148,7 @@ impl MirrorError {
             MirrorError::Upstream(UpstreamError::RateLimited(_)) => StatusCode::SERVICE_UNAVAILABLE,
             MirrorError::Upstream(_) => StatusCode::BAD_GATEWAY,
             MirrorError::Unauthorized => StatusCode::UNAUTHORIZED,
-            MirrorError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            MirrorError::Unavailable(_) | MirrorError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             MirrorError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -159,10 +163,12 @@ impl MirrorError {
         }
     }
 
-    /// Seconds a client should wait, for a 503 caused by upstream rate limiting.
+    /// Seconds a client should wait, for a 503 caused by upstream rate limiting or by too many
+    /// pending fetches.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             MirrorError::Upstream(UpstreamError::RateLimited(s)) => Some(*s),
+            MirrorError::Busy { .. } => Some(1),
             _ => None,
         }
     }
@@ -206,6 +212,8 @@ struct Inner {
     refusals: Mutex<VecDeque<Refusal>>,
     /// Bytes that registry files being verified may hold at once (see `verify_content`).
     verifying: crate::budget::Budget,
+    /// Persistent-tier writes running behind the answers (`writes.rs`).
+    writes: writes::Writes,
 }
 
 /// The mirror: a cheap handle shared by every connection.
@@ -296,6 +304,7 @@ impl Mirror {
             })
             .collect();
         let verifying = crate::budget::Budget::for_registry_files(config.max_registry_bytes);
+        let flights = Flights::new(config.max_pending_fetches);
         let mirror = Mirror {
             inner: Arc::new(Inner {
                 verifying,
@@ -305,11 +314,12 @@ impl Mirror {
                 memory,
                 store,
                 upstream,
-                flights: Flights::default(),
+                flights,
                 negative,
                 metrics,
                 degraded: AtomicBool::new(false),
                 refusals: Mutex::new(VecDeque::new()),
+                writes: writes::Writes::default(),
             }),
         };
         mirror.update_gauges();
@@ -326,6 +336,12 @@ impl Mirror {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// Waits until every persistent-tier write started before this call has finished (they run
+    /// behind the answers; see `writes.rs`).
+    pub async fn settle_writes(&self) {
+        self.inner.writes.settled().await
     }
 
     /// The cache key a reply for `resource` was stored under.

@@ -175,9 +175,17 @@ impl Mirror {
                 return Ok((entry.clone(), CacheStatus::Hit));
             }
             // Expired, but within stale_while_revalidate: answer now, revalidate behind.
-            if let Some(background) = self.background_credential(target, entry, &check) {
-                self.revalidate_in_background(target, resource, &check, background, entry.clone());
+            let background = self.background_credential(target, entry);
+            if let Some(credential) = background.clone().filter(|_| self.within_stale_window(entry, &check)) {
+                self.revalidate_in_background(target, resource, &check, credential, entry.clone());
                 self.count_stale(target, "revalidating");
+                return Ok((entry.clone(), CacheStatus::Stale));
+            }
+            // Every upstream's circuit breaker is open: answer now; the background request is
+            // the breaker's probe when one is due, and refreshes the copy if it succeeds.
+            if let Some(credential) = background.filter(|_| !self.inner.upstream.is_healthy(&target.repo)) {
+                self.revalidate_in_background(target, resource, &check, credential, entry.clone());
+                self.count_stale(target, "error");
                 return Ok((entry.clone(), CacheStatus::Stale));
             }
         } else if offline {
@@ -188,7 +196,14 @@ impl Mirror {
         }
 
         let client_credential = matches!(credential, Credential::Client(_));
-        let (entry, status) = self.fetch_coalesced(target, &public_key, &check, credential, cached).await?;
+        let fallback = cached.clone();
+        let (entry, status) = match self.fetch_coalesced(target, &public_key, &check, credential, cached).await {
+            // Too many fetches pending: the last verified copy rather than a 503.
+            Err(MirrorError::Busy { .. }) if fallback.is_some() => {
+                (fallback.expect("checked by the guard"), CacheStatus::Stale)
+            }
+            fetched => fetched?,
+        };
         if status == CacheStatus::Stale {
             self.count_stale(target, "error");
         }
@@ -280,17 +295,19 @@ impl Mirror {
             .await
     }
 
-    /// The credential a background revalidation of `entry` uses, when `entry` may be answered
-    /// stale while it runs: an expired registry file within `stale_while_revalidate`, that
-    /// hexmirror can revalidate without any client's credential (a public entry, or a private
-    /// one fetched with hexmirror's own key). `None`: the request waits for the upstream.
-    fn background_credential(&self, target: &Target, entry: &Entry, check: &Check) -> Option<Credential> {
-        let window = self.inner.config.stale_while_revalidate.as_secs();
-        if !freshness::within_stale_window(entry, check, unix_now(), window) {
-            return None;
-        }
+    /// The credential a background revalidation of `entry` uses, when hexmirror can revalidate
+    /// it without any client's credential: a public entry, or a private one fetched with
+    /// hexmirror's own key. `None`: only a request with the client's credential may.
+    fn background_credential(&self, target: &Target, entry: &Entry) -> Option<Credential> {
         let credential = self.credential_for(target, &ClientCredentials::default());
         (!entry.private || matches!(credential, Credential::Own)).then_some(credential)
+    }
+
+    /// An expired registry file within `stale_while_revalidate`: it may be answered at once
+    /// while a background revalidation runs.
+    fn within_stale_window(&self, entry: &Entry, check: &Check) -> bool {
+        let window = self.inner.config.stale_while_revalidate.as_secs();
+        freshness::within_stale_window(entry, check, unix_now(), window)
     }
 
     /// Starts one revalidation of `stale` (coalesced with any running for the same key and
@@ -553,28 +570,38 @@ impl Mirror {
         }
     }
 
-    /// Puts a new entry in both tiers. A private copy never replaces or hides a public one (nor
-    /// the other way round): a lookup prefers the public copy, which serves everyone.
+    /// Puts a new entry in both tiers: the memory tier now, the persistent tier in the
+    /// background (`writes.rs`). A private copy never replaces or hides a public one (nor the
+    /// other way round): a lookup prefers the public copy, which serves everyone.
     pub(super) async fn persist(&self, target: &Target, resource: &Resource, entry: Arc<Entry>) {
         let key = CacheKey::new(&target.namespace, resource, entry.private);
         self.inner.memory.insert(key.clone(), entry.clone());
-        let store = self.inner.store.clone();
-        let result = tokio::task::spawn_blocking(move || store.put(&key, &entry.stored_meta(), entry.bytes())).await;
-        self.note_store_result(result);
-        if self.inner.config.disk_cache_bytes > 0 {
-            if let Err(e) = self.evict_disk().await {
-                tracing::warn!(error = %e, "store: eviction failed");
+        let (this, disk_key) = (self.clone(), key.clone());
+        let write = async move {
+            let store = this.inner.store.clone();
+            let result =
+                tokio::task::spawn_blocking(move || store.put(&disk_key, &entry.stored_meta(), entry.bytes())).await;
+            this.note_store_result(result);
+            if this.inner.config.disk_cache_bytes > 0 {
+                if let Err(e) = this.evict_disk().await {
+                    tracing::warn!(error = %e, "store: eviction failed");
+                }
             }
-        }
+        };
+        self.inner.writes.submit(key, write.boxed()).await;
     }
 
-    /// Records a revalidation in both tiers.
+    /// Records a revalidation in both tiers (the persistent tier in the background).
     pub(super) async fn refresh(&self, target: &Target, resource: &Resource, entry: Arc<Entry>) {
         let key = CacheKey::new(&target.namespace, resource, entry.private);
         self.inner.memory.insert(key.clone(), entry.clone());
-        let store = self.inner.store.clone();
-        let result = tokio::task::spawn_blocking(move || store.update_meta(&key, &entry.stored_meta())).await;
-        self.note_store_result(result);
+        let (this, disk_key) = (self.clone(), key.clone());
+        let write = async move {
+            let store = this.inner.store.clone();
+            let result = tokio::task::spawn_blocking(move || store.update_meta(&disk_key, &entry.stored_meta())).await;
+            this.note_store_result(result);
+        };
+        self.inner.writes.submit(key, write.boxed()).await;
     }
 }
 

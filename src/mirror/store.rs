@@ -39,7 +39,9 @@ pub enum CheckError {
 
 impl Mirror {
     /// Marks an entry as selected by sync or import: disk-size eviction never removes it.
+    /// Waits for the entry's background write first, so a pinned entry is durable.
     pub async fn pin(&self, key: &CacheKey) -> Result<(), StoreError> {
+        self.inner.writes.settled_key(key).await;
         if let Some(entry) = self.inner.memory.get(key) {
             let mut pinned = (*entry).clone();
             pinned.pinned = true;
@@ -52,7 +54,8 @@ impl Mirror {
                 meta.pinned = true;
                 store.update_meta(&key, &meta)
             }
-            _ => Ok(()),
+            Some(_) => Ok(()),
+            None => Err(StoreError::NotStored(key.to_string())),
         })
         .await
         .map_err(|e| StoreError::Damaged(e.to_string()))?
@@ -60,6 +63,8 @@ impl Mirror {
 
     /// Removes every entry of package `name` (records, tarballs, docs) in every namespace.
     pub async fn purge(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        // A write still running behind an answer would put back what is purged.
+        self.inner.writes.settled().await;
         let store = self.inner.store.clone();
         let disk_name = name.to_string();
         let removed = tokio::task::spawn_blocking(move || -> Result<Vec<CacheKey>, StoreError> {
@@ -249,6 +254,7 @@ impl Mirror {
 
     /// Removes one entry from both tiers.
     pub async fn remove(&self, key: &CacheKey) -> Result<(), StoreError> {
+        self.inner.writes.settled_key(key).await;
         self.inner.memory.remove(key);
         let store = self.inner.store.clone();
         let key = key.clone();
