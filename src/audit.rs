@@ -41,6 +41,7 @@ impl AuditReport {
 /// reachable) and reports it as repaired instead.
 pub async fn run(mirror: &Mirror, repair: bool) -> AuditReport {
     let mut report = AuditReport::default();
+    mirror.settle_writes().await;
     let store = mirror.store().clone();
     let stored =
         tokio::task::spawn_blocking(move || store.list("")).await.ok().and_then(Result::ok).unwrap_or_default();

@@ -68,6 +68,8 @@ pub struct ImportReport {
 
 /// Builds a bundle of the store's verified entries.
 pub async fn export(mirror: &Mirror, request: &ExportRequest) -> Result<Vec<u8>, TransferError> {
+    // Entries answered moments ago may still be on their way to disk.
+    mirror.settle_writes().await;
     let store = mirror.store().clone();
     let listed = tokio::task::spawn_blocking(move || store.list("")).await??;
     let selection = Selection::load(&mirror.config().data_dir);

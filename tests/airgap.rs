@@ -166,7 +166,7 @@ async fn export_then_import_into_an_empty_store_serves_offline() {
     }
     let audit = hexmirror::audit::run(&mirror.mirror, false).await;
     assert!(audit.ok(), "{audit:?}");
-    assert!(mirror.mirror.store().list("").unwrap().iter().all(|(_, m)| m.pinned), "imported entries are pinned");
+    assert!(mirror.stored().await.iter().all(|(_, m)| m.pinned), "imported entries are pinned");
     // Importing the same bundle again changes nothing.
     let again = hexmirror::transfer::import(&mirror.mirror, &bundle).await.unwrap();
     assert_eq!((again.new, again.unchanged), (0, again.objects));

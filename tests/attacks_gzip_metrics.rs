@@ -40,7 +40,7 @@ async fn second_gzip_member_is_refused_not_served() {
         .sum::<f64>();
     assert_eq!(framing, 1.0, "one refusal for the gzip framing");
     assert!(
-        mirror.mirror.store().list("").unwrap().iter().all(|(key, _)| !key.as_str().contains("hexdemo_mid")),
+        mirror.stored().await.iter().all(|(key, _)| !key.as_str().contains("hexdemo_mid")),
         "nothing of hexdemo_mid was stored"
     );
     // Refusals are not remembered: the upstream's good record is fetched and served next.
@@ -79,7 +79,7 @@ async fn bundle_record_with_a_second_gzip_member_is_refused_and_the_store_is_unc
     let mirror = TestMirror::builder().upstream("http://127.0.0.1:9").offline().start().await;
     let err = hexmirror::transfer::import(&mirror.mirror, &forged).await.unwrap_err().to_string();
     assert!(err.starts_with("bundle refused: public/hexpm/packages/hexdemo_mid"), "{err}");
-    assert!(mirror.mirror.store().list("").unwrap().is_empty(), "nothing of a refused bundle is stored");
+    assert!(mirror.stored().await.is_empty(), "nothing of a refused bundle is stored");
     // The unaltered bundle imports.
     let report = hexmirror::transfer::import(&mirror.mirror, &bundle).await.unwrap();
     assert_eq!(report.new, report.objects);

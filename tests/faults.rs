@@ -378,7 +378,9 @@ impl Harness {
         assert_eq!(got.body, self.up.file(path), "warming {path}");
     }
 
-    fn stored(&self, path: &str) -> Vec<(String, String)> {
+    /// What the persistent tier holds for `path`, once writes behind the answers have landed.
+    async fn stored(&self, path: &str) -> Vec<(String, String)> {
+        self.mirror.mirror.settle_writes().await;
         let suffix = format!("/hexpm{path}");
         self.mirror
             .mirror
@@ -402,7 +404,7 @@ impl Harness {
             String::from_utf8_lossy(&got.body)
         );
         assert_eq!(got.body, good, "{path}: stale body");
-        let stored = self.stored(path);
+        let stored = self.stored(path).await;
         assert_eq!(stored.len(), 1, "{path}: exactly the one good copy is stored: {stored:?}");
         assert_eq!(stored[0].1, hex::encode(Sha256::digest(&good)), "{path}: the stored copy changed");
         Seen { status: got.status, cache: got.header("x-cache").to_string(), elapsed }
@@ -417,7 +419,11 @@ impl Harness {
             "{path}: body {:?}",
             String::from_utf8_lossy(&got.body)
         );
-        assert!(self.stored(path).is_empty(), "{path}: the fault's answer was stored: {:?}", self.stored(path));
+        assert!(
+            self.stored(path).await.is_empty(),
+            "{path}: the fault's answer was stored: {:?}",
+            self.stored(path).await
+        );
         Seen { status: got.status, cache: got.header("x-cache").to_string(), elapsed }
     }
 
@@ -426,7 +432,7 @@ impl Harness {
         let (got, _) = self.get(path).await;
         assert_eq!((got.status, got.header("x-cache")), (200, cache), "{path} after the fault");
         assert_eq!(got.body, self.up.file(path), "{path} after the fault");
-        assert_eq!(self.stored(path).len(), 1, "{path}: one copy stored after the fault");
+        assert_eq!(self.stored(path).await.len(), 1, "{path}: one copy stored after the fault");
     }
 
     async fn inflight(&self) -> f64 {
@@ -656,7 +662,7 @@ async fn storm_of_5xx_serves_stale_or_502_without_amplifying_requests() {
     assert!(asked <= clients, "{asked} upstream requests for {clients} client requests");
     println!("fault 503 storm: {clients} client requests caused {asked} upstream requests");
     h.expect_no_leftovers().await;
-    assert!(h.stored("/versions").is_empty(), "an error answer was stored");
+    assert!(h.stored("/versions").await.is_empty(), "an error answer was stored");
     h.up.heal();
     h.expect_recovered("/versions", "miss").await;
     h.expect_recovered(NAMES, "revalidated").await;

@@ -109,7 +109,7 @@ async fn wrong_origin_and_another_packages_record_are_refused() {
     assert_eq!(metric_sum(&metrics, "hexmirror_verification_failures_total", &["reason=\"wrong_repository\""]), 1.0);
     assert_eq!(metric_sum(&metrics, "hexmirror_verification_failures_total", &["reason=\"wrong_name\""]), 1.0);
     // Neither reached the store.
-    assert!(mirror.mirror.store().list("").unwrap().iter().all(|(k, _)| !k.as_str().contains("packages/hexdemo_")));
+    assert!(mirror.stored().await.iter().all(|(k, _)| !k.as_str().contains("packages/hexdemo_")));
 }
 
 #[tokio::test]

@@ -131,7 +131,7 @@ async fn bundle_relabelling_an_organizations_content_as_public_is_refused() {
         }
         let err = result.expect_err("an organization's content labelled public was imported").to_string();
         assert!(err.contains("private"), "{err}");
-        assert!(mirror.mirror.store().list("").unwrap().is_empty(), "the store is unchanged");
+        assert!(mirror.stored().await.is_empty(), "the store is unchanged");
         for path in ["/repos/acme/packages/hexdemo_mid", "/repos/acme/tarballs/hexdemo_mid-0.2.0.tar"] {
             assert_eq!(mirror.get(path).await.status, 401, "{path}");
         }

@@ -499,7 +499,7 @@ async fn the_disk_tier_stays_within_its_budget_and_never_evicts_what_sync_pinned
     }
     let evictions = metric(&mirror, "hexmirror_cache_evictions_total", &["disk"]).await;
     assert!(evictions >= 4.0, "six 5 KB tarballs through a 12 KB tier: {evictions} evictions");
-    let stored: Vec<String> = mirror.mirror.store().list("").unwrap().into_iter().map(|(k, _)| k.to_string()).collect();
+    let stored: Vec<String> = mirror.stored().await.into_iter().map(|(k, _)| k.to_string()).collect();
     for key in &pinned {
         assert!(stored.contains(key), "{key} was pinned by sync and must never be evicted: {stored:?}");
     }
@@ -529,8 +529,7 @@ async fn the_entry_just_written_is_not_the_first_one_evicted() {
         let mirror = site(&upstream).set("disk_cache_bytes", 6000).start().await;
         assert_eq!(mirror.get(older).await.status, 200);
         assert_eq!(mirror.get(newer).await.status, 200);
-        let stored: Vec<String> =
-            mirror.mirror.store().list("").unwrap().into_iter().map(|(k, _)| k.to_string()).collect();
+        let stored: Vec<String> = mirror.stored().await.into_iter().map(|(k, _)| k.to_string()).collect();
         assert!(
             stored.contains(&format!("public/hexpm{newer}")),
             "after {older} then {newer}, the disk tier holds {stored:?}"
@@ -547,7 +546,7 @@ async fn purge_also_removes_entries_that_only_the_memory_tier_holds() {
     assert_eq!(mirror.get(evicted).await.status, 200);
     // A second tarball pushes the first out of the 6000-byte disk tier (the memory tier keeps it).
     assert_eq!(mirror.get("/tarballs/hexdemo_top-2.0.1.tar").await.status, 200);
-    let stored: Vec<String> = mirror.mirror.store().list("").unwrap().into_iter().map(|(k, _)| k.to_string()).collect();
+    let stored: Vec<String> = mirror.stored().await.into_iter().map(|(k, _)| k.to_string()).collect();
     assert!(!stored.iter().any(|k| k.contains("hexdemo_base")), "evicted from disk: {stored:?}");
     let removed = mirror.mirror.purge("hexdemo_base").await.unwrap();
     let got = mirror.get(evicted).await;

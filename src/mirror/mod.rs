@@ -214,7 +214,14 @@ struct Inner {
     verifying: crate::budget::Budget,
     /// Persistent-tier writes running behind the answers (`writes.rs`).
     writes: writes::Writes,
+    /// Tarball requests made while their package record is resolved (`path::early_tarball`).
+    early: Mutex<HashMap<String, futures::future::WeakShared<BoxFutureEarly>>>,
 }
+
+type BoxFutureEarly = futures::future::BoxFuture<
+    'static,
+    Option<Result<crate::upstream::UpstreamResponse, crate::upstream::UpstreamError>>,
+>;
 
 /// The mirror: a cheap handle shared by every connection.
 #[derive(Clone)]
@@ -320,6 +327,7 @@ impl Mirror {
                 degraded: AtomicBool::new(false),
                 refusals: Mutex::new(VecDeque::new()),
                 writes: writes::Writes::default(),
+                early: Mutex::default(),
             }),
         };
         mirror.update_gauges();

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::future::FutureExt;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use http::StatusCode;
 use sha2::{Digest, Sha256};
 
@@ -15,7 +15,7 @@ use crate::cache::{unix_now, CacheKey, Content, Entry, Validators};
 use crate::config::HEXPM;
 use crate::metrics::CacheStatus;
 use crate::route::{Kind, Resource};
-use crate::upstream::{UpstreamError, UpstreamRequest};
+use crate::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
 use crate::verify::{self, Facts, RegistryFile, ReleaseChecksum, VerifyError};
 
 impl Mirror {
@@ -45,8 +45,24 @@ impl Mirror {
                 })
             }
             Resource::Tarball { name, version } => {
-                let checksum = self.release_checksum(target, name, version, client).await?;
-                self.resolve(target, resource, client, Check::Tarball(checksum)).await
+                // With the record cold too, the tarball is asked for at the same time as the
+                // record (one round trip instead of two) and verified once both are here.
+                let early = self.early_tarball(target, name, resource, client);
+                let record = self.release_checksum(target, name, version, client);
+                let checksum = match early.clone() {
+                    None => record.await?,
+                    Some(mut tarball) => {
+                        futures::pin_mut!(record);
+                        tokio::select! {
+                            biased;
+                            checksum = &mut record => checksum?,
+                            _ = &mut tarball => record.await?,
+                        }
+                    }
+                };
+                let (entry, status) =
+                    self.resolve_entry_with(target, resource, client, Check::Tarball(checksum), early).await?;
+                Ok(Reply::from_entry(&entry, status))
             }
             Resource::Installer { .. } => {
                 let digest = self.installer_digest(target, resource, client).await?;
@@ -144,6 +160,19 @@ impl Mirror {
         client: &ClientCredentials,
         check: Check,
     ) -> Result<(Arc<Entry>, CacheStatus), MirrorError> {
+        self.resolve_entry_with(target, resource, client, check, None).await
+    }
+
+    /// [`Mirror::resolve_entry`], with the upstream's answer already on its way (`early`) for
+    /// a fetch with this client's credential and no cached copy.
+    async fn resolve_entry_with(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        client: &ClientCredentials,
+        check: Check,
+        early: Option<Early>,
+    ) -> Result<(Arc<Entry>, CacheStatus), MirrorError> {
         let public_key = CacheKey::new(&target.namespace, resource, false);
         let offline = self.inner.config.offline;
         let allowed = self.access_allows(target, client);
@@ -197,7 +226,8 @@ impl Mirror {
 
         let client_credential = matches!(credential, Credential::Client(_));
         let fallback = cached.clone();
-        let (entry, status) = match self.fetch_coalesced(target, &public_key, &check, credential, cached).await {
+        let early = early.filter(|_| cached.is_none());
+        let (entry, status) = match self.fetch_coalesced(target, &public_key, &check, credential, cached, early).await {
             // Too many fetches pending: the last verified copy rather than a 503.
             Err(MirrorError::Busy { .. }) if fallback.is_some() => {
                 (fallback.expect("checked by the guard"), CacheStatus::Stale)
@@ -275,6 +305,7 @@ impl Mirror {
         check: &Check,
         credential: Credential,
         stale: Option<Arc<Entry>>,
+        early: Option<Early>,
     ) -> Result<(Arc<Entry>, CacheStatus), MirrorError> {
         let flight_key = format!("{key}#{}", credential.fingerprint());
         let this = self.clone();
@@ -288,7 +319,7 @@ impl Mirror {
                     if let Some(entry) = this.stored_since(&t, &r, &c, stale.as_deref()) {
                         return Ok((entry, CacheStatus::Hit));
                     }
-                    this.fetch(&t, &r, c, credential, stale).await
+                    this.fetch_with(&t, &r, c, credential, stale, early).await
                 }
                 .boxed()
             })
@@ -324,7 +355,7 @@ impl Mirror {
         let (this, target, resource, check) = (self.clone(), target.clone(), resource.clone(), check.clone());
         tokio::spawn(async move {
             let key = CacheKey::new(&target.namespace, &resource, false);
-            if let Err(e) = this.fetch_coalesced(&target, &key, &check, credential, Some(stale)).await {
+            if let Err(e) = this.fetch_coalesced(&target, &key, &check, credential, Some(stale), None).await {
                 tracing::info!(repo = target.label(), resource = %resource.path(), error = %e, "background revalidation failed; the last verified copy stays");
             }
         });
@@ -381,6 +412,81 @@ impl Mirror {
         credential: Credential,
         cached: Option<Arc<Entry>>,
     ) -> Result<(Arc<Entry>, CacheStatus), MirrorError> {
+        self.fetch_with(target, resource, check, credential, cached, None).await
+    }
+
+    /// The upstream's answer for a tarball whose package record is not in memory either,
+    /// requested now, while the record is resolved (coalesced: concurrent requests share one).
+    /// `None` when the record or the tarball is in memory, or the mirror is offline. Nothing
+    /// is trusted from it until [`Mirror::fetch_with`] verifies it against the record.
+    fn early_tarball(
+        &self,
+        target: &Target,
+        name: &str,
+        tarball: &Resource,
+        client: &ClientCredentials,
+    ) -> Option<Early> {
+        if self.inner.config.offline {
+            return None;
+        }
+        let record = Resource::Package(name.to_string());
+        let in_memory = |resource: &Resource| {
+            [false, true]
+                .into_iter()
+                .any(|private| self.inner.memory.get(&CacheKey::new(&target.namespace, resource, private)).is_some())
+        };
+        if in_memory(&record) || in_memory(tarball) {
+            return None;
+        }
+        let credential = self.credential_for(target, client);
+        let public_key = CacheKey::new(&target.namespace, tarball, false);
+        let early_key = format!("{public_key}#{}", credential.fingerprint());
+        let mut early = self.inner.early.lock().expect("never poisoned: no panics while held");
+        if let Some(running) = early.get(&early_key).and_then(|weak| weak.upgrade()) {
+            return Some(running);
+        }
+        early.retain(|_, weak| weak.upgrade().is_some());
+        let (this, target, path) = (self.clone(), target.clone(), tarball.path());
+        let fetch: Early = async move {
+            // A copy on disk (after a restart) needs no upstream request.
+            let store = this.inner.store.clone();
+            let keys = [public_key.clone(), public_key.with_scope(true)];
+            let stored = tokio::task::spawn_blocking(move || {
+                keys.iter().any(|key| store.list(key.as_str()).is_ok_and(|found| found.iter().any(|(k, _)| k == key)))
+            })
+            .await
+            .unwrap_or(false);
+            if stored {
+                return None;
+            }
+            let authorization = this.authorization(&target, &credential).await.ok()?;
+            let request = UpstreamRequest {
+                repo: &target.repo,
+                path: format!("{}/{path}", target.prefix),
+                validators: None,
+                authorization,
+                max_bytes: this.inner.config.max_tarball_bytes,
+            };
+            Some(this.inner.upstream.get(request).await)
+        }
+        .boxed()
+        .shared();
+        if let Some(weak) = fetch.downgrade() {
+            early.insert(early_key, weak);
+        }
+        Some(fetch)
+    }
+
+    /// [`Mirror::fetch`], using the upstream's answer to a request made `early` when there is one.
+    async fn fetch_with(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        check: Check,
+        credential: Credential,
+        cached: Option<Arc<Entry>>,
+        early: Option<Early>,
+    ) -> Result<(Arc<Entry>, CacheStatus), MirrorError> {
         let path = resource.path();
         let authorization = match self.authorization(target, &credential).await {
             Ok(authorization) => authorization,
@@ -404,7 +510,14 @@ impl Mirror {
             }
             None => Err(e),
         };
-        let response = match self.inner.upstream.get(request).await {
+        let answer = match early.filter(|_| cached.is_none()) {
+            Some(early) => match early.await {
+                Some(answer) => answer,
+                None => self.inner.upstream.get(request).await,
+            },
+            None => self.inner.upstream.get(request).await,
+        };
+        let response = match answer {
             Ok(response) => response,
             Err(e) => return stale(e.into()),
         };
@@ -604,6 +717,10 @@ impl Mirror {
         self.inner.writes.submit(key, write.boxed()).await;
     }
 }
+
+/// An upstream answer requested ahead of its verification (see `early_tarball`); `None` when
+/// the request was not made (a stored copy, no credential to send).
+pub(super) type Early = Shared<BoxFuture<'static, Option<Result<UpstreamResponse, UpstreamError>>>>;
 
 /// The resource a detached signature resource signs, if `resource` is one.
 pub(super) fn signed_by(resource: &Resource) -> Option<Resource> {

@@ -95,6 +95,8 @@ pub struct UpstreamState {
     /// Every request: path and headers.
     pub requests: Vec<(String, HeaderMap)>,
     pub delay: Duration,
+    /// A delay for paths starting with a prefix, instead of `delay`.
+    pub delays: Vec<(String, Duration)>,
     pub cache_control: Option<String>,
     /// Answer every request with this status (an outage that still accepts connections).
     pub fail_all: Option<u16>,
@@ -244,7 +246,7 @@ async fn answer(state: &Arc<Mutex<UpstreamState>>, req: Request<hyper::body::Inc
         s.requests.push((path.clone(), req.headers().clone()));
         s.in_flight += 1;
         s.max_in_flight = s.max_in_flight.max(s.in_flight);
-        s.delay
+        s.delays.iter().find(|(prefix, _)| path.starts_with(prefix.as_str())).map(|(_, d)| *d).unwrap_or(s.delay)
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -685,6 +687,12 @@ impl TestMirror {
 
     pub async fn get(&self, path: &str) -> Fetched {
         get(&self.url(path), &[]).await
+    }
+
+    /// Every entry of the persistent tier, once the writes behind earlier answers have landed.
+    pub async fn stored(&self) -> Vec<(hexmirror::cache::CacheKey, hexmirror::cache::StoredMeta)> {
+        self.mirror.settle_writes().await;
+        self.mirror.store().list("").unwrap()
     }
 
     pub async fn metrics(&self) -> String {
