@@ -266,8 +266,14 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
     g
 }
 
+/// Client latency: from a hit in memory (under a millisecond) to a large tarball fetched cold
+/// or a transfer timing out.
 const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Upstream latency: an HTTP exchange with its body takes a millisecond at least, even from a
+/// hexmirror next door, so the two finest client buckets would only cost series per repository.
+const UPSTREAM_BUCKETS: &[f64] = LATENCY_BUCKETS.split_at(2).1;
 
 impl Metrics {
     /// Registers every family and initialises the label sets that can occur for the given
@@ -298,7 +304,7 @@ impl Metrics {
                 "hexmirror_upstream_request_duration_seconds",
                 "Time for an upstream request, body included.",
             )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+            .buckets(UPSTREAM_BUCKETS.to_vec()),
             &["repo"],
         )
         .expect("valid metric");
