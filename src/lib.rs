@@ -63,7 +63,7 @@ use tokio::net::TcpListener;
 pub use config::Config;
 pub use mirror::Mirror;
 
-/// Builds the metrics registry with every label set of this configuration.
+/// Builds the metrics registry with the label sets this configuration can produce.
 pub fn metrics_for(config: &Config) -> metrics::Metrics {
     let repos: Vec<&str> = config.repos.keys().map(String::as_str).collect();
     let upstreams: Vec<(&str, String)> = config

@@ -2,8 +2,18 @@
 //!
 //! Labels come from closed sets only: configured repository names (hex.pm organizations count
 //! under their parent repository), resource kinds, cache outcomes, status classes, verification
-//! reasons. Never a package name, a path or a credential. Every label combination is touched at
-//! start-up so each family shows zeros before its first event.
+//! reasons. Never a package name, a path or a credential.
+//!
+//! Only label sets that can occur are touched at start-up, so that a counter's first event is
+//! an increase from zero: for each repository and resource kind, every cache outcome the kind
+//! can have ([`outcomes`]) with every status class an unconditional GET can then be answered
+//! with ([`possible`]), and every reason verification can refuse the kind for
+//! ([`refusal_reasons`]). A HEAD request or a 304 (only a conditional request gets one) adds
+//! its series when it first happens, as does a histogram's label set (a latency distribution
+//! loses nothing by starting at its first observation): those present from the start are the
+//! operations endpoints' request latency and each repository's upstream latency. The default
+//! configuration exports fewer than 400 series, and each further repository fewer than 150
+//! (`tests/metrics_series.rs` holds that budget).
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -11,7 +21,6 @@ use prometheus::{
 };
 
 use crate::route::Kind;
-use crate::verify::VerifyError;
 
 /// The outcome of a request as far as the cache is concerned; also the `x-cache` header value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +75,133 @@ impl CacheStatus {
             CacheStatus::None => "none",
         }
     }
+}
+
+/// Whether a request counted under `cache` can be answered with a status of `class`: what
+/// `service.rs` answers for each outcome (its tests check the mapping against this table, and
+/// debug builds check every request). `Metrics::initialise` touches nothing else.
+pub fn possible(cache: CacheStatus, class: &str) -> bool {
+    match cache {
+        // Content: 200, or 304 when the client's If-None-Match names the same bytes.
+        CacheStatus::Hit | CacheStatus::Revalidated | CacheStatus::Stale | CacheStatus::Local => {
+            matches!(class, "2xx" | "3xx")
+        }
+        // Content, or the upstream's own 404 (or hex.pm's 403 for a missing object), as 404.
+        CacheStatus::Miss => matches!(class, "2xx" | "3xx" | "4xx"),
+        // 404: remembered, not in the verified record, not in an offline mirror's store.
+        CacheStatus::Negative => class == "4xx",
+        // 401.
+        CacheStatus::Denied => class == "4xx",
+        // 502.
+        CacheStatus::Refused => class == "5xx",
+        // 500, 502, 503, 504.
+        CacheStatus::Error => class == "5xx",
+        // The operations endpoints (200; 503 while starting) and refused requests (400, 404, 405).
+        CacheStatus::None => matches!(class, "2xx" | "4xx" | "5xx"),
+    }
+}
+
+/// Every outcome of [`Mirror::get`](crate::mirror::Mirror::get) but `local`.
+const FETCHED: &[CacheStatus] = &[
+    CacheStatus::Hit,
+    CacheStatus::Miss,
+    CacheStatus::Revalidated,
+    CacheStatus::Stale,
+    CacheStatus::Negative,
+    CacheStatus::Refused,
+    CacheStatus::Error,
+    CacheStatus::Denied,
+];
+
+/// The cache outcomes a request can have, by the kind of resource it names (`None`: it names
+/// none, and its repository label is `none` too).
+pub fn outcomes(kind: Option<Kind>) -> &'static [CacheStatus] {
+    match kind {
+        None => &[CacheStatus::None],
+        // Answered by hexmirror itself, to anyone.
+        Some(Kind::PublicKey) => &[CacheStatus::Local],
+        // Docs are not signed, so never refused.
+        Some(Kind::Docs) => &[
+            CacheStatus::Hit,
+            CacheStatus::Miss,
+            CacheStatus::Revalidated,
+            CacheStatus::Stale,
+            CacheStatus::Negative,
+            CacheStatus::Error,
+            CacheStatus::Denied,
+        ],
+        // A tarball is valid exactly while it matches its verified record: never served stale.
+        Some(Kind::Tarball) => &[
+            CacheStatus::Hit,
+            CacheStatus::Miss,
+            CacheStatus::Revalidated,
+            CacheStatus::Negative,
+            CacheStatus::Refused,
+            CacheStatus::Error,
+            CacheStatus::Denied,
+        ],
+        Some(_) => FETCHED,
+    }
+}
+
+/// The kind a `resource` label names (`None` for `none`).
+fn kind_of(resource: &str) -> Option<Kind> {
+    Kind::ALL.into_iter().find(|k| k.as_str() == resource)
+}
+
+/// Whether a request can be counted under these labels: a repository exactly when a resource,
+/// an outcome of [`outcomes`] for the resource, a status class [`possible`] for the outcome.
+pub fn can_occur(repo: &str, resource: &str, status_class: &str, cache: CacheStatus) -> bool {
+    (repo == NO_REPO) == (resource == NO_RESOURCE)
+        && outcomes(kind_of(resource)).contains(&cache)
+        && possible(cache, status_class)
+}
+
+/// The `reason`s verification can refuse an upstream answer for, by the kind of the resource
+/// verified (the package record a tarball request needed counts as `package`): what the
+/// `verify` function `Mirror::verify_content` calls for the kind can fail with.
+pub fn refusal_reasons(kind: Kind) -> &'static [&'static str] {
+    // `verify::registry_file`: the declared size, gunzip, the `Signed` envelope, the payload.
+    const REGISTRY: &[&str] = &[
+        "gzip",
+        "trailing_data",
+        "too_large",
+        "size_mismatch",
+        "decode",
+        "missing_signature",
+        "bad_signature",
+        "wrong_repository",
+    ];
+    // The same, for a payload that names the package or policy it is for.
+    const NAMED: &[&str] = &[
+        "gzip",
+        "trailing_data",
+        "too_large",
+        "size_mismatch",
+        "decode",
+        "missing_signature",
+        "bad_signature",
+        "wrong_repository",
+        "wrong_name",
+    ];
+    match kind {
+        Kind::Names | Kind::Versions => REGISTRY,
+        Kind::Package | Kind::Policy => NAMED,
+        // `verify::tarball`: the size, the outer checksum or the inner one (read from the tar).
+        Kind::Tarball => &["too_large", "decode", "checksum_mismatch"],
+        // `verify::registry_v1` and `registry_v1_signature`: the hex signature, header or file.
+        Kind::RegistryV1 => &["decode", "missing_signature", "bad_signature"],
+        // `verify::installs_csv`, `installs_signature` and `installer`.
+        Kind::Installs => &["decode", "missing_signature", "bad_signature", "too_large", "checksum_mismatch"],
+        // Docs are not verified; the public key is never fetched.
+        Kind::Docs | Kind::PublicKey => &[],
+    }
+}
+
+/// The status classes a request counted under `cache` is initialised with: those an
+/// unconditional GET can get (a 304 answers a conditional request only).
+fn initial_classes(cache: CacheStatus) -> impl Iterator<Item = &'static str> {
+    STATUS_CLASSES.into_iter().filter(move |class| *class != "3xx" && possible(cache, class))
 }
 
 /// `2xx`, `3xx`, `4xx`, `5xx`.
@@ -130,11 +266,18 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
     g
 }
 
+/// Client latency: from a hit in memory (under a millisecond) to a large tarball fetched cold
+/// or a transfer timing out.
 const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
+/// Upstream latency: an HTTP exchange with its body takes a millisecond at least, even from a
+/// hexmirror next door, so the two finest client buckets would only cost series per repository.
+const UPSTREAM_BUCKETS: &[f64] = LATENCY_BUCKETS.split_at(2).1;
+
 impl Metrics {
-    /// Registers every family and initialises every label set for the given repository names.
+    /// Registers every family and initialises the label sets that can occur for the given
+    /// repositories and their upstreams (see the module docs).
     pub fn new(repos: &[&str], upstreams: &[(&str, String)]) -> Metrics {
         let registry = Registry::new();
         let requests = counter_vec(
@@ -161,7 +304,7 @@ impl Metrics {
                 "hexmirror_upstream_request_duration_seconds",
                 "Time for an upstream request, body included.",
             )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+            .buckets(UPSTREAM_BUCKETS.to_vec()),
             &["repo"],
         )
         .expect("valid metric");
@@ -293,26 +436,24 @@ impl Metrics {
     }
 
     fn initialise(&self, repos: &[&str], upstreams: &[(&str, String)]) {
-        let mut resources: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
-        resources.push(NO_RESOURCE);
-        let mut repo_labels: Vec<&str> = repos.to_vec();
-        repo_labels.push(NO_REPO);
-        for repo in &repo_labels {
-            for resource in &resources {
-                for method in ["GET", "HEAD"] {
-                    for class in STATUS_CLASSES {
-                        for cache in CacheStatus::ALL {
-                            self.requests.with_label_values(&[repo, resource, method, class, cache.as_str()]);
-                        }
+        // HEAD requests and 304s add their series at first use.
+        for cache in outcomes(None) {
+            for class in initial_classes(*cache) {
+                self.requests.with_label_values(&[NO_REPO, NO_RESOURCE, "GET", class, cache.as_str()]);
+            }
+        }
+        for repo in repos {
+            for kind in Kind::ALL {
+                for cache in outcomes(Some(kind)) {
+                    for class in initial_classes(*cache) {
+                        self.requests.with_label_values(&[repo, kind.as_str(), "GET", class, cache.as_str()]);
                     }
                 }
             }
         }
-        for resource in &resources {
-            for cache in CacheStatus::ALL {
-                self.request_duration.with_label_values(&[resource, cache.as_str()]);
-            }
-        }
+        // Each scrape observes this one anyway; other latency label sets start at their first
+        // observation.
+        self.request_duration.with_label_values(&[NO_RESOURCE, CacheStatus::None.as_str()]);
         for (repo, upstream) in upstreams {
             for class in UPSTREAM_STATUS_CLASSES {
                 self.upstream_requests.with_label_values(&[repo, upstream.as_str(), class]);
@@ -326,7 +467,7 @@ impl Metrics {
                 self.stale_served.with_label_values(&[repo, reason]);
             }
             for kind in Kind::ALL {
-                for reason in VerifyError::REASONS {
+                for reason in refusal_reasons(kind) {
                     self.verification_failures.with_label_values(&[repo, kind.as_str(), reason]);
                 }
             }
@@ -362,6 +503,12 @@ impl Metrics {
         cache: CacheStatus,
         seconds: f64,
     ) {
+        debug_assert!(
+            can_occur(repo, resource, status_class(status), cache),
+            "a request for {resource:?} of {repo:?} answered {status} is counted as {:?}, which metrics::outcomes \
+             and metrics::possible say cannot happen",
+            cache.as_str()
+        );
         self.requests.with_label_values(&[repo, resource, method, status_class(status), cache.as_str()]).inc();
         self.request_duration.with_label_values(&[resource, cache.as_str()]).observe(seconds);
     }
@@ -375,6 +522,17 @@ pub fn histogram(h: &HistogramVec, labels: &[&str]) -> Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verify::VerifyError;
+
+    /// The label values of one series line, by name.
+    fn labels(line: &str) -> std::collections::HashMap<&str, &str> {
+        let (open, close) = (line.find('{').expect("labelled"), line.rfind('}').expect("labelled"));
+        line[open + 1..close]
+            .split(',')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| (k, v.trim_matches('"')))
+            .collect()
+    }
 
     #[test]
     fn families_show_zeros_before_any_event() {
@@ -382,17 +540,162 @@ mod tests {
         let text = m.render();
         for needle in [
             "hexmirror_requests_total{cache=\"hit\",method=\"GET\",repo=\"corp\",resource=\"tarball\",status_class=\"2xx\"} 0",
+            "hexmirror_requests_total{cache=\"miss\",method=\"GET\",repo=\"hexpm\",resource=\"package\",status_class=\"4xx\"} 0",
+            "hexmirror_requests_total{cache=\"refused\",method=\"GET\",repo=\"hexpm\",resource=\"names\",status_class=\"5xx\"} 0",
+            "hexmirror_requests_total{cache=\"none\",method=\"GET\",repo=\"none\",resource=\"none\",status_class=\"4xx\"} 0",
             "hexmirror_verification_failures_total{reason=\"bad_signature\",repo=\"hexpm\",resource=\"package\"} 0",
+            "hexmirror_verification_failures_total{reason=\"checksum_mismatch\",repo=\"corp\",resource=\"tarball\"} 0",
             "hexmirror_upstream_requests_total{repo=\"hexpm\",status_class=\"5xx\",upstream=\"repo.hex.pm:443\"} 0",
+            "hexmirror_upstream_up{repo=\"hexpm\",upstream=\"repo.hex.pm:443\"} 1",
+            "hexmirror_upstream_breaker_openings_total{repo=\"hexpm\",upstream=\"repo.hex.pm:443\"} 0",
+            "hexmirror_upstream_request_duration_seconds_bucket{repo=\"corp\",le=\"0.1\"} 0",
+            "hexmirror_pending_fetches 0",
+            "hexmirror_fetches_rejected_total 0",
+            "hexmirror_fetches_cancelled_total 0",
             "hexmirror_cache_bytes{tier=\"disk\"} 0",
             "hexmirror_coalesced_waiters_total 0",
             "hexmirror_stale_served_total{reason=\"revalidating\",repo=\"corp\"} 0",
             "hexmirror_stale_served_total{reason=\"error\",repo=\"corp\"} 0",
             "hexmirror_build_info{version=",
-            "hexmirror_request_duration_seconds_bucket{cache=\"miss\",resource=\"package\",le=\"0.001\"} 0",
+            "hexmirror_request_duration_seconds_bucket{cache=\"none\",resource=\"none\",le=\"0.001\"} 0",
             "hexmirror_sync_items{state=\"failed\"} 0",
         ] {
             assert!(text.contains(needle), "missing {needle}");
+        }
+    }
+
+    #[test]
+    fn only_label_sets_that_can_occur_are_initialised() {
+        let m = Metrics::new(&["hexpm", "corp"], &[("hexpm", "repo.hex.pm:443".into())]);
+        let text = m.render();
+        let (mut requests, mut refusals) = (0, 0);
+        for line in text.lines().filter(|l| l.starts_with("hexmirror_requests_total{")) {
+            let l = labels(line);
+            let cache = CacheStatus::ALL.into_iter().find(|c| c.as_str() == l["cache"]).expect("a cache outcome");
+            assert!(can_occur(l["repo"], l["resource"], l["status_class"], cache), "{line}");
+            // HEAD requests and 304s add their series at first use.
+            assert_eq!(l["method"], "GET", "{line}");
+            assert_ne!(l["status_class"], "3xx", "{line}");
+            requests += 1;
+        }
+        for line in text.lines().filter(|l| l.starts_with("hexmirror_verification_failures_total{")) {
+            let l = labels(line);
+            let kind = kind_of(l["resource"]).expect("a resource kind");
+            assert!(refusal_reasons(kind).contains(&l["reason"]), "{line}");
+            refusals += 1;
+        }
+        assert!(requests > 100 && refusals > 60, "{requests} request and {refusals} refusal label sets");
+        for absent in [
+            "cache=\"hit\",method=\"GET\",repo=\"hexpm\",resource=\"package\",status_class=\"5xx\"",
+            "cache=\"local\",method=\"GET\",repo=\"hexpm\",resource=\"package\"",
+            "cache=\"miss\",method=\"GET\",repo=\"hexpm\",resource=\"public_key\"",
+            "cache=\"stale\",method=\"GET\",repo=\"hexpm\",resource=\"tarball\"",
+            "cache=\"refused\",method=\"GET\",repo=\"hexpm\",resource=\"docs\"",
+            "repo=\"none\",resource=\"names\"",
+            "reason=\"checksum_mismatch\",repo=\"hexpm\",resource=\"names\"",
+            "reason=\"unknown_release\"",
+        ] {
+            assert!(!text.contains(absent), "{absent} is initialised");
+        }
+    }
+
+    #[test]
+    fn the_tables_speak_of_labels_that_exist() {
+        for kind in Kind::ALL {
+            for reason in refusal_reasons(kind) {
+                assert!(VerifyError::REASONS.contains(reason), "{reason} ({kind:?}) is not a VerifyError reason");
+            }
+            assert!(!outcomes(Some(kind)).is_empty());
+            for cache in outcomes(Some(kind)) {
+                assert!(STATUS_CLASSES.iter().any(|c| possible(*cache, c)), "{cache:?} has no status class");
+                assert_ne!(*cache, CacheStatus::None, "{kind:?}");
+            }
+        }
+        // Every outcome but `none` belongs to some resource kind, and every class to some outcome.
+        for cache in CacheStatus::ALL {
+            let kinds = Kind::ALL.into_iter().filter(|k| outcomes(Some(*k)).contains(&cache)).count();
+            assert_eq!(kinds == 0, cache == CacheStatus::None, "{cache:?}");
+        }
+        for class in STATUS_CLASSES {
+            assert!(CacheStatus::ALL.into_iter().any(|c| possible(c, class)), "{class}");
+        }
+    }
+
+    /// What the `verify` functions `Mirror::verify_content` calls for each kind fail with, on
+    /// bodies that are wrong in many ways, is in [`refusal_reasons`] for the kind.
+    #[test]
+    fn refusal_reasons_cover_what_verification_reports() {
+        use crate::verify::{self, PublicKey, RegistryFile, ReleaseChecksum};
+        use bytes::Bytes;
+        use std::io::Write;
+
+        const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/demo-repo");
+        let read = |rel: &str| Bytes::from(std::fs::read(format!("{DEMO}/{rel}")).unwrap());
+        let key = PublicKey::from_pem(verify::tests::TEST_PUB).unwrap();
+        let gzip = |data: &[u8]| {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(data).unwrap();
+            Bytes::from(enc.finish().unwrap())
+        };
+        let names = read("hexpm/names");
+        let package = read("hexpm/packages/hexdemo_mid");
+        let tarball = read("hexpm/tarballs/hexdemo_mid-0.2.0.tar");
+        let mut trailing = names.to_vec();
+        trailing.extend_from_slice(&names);
+        let mut huge = gzip(b"x").to_vec();
+        let at = huge.len() - 4;
+        huge[at..].copy_from_slice(&u32::MAX.to_le_bytes());
+        let bodies: Vec<Bytes> = vec![
+            Bytes::new(),
+            Bytes::from_static(b"<html>not found</html>"),
+            gzip(b""),
+            gzip(b"\x0a\x03abc"),
+            gzip(&[0xff; 64]),
+            names.clone(),
+            package.clone(),
+            read("hexpm/versions"),
+            Bytes::from(trailing),
+            Bytes::from(huge),
+            Bytes::copy_from_slice(&names[..names.len() - 1]),
+            tarball.clone(),
+        ];
+        let limit = 1 << 20;
+        let check = |kind: Kind, result: Result<verify::Verified<verify::Body>, VerifyError>| {
+            if let Err(e) = result {
+                assert!(refusal_reasons(kind).contains(&e.reason()), "{kind:?} refused for {e:?}");
+            }
+        };
+        // `verify_content` refuses a registry file by its declared size before inflating it.
+        let declared = |kind: Kind, body: &[u8]| match verify::declared_size(body) {
+            Ok(size) if size > limit => check(kind, Err(VerifyError::TooLarge { limit })),
+            Ok(_) => {}
+            Err(e) => check(kind, Err(e)),
+        };
+        for body in &bodies {
+            for origin in ["hexpm", "acme"] {
+                for (kind, file) in [
+                    (Kind::Names, RegistryFile::Names),
+                    (Kind::Versions, RegistryFile::Versions),
+                    (Kind::Package, RegistryFile::Package("hexdemo_mid")),
+                    (Kind::Package, RegistryFile::Package("other")),
+                    (Kind::Policy, RegistryFile::Policy("hexdemo_mid")),
+                ] {
+                    declared(kind, body);
+                    check(kind, verify::registry_file(file, origin, body.clone(), &key, limit));
+                }
+            }
+            for max in [1, limit] {
+                for sum in [ReleaseChecksum::Outer([0; 32]), ReleaseChecksum::Inner([0; 32])] {
+                    check(Kind::Tarball, verify::tarball(body.clone(), &sum, max));
+                }
+                check(Kind::Installs, verify::installer(body.clone(), "00", max));
+            }
+            for signature in ["zz", "00ff", &hex::encode(body)] {
+                check(Kind::RegistryV1, verify::registry_v1(body.clone(), signature, &key));
+                check(Kind::Installs, verify::installs_csv(body.clone(), signature.as_bytes(), &key));
+            }
+            check(Kind::RegistryV1, verify::registry_v1_signature(body.clone(), &names, &key));
+            check(Kind::Installs, verify::installs_signature(body.clone(), &names, &key));
         }
     }
 

@@ -260,3 +260,138 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for Service {
         Box::pin(async move { Ok(service.handle(req).await) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{can_occur, status_class};
+    use crate::upstream::UpstreamError;
+    use crate::verify::{Facts, VerifyError};
+
+    /// One error of each kind `Mirror::get` can fail with. The matches have no wildcard: a new
+    /// variant does not compile until it is listed here, and so checked against the table.
+    fn every_error() -> Vec<MirrorError> {
+        let upstream = vec![
+            UpstreamError::Unreachable("connection refused".into()),
+            UpstreamError::Timeout,
+            UpstreamError::TooLarge { limit: 1 },
+            UpstreamError::Status(304),
+            UpstreamError::Status(500),
+            UpstreamError::RateLimited(1),
+            UpstreamError::Redirect,
+            UpstreamError::TooManyRedirects,
+        ];
+        for e in &upstream {
+            match e {
+                UpstreamError::Unreachable(_)
+                | UpstreamError::Timeout
+                | UpstreamError::TooLarge { .. }
+                | UpstreamError::Status(_)
+                | UpstreamError::RateLimited(_)
+                | UpstreamError::Redirect
+                | UpstreamError::TooManyRedirects => {}
+            }
+        }
+        let mut errors = vec![
+            MirrorError::NotFound("remembered".into()),
+            MirrorError::NotFoundUpstream("packages/none".into()),
+            MirrorError::Refused(VerifyError::BadSignature),
+            MirrorError::Unauthorized,
+            MirrorError::Unavailable("busy".into()),
+            MirrorError::Internal("bug".into()),
+        ];
+        errors.extend(upstream.into_iter().map(MirrorError::Upstream));
+        for e in &errors {
+            match e {
+                MirrorError::NotFound(_)
+                | MirrorError::NotFoundUpstream(_)
+                | MirrorError::Refused(_)
+                | MirrorError::Upstream(_)
+                | MirrorError::Unauthorized
+                | MirrorError::Unavailable(_)
+                | MirrorError::Internal(_) => {}
+            }
+        }
+        errors
+    }
+
+    fn service() -> Service {
+        let config = crate::config::load_from(None, figment::providers::Env::prefixed("HEXMIRROR_UNIT_TEST_UNUSED_"))
+            .expect("the default configuration");
+        let metrics = crate::metrics_for(&config);
+        let store = Arc::new(crate::cache::NullStore { reason: "unit test".into() });
+        Service::new(Mirror::with_store(config, metrics, store).expect("a mirror"), Arc::new(AtomicBool::new(false)))
+    }
+
+    fn request(method: &str, path: &str, etag: Option<&str>) -> Request<()> {
+        let mut builder = Request::builder().method(method).uri(path);
+        if let Some(etag) = etag {
+            builder = builder.header(header::IF_NONE_MATCH, etag);
+        }
+        builder.body(()).unwrap()
+    }
+
+    /// Every status `service.rs` answers with, and the outcome it counts it under, is a label
+    /// set `metrics::can_occur` allows (and so one `Metrics::initialise` may touch).
+    #[tokio::test]
+    async fn every_answer_is_counted_under_labels_that_can_occur() {
+        for e in every_error() {
+            let class = status_class(e.status().as_u16());
+            assert!(can_occur("hexpm", "package", class, e.cache_status()), "{e:?}: {class} as {:?}", e.cache_status());
+        }
+
+        let service = service();
+        let mut answers = Vec::new();
+        // What `Mirror::get` answers with content; `local` comes from the public key below.
+        for cache in [CacheStatus::Hit, CacheStatus::Miss, CacheStatus::Revalidated, CacheStatus::Stale] {
+            for (method, etag) in [("GET", None), ("HEAD", None), ("GET", Some("\"e\"")), ("GET", Some("\"other\""))] {
+                let reply = Reply {
+                    body: Bytes::from_static(b"body"),
+                    etag: "\"e\"".into(),
+                    cache_control: None,
+                    last_modified: None,
+                    status: cache,
+                    private: false,
+                    docs: false,
+                    facts: Facts::None,
+                    stale_age: (cache == CacheStatus::Stale).then_some(1),
+                };
+                let resp = service.reply(&request(method, "/packages/a", etag), reply, method == "HEAD");
+                answers.push((resp.status(), "hexpm".to_string(), "package", cache));
+            }
+        }
+        let long = format!("/{}", "a".repeat(crate::route::MAX_PATH_LEN));
+        let mut requests = vec![
+            request("POST", "/names", None),
+            request("DELETE", "/healthz", None),
+            request("GET", "/nothing/here", None),
+            request("GET", &long, None),
+            request("GET", "/healthz", None),
+            request("GET", "/readyz", None),
+            request("GET", "/metrics", None),
+            request("HEAD", "/metrics", None),
+            request("GET", "/public_key", None),
+            request("HEAD", "/public_key", None),
+            request("GET", "/repos/acme/public_key", None),
+        ];
+        let (first, outcome) = service.dispatch(&request("GET", "/public_key", None)).await;
+        let etag = first.headers().get(header::ETAG).unwrap().to_str().unwrap().to_string();
+        answers.push((first.status(), outcome.repo, outcome.resource, outcome.cache));
+        requests.push(request("GET", "/public_key", Some(&etag)));
+        requests.push(request("HEAD", "/public_key", Some(&etag)));
+        for req in &requests {
+            let (resp, outcome) = service.dispatch(req).await;
+            answers.push((resp.status(), outcome.repo, outcome.resource, outcome.cache));
+        }
+        service.ready.store(true, Ordering::Relaxed);
+        let (resp, outcome) = service.dispatch(&request("GET", "/readyz", None)).await;
+        answers.push((resp.status(), outcome.repo, outcome.resource, outcome.cache));
+
+        let statuses: std::collections::BTreeSet<u16> = answers.iter().map(|(s, ..)| s.as_u16()).collect();
+        assert_eq!(statuses, [200, 304, 400, 404, 405, 503].into(), "the answers this test reaches");
+        for (status, repo, resource, cache) in answers {
+            let class = status_class(status.as_u16());
+            assert!(can_occur(&repo, resource, class, cache), "{status} for {resource} of {repo} as {cache:?}");
+        }
+    }
+}

@@ -16,6 +16,8 @@ FAMILIES = {
     "hexmirror_coalesced_waiters_total", "hexmirror_stale_served_total",
     "hexmirror_upstream_inflight", "hexmirror_sync_last_success_timestamp_seconds",
     "hexmirror_sync_items", "hexmirror_build_info", "hexmirror_start_time_seconds",
+    "hexmirror_upstream_up", "hexmirror_upstream_breaker_openings_total", "hexmirror_pending_fetches",
+    "hexmirror_fetches_rejected_total", "hexmirror_fetches_cancelled_total",
 }
 HISTOGRAMS = {"hexmirror_request_duration_seconds", "hexmirror_upstream_request_duration_seconds"}
 ALLOWED = {f for f in FAMILIES if f not in HISTOGRAMS}
