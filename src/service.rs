@@ -280,6 +280,7 @@ mod tests {
             UpstreamError::RateLimited(1),
             UpstreamError::Redirect,
             UpstreamError::TooManyRedirects,
+            UpstreamError::CircuitOpen { upstream: "repo.hex.pm:443".into(), retry_in: 2 },
         ];
         for e in &upstream {
             match e {
@@ -289,7 +290,8 @@ mod tests {
                 | UpstreamError::Status(_)
                 | UpstreamError::RateLimited(_)
                 | UpstreamError::Redirect
-                | UpstreamError::TooManyRedirects => {}
+                | UpstreamError::TooManyRedirects
+                | UpstreamError::CircuitOpen { .. } => {}
             }
         }
         let mut errors = vec![
@@ -298,6 +300,7 @@ mod tests {
             MirrorError::Refused(VerifyError::BadSignature),
             MirrorError::Unauthorized,
             MirrorError::Unavailable("busy".into()),
+            MirrorError::Busy { pending: 2048 },
             MirrorError::Internal("bug".into()),
         ];
         errors.extend(upstream.into_iter().map(MirrorError::Upstream));
@@ -309,6 +312,7 @@ mod tests {
                 | MirrorError::Upstream(_)
                 | MirrorError::Unauthorized
                 | MirrorError::Unavailable(_)
+                | MirrorError::Busy { .. }
                 | MirrorError::Internal(_) => {}
             }
         }
