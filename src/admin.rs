@@ -315,6 +315,8 @@ impl AdminService {
             (Method::GET, "/_admin/cache") => {
                 let filter = query(&req, "filter").unwrap_or_default();
                 let package = query(&req, "package");
+                // The listing shows what is on disk: entries answered moments ago included.
+                mirror.settle_writes().await;
                 json(StatusCode::OK, &cache_rows(mirror, &filter, package.as_deref()))
             }
             (Method::POST, "/_admin/purge") => match query(&req, "package") {

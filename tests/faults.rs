@@ -325,12 +325,14 @@ const TARBALL_RECORD: &str = "/packages/hexdemo_base";
 const TARBALL: &str = "/tarballs/hexdemo_base-1.0.0.tar";
 
 /// Short TTL and timeouts, small size limits; an expired file waits for the upstream (no
-/// stale-while-revalidate), so that every fault reaches the request that meets it.
+/// stale-while-revalidate) and the circuit breaker stays closed (tests/pressure.rs covers
+/// it), so that every fault reaches the request that meets it.
 fn fault_site(up: &FaultyUpstream) -> MirrorBuilder {
     TestMirror::builder()
         .upstream(&up.url())
         .registry_ttl("1s")
         .without_stale_while_revalidate()
+        .set("breaker_failures", 0)
         .set("max_registry_bytes", "8KiB")
         .set("max_tarball_bytes", "16KiB")
         .set("read_timeout", "1s")

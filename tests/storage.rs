@@ -399,6 +399,7 @@ async fn a_blob_damaged_while_serving_is_detected_on_read_and_refetched() {
     let path = "/tarballs/hexdemo_top-2.0.1.tar";
     assert_eq!(mirror.get(path).await.body, fixture(path));
     mirror.mirror.update_gauges(); // runs the memory tier's pending evictions
+    mirror.mirror.settle_writes().await;
     let blob = blob_of(&data, &fixture(path));
     let mut bytes = std::fs::read(&blob).unwrap();
     bytes[4000] ^= 0x80;
@@ -491,6 +492,7 @@ async fn the_disk_tier_stays_within_its_budget_and_never_evicts_what_sync_pinned
             let got = mirror.get(path).await;
             assert_eq!(got.status, 200, "round {round}: {path}");
             assert_eq!(got.body, fixture(path), "round {round}: {path}");
+            mirror.mirror.settle_writes().await; // the write and its eviction run behind the answer
             let text = mirror.metrics().await;
             let disk = metric_sum(&text, "hexmirror_cache_bytes", &["disk"]);
             assert!(disk <= budget as f64, "round {round} after {path}: disk tier holds {disk} bytes");
