@@ -17,7 +17,9 @@
 # Each round runs one writer against a data directory, rotating among
 #   sync    `hexmirror sync --all --retired` (names, versions, 3 records, 6 tarballs),
 #   serve   `hexmirror serve` with 11 concurrent curl fetches (registry_ttl = 1s, so records
-#           are revalidated and rewritten too); their 200 bodies are checked as well,
+#           are revalidated and rewritten too); their 200 bodies are checked as well. serve
+#           answers before its disk write lands (the write runs behind the answer), so a kill
+#           may lose entries it answered, and must never leave one damaged,
 #   import  `hexmirror import BUNDLE`,
 # and kills it with SIGKILL after a random delay (for serve: counted from its first /healthz
 # answer) spanning the writer's whole run, as timed once at set-up on an empty store.
