@@ -103,7 +103,9 @@ pub struct RawConfig {
     pub max_connections: u64,
     /// How long a client may take to send its request head.
     pub client_header_timeout: RawDuration,
+    #[serde(deserialize_with = "flexible_bool::plain")]
     pub offline: bool,
+    #[serde(deserialize_with = "flexible_bool::plain")]
     pub access_log: bool,
     pub installs_public_key: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -130,9 +132,9 @@ pub struct RawRepo {
     pub public_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "flexible_bool::optional")]
     pub trusted: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "flexible_bool::plain")]
     pub allow_http: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_key: Option<String>,
@@ -154,8 +156,183 @@ pub struct RawAccess {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens_file: Option<PathBuf>,
     /// Every client of this hexmirror may read the repository's private content.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "flexible_bool::plain")]
     pub allow_all_clients: bool,
+}
+
+/// Booleans as an operator writes them, in a file or in the environment: `true`/`false`,
+/// `1`/`0`, `yes`/`no`, `on`/`off` (any case).
+mod flexible_bool {
+    use serde::de::{self, Deserializer, Visitor};
+
+    struct Flexible;
+
+    impl Visitor<'_> for Flexible {
+        type Value = bool;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a boolean: true/false, 1/0, yes/no or on/off")
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<bool, E> {
+            match v {
+                0 => Ok(false),
+                1 => Ok(true),
+                _ => Err(E::invalid_value(de::Unexpected::Signed(v), &self)),
+            }
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<bool, E> {
+            self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+            }
+        }
+    }
+
+    pub fn plain<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(Flexible)
+    }
+
+    pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+        d.deserialize_any(Flexible).map(Some)
+    }
+}
+
+/// Environment variables with the `HEXMIRROR_` prefix that are not configuration keys:
+/// `HEXMIRROR_CONFIG` (the file's path), and what Kubernetes sets in every pod of a namespace
+/// with a Service named `hexmirror` (service links: `HEXMIRROR_SERVICE_HOST`,
+/// `HEXMIRROR_PORT`, `HEXMIRROR_PORT_4000_TCP_ADDR`, ...). `name` is without the prefix.
+pub fn is_not_a_key(name: &str) -> bool {
+    let name = name.to_ascii_uppercase();
+    name == "CONFIG" || name == "PORT" || name.starts_with("PORT_") || name.starts_with("SERVICE_")
+}
+
+/// The `HEXMIRROR_*` variables of this process that [`load`] ignores (see [`is_not_a_key`]),
+/// for a debug line once logging is up.
+pub fn ignored_environment() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| name.strip_prefix("HEXMIRROR_").is_some_and(is_not_a_key))
+        .collect()
+}
+
+/// The keys a table of the configuration may hold, from the structs themselves.
+fn known_keys(table: Table) -> &'static [&'static str] {
+    use serde_aux::serde_introspection::serde_introspect;
+    match table {
+        Table::Root => serde_introspect::<RawConfig>(),
+        Table::Repo => serde_introspect::<RawRepo>(),
+        Table::Access => serde_introspect::<RawAccess>(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    Root,
+    Repo,
+    Access,
+}
+
+impl Table {
+    /// The table a key of this one opens, if it opens one.
+    fn child(self, key: &str) -> Option<Table> {
+        match (self, key) {
+            (Table::Repo, "access") => Some(Table::Access),
+            _ => None,
+        }
+    }
+}
+
+/// `unknown key `PREFIX.KEY`` and, when a known key is close, `; did you mean `listen`?`.
+fn unknown_key_text(table: Table, prefix: &str, key: &str) -> String {
+    let best = known_keys(table)
+        .iter()
+        .map(|known| (strsim::jaro_winkler(key, known), *known))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        Some((_, known)) => format!("unknown key `{prefix}{key}`; did you mean `{known}`?"),
+        None => format!("unknown key `{prefix}{key}`"),
+    }
+}
+
+/// Every unknown key of a configuration file, each with the file and line, and every TOML
+/// syntax error naming the file.
+fn file_mistakes(path: &Path, text: &str) -> Vec<String> {
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let document = match text.parse::<toml_edit::ImDocument<String>>() {
+        Ok(document) => document,
+        Err(e) => {
+            let at = e.span().map(|span| format!(", line {}", line_of(span.start))).unwrap_or_default();
+            return vec![format!("config file {}{at}: {}", path.display(), e.message())];
+        }
+    };
+    let mut mistakes = Vec::new();
+    let check = |table: Table, prefix: &str, items: &toml_edit::Table, mistakes: &mut Vec<String>| {
+        for (key, _) in items.iter() {
+            if !known_keys(table).contains(&key) {
+                let line = items.key(key).and_then(|k| k.span()).map(|span| line_of(span.start));
+                let at = line.map(|line| format!(", line {line}")).unwrap_or_default();
+                let text = unknown_key_text(table, prefix, key);
+                mistakes.push(format!("config file {}{at}: {text}", path.display()));
+            }
+        }
+    };
+    let root = document.as_table();
+    check(Table::Root, "", root, &mut mistakes);
+    if let Some(repos) = root.get("repos").and_then(|r| r.as_table_like()) {
+        for (name, repo) in repos.iter() {
+            let Some(repo) = repo.as_table() else { continue };
+            check(Table::Repo, &format!("repos.{name}."), repo, &mut mistakes);
+            if let Some(access) = repo.get("access").and_then(|a| a.as_table()) {
+                check(Table::Access, &format!("repos.{name}.access."), access, &mut mistakes);
+            }
+        }
+    }
+    mistakes
+}
+
+/// Every `HEXMIRROR_*` variable (of `vars`) that names no configuration key.
+fn environment_mistakes(vars: impl Iterator<Item = (String, String)>) -> Vec<String> {
+    let mut mistakes = Vec::new();
+    for (name, _) in vars {
+        let Some(rest) = name.strip_prefix("HEXMIRROR_") else { continue };
+        if is_not_a_key(rest) {
+            continue;
+        }
+        let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        // repos__NAME__KEY[__access__KEY]: the repository name itself is free.
+        let mut table = Table::Root;
+        let mut at = 0;
+        while at < parts.len() {
+            let key = parts[at].as_str();
+            if !known_keys(table).contains(&key) {
+                let prefix: String = parts[..at].iter().map(|p| format!("{p}.")).collect();
+                mistakes.push(format!("environment variable {name}: {}", unknown_key_text(table, &prefix, key)));
+                break;
+            }
+            match (table, key) {
+                (Table::Root, "repos") => {
+                    table = Table::Repo;
+                    at += 2;
+                }
+                _ => match table.child(key) {
+                    Some(child) => {
+                        table = child;
+                        at += 1;
+                    }
+                    None => break,
+                },
+            }
+        }
+    }
+    mistakes
 }
 
 impl Default for RawConfig {
@@ -298,24 +475,64 @@ pub struct Access {
 #[error("{}", .0.join("\n"))]
 pub struct ConfigError(pub Vec<String>);
 
+/// The environment layer: `HEXMIRROR_*` with `__` for nesting, less what [`is_not_a_key`] names.
+fn environment() -> Env {
+    Env::prefixed("HEXMIRROR_").split("__").filter(|key| !is_not_a_key(key.as_str()))
+}
+
 /// Loads the configuration: defaults < `file` (when given) < `HEXMIRROR_*` variables.
 pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-    load_from(file, Env::prefixed("HEXMIRROR_").split("__"))
+    load_raw(file, environment(), true).and_then(validate)
 }
 
 /// Like [`load`], with the environment layer given (tests pass a fixed one).
 pub fn load_from(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+    load_raw(file, env, false).and_then(validate)
+}
+
+/// The configuration as `hexmirror check-config` prints it: every key with its effective
+/// value, secrets redacted.
+pub fn effective(file: Option<&Path>) -> Result<String, ConfigError> {
+    let mut raw = load_raw(file, environment(), true)?;
+    validate(raw.clone())?;
+    const REDACTED: &str = "<redacted>";
+    if raw.admin_token.is_some() {
+        raw.admin_token = Some(REDACTED.into());
+    }
+    for repo in raw.repos.values_mut() {
+        if repo.auth_key.is_some() {
+            repo.auth_key = Some(REDACTED.into());
+        }
+        if let Some(access) = &mut repo.access {
+            for token in &mut access.tokens {
+                *token = REDACTED.into();
+            }
+        }
+    }
+    toml::to_string_pretty(&raw).map_err(|e| ConfigError(vec![format!("config: cannot print: {e}")]))
+}
+
+/// Reads the layers. Unknown keys (in the file: with its path and line; in the environment:
+/// with the variable) are all reported at once, with the closest known key.
+fn load_raw(file: Option<&Path>, env: Env, check_environment: bool) -> Result<RawConfig, ConfigError> {
     let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+    let mut mistakes = Vec::new();
     if let Some(path) = file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(vec![format!("config file {}: cannot read: {e}", path.display())]))?;
-        figment = figment.merge(Toml::string(&text));
+        mistakes.extend(file_mistakes(path, &text));
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    if check_environment {
+        mistakes.extend(environment_mistakes(
+            std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().unwrap_or_default()))),
+        ));
+    }
+    if !mistakes.is_empty() {
+        return Err(ConfigError(mistakes));
     }
     figment = figment.merge(env);
-    let raw: RawConfig = figment
-        .extract()
-        .map_err(|errors| ConfigError(errors.into_iter().map(|e| format!("config: {e}")).collect()))?;
-    validate(raw)
+    figment.extract().map_err(|errors| ConfigError(errors.into_iter().map(|e| format!("config: {e}")).collect()))
 }
 
 /// Why a size in the configuration cannot be read; each message quotes the text.
@@ -371,6 +588,11 @@ fn duration(key: &str, raw: &RawDuration, errors: &mut Vec<String>) -> Duration 
 }
 
 fn address(key: &str, text: &str, errors: &mut Vec<String>) -> Option<SocketAddr> {
+    // `localhost:PORT` is the loopback address, without asking a resolver.
+    let text = &match text.strip_prefix("localhost:") {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => text.to_string(),
+    };
     match text.parse() {
         Ok(addr) => Some(addr),
         Err(_) => {
@@ -820,6 +1042,126 @@ public_key = "/nonexistent/key.pem"
             ("https://repo.hex.pm", false),
         ] {
             assert_eq!(is_loopback(&url.parse().unwrap()), want, "{url}");
+        }
+    }
+
+    /// Every key the configuration structs accept appears in config/hexmirror.toml, set or
+    /// commented out: the file is the documented example "with every key".
+    #[test]
+    fn the_example_file_names_every_key() {
+        let text = include_str!("../config/hexmirror.toml");
+        let named = |key: &str| {
+            text.lines().any(|line| {
+                let line = line.trim_start_matches('#').trim_start();
+                line.starts_with(&format!("{key} =")) || line.starts_with(&format!("{key}="))
+            })
+        };
+        let mut missing = Vec::new();
+        for table in [Table::Root, Table::Repo, Table::Access] {
+            for key in known_keys(table) {
+                let opens_a_table = matches!((table, *key), (Table::Root, "repos") | (Table::Repo, "access"));
+                if !opens_a_table && !named(key) {
+                    missing.push(format!("{table:?}: {key}"));
+                }
+            }
+        }
+        assert!(text.contains("[repos.hexpm]") && text.contains(".access]"));
+        assert!(missing.is_empty(), "keys missing from config/hexmirror.toml: {missing:?}");
+        // The example itself is valid, with nothing unknown.
+        assert!(file_mistakes(Path::new("hexmirror.toml"), text).is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_all_reported_with_line_and_suggestion() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "lisen = \"x\"\n[repos.hexpm]\nupstrem = \"y\"\n",
+                &[
+                    "f.toml, line 1: unknown key `lisen`; did you mean `listen`?",
+                    "f.toml, line 3: unknown key `repos.hexpm.upstrem`; did you mean `upstream`?",
+                ],
+            ),
+            (
+                "[repos.corp.access]\ntoken = []\n",
+                &["line 2: unknown key `repos.corp.access.token`; did you mean `tokens`?"],
+            ),
+            ("zzzz = 1\n", &["line 1: unknown key `zzzz`"]),
+            ("listen = \"127.0.0.1:1\"\noffline = true\n", &[]),
+            ("listen = \n", &["config file f.toml, line 1: "]),
+        ];
+        for (text, expected) in cases {
+            let got = file_mistakes(Path::new("f.toml"), text);
+            assert_eq!(got.len(), expected.len(), "{text:?}: {got:?}");
+            for (line, want) in got.iter().zip(expected.iter()) {
+                assert!(line.contains(want), "{text:?}: {line:?} lacks {want:?}");
+            }
+        }
+        assert!(!unknown_key_text(Table::Root, "", "zzzz").contains("did you mean"));
+    }
+
+    #[test]
+    fn environment_keys_service_links_and_the_config_path() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("HEXMIRROR_LISTEN", None),
+            ("HEXMIRROR_REPOS__CORP__ACCESS__ALLOW_ALL_CLIENTS", None),
+            ("HEXMIRROR_REPOS__HEXPM__UPSTREAM", None),
+            ("HEXMIRROR_CONFIG", None),
+            ("HEXMIRROR_PORT", None),
+            ("HEXMIRROR_PORT_4000_TCP", None),
+            ("HEXMIRROR_PORT_4000_TCP_ADDR", None),
+            ("HEXMIRROR_SERVICE_HOST", None),
+            ("HEXMIRROR_SERVICE_PORT_HTTP", None),
+            ("OTHER_THING", None),
+            ("HEXMIRROR_LISEN", Some("unknown key `lisen`; did you mean `listen`?")),
+            ("HEXMIRROR_REPOS__HEXPM__TRUSTD", Some("unknown key `repos.hexpm.trustd`; did you mean `trusted`?")),
+            ("HEXMIRROR_REPOS__X__ACCESS__TOKNS", Some("`repos.x.access.tokns`; did you mean `tokens`?")),
+            ("HEXMIRROR_PORTS", Some("unknown key `ports`")),
+        ];
+        for (name, expected) in cases {
+            let got = environment_mistakes(std::iter::once((name.to_string(), "1".to_string())));
+            match expected {
+                None => assert!(got.is_empty(), "{name}: {got:?}"),
+                Some(want) => {
+                    assert_eq!(got.len(), 1, "{name}: {got:?}");
+                    assert!(got[0].contains(want) && got[0].contains(name), "{name}: {got:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn booleans_and_localhost_as_operators_write_them() {
+        for (value, expected) in [
+            ("true", Some(true)),
+            ("1", Some(true)),
+            ("yes", Some(true)),
+            ("On", Some(true)),
+            ("false", Some(false)),
+            ("0", Some(false)),
+            ("no", Some(false)),
+            ("off", Some(false)),
+            ("maybe", None),
+            ("2", None),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                jail.set_env("HEXMIRROR_OFFLINE", value);
+                jail.set_env("HEXMIRROR_REPOS__HEXPM__ALLOW_HTTP", value);
+                jail.set_env("HEXMIRROR_PORT", "tcp://10.0.0.9:4000");
+                jail.set_env("HEXMIRROR_PORT_4000_TCP_PORT", "4000");
+                jail.set_env("HEXMIRROR_SERVICE_HOST", "10.0.0.9");
+                jail.set_env("HEXMIRROR_LISTEN", "localhost:4010");
+                match (load(None), expected) {
+                    (Ok(config), Some(b)) => {
+                        assert_eq!(config.offline, b, "{value}");
+                        assert_eq!(config.repos[HEXPM].allow_http, b, "{value}");
+                        assert_eq!(config.listen, "127.0.0.1:4010".parse().unwrap());
+                    }
+                    (Err(e), None) => assert!(e.to_string().contains("boolean"), "{value}: {e}"),
+                    (got, want) => panic!("{value}: {got:?}, wanted {want:?}"),
+                }
+                Ok(())
+            });
         }
     }
 }

@@ -21,8 +21,9 @@ use http::Method;
 #[derive(Parser)]
 #[command(name = "hexmirror", version, about = "A verifying, caching mirror for the Hex package repository")]
 struct Cli {
-    /// Configuration file (TOML). Environment variables HEXMIRROR_* override it.
-    #[arg(long, global = true, value_name = "PATH")]
+    /// Configuration file (TOML); also HEXMIRROR_CONFIG. Environment variables HEXMIRROR_*
+    /// override it.
+    #[arg(long, global = true, value_name = "PATH", env = "HEXMIRROR_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -105,6 +106,9 @@ enum Command {
     },
     /// The last upstream answers refused by verification.
     Refusals,
+    /// Validate the configuration and print it with every effective value, secrets redacted
+    /// (exit 0), or print every mistake (exit 64).
+    CheckConfig,
 }
 
 #[derive(Subcommand)]
@@ -170,6 +174,23 @@ impl From<&str> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::CheckConfig = cli.command {
+        return match hexmirror::config::effective(cli.config.as_deref()) {
+            Ok(text) => {
+                let file = cli.config.as_deref().map(|p| p.display().to_string());
+                println!(
+                    "# hexmirror: configuration valid ({})",
+                    file.as_deref().unwrap_or("no file: defaults and environment")
+                );
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hexmirror: invalid configuration:\n{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
     let mut config = match hexmirror::config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -185,6 +206,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    for name in hexmirror::config::ignored_environment() {
+        tracing::debug!(variable = %name, "environment: not a configuration key (the config path or a Kubernetes service link); ignored");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -238,6 +262,7 @@ fn main() -> ExitCode {
             Command::Inspect { file, packages } => inspect(config, file, packages).await,
             Command::Cache { action } => cache(config, action).await,
             Command::Refusals => refusals(config).await,
+            Command::CheckConfig => unreachable!("answered before the configuration is loaded"),
         }
     });
     match result {

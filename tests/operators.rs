@@ -1,0 +1,75 @@
+//! What an operator meets first: configuration mistakes reported all at once with a
+//! suggestion, `check-config`, `HEXMIRROR_CONFIG`, and Kubernetes service links ignored.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn hexmirror() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hexmirror"));
+    cmd.env("RUST_LOG", "warn");
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("HEXMIRROR_")) {
+        cmd.env_remove(key);
+    }
+    cmd
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration_with_secrets_redacted() {
+    let site = TestMirror::builder().upstream("https://repo.example").set("admin_token", "admin-s3cret-77").repo(
+        "corp",
+        RepoSpec::demo("https://repo.example/repos/corp").auth_key("corp-key-s3cret").access_tokens(&["client-s3cret"]),
+    );
+    let config = site.write_config();
+    let out = run_hexmirror(&config, &["check-config"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for secret in ["admin-s3cret-77", "corp-key-s3cret", "client-s3cret"] {
+        assert!(!stdout.contains(secret), "{secret} printed:\n{stdout}");
+    }
+    assert!(stdout.contains("<redacted>"));
+    assert!(stdout.contains("breaker_failures = 5") && stdout.contains("[repos.corp]"), "{stdout}");
+}
+
+#[test]
+fn every_mistake_is_reported_at_once_with_the_file_line_and_a_suggestion() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hexmirror.toml");
+    std::fs::write(&path, "lisen = \"127.0.0.1:4000\"\n[repos.hexpm]\nupstrem = \"https://repo.hex.pm\"\n").unwrap();
+    for args in [&["check-config"][..], &["serve"][..]] {
+        let out = hexmirror().arg("--config").arg(&path).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        let file = path.display().to_string();
+        assert!(stderr.contains(&format!("{file}, line 1: unknown key `lisen`; did you mean `listen`?")), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{file}, line 3: unknown key `repos.hexpm.upstrem`; did you mean `upstream`?")),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_config_path_comes_from_hexmirror_config_and_service_links_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hexmirror.toml");
+    std::fs::write(&path, "listen = \"localhost:4999\"\noffline = \"yes\"\n").unwrap();
+    let out = hexmirror()
+        .arg("check-config")
+        .env("HEXMIRROR_CONFIG", &path)
+        .env("HEXMIRROR_PORT", "tcp://10.96.0.12:4000")
+        .env("HEXMIRROR_PORT_4000_TCP", "tcp://10.96.0.12:4000")
+        .env("HEXMIRROR_PORT_4000_TCP_ADDR", "10.96.0.12")
+        .env("HEXMIRROR_SERVICE_HOST", "10.96.0.12")
+        .env("HEXMIRROR_SERVICE_PORT", "4000")
+        .env("HEXMIRROR_ACCESS_LOG", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&path.display().to_string()), "names the file it read: {stdout}");
+    assert!(stdout.contains("listen = \"localhost:4999\""), "{stdout}");
+    assert!(stdout.contains("offline = true") && stdout.contains("access_log = true"), "{stdout}");
+}
