@@ -1,9 +1,12 @@
-//! The Grafana board and hexmirror's `/metrics` never drift apart. A mirror is started and
-//! scraped, and the families it exports are read from the `# TYPE` lines of that scrape (a family
-//! is there however few of its label sets have occurred): every family is on some panel of the
-//! board, or on [`NOT_ON_THE_BOARD`] with the reason; every metric a board query names exists,
-//! with every label the query filters or groups on; and the Repository variable never selects the
-//! requests that name no repository (`repo="none"`).
+//! The Grafana board, the alert rules and hexmirror's `/metrics` never drift apart. A mirror is
+//! started and scraped, and the families it exports are read from the `# TYPE` lines of that
+//! scrape (a family is there however few of its label sets have occurred): every family is on
+//! some panel of the board, or on [`NOT_ON_THE_BOARD`] with the reason; every metric a board
+//! query or an alert rule names exists, with every label it filters or groups on; and the
+//! Repository variable never selects the requests that name no repository (`repo="none"`).
+//!
+//! The alert rules are read from `deploy/prometheus/hexmirror-alerts.yaml`; `deploy/check.sh`
+//! checks that the PrometheusRule is generated from that file, and runs `promtool` on both.
 
 mod common;
 
@@ -12,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::*;
 
 const DASHBOARD: &str = include_str!("../grafana/hexmirror.json");
+const ALERTS: &str = include_str!("../deploy/prometheus/hexmirror-alerts.yaml");
 
 /// Families deliberately not shown on the board, each with the reason, e.g.
 /// `("hexmirror_example_total", "only useful while debugging X")`. Every family hexmirror exports
@@ -257,6 +261,59 @@ async fn every_exported_family_is_on_the_board() {
     );
 }
 
+/// Each alerting rule of a Prometheus rules file: its `alert` name and its `expr`, a plain,
+/// quoted or block (`|`, `>`) scalar. Enough YAML for a rules file; promtool reads it in full in
+/// deploy/check.sh.
+fn alert_exprs(yaml: &str) -> Vec<(String, String)> {
+    const RULE_KEYS: &[&str] = &["alert:", "record:", "expr:", "for:", "labels:", "annotations:"];
+    // (alert, expr) of each rule, in order; a rule starts at a list item with a rule's key.
+    let mut rules: Vec<(Option<String>, Option<String>)> = Vec::new();
+    let lines: Vec<&str> = yaml.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let item = line.trim_start().strip_prefix("- ");
+        if item.is_some_and(|item| RULE_KEYS.iter().any(|k| item.starts_with(k))) {
+            rules.push((None, None));
+        }
+        let entry = item.unwrap_or(line.trim_start());
+        let Some(rule) = rules.last_mut() else { continue };
+        if let Some(name) = entry.strip_prefix("alert:") {
+            rule.0 = Some(name.trim().to_string());
+        } else if let Some(value) = entry.strip_prefix("expr:") {
+            let value = value.trim();
+            let indent = line.len() - line.trim_start().len();
+            rule.1 = Some(if value.starts_with(['|', '>']) {
+                let block = lines[i + 1..]
+                    .iter()
+                    .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent);
+                block.map(|l| l.trim()).collect::<Vec<_>>().join(if value.starts_with('|') { "\n" } else { " " })
+            } else if value.len() >= 2 && (value.starts_with('"') || value.starts_with('\'')) {
+                value[1..value.len() - 1].to_string()
+            } else {
+                value.to_string()
+            });
+        }
+    }
+    rules
+        .into_iter()
+        .filter_map(|(alert, expr)| {
+            let alert = alert?;
+            let expr = expr.unwrap_or_else(|| panic!("alert {alert} has no expr"));
+            Some((alert, expr))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_metric_and_label_the_alert_rules_use_exists() {
+    let alerts = alert_exprs(ALERTS);
+    assert!(alerts.len() >= 6, "{} alerts in hexmirror-alerts.yaml", alerts.len());
+    let live = scrape().await;
+    for (name, expr) in &alerts {
+        let place = format!("alert {name}");
+        assert!(!check_query(&live, &place, expr).is_empty(), "{place}: `{expr}` names no hexmirror metric");
+    }
+}
+
 /// Grafana's `label_values(metric{matchers}, label)` over one scrape, with every `$variable`
 /// matching anything (their "All").
 fn label_values(live: &Exposition, query: &str) -> BTreeSet<String> {
@@ -328,6 +385,14 @@ fn the_parsers_find_names_labels_and_samples() {
     assert_eq!(sample.name, "hexmirror_up");
     assert_eq!(sample.labels["repo"], "a,b}");
     assert_eq!(sample.labels["q"], "x\"y");
+    let rules = "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: hexmirror_a == 0\n        for: 5m\n\
+                 \x20     - alert: B\n        expr: |\n          sum(hexmirror_b)\n\n          > 1\n        labels: {}\n\
+                 \x20     - expr: 'hexmirror_c{x=\"1\"}'\n        alert: C\n";
+    let found = alert_exprs(rules);
+    assert_eq!(found[0], ("A".into(), "hexmirror_a == 0".into()));
+    assert_eq!(found[1], ("B".into(), "sum(hexmirror_b)\n\n> 1".into()));
+    assert_eq!(found[2], ("C".into(), r#"hexmirror_c{x="1"}"#.into()));
+    assert_eq!(found.len(), 3);
     let live = Exposition::parse("# TYPE hexmirror_d histogram\nhexmirror_d_bucket{le=\"1\"} 0\nhexmirror_d_sum 0\n");
     assert_eq!(live.family_of("hexmirror_d_bucket"), Some("hexmirror_d"));
     assert_eq!(live.family_of("hexmirror_d"), None);
