@@ -149,6 +149,8 @@ struct Want {
     repo: Option<String>,
     name: String,
     pick: Pick,
+    /// The `--package` spec this want comes from, as given: selecting nothing for it fails.
+    requested: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -265,10 +267,17 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
         events,
     };
     let mut queue: VecDeque<Want> = VecDeque::new();
-    for spec in &request.packages {
+    for text in &request.packages {
+        let spec = text;
         match PackageSpec::parse(spec) {
             Ok(spec) => {
-                queue.push_back(Want { repo: request.repo.clone(), name: spec.name, pick: Pick::All(spec.requirement) })
+                let requested = Some(text.clone());
+                queue.push_back(Want {
+                    repo: request.repo.clone(),
+                    name: spec.name,
+                    pick: Pick::All(spec.requirement),
+                    requested,
+                })
             }
             Err(e) => planner.item(spec.clone(), Outcome::Failed, Some(format!("bad package spec: {e}"))),
         }
@@ -285,7 +294,12 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
                 }
                 for package in lock.packages {
                     let repo = dependency_repo(&request.repo, Some(package.repo.as_str()));
-                    queue.push_back(Want { repo, name: package.name.clone(), pick: Pick::Locked(package) });
+                    queue.push_back(Want {
+                        repo,
+                        name: package.name.clone(),
+                        pick: Pick::Locked(package),
+                        requested: None,
+                    });
                 }
             }
             Err(e) => planner.item(file.clone(), Outcome::Failed, Some(format!("cannot parse lockfile: {e}"))),
@@ -305,7 +319,12 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
         if let Some(Facts::Names(names)) = names.map(|r| r.facts) {
             tracing::info!(packages = names.len(), "sync --all: every package of the repository");
             for name in names.iter() {
-                queue.push_back(Want { repo: request.repo.clone(), name: name.to_string(), pick: Pick::All(None) });
+                queue.push_back(Want {
+                    repo: request.repo.clone(),
+                    name: name.to_string(),
+                    pick: Pick::All(None),
+                    requested: None,
+                });
             }
         }
     }
@@ -328,7 +347,16 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
     // Resolve the closure from verified records.
     let mut visited: BTreeSet<(Option<String>, String, String)> = BTreeSet::new();
     while let Some(want) = queue.pop_front() {
-        let Some(record) = planner.record(&want.repo, &want.name).await else { continue };
+        let Some(record) = planner.record(&want.repo, &want.name).await else {
+            if let Some(spec) = &want.requested {
+                planner.item(
+                    spec.clone(),
+                    Outcome::Failed,
+                    Some("no verified registry record for this package".into()),
+                );
+            }
+            continue;
+        };
         let mut releases: Vec<(semver::Version, &Release)> =
             record.iter().filter_map(|r| parse_version(&r.version).ok().map(|v| (v, r))).collect();
         releases.sort_by(|a, b| a.0.cmp(&b.0));
@@ -369,7 +397,20 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
             },
         };
         if chosen.is_empty() && matches!(want.pick, Pick::All(_) | Pick::Highest(_)) {
-            planner.item(want.name.clone(), Outcome::Skipped, Some("no release matches".into()));
+            match &want.requested {
+                // What the operator asked for by name matched nothing: a failure, not a skip.
+                Some(spec) => {
+                    let newest = releases.last().map(|(v, _)| format!("; newest release: {v}")).unwrap_or_default();
+                    let filters = match (request.include_prereleases, request.include_retired) {
+                        (false, false) => " (pre-releases and retired releases need --pre and --retired)",
+                        (false, true) => " (pre-releases need --pre)",
+                        (true, false) => " (retired releases need --retired)",
+                        (true, true) => "",
+                    };
+                    planner.item(spec.clone(), Outcome::Failed, Some(format!("no release matches{filters}{newest}")));
+                }
+                None => planner.item(want.name.clone(), Outcome::Skipped, Some("no release matches".into())),
+            }
         }
         for release in chosen {
             let id = (want.repo.clone(), want.name.clone(), release.version.clone());
@@ -394,7 +435,12 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
                     continue;
                 };
                 let repo = dependency_repo(&want.repo, dep.repository.as_deref());
-                queue.push_back(Want { repo, name: dep.package.clone(), pick: Pick::Highest(requirement) });
+                queue.push_back(Want {
+                    repo,
+                    name: dep.package.clone(),
+                    pick: Pick::Highest(requirement),
+                    requested: None,
+                });
             }
         }
     }

@@ -73,3 +73,31 @@ fn the_config_path_comes_from_hexmirror_config_and_service_links_are_ignored() {
     assert!(stdout.contains("listen = \"localhost:4999\""), "{stdout}");
     assert!(stdout.contains("offline = true") && stdout.contains("access_log = true"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_whose_package_spec_matches_nothing_fails_naming_it() {
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    let site = TestMirror::builder().upstream(&upstream.url());
+    let config = site.write_config();
+    let cases: &[(&[&str], bool, &str)] = &[
+        (&["--package", "hexdemo_top >= 9.0.0"], false, "hexdemo_top >= 9.0.0"),
+        (&["--package", "no_such_package"], false, "no_such_package"),
+        (&["--package", "hexdemo_top ~> 2.0"], true, "0 failed"),
+    ];
+    for (args, succeeds, says) in cases {
+        let config = config.clone();
+        let owned: Vec<String> = ["sync"].iter().chain(args.iter()).map(|a| a.to_string()).collect();
+        let out = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+            run_hexmirror(&config, &args)
+        })
+        .await
+        .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.success(), *succeeds, "{args:?}: {text}");
+        assert!(text.contains(says), "{args:?}: {text}");
+        if !succeeds {
+            assert!(text.contains("no release matches") || text.contains("no verified registry record"), "{text}");
+        }
+    }
+}
