@@ -178,7 +178,7 @@ async fn a_disk_that_fills_up_degrades_the_store_and_every_client_still_gets_the
     // What the episode left on disk opens, verifies and serves correctly.
     upstream.stop();
     let mirror = site.clone().offline().start().await;
-    let report = hexmirror::audit::run(&mirror.mirror, false).await;
+    let report = hexmirror::audit::run(&mirror.mirror, false).await.unwrap();
     assert!(report.damaged.is_empty(), "{report:?}");
     assert_eq!(report.intact, 1, "only the entry written after space came back: {report:?}");
     let got = mirror.get("/repos/acme/packages/hexdemo_top").await;
@@ -388,7 +388,7 @@ async fn damaged_blob_files_are_never_served_and_are_refetched() {
         }
     }
     // The refetched copies replaced the damaged files: the store verifies clean.
-    let report = hexmirror::audit::run(&mirror.mirror, false).await;
+    let report = hexmirror::audit::run(&mirror.mirror, false).await.unwrap();
     assert!(report.damaged.is_empty() && report.intact == HEXPM_PATHS.len(), "{report:?}");
     mirror.stop().await;
 }
@@ -450,7 +450,7 @@ async fn a_damaged_index_is_detected_at_start_up_and_everything_lost_is_refetche
             }
         }
         // Blobs the lost index no longer names were swept: one file per entry.
-        let report = hexmirror::audit::run(&mirror.mirror, false).await;
+        let report = hexmirror::audit::run(&mirror.mirror, false).await.unwrap();
         assert!(report.damaged.is_empty(), "{damage}: {report:?}");
         assert_eq!(report.intact, HEXPM_PATHS.len(), "{damage}");
         assert_eq!(blobs(&data).len(), HEXPM_PATHS.len(), "{damage}: orphan blobs are swept");
@@ -482,7 +482,8 @@ async fn the_disk_tier_stays_within_its_budget_and_never_evicts_what_sync_pinned
     let pinned: Vec<String> = mirror
         .mirror
         .store()
-        .list("")
+        .list_all("")
+        .await
         .unwrap()
         .into_iter()
         .filter(|(_, meta)| meta.pinned)

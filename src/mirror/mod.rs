@@ -231,8 +231,9 @@ pub struct Mirror {
 
 impl Mirror {
     /// Opens the persistent tier under `data_dir` and builds the mirror.
-    pub fn open(config: Config, metrics: Metrics) -> Result<Mirror, OpenError> {
+    pub async fn open(config: Config, metrics: Metrics) -> Result<Mirror, OpenError> {
         let opened = DiskStore::open(&config.data_dir)
+            .await
             .map_err(|source| OpenError::Store { data_dir: config.data_dir.clone(), source })?;
         Self::from_disk(config, metrics, opened)
     }
@@ -256,17 +257,19 @@ impl Mirror {
     /// Like [`Mirror::open`] for the server: a data directory that cannot be used (read-only,
     /// no permission, no space) degrades to serving from memory and the upstream, loudly.
     /// Another process holding the store is still an error.
-    pub fn open_for_serving(config: Config, metrics: Metrics) -> Result<Mirror, OpenError> {
-        match DiskStore::open(&config.data_dir) {
-            Ok(opened) => Self::from_disk(config, metrics, opened),
-            Err(source) if source.is_locked() => Err(OpenError::Locked { data_dir: config.data_dir.clone(), source }),
+    pub async fn open_for_serving(config: Config, metrics: Metrics) -> Result<Mirror, OpenError> {
+        let mirror = match DiskStore::open(&config.data_dir).await {
+            Ok(opened) => Self::from_disk(config, metrics, opened)?,
+            Err(source) if source.is_locked() => {
+                return Err(OpenError::Locked { data_dir: config.data_dir.clone(), source })
+            }
             Err(e) => {
-                let store: Arc<dyn Store> = match DiskStore::open_read_only(&config.data_dir) {
+                let store: Arc<dyn Store> = match DiskStore::open_read_only(&config.data_dir).await {
                     Ok(store) => {
                         tracing::error!(
                             data_dir = %config.data_dir.display(),
                             error = %e,
-                            entries = store.usage().0,
+                            entries = store.usage().entries,
                             "store: the data directory is not writable; serving what it holds read-only, the rest from upstream"
                         );
                         Arc::new(store)
@@ -283,9 +286,10 @@ impl Mirror {
                 metrics.store_degraded.set(1);
                 let mirror = Self::with_store(config, metrics, store)?;
                 mirror.inner.degraded.store(true, Ordering::Relaxed);
-                Ok(mirror)
+                mirror
             }
-        }
+        };
+        Ok(mirror)
     }
 
     pub fn with_store(config: Config, metrics: Metrics, store: Arc<dyn Store>) -> Result<Mirror, OpenError> {
