@@ -676,19 +676,19 @@ impl Mirror {
     }
 
     /// Puts a new entry in both tiers: the memory tier now, the persistent tier in the
-    /// background (`writes.rs`). A private copy never replaces or hides a public one (nor the
-    /// other way round): a lookup prefers the public copy, which serves everyone.
+    /// background (`writes.rs`), then wakes disk eviction (`evict.rs`). A private copy never
+    /// replaces or hides a public one (nor the other way round): a lookup prefers the public
+    /// copy, which serves everyone.
     pub(super) async fn persist(&self, target: &Target, resource: &Resource, entry: Arc<Entry>) {
         let key = CacheKey::new(&target.namespace, resource, entry.private);
         self.inner.memory.insert(key.clone(), entry.clone());
         let (this, disk_key) = (self.clone(), key.clone());
         let write = async move {
             let result = this.inner.store.put(&disk_key, &entry.stored_meta(), entry.bytes().clone()).await;
+            let landed = result.is_ok();
             this.note_store_result(result);
-            if this.inner.config.disk_cache_bytes > 0 {
-                if let Err(e) = this.evict_disk().await {
-                    tracing::warn!(error = %e, "store: eviction failed");
-                }
+            if let (true, Some(eviction)) = (landed, &this.inner.eviction) {
+                eviction.written();
             }
         };
         self.inner.writes.submit(key, write.boxed()).await;

@@ -1,5 +1,5 @@
-//! Store maintenance, apart from the request path: pinning, purging, disk eviction, checking
-//! stored entries (`hexmirror verify`), importing bundles, refusals and the size gauges.
+//! Store maintenance, apart from the request path: pinning, purging, checking stored entries
+//! (`hexmirror verify`), importing bundles, refusals and the size gauges.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -48,6 +48,8 @@ impl Mirror {
             pinned.pinned = true;
             self.inner.memory.insert(key.clone(), Arc::new(pinned));
         }
+        // Eviction looks at an entry's record under the same lock before it removes it.
+        let _pinning = self.inner.pinning.lock().await;
         let store = &self.inner.store;
         match store.head(key).await? {
             Some(mut meta) if !meta.pinned => {
@@ -79,41 +81,6 @@ impl Mirror {
             removed.insert(key.to_string());
         }
         Ok(removed.into_iter().collect())
-    }
-
-    /// Evicts least recently used, unpinned entries from the disk tier until it fits its
-    /// budget. Entries that are being served are untouched: a served reply holds its own bytes.
-    pub async fn evict_disk(&self) -> Result<u64, StoreError> {
-        let budget = self.inner.config.disk_cache_bytes;
-        let store = &self.inner.store;
-        if budget == 0 || store.usage().bytes <= budget {
-            return Ok(0);
-        }
-        let memory = &self.inner.memory;
-        let mut candidates: Vec<(u64, CacheKey)> = store
-            .list("")
-            .try_filter_map(|(key, meta)| {
-                // Milliseconds: the memory tier knows when an entry was last served or
-                // stored; an entry only on disk counts from its last confirmation.
-                let used = memory.get(&key).map(|e| e.last_used()).unwrap_or(0).max(meta.fetched_at * 1000);
-                futures::future::ready(Ok((!meta.pinned).then_some((used, key))))
-            })
-            .try_collect()
-            .await?;
-        candidates.sort();
-        let mut evicted = 0;
-        for (_, key) in candidates {
-            if store.usage().bytes <= budget {
-                break;
-            }
-            store.remove(&key).await?;
-            evicted += 1;
-        }
-        if evicted > 0 {
-            self.inner.metrics.cache_evictions.with_label_values(&["disk"]).inc_by(evicted);
-            tracing::info!(evicted, budget, "store: evicted least recently used entries");
-        }
-        Ok(evicted)
     }
 
     /// Re-verifies a stored entry from the disk tier alone: its checksum on read, then its
