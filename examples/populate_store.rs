@@ -4,11 +4,12 @@
 use hexmirror::cache::{CacheKey, Class, DiskStore, Store, StoredMeta, Validators};
 use sha2::{Digest, Sha256};
 
-fn main() {
+#[tokio::main]
+async fn main() {
     let mut args = std::env::args().skip(1);
     let dir = args.next().expect("usage: populate_store DATA_DIR COUNT");
     let count: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
-    let (store, _) = DiskStore::open(std::path::Path::new(&dir)).expect("open the store");
+    let (store, _) = DiskStore::open(std::path::Path::new(&dir)).await.expect("open the store");
     for i in 0..count {
         let body = format!("synthetic body {i} {}", "x".repeat(i % 4096)).into_bytes();
         let meta = StoredMeta {
@@ -23,8 +24,9 @@ fn main() {
             pinned: false,
         };
         let key = CacheKey::parse(&format!("public/hexpm/tarballs/pkg{i}-1.0.0.tar")).expect("a cache key");
-        store.put(&key, &meta, &body).expect("put");
+        store.put(&key, &meta, body.into()).await.expect("put");
     }
-    store.flush().expect("flush");
-    println!("{} entries, {} bytes", store.usage().0, store.usage().1);
+    store.flush().await.expect("flush");
+    let usage = store.usage();
+    println!("{} entries, {} bytes", usage.entries, usage.bytes);
 }

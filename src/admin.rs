@@ -22,13 +22,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::TryStreamExt;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde::{Deserialize, Serialize};
 
 use crate::body::{full, streaming, text, Answer, Body};
-use crate::cache::CacheKey;
+use crate::cache::{CacheKey, StoreError};
 use crate::config::Secret;
 use crate::mirror::Mirror;
 use crate::service::{is_operations_path, Service};
@@ -229,22 +230,26 @@ pub struct CacheRow {
 }
 
 /// Lists stored entries whose key contains `filter` (every entry when empty).
-pub fn cache_rows(mirror: &Mirror, filter: &str, package: Option<&str>) -> Vec<CacheRow> {
-    let rows = mirror.store().list("").unwrap_or_default();
-    rows.into_iter()
-        .filter(|(key, _)| key.as_str().contains(filter))
-        .filter(|(key, _)| package.is_none_or(|name| crate::mirror::key_names_package(key, name)))
-        .map(|(key, meta)| CacheRow {
-            key: key.to_string(),
-            kind: meta.kind,
-            class: format!("{:?}", meta.class).to_lowercase(),
-            size: meta.len,
-            sha256: meta.sha256,
-            fetched_at: meta.fetched_at,
-            pinned: meta.pinned,
-            private: key.is_private(),
+pub async fn cache_rows(mirror: &Mirror, filter: &str, package: Option<&str>) -> Result<Vec<CacheRow>, StoreError> {
+    mirror
+        .store()
+        .list("")
+        .try_filter_map(|(key, meta)| {
+            let wanted = key.as_str().contains(filter)
+                && package.is_none_or(|name| crate::mirror::key_names_package(&key, name));
+            futures::future::ready(Ok(wanted.then(|| CacheRow {
+                key: key.to_string(),
+                kind: meta.kind,
+                class: format!("{:?}", meta.class).to_lowercase(),
+                size: meta.len,
+                sha256: meta.sha256,
+                fetched_at: meta.fetched_at,
+                pinned: meta.pinned,
+                private: key.is_private(),
+            })))
         })
-        .collect()
+        .try_collect()
+        .await
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
@@ -317,7 +322,10 @@ impl AdminService {
                 let package = query(&req, "package");
                 // The listing shows what is on disk: entries answered moments ago included.
                 mirror.settle_writes().await;
-                json(StatusCode::OK, &cache_rows(mirror, &filter, package.as_deref()))
+                match cache_rows(mirror, &filter, package.as_deref()).await {
+                    Ok(rows) => json(StatusCode::OK, &rows),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                }
             }
             (Method::POST, "/_admin/purge") => match query(&req, "package") {
                 Some(name) if crate::route::package_name(&name).is_ok() => match mirror.purge(&name).await {
@@ -328,7 +336,10 @@ impl AdminService {
             },
             (Method::POST, "/_admin/verify") => {
                 let repair = query(&req, "repair").is_some_and(|v| v == "1" || v == "true");
-                json(StatusCode::OK, &crate::audit::run(mirror, repair).await)
+                match crate::audit::run(mirror, repair).await {
+                    Ok(report) => json(StatusCode::OK, &report),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                }
             }
             (Method::POST, "/_admin/sync") => {
                 let body = match read_body(req, 64 << 20).await {

@@ -10,10 +10,9 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::CacheKey;
+use crate::cache::{CacheKey, StoreError};
 use crate::mirror::Mirror;
 use crate::route::Resource;
-use crate::sync::Selection;
 use crate::verify::Facts;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -38,13 +37,13 @@ impl AuditReport {
 }
 
 /// Audits the store; with `repair`, refetches what is damaged or missing (when an upstream is
-/// reachable) and reports it as repaired instead.
-pub async fn run(mirror: &Mirror, repair: bool) -> AuditReport {
+/// reachable) and reports it as repaired instead. Fails when the store's listing or its
+/// selection cannot be read (an audit that could not look is no clean audit).
+pub async fn run(mirror: &Mirror, repair: bool) -> Result<AuditReport, StoreError> {
     let mut report = AuditReport::default();
     mirror.settle_writes().await;
-    let store = mirror.store().clone();
-    let stored =
-        tokio::task::spawn_blocking(move || store.list("")).await.ok().and_then(Result::ok).unwrap_or_default();
+    let store = mirror.store();
+    let stored = store.list_all("").await?;
     let stored_keys: std::collections::BTreeSet<String> = stored.iter().map(|(k, _)| k.to_string()).collect();
     for (key, _) in &stored {
         report.checked += 1;
@@ -54,24 +53,24 @@ pub async fn run(mirror: &Mirror, repair: bool) -> AuditReport {
             Err(reason) => report.damaged.push((key.to_string(), reason.to_string())),
         }
     }
-    let selection = Selection::load(&mirror.config().data_dir);
-    for key in &selection.keys {
+    let selection = store.selected().await?;
+    for key in &selection {
         if !stored_keys.contains(key) {
             report.missing.push(key.clone());
         }
     }
     // Releases the selected records list that nobody selected, read from the records' verified
     // facts (the stored bytes are verified as anything from outside the mirror's memory is).
-    for key in &selection.keys {
+    for key in &selection {
         let Some(parsed) = CacheKey::parse(key) else { continue };
         let Resource::Package(name) = parsed.resource() else { continue };
-        let Ok(Some((_, body))) = mirror.store().get(&parsed) else { continue };
+        let Ok(Some((_, body))) = store.get(&parsed).await else { continue };
         let Ok(entry) = mirror.verify_import(&parsed, body, None, None, &HashMap::new()).await else { continue };
         let Facts::Releases(releases) = entry.content.facts() else { continue };
         for release in releases.iter() {
             let resource = Resource::Tarball { name: name.clone(), version: release.version.clone() };
             let tarball = CacheKey::new(parsed.namespace(), &resource, parsed.is_private());
-            if !selection.keys.contains(tarball.as_str()) {
+            if !selection.contains(tarball.as_str()) {
                 report.unselected_releases += 1;
             }
         }
@@ -87,7 +86,7 @@ pub async fn run(mirror: &Mirror, repair: bool) -> AuditReport {
             }
         }
     }
-    report
+    Ok(report)
 }
 
 /// Removes a broken entry and fetches it again through the verified data path.

@@ -131,7 +131,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         max_connections: config.max_connections,
         ..server::Limits::default()
     };
-    let mirror = Mirror::open_for_serving(config, metrics)?;
+    let mirror = Mirror::open_for_serving(config, metrics).await?;
     let ready = Arc::new(AtomicBool::new(false));
     let service = service::Service::new(mirror.clone(), ready.clone());
     let operations_service = service::Service::operations(mirror.clone(), ready.clone());
@@ -189,7 +189,6 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         grace,
     )));
     ready.store(true, Ordering::Relaxed);
-    let store = mirror.store().clone();
     let writes_mirror = mirror.clone();
     let done = tokio::spawn(async move {
         shutdown.await;
@@ -199,7 +198,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         }
         // Entries answered from memory may still be on their way to disk.
         writes_mirror.settle_writes().await;
-        if let Err(e) = tokio::task::spawn_blocking(move || store.flush()).await.unwrap_or(Ok(())) {
+        if let Err(e) = writes_mirror.store().flush().await {
             tracing::error!(error = %e, "store: final flush failed");
         }
         let _ = std::fs::remove_file(admin::endpoint_file(&data_dir));

@@ -308,7 +308,7 @@ async fn open(config: Config) -> Result<Store, Failure> {
     }
     let metrics = hexmirror::metrics_for(&config);
     let data_dir = config.data_dir.display().to_string();
-    Mirror::open(config, metrics).map(Store::Local).map_err(|e| {
+    Mirror::open(config, metrics).await.map(Store::Local).map_err(|e| {
         Failure::Other(format!(
             "{e}\n(no running hexmirror answered at the admin endpoint recorded in {data_dir}/admin.json)"
         ))
@@ -419,7 +419,7 @@ async fn verify(config: Config, repair: bool) -> Result<ExitCode, Failure> {
             serde_json::from_slice(&admin.call_bytes(Method::POST, &path, Bytes::new()).await?)
                 .map_err(|e| e.to_string())?
         }
-        Store::Local(mirror) => hexmirror::audit::run(&mirror, repair).await,
+        Store::Local(mirror) => hexmirror::audit::run(&mirror, repair).await.map_err(|e| e.to_string())?,
     };
     println!("verify: {} entries checked, {} intact", report.checked, report.intact);
     for (key, reason) in &report.damaged {
@@ -525,7 +525,7 @@ async fn inspect(config: Config, file: PathBuf, packages: bool) -> Result<ExitCo
             &admin.call_bytes(Method::GET, "/_admin/cache", Bytes::new()).await?,
         )
         .map_err(|e| e.to_string())?,
-        Ok(Store::Local(mirror)) => hexmirror::admin::cache_rows(&mirror, "", None),
+        Ok(Store::Local(mirror)) => hexmirror::admin::cache_rows(&mirror, "", None).await.map_err(|e| e.to_string())?,
         Err(Failure::Refused(refused)) => return Err(Failure::Refused(refused)),
         Err(e) => {
             println!("(no store to compare with: {e})");
@@ -557,13 +557,17 @@ async fn cache(config: Config, action: CacheAction) -> Result<ExitCode, Failure>
         }
         (CacheAction::List { filter }, Store::Local(mirror)) => {
             hexmirror::admin::cache_rows(mirror, filter.as_deref().unwrap_or(""), None)
+                .await
+                .map_err(|e| e.to_string())?
         }
         (CacheAction::Show { name }, Store::Remote(admin)) => {
             let path = hexmirror::admin::request_path("/_admin/cache", &[("package", name)]);
             serde_json::from_slice(&admin.call_bytes(Method::GET, &path, Bytes::new()).await?)
                 .map_err(|e| e.to_string())?
         }
-        (CacheAction::Show { name }, Store::Local(mirror)) => hexmirror::admin::cache_rows(mirror, "", Some(name)),
+        (CacheAction::Show { name }, Store::Local(mirror)) => {
+            hexmirror::admin::cache_rows(mirror, "", Some(name)).await.map_err(|e| e.to_string())?
+        }
         (CacheAction::Purge { name }, _) => {
             hexmirror::route::package_name(name).map_err(|e| e.to_string())?;
             let removed: Vec<String> = match &store {

@@ -4,16 +4,16 @@
 //! `run` never writes to the store itself: every record and tarball is requested through
 //! [`Mirror::get`], so it is verified exactly as a client request would be, coalesced with
 //! concurrent client requests, and stored crash-safely. What a sync selects is pinned (never
-//! evicted) and recorded in the selection file, which `audit` checks for completeness. A second
-//! run finds what is already stored (a hit, or a cheap 304 for records past their TTL), so sync
-//! is incremental and resumes after an interruption without refetching what is done.
+//! evicted) and recorded in the store's selection (`Store::select`), which `audit` checks for
+//! completeness. A second run finds what is already stored (a hit, or a cheap 304 for records
+//! past their TTL), so sync is incremental and resumes after an interruption without
+//! refetching what is done.
 //!
 //! It decodes no registry file itself: the releases, dependencies, package names and counts it
 //! works from are the facts `verify` decoded while verifying each reply
 //! ([`crate::mirror::Reply::facts`], [`crate::verify::Facts`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,36 +96,6 @@ pub struct Summary {
 impl Summary {
     pub fn ok(&self) -> bool {
         self.failed == 0
-    }
-}
-
-/// The keys sync and import selected, kept in `data_dir/selection.json` for `verify`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Selection {
-    pub keys: BTreeSet<String>,
-}
-
-impl Selection {
-    pub fn path(data_dir: &Path) -> std::path::PathBuf {
-        data_dir.join("selection.json")
-    }
-
-    pub fn load(data_dir: &Path) -> Selection {
-        std::fs::read(Self::path(data_dir)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
-    }
-
-    /// Adds `keys` and writes the file crash-safely (temp file, fsync, rename).
-    pub fn add(data_dir: &Path, keys: impl IntoIterator<Item = String>) -> std::io::Result<()> {
-        let mut selection = Self::load(data_dir);
-        selection.keys.extend(keys);
-        let tmp = data_dir.join("selection.json.tmp");
-        {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&serde_json::to_vec_pretty(&selection).expect("selection serializes"))?;
-            file.sync_all()?;
-        }
-        std::fs::rename(tmp, Self::path(data_dir))
     }
 }
 
@@ -481,10 +451,12 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
             }
         }
     }
-    if let Err(e) = Selection::add(&mirror.config().data_dir, selected) {
-        planner.item("selection.json".into(), Outcome::Failed, Some(e.to_string()));
+    if let Err(e) = mirror.store().select(selected.into_iter().collect()).await {
+        planner.item("store: selection".into(), Outcome::Failed, Some(e.to_string()));
     }
-    let _ = mirror.store().flush();
+    if let Err(e) = mirror.store().flush().await {
+        planner.item("store: flush".into(), Outcome::Failed, Some(e.to_string()));
+    }
     let summary = planner.summary;
     let metrics = mirror.metrics();
     metrics.sync_items.with_label_values(&["done"]).set((summary.fetched + summary.present) as i64);
@@ -581,13 +553,5 @@ mod tests {
         assert_eq!(dependency_repo(&Some("acme".into()), None), Some("acme".into()));
         assert_eq!(dependency_repo(&Some("acme".into()), Some("hexpm")), None);
         assert_eq!(dependency_repo(&None, Some("acme")), Some("acme".into()));
-    }
-
-    #[test]
-    fn selection_file_accumulates() {
-        let dir = tempfile::tempdir().unwrap();
-        Selection::add(dir.path(), ["a".to_string()]).unwrap();
-        Selection::add(dir.path(), ["b".to_string(), "a".to_string()]).unwrap();
-        assert_eq!(Selection::load(dir.path()).keys.into_iter().collect::<Vec<_>>(), vec!["a", "b"]);
     }
 }

@@ -18,7 +18,6 @@ use crate::bundle::{self, BundleError, Manifest};
 use crate::cache::{CacheKey, StoreError};
 use crate::mirror::{CheckError, Mirror};
 use crate::route::Resource;
-use crate::sync::Selection;
 
 /// Why an export or an import failed. The `bundle refused` variants leave the store exactly
 /// as it was; the others happened while reading or writing the store.
@@ -37,11 +36,7 @@ pub enum TransferError {
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("{0}")]
-    Selection(std::io::Error),
-    #[error("{0}")]
     Bundle(BundleError),
-    #[error("{0}")]
-    Task(#[from] tokio::task::JoinError),
 }
 
 /// What to export.
@@ -70,15 +65,15 @@ pub struct ImportReport {
 pub async fn export(mirror: &Mirror, request: &ExportRequest) -> Result<Vec<u8>, TransferError> {
     // Entries answered moments ago may still be on their way to disk.
     mirror.settle_writes().await;
-    let store = mirror.store().clone();
-    let listed = tokio::task::spawn_blocking(move || store.list("")).await??;
-    let selection = Selection::load(&mirror.config().data_dir);
+    let store = mirror.store();
+    let listed = store.list_all("").await?;
+    let selection = store.selected().await?;
     let mut objects = Vec::new();
     for (key, meta) in listed {
         if request.filter.as_deref().is_some_and(|f| !key.as_str().contains(f)) {
             continue;
         }
-        if request.selected_only && !(meta.pinned || selection.keys.contains(key.as_str())) {
+        if request.selected_only && !(meta.pinned || selection.contains(key.as_str())) {
             continue;
         }
         match mirror.check_stored(&key).await {
@@ -89,7 +84,7 @@ pub async fn export(mirror: &Mirror, request: &ExportRequest) -> Result<Vec<u8>,
                 continue;
             }
         }
-        let Ok(Some((meta, body))) = mirror.store().get(&key) else { continue };
+        let Ok(Some((meta, body))) = store.get(&key).await else { continue };
         objects.push(bundle::Object {
             key: key.to_string(),
             kind: meta.kind.clone(),
@@ -153,7 +148,8 @@ pub async fn import(mirror: &Mirror, bytes: &[u8]) -> Result<ImportReport, Trans
     let mut report = ImportReport { digest: read.digest.clone(), objects: verified.len(), ..Default::default() };
     let mut selected = Vec::new();
     for (key, entry) in verified {
-        let existing = mirror.store().get(&key).ok().flatten().map(|(meta, _)| meta.sha256);
+        // Read whole (not just the record): a damaged stored copy is replaced by the import.
+        let existing = mirror.store().get(&key).await.ok().flatten().map(|(meta, _)| meta.sha256);
         if existing.as_deref() == Some(hex::encode(entry.sha256).as_str()) {
             report.unchanged += 1;
             mirror.pin(&key).await?;
@@ -165,8 +161,8 @@ pub async fn import(mirror: &Mirror, bytes: &[u8]) -> Result<ImportReport, Trans
         }
         selected.push(key.to_string());
     }
-    Selection::add(&mirror.config().data_dir, selected).map_err(TransferError::Selection)?;
-    mirror.store().flush()?;
+    mirror.store().select(selected).await?;
+    mirror.store().flush().await?;
     mirror.metrics().sync_last_success.set(crate::cache::unix_now() as f64);
     Ok(report)
 }

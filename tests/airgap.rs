@@ -142,9 +142,9 @@ async fn export_bundle(site: &MirrorBuilder) -> Vec<u8> {
     bytes
 }
 
-fn store_snapshot(mirror: &hexmirror::Mirror) -> Vec<(String, String)> {
+async fn store_snapshot(mirror: &hexmirror::Mirror) -> Vec<(String, String)> {
     let mut rows: Vec<(String, String)> =
-        mirror.store().list("").unwrap().into_iter().map(|(k, m)| (k.to_string(), m.sha256)).collect();
+        mirror.store().list_all("").await.unwrap().into_iter().map(|(k, m)| (k.to_string(), m.sha256)).collect();
     rows.sort();
     rows
 }
@@ -164,7 +164,7 @@ async fn export_then_import_into_an_empty_store_serves_offline() {
         assert_eq!((got.status, got.header("x-cache")), (200, "hit"), "{path}");
         assert_eq!(got.body, demo_file("hexpm", &path[1..]));
     }
-    let audit = hexmirror::audit::run(&mirror.mirror, false).await;
+    let audit = hexmirror::audit::run(&mirror.mirror, false).await.unwrap();
     assert!(audit.ok(), "{audit:?}");
     assert!(mirror.stored().await.iter().all(|(_, m)| m.pinned), "imported entries are pinned");
     // Importing the same bundle again changes nothing.
@@ -183,7 +183,7 @@ async fn altered_truncated_and_forged_bundles_are_refused_and_the_store_is_uncha
     let mut partial_bytes = Vec::new();
     hexmirror::bundle::write(&partial, None, &mut partial_bytes).unwrap();
     hexmirror::transfer::import(&mirror.mirror, &partial_bytes).await.unwrap();
-    let before = store_snapshot(&mirror.mirror);
+    let before = store_snapshot(&mirror.mirror).await;
 
     let mut flipped = bundle.clone();
     let at = flipped.len() / 2;
@@ -208,7 +208,7 @@ async fn altered_truncated_and_forged_bundles_are_refused_and_the_store_is_uncha
     for (what, bad) in [("altered", flipped), ("truncated", truncated), ("forged", forged), ("swapped", swapped)] {
         let err = hexmirror::transfer::import(&mirror.mirror, &bad).await.unwrap_err().to_string();
         assert!(err.starts_with("bundle refused"), "{what}: {err}");
-        assert_eq!(store_snapshot(&mirror.mirror), before, "{what}: the store must be unchanged");
+        assert_eq!(store_snapshot(&mirror.mirror).await, before, "{what}: the store must be unchanged");
         assert_eq!(mirror.get("/tarballs/hexdemo_top-2.0.1.tar").await.status, 404, "{what}: nothing new served");
     }
 }
@@ -217,7 +217,7 @@ async fn altered_truncated_and_forged_bundles_are_refused_and_the_store_is_uncha
 async fn verify_reports_damage_and_repair_refetches_it() {
     let (site, _upstream) = synced_store().await;
     let mirror = site.start().await;
-    let report = hexmirror::audit::run(&mirror.mirror, false).await;
+    let report = hexmirror::audit::run(&mirror.mirror, false).await.unwrap();
     assert!(report.ok());
     // The selected records also list hexdemo_mid 0.1.0 and the retired hexdemo_base 1.0.0.
     assert_eq!(report.unselected_releases, 2, "{report:?}");
@@ -229,13 +229,13 @@ async fn verify_reports_damage_and_repair_refetches_it() {
     bytes[100] ^= 4;
     std::fs::write(&blob, bytes).unwrap();
     let mirror = site.start().await;
-    let report = hexmirror::audit::run(&mirror.mirror, false).await;
+    let report = hexmirror::audit::run(&mirror.mirror, false).await.unwrap();
     assert!(!report.ok());
     assert_eq!(report.damaged.len() + report.missing.len(), 1, "{report:?}");
-    let report = hexmirror::audit::run(&mirror.mirror, true).await;
+    let report = hexmirror::audit::run(&mirror.mirror, true).await.unwrap();
     assert!(report.ok(), "{report:?}");
     assert_eq!(report.repaired.len(), 1);
-    assert!(hexmirror::audit::run(&mirror.mirror, false).await.ok());
+    assert!(hexmirror::audit::run(&mirror.mirror, false).await.unwrap().ok());
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -387,7 +387,8 @@ impl Harness {
         self.mirror
             .mirror
             .store()
-            .list("")
+            .list_all("")
+            .await
             .unwrap()
             .into_iter()
             .filter(|(key, _)| key.as_str().ends_with(&suffix))
@@ -779,7 +780,7 @@ async fn fault_cycles() {
     let rss_after_1000 = rss_kib();
     let elapsed = started.elapsed();
     h.expect_no_leftovers().await;
-    assert!(h.mirror.mirror.store().list("").unwrap().is_empty(), "a fault's answer was stored");
+    assert!(h.mirror.mirror.store().list_all("").await.unwrap().is_empty(), "a fault's answer was stored");
     let metrics = h.mirror.metrics().await;
     let failed = metric_sum(&metrics, "hexmirror_upstream_requests_total", &["class=\"error\""])
         + metric_sum(&metrics, "hexmirror_upstream_requests_total", &["class=\"5xx\""]);

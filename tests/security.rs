@@ -225,20 +225,20 @@ async fn a_stored_record_edited_to_say_docs_or_public_is_not_trusted() {
     mirror.stop().await;
 
     // Someone with write access to the store edits it.
-    let (store, _) = DiskStore::open(&site.data_dir()).unwrap();
+    let (store, _) = DiskStore::open(&site.data_dir()).await.unwrap();
     let public = CacheKey::parse("public/hexpm/packages/hexdemo_mid").unwrap();
-    let (mut meta, _) = store.get(&public).unwrap().unwrap();
+    let (mut meta, _) = store.get(&public).await.unwrap().unwrap();
     let forged = tamper_signed(&record);
     meta.class = Class::Docs;
     meta.sha256 = hex::encode(sha2::Sha256::digest(&forged));
     meta.len = forged.len() as u64;
-    store.put(&public, &meta, &forged).unwrap();
+    store.put(&public, &meta, forged.clone().into()).await.unwrap();
     let private = CacheKey::parse("private/corp/packages/hexdemo_mid").unwrap();
-    let (mut meta, body) = store.get(&private).unwrap().unwrap();
+    let (mut meta, body) = store.get(&private).await.unwrap().unwrap();
     assert!(meta.private);
     meta.private = false;
-    store.put(&private, &meta, &body).unwrap();
-    store.flush().unwrap();
+    store.put(&private, &meta, body).await.unwrap();
+    store.flush().await.unwrap();
     drop(store);
 
     let mirror = site.start().await;

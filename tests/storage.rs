@@ -158,6 +158,7 @@ async fn a_disk_that_fills_up_degrades_the_store_and_every_client_still_gets_the
         }
     }
     assert_eq!(upstream.total_requests(), upstream_requests, "the memory tier serves what the disk could not keep");
+    mirror.mirror.settle_writes().await; // the failed writes run behind the answers
     let text = mirror.metrics().await;
     assert_eq!(metric_sum(&text, "hexmirror_store_degraded", &[]), 1.0, "the disk refuses writes");
     let errors = metric_sum(&text, "hexmirror_store_write_errors_total", &[]);
@@ -170,13 +171,14 @@ async fn a_disk_that_fills_up_degrades_the_store_and_every_client_still_gets_the
     let got = mirror.get("/repos/acme/packages/hexdemo_top").await;
     assert_eq!(got.status, 200);
     assert_eq!(got.body, demo_file("acme", "packages/hexdemo_top"));
+    mirror.mirror.settle_writes().await;
     assert_eq!(metric(&mirror, "hexmirror_store_degraded", &[]).await, 0.0, "writes succeed again");
     mirror.stop().await;
 
     // What the episode left on disk opens, verifies and serves correctly.
     upstream.stop();
     let mirror = site.clone().offline().start().await;
-    let report = hexmirror::audit::run(&mirror.mirror, false).await;
+    let report = hexmirror::audit::run(&mirror.mirror, false).await.unwrap();
     assert!(report.damaged.is_empty(), "{report:?}");
     assert_eq!(report.intact, 1, "only the entry written after space came back: {report:?}");
     let got = mirror.get("/repos/acme/packages/hexdemo_top").await;
@@ -326,9 +328,10 @@ async fn a_data_dir_that_becomes_read_only_while_serving_degrades_and_keeps_serv
     assert_eq!(metric_sum(&text, "hexmirror_store_degraded", &[]), 1.0);
     assert!(metric_sum(&text, "hexmirror_store_write_errors_total", &[]) > 0.0);
     drop(ro);
-    // Writable again: the next write clears the degraded state.
+    // Writable again: the next write clears the degraded state (once it lands, behind the answer).
     let got = mirror.get("/repos/acme/versions").await;
     assert_eq!(got.status, 200);
+    mirror.mirror.settle_writes().await;
     assert_eq!(metric(&mirror, "hexmirror_store_degraded", &[]).await, 0.0);
     mirror.stop().await;
 }
@@ -385,7 +388,7 @@ async fn damaged_blob_files_are_never_served_and_are_refetched() {
         }
     }
     // The refetched copies replaced the damaged files: the store verifies clean.
-    let report = hexmirror::audit::run(&mirror.mirror, false).await;
+    let report = hexmirror::audit::run(&mirror.mirror, false).await.unwrap();
     assert!(report.damaged.is_empty() && report.intact == HEXPM_PATHS.len(), "{report:?}");
     mirror.stop().await;
 }
@@ -447,7 +450,7 @@ async fn a_damaged_index_is_detected_at_start_up_and_everything_lost_is_refetche
             }
         }
         // Blobs the lost index no longer names were swept: one file per entry.
-        let report = hexmirror::audit::run(&mirror.mirror, false).await;
+        let report = hexmirror::audit::run(&mirror.mirror, false).await.unwrap();
         assert!(report.damaged.is_empty(), "{damage}: {report:?}");
         assert_eq!(report.intact, HEXPM_PATHS.len(), "{damage}");
         assert_eq!(blobs(&data).len(), HEXPM_PATHS.len(), "{damage}: orphan blobs are swept");
@@ -479,7 +482,8 @@ async fn the_disk_tier_stays_within_its_budget_and_never_evicts_what_sync_pinned
     let pinned: Vec<String> = mirror
         .mirror
         .store()
-        .list("")
+        .list_all("")
+        .await
         .unwrap()
         .into_iter()
         .filter(|(_, meta)| meta.pinned)

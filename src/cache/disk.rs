@@ -1,114 +1,51 @@
-//! The persistent tier: a sled index of [`StoredMeta`] records and bodies as files beside it.
+//! The local persistent tier: a sled index of [`StoredMeta`] records and bodies as files
+//! beside it, behind the async [`Store`] interface.
 //!
 //! Layout under `data_dir`: `index/` (sled, page cache kept small), `blobs/XX/SHA256-KEYHASH`
 //! (one file per entry, named by the sha256 of its bytes, so every read is checked against its
-//! name) and `tmp/` (bodies being written). A write is crash-safe: temp file, fsync, rename into
-//! `blobs/`, fsync the directory, then the index insert; until the index points at a blob, the
-//! blob does not exist as far as readers know. `open` sweeps what a crash left: temp files,
-//! blobs no index entry points at, and index entries whose blob is missing or damaged.
+//! name), `tmp/` (bodies being written) and `selection.json` (what sync and import selected). A
+//! write is crash-safe: temp file, fsync, rename into `blobs/`, fsync the directory, then the
+//! index insert; until the index points at a blob, the blob does not exist as far as readers
+//! know. `open` sweeps what a crash left: temp files, blobs no index entry points at, and index
+//! entries whose blob is missing or damaged.
 //!
-//! The [`Store`] trait is the seam for other persistent tiers (a shared object store for several
-//! replicas). A store returns raw bytes, never an `Entry`: callers re-verify what they read.
+//! sled and the file system block, so every call runs its work on tokio's blocking threads
+//! (`DiskStore::blocking`); the state and the blocking operations themselves are `Local`'s,
+//! which nothing outside this module can reach. A call whose future is dropped still finishes
+//! its blocking work, so a `put` lands whole or not at all. Listing reads the index a page at a
+//! time, one blocking call per page.
 //!
 //! sled holds an exclusive file lock on `index/db` while a store is open, so one process owns a
 //! data directory. When the index cannot be opened, that lock is tried again: if it is held,
 //! the error is [`StoreError::Locked`] (another hexmirror runs), otherwise `Index`.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use futures::future::FutureExt;
+use futures::stream::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::store::{Listing, Store, StoreError, StoreFuture, Usage};
 use super::{CacheKey, StoredMeta};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store i/o error: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("store index error: {0}")]
-    Index(#[from] sled::Error),
-    /// The index could not be opened because another process holds its file lock. The text is
-    /// sled's, as for `Index`; what makes it this variant is the lock itself (`lock_is_held`).
-    #[error("store index error: {0}")]
-    Locked(sled::Error),
-    #[error("store record is damaged: {0}")]
-    Damaged(String),
-    /// An entry expected in the store is not there (its write failed or it was evicted).
-    #[error("not in the store: {0}")]
-    NotStored(String),
-}
-
-impl StoreError {
-    /// True when another process holds the store (a running server): never a reason to
-    /// degrade, since two writers would corrupt it. Decided when the store was opened, by
-    /// asking the operating system whether the index's lock is held, not by reading the text.
-    pub fn is_locked(&self) -> bool {
-        matches!(self, StoreError::Locked(_))
-    }
-
-    /// True when the disk is full: the mirror then keeps serving from memory and upstream.
-    pub fn is_disk_full(&self) -> bool {
-        match self {
-            StoreError::Io(e) => e.raw_os_error() == Some(28) || e.kind() == ErrorKind::StorageFull,
-            StoreError::Index(sled::Error::Io(e)) => e.raw_os_error() == Some(28) || e.kind() == ErrorKind::StorageFull,
-            _ => false,
-        }
-    }
-}
-
-/// A persistent tier. Implementations must make `put` atomic: a reader sees the old record or
-/// the new one, never a half-written body.
-pub trait Store: Send + Sync + 'static {
-    /// The record and body for `key`; a body that does not match its checksum is reported as
-    /// `Damaged` and removed.
-    fn get(&self, key: &CacheKey) -> Result<Option<(StoredMeta, Bytes)>, StoreError>;
-    fn put(&self, key: &CacheKey, meta: &StoredMeta, body: &[u8]) -> Result<(), StoreError>;
-    /// Replaces the record of an existing entry (after a revalidation, or to pin it).
-    fn update_meta(&self, key: &CacheKey, meta: &StoredMeta) -> Result<(), StoreError>;
-    fn remove(&self, key: &CacheKey) -> Result<(), StoreError>;
-    /// Every record whose key starts with `prefix`.
-    fn list(&self, prefix: &str) -> Result<Vec<(CacheKey, StoredMeta)>, StoreError>;
-    /// (entries, body bytes).
-    fn usage(&self) -> (u64, u64);
-    /// Makes every completed `put` durable.
-    fn flush(&self) -> Result<(), StoreError>;
-}
-
-/// The persistent tier used when the data directory cannot be used at all (read-only, missing
-/// permissions): it stores nothing, so hexmirror serves from memory and the upstream.
-pub struct NullStore {
-    pub reason: String,
-}
-
-impl Store for NullStore {
-    fn get(&self, _key: &CacheKey) -> Result<Option<(StoredMeta, Bytes)>, StoreError> {
-        Ok(None)
-    }
-    fn put(&self, _key: &CacheKey, _meta: &StoredMeta, _body: &[u8]) -> Result<(), StoreError> {
-        Err(StoreError::Damaged(format!("the store is unavailable: {}", self.reason)))
-    }
-    fn update_meta(&self, _key: &CacheKey, _meta: &StoredMeta) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn remove(&self, _key: &CacheKey) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn list(&self, _prefix: &str) -> Result<Vec<(CacheKey, StoredMeta)>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn usage(&self) -> (u64, u64) {
-        (0, 0)
-    }
-    fn flush(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-}
-
-/// The default persistent tier: sled plus content-named files.
+/// The default persistent tier: sled plus content-named files. A cheap handle to the open
+/// store; it closes (and releases the index's lock) when the last handle and the last call
+/// in progress are gone.
+#[derive(Clone)]
 pub struct DiskStore {
+    local: Arc<Local>,
+}
+
+/// An open store's state and its blocking operations, used only on blocking threads.
+struct Local {
     root: PathBuf,
     index: sled::Db,
     entries: AtomicU64,
@@ -117,14 +54,41 @@ pub struct DiskStore {
     /// Set for a store opened read-only: the index is a private copy in this scratch
     /// directory (removed on drop), and nothing under `root` is ever written.
     scratch: Option<PathBuf>,
+    /// Held while `selection.json` is read, extended and written back.
+    selecting: Mutex<()>,
 }
 
-impl Drop for DiskStore {
+impl Drop for Local {
     fn drop(&mut self) {
         if let Some(scratch) = &self.scratch {
             let _ = fs::remove_dir_all(scratch);
         }
     }
+}
+
+/// Records read from the index per blocking call when listing.
+const PAGE: usize = 1024;
+
+/// The file of what sync and import selected, under the store's root.
+const SELECTION_FILE: &str = "selection.json";
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SelectionFile {
+    keys: BTreeSet<String>,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Set by tests on the thread that runs their runtime: blocking store work there fails.
+    static RUNTIME_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Called first by every blocking operation: under test, fails on a thread marked as a
+/// runtime thread (see the tests), so store work done in place of being moved off the
+/// runtime is caught.
+fn blocking_work() {
+    #[cfg(test)]
+    RUNTIME_THREAD.with(|marked| assert!(!marked.get(), "blocking store work on a runtime thread"));
 }
 
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
@@ -167,9 +131,9 @@ pub struct Sweep {
     pub dangling_records: u64,
 }
 
-impl DiskStore {
-    /// Opens (creating when needed) the store under `root` and sweeps what a crash left.
-    pub fn open(root: &Path) -> Result<(DiskStore, Sweep), StoreError> {
+impl Local {
+    fn open(root: &Path) -> Result<(Local, Sweep), StoreError> {
+        blocking_work();
         fs::create_dir_all(root.join("blobs"))?;
         fs::create_dir_all(root.join("tmp"))?;
         let index = sled::Config::new()
@@ -189,21 +153,20 @@ impl DiskStore {
         Ok((store, sweep))
     }
 
-    fn with_index(root: &Path, index: sled::Db, scratch: Option<PathBuf>) -> DiskStore {
-        DiskStore {
+    fn with_index(root: &Path, index: sled::Db, scratch: Option<PathBuf>) -> Local {
+        Local {
             root: root.to_path_buf(),
             index,
             entries: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             tmp_seq: AtomicU64::new(0),
             scratch,
+            selecting: Mutex::new(()),
         }
     }
 
-    /// Opens a store on a read-only file system (an air-gapped site's mounted volume): sled
-    /// cannot open its index there, so a private copy of the index is opened in the system's
-    /// temporary directory; bodies are read in place. Every write fails.
-    pub fn open_read_only(root: &Path) -> Result<DiskStore, StoreError> {
+    fn open_read_only(root: &Path) -> Result<Local, StoreError> {
+        blocking_work();
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let scratch = std::env::temp_dir().join(format!(
             "hexmirror-index-{}-{}",
@@ -330,10 +293,9 @@ impl DiskStore {
             _ => Ok(()),
         }
     }
-}
 
-impl Store for DiskStore {
     fn get(&self, key: &CacheKey) -> Result<Option<(StoredMeta, Bytes)>, StoreError> {
+        blocking_work();
         let Some(raw) = self.index.get(key.as_str().as_bytes())? else { return Ok(None) };
         let meta = Self::decode_meta(&raw)?;
         let body = match fs::read(self.blob_path(key, &meta.sha256)) {
@@ -352,6 +314,7 @@ impl Store for DiskStore {
     }
 
     fn put(&self, key: &CacheKey, meta: &StoredMeta, body: &[u8]) -> Result<(), StoreError> {
+        blocking_work();
         self.refuse_writes()?;
         let path = self.blob_path(key, &meta.sha256);
         self.write_blob(&path, body)?;
@@ -375,6 +338,7 @@ impl Store for DiskStore {
     }
 
     fn update_meta(&self, key: &CacheKey, meta: &StoredMeta) -> Result<(), StoreError> {
+        blocking_work();
         self.refuse_writes()?;
         let encoded = serde_json::to_vec(meta).expect("records always serialize");
         // Only an existing record whose body is unchanged may be updated in place.
@@ -389,6 +353,7 @@ impl Store for DiskStore {
     }
 
     fn remove(&self, key: &CacheKey) -> Result<(), StoreError> {
+        blocking_work();
         self.refuse_writes()?;
         match self.index.get(key.as_str().as_bytes())? {
             Some(raw) => match Self::decode_meta(&raw) {
@@ -402,26 +367,166 @@ impl Store for DiskStore {
         }
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<(CacheKey, StoredMeta)>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.index.scan_prefix(prefix.as_bytes()) {
+    fn head(&self, key: &CacheKey) -> Result<Option<StoredMeta>, StoreError> {
+        blocking_work();
+        match self.index.get(key.as_str().as_bytes())? {
+            Some(raw) => Ok(Some(Self::decode_meta(&raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` records under `prefix` after the key `after` (from the first when
+    /// `None`), and the key to continue after when there may be more.
+    #[allow(clippy::type_complexity)]
+    fn page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<(CacheKey, StoredMeta)>, Option<Vec<u8>>), StoreError> {
+        blocking_work();
+        let records = match after {
+            None => self.index.scan_prefix(prefix),
+            Some(after) => self.index.range::<&[u8], _>((Bound::Excluded(after), Bound::Unbounded)),
+        };
+        let (mut out, mut last) = (Vec::new(), None);
+        for (read, item) in records.enumerate() {
             let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if read == limit {
+                return Ok((out, last));
+            }
             if let (Some(key), Ok(meta)) =
                 (std::str::from_utf8(&k).ok().and_then(CacheKey::parse), Self::decode_meta(&v))
             {
                 out.push((key, meta));
             }
+            last = Some(k.to_vec());
         }
-        Ok(out)
-    }
-
-    fn usage(&self) -> (u64, u64) {
-        (self.entries.load(Ordering::Relaxed), self.bytes.load(Ordering::Relaxed))
+        Ok((out, None))
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        blocking_work();
         self.index.flush()?;
         Ok(())
+    }
+
+    /// A missing selection file selects nothing; an unreadable or damaged one is an error
+    /// (not an empty selection, which would make `verify` check nothing for completeness).
+    fn selected(&self) -> Result<BTreeSet<String>, StoreError> {
+        blocking_work();
+        let bytes = match fs::read(self.root.join(SELECTION_FILE)) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(BTreeSet::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let file: SelectionFile =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Damaged(format!("{SELECTION_FILE}: {e}")))?;
+        Ok(file.keys)
+    }
+
+    /// Adds `keys` and writes the file crash-safely (temp file, fsync, rename).
+    fn select(&self, keys: Vec<String>) -> Result<(), StoreError> {
+        blocking_work();
+        self.refuse_writes()?;
+        let _selecting = self.selecting.lock().expect("never poisoned: no panics while held");
+        let mut selection = SelectionFile { keys: self.selected()? };
+        selection.keys.extend(keys);
+        let tmp = self.root.join(format!("{SELECTION_FILE}.tmp"));
+        {
+            let mut file = File::create(&tmp)?;
+            file.write_all(&serde_json::to_vec_pretty(&selection).expect("selection serializes"))?;
+            file.sync_all()?;
+        }
+        fs::rename(tmp, self.root.join(SELECTION_FILE))?;
+        Ok(())
+    }
+}
+
+impl DiskStore {
+    /// Opens (creating when needed) the store under `root` and sweeps what a crash left.
+    pub async fn open(root: &Path) -> Result<(DiskStore, Sweep), StoreError> {
+        let root = root.to_path_buf();
+        let (local, sweep) = tokio::task::spawn_blocking(move || Local::open(&root)).await??;
+        Ok((DiskStore { local: Arc::new(local) }, sweep))
+    }
+
+    /// Opens a store on a read-only file system (an air-gapped site's mounted volume): sled
+    /// cannot open its index there, so a private copy of the index is opened in the system's
+    /// temporary directory; bodies are read in place. Every write fails.
+    pub async fn open_read_only(root: &Path) -> Result<DiskStore, StoreError> {
+        let root = root.to_path_buf();
+        let local = tokio::task::spawn_blocking(move || Local::open_read_only(&root)).await??;
+        Ok(DiskStore { local: Arc::new(local) })
+    }
+
+    /// Runs `work` on a blocking thread. The only way this store's operations run.
+    fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Local) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreFuture<'static, T> {
+        let local = self.local.clone();
+        async move { tokio::task::spawn_blocking(move || work(&local)).await? }.boxed()
+    }
+}
+
+impl Store for DiskStore {
+    fn get<'a>(&'a self, key: &'a CacheKey) -> StoreFuture<'a, Option<(StoredMeta, Bytes)>> {
+        let key = key.clone();
+        self.blocking(move |local| local.get(&key))
+    }
+
+    fn head<'a>(&'a self, key: &'a CacheKey) -> StoreFuture<'a, Option<StoredMeta>> {
+        let key = key.clone();
+        self.blocking(move |local| local.head(&key))
+    }
+
+    fn put<'a>(&'a self, key: &'a CacheKey, meta: &'a StoredMeta, body: Bytes) -> StoreFuture<'a, ()> {
+        let (key, meta) = (key.clone(), meta.clone());
+        self.blocking(move |local| local.put(&key, &meta, &body))
+    }
+
+    fn update_meta<'a>(&'a self, key: &'a CacheKey, meta: &'a StoredMeta) -> StoreFuture<'a, ()> {
+        let (key, meta) = (key.clone(), meta.clone());
+        self.blocking(move |local| local.update_meta(&key, &meta))
+    }
+
+    fn remove<'a>(&'a self, key: &'a CacheKey) -> StoreFuture<'a, ()> {
+        let key = key.clone();
+        self.blocking(move |local| local.remove(&key))
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> Listing<'a> {
+        let (store, prefix) = (self.clone(), prefix.as_bytes().to_vec());
+        // The state is where the next page starts: `Some(None)` at first, `None` when done.
+        let pages = futures::stream::try_unfold(Some(None), move |cursor: Option<Option<Vec<u8>>>| {
+            let (store, prefix) = (store.clone(), prefix.clone());
+            async move {
+                let Some(after) = cursor else { return Ok::<_, StoreError>(None) };
+                let (records, next) = store.blocking(move |local| local.page(&prefix, after.as_deref(), PAGE)).await?;
+                Ok(Some((records, next.map(Some))))
+            }
+        });
+        pages.map_ok(|records| futures::stream::iter(records.into_iter().map(Ok))).try_flatten().boxed()
+    }
+
+    fn usage(&self) -> Usage {
+        Usage { entries: self.local.entries.load(Ordering::Relaxed), bytes: self.local.bytes.load(Ordering::Relaxed) }
+    }
+
+    fn flush(&self) -> StoreFuture<'_, ()> {
+        self.blocking(|local| local.flush())
+    }
+
+    fn selected(&self) -> StoreFuture<'_, BTreeSet<String>> {
+        self.blocking(|local| local.selected())
+    }
+
+    fn select(&self, keys: Vec<String>) -> StoreFuture<'_, ()> {
+        self.blocking(move |local| local.select(keys))
     }
 }
 
@@ -448,53 +553,63 @@ mod tests {
         CacheKey::parse(&format!("public/hexpm/{path}")).expect("a resource path")
     }
 
-    #[test]
-    fn a_store_open_elsewhere_is_locked() {
+    async fn put(store: &DiskStore, key: &CacheKey, body: &'static [u8]) -> Result<(), StoreError> {
+        store.put(key, &meta_for(body), Bytes::from_static(body)).await
+    }
+
+    fn usage(entries: u64, bytes: u64) -> Usage {
+        Usage { entries, bytes }
+    }
+
+    #[tokio::test]
+    async fn a_store_open_elsewhere_is_locked() {
         let dir = tempfile::tempdir().unwrap();
-        let (first, _) = DiskStore::open(dir.path()).unwrap();
-        let second = DiskStore::open(dir.path()).err().expect("sled allows one open Db per directory");
+        let (first, _) = DiskStore::open(dir.path()).await.unwrap();
+        let second = DiskStore::open(dir.path()).await.err().expect("sled allows one open Db per directory");
         assert!(second.is_locked(), "{second}");
         assert!(matches!(second, StoreError::Locked(_)), "{second:?}");
         drop(first);
         // Once the holder is gone, the same directory opens again.
-        let (_again, _) = DiskStore::open(dir.path()).unwrap();
+        let (_again, _) = DiskStore::open(dir.path()).await.unwrap();
     }
 
-    #[test]
-    fn a_store_that_cannot_be_opened_is_not_locked() {
+    #[tokio::test]
+    async fn a_store_that_cannot_be_opened_is_not_locked() {
         // Not a directory where the index should be: an error, but nobody holds a lock.
         let other = tempfile::tempdir().unwrap();
         std::fs::write(other.path().join("index"), b"not a directory").unwrap();
-        let err = DiskStore::open(other.path()).err().expect("the index cannot be opened");
+        let err = DiskStore::open(other.path()).await.err().expect("the index cannot be opened");
         assert!(!err.is_locked(), "{err}");
         let err = StoreError::Damaged("a lock file is locked".into());
         assert!(!err.is_locked(), "the text of an error does not make it a lock");
     }
 
-    #[test]
-    fn put_get_survives_reopen() {
+    #[tokio::test]
+    async fn put_get_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let body = b"registry bytes";
         {
-            let (store, _) = DiskStore::open(dir.path()).unwrap();
-            store.put(&key("packages/a"), &meta_for(body), body).unwrap();
-            store.flush().unwrap();
+            let (store, _) = DiskStore::open(dir.path()).await.unwrap();
+            put(&store, &key("packages/a"), body).await.unwrap();
+            store.flush().await.unwrap();
         }
-        let (store, sweep) = DiskStore::open(dir.path()).unwrap();
+        let (store, sweep) = DiskStore::open(dir.path()).await.unwrap();
         assert_eq!(sweep, Sweep::default());
-        let (meta, got) = store.get(&key("packages/a")).unwrap().unwrap();
+        let (meta, got) = store.get(&key("packages/a")).await.unwrap().unwrap();
         assert_eq!(&got[..], body);
         assert_eq!(meta, meta_for(body));
-        assert_eq!(store.usage(), (1, body.len() as u64));
+        assert_eq!(store.head(&key("packages/a")).await.unwrap(), Some(meta_for(body)));
+        assert_eq!(store.head(&key("packages/b")).await.unwrap(), None);
+        assert_eq!(store.usage(), usage(1, body.len() as u64));
     }
 
-    #[test]
-    fn replacing_an_entry_removes_the_old_body() {
+    #[tokio::test]
+    async fn replacing_an_entry_removes_the_old_body() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = DiskStore::open(dir.path()).unwrap();
-        store.put(&key("names"), &meta_for(b"one"), b"one").unwrap();
-        store.put(&key("names"), &meta_for(b"two!"), b"two!").unwrap();
-        assert_eq!(store.usage(), (1, 4));
+        let (store, _) = DiskStore::open(dir.path()).await.unwrap();
+        put(&store, &key("names"), b"one").await.unwrap();
+        put(&store, &key("names"), b"two!").await.unwrap();
+        assert_eq!(store.usage(), usage(1, 4));
         let blobs: usize = fs::read_dir(dir.path().join("blobs"))
             .unwrap()
             .map(|d| fs::read_dir(d.unwrap().path()).unwrap().count())
@@ -502,88 +617,161 @@ mod tests {
         assert_eq!(blobs, 1);
     }
 
-    #[test]
-    fn flipped_bit_is_detected_and_the_entry_dropped() {
+    #[tokio::test]
+    async fn flipped_bit_is_detected_and_the_entry_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = DiskStore::open(dir.path()).unwrap();
-        let body = b"tarball bytes".to_vec();
-        let meta = meta_for(&body);
-        store.put(&key("tarballs/a-1.0.0.tar"), &meta, &body).unwrap();
-        let path = store.blob_path(&key("tarballs/a-1.0.0.tar"), &meta.sha256);
+        let (store, _) = DiskStore::open(dir.path()).await.unwrap();
+        let tarball = key("tarballs/a-1.0.0.tar");
+        put(&store, &tarball, b"tarball bytes").await.unwrap();
+        let path = store.local.blob_path(&tarball, &meta_for(b"tarball bytes").sha256);
         let mut damaged = fs::read(&path).unwrap();
         damaged[3] ^= 0x10;
         fs::write(&path, damaged).unwrap();
-        assert!(matches!(store.get(&key("tarballs/a-1.0.0.tar")), Err(StoreError::Damaged(_))));
-        assert!(store.get(&key("tarballs/a-1.0.0.tar")).unwrap().is_none());
-        assert_eq!(store.usage(), (0, 0));
+        assert!(matches!(store.get(&tarball).await, Err(StoreError::Damaged(_))));
+        assert!(store.get(&tarball).await.unwrap().is_none());
+        assert_eq!(store.usage(), usage(0, 0));
     }
 
-    #[test]
-    fn sweep_cleans_what_a_crash_left() {
+    #[tokio::test]
+    async fn sweep_cleans_what_a_crash_left() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (store, _) = DiskStore::open(dir.path()).unwrap();
-            store.put(&key("packages/a"), &meta_for(b"a"), b"a").unwrap();
-            store.put(&key("packages/b"), &meta_for(b"bb"), b"bb").unwrap();
+            let (store, _) = DiskStore::open(dir.path()).await.unwrap();
+            put(&store, &key("packages/a"), b"a").await.unwrap();
+            put(&store, &key("packages/b"), b"bb").await.unwrap();
             // A crash between rename and index insert leaves an orphan blob...
-            let orphan = store.blob_path(&key("packages/c"), &meta_for(b"c").sha256);
+            let orphan = store.local.blob_path(&key("packages/c"), &meta_for(b"c").sha256);
             fs::create_dir_all(orphan.parent().unwrap()).unwrap();
             fs::write(orphan, b"c").unwrap();
             // ...a crash during the write leaves a temp file...
             fs::write(dir.path().join("tmp").join("123-0"), b"half").unwrap();
             // ...and a lost or truncated blob leaves a dangling record.
-            fs::remove_file(store.blob_path(&key("packages/b"), &meta_for(b"bb").sha256)).unwrap();
-            store.flush().unwrap();
+            fs::remove_file(store.local.blob_path(&key("packages/b"), &meta_for(b"bb").sha256)).unwrap();
+            store.flush().await.unwrap();
         }
-        let (store, sweep) = DiskStore::open(dir.path()).unwrap();
+        let (store, sweep) = DiskStore::open(dir.path()).await.unwrap();
         assert_eq!(sweep, Sweep { temp_files: 1, orphan_blobs: 1, dangling_records: 1 });
-        assert_eq!(store.usage(), (1, 1));
-        assert!(store.get(&key("packages/a")).unwrap().is_some());
+        assert_eq!(store.usage(), usage(1, 1));
+        assert!(store.get(&key("packages/a")).await.unwrap().is_some());
     }
 
-    #[test]
-    fn a_read_only_copy_reads_in_place_and_refuses_writes() {
+    #[tokio::test]
+    async fn a_read_only_copy_reads_in_place_and_refuses_writes() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (store, _) = DiskStore::open(dir.path()).unwrap();
-            store.put(&key("packages/a"), &meta_for(b"a"), b"a").unwrap();
-            store.flush().unwrap();
+            let (store, _) = DiskStore::open(dir.path()).await.unwrap();
+            put(&store, &key("packages/a"), b"a").await.unwrap();
+            store.select(vec!["public/hexpm/packages/a".into()]).await.unwrap();
+            store.flush().await.unwrap();
         }
-        let store = DiskStore::open_read_only(dir.path()).unwrap();
-        let scratch = store.scratch.clone().unwrap();
-        assert_eq!(store.get(&key("packages/a")).unwrap().unwrap().1, &b"a"[..]);
-        assert_eq!(store.usage(), (1, 1));
-        assert!(store.put(&key("packages/b"), &meta_for(b"b"), b"b").is_err());
-        assert!(store.remove(&key("packages/a")).is_err());
+        let store = DiskStore::open_read_only(dir.path()).await.unwrap();
+        let scratch = store.local.scratch.clone().unwrap();
+        assert_eq!(store.get(&key("packages/a")).await.unwrap().unwrap().1, &b"a"[..]);
+        assert_eq!(store.usage(), usage(1, 1));
+        assert_eq!(store.selected().await.unwrap().len(), 1);
+        assert!(put(&store, &key("packages/b"), b"b").await.is_err());
+        assert!(store.remove(&key("packages/a")).await.is_err());
+        assert!(store.select(vec!["public/hexpm/packages/b".into()]).await.is_err());
         drop(store);
         assert!(!scratch.exists(), "the private index copy is removed");
     }
 
-    #[test]
-    fn update_meta_refuses_a_different_body() {
+    #[tokio::test]
+    async fn update_meta_refuses_a_different_body() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = DiskStore::open(dir.path()).unwrap();
-        store.put(&key("names"), &meta_for(b"one"), b"one").unwrap();
+        let (store, _) = DiskStore::open(dir.path()).await.unwrap();
+        put(&store, &key("names"), b"one").await.unwrap();
         let mut newer = meta_for(b"one");
         newer.fetched_at = 99;
-        store.update_meta(&key("names"), &newer).unwrap();
-        assert_eq!(store.get(&key("names")).unwrap().unwrap().0.fetched_at, 99);
+        store.update_meta(&key("names"), &newer).await.unwrap();
+        assert_eq!(store.get(&key("names")).await.unwrap().unwrap().0.fetched_at, 99);
         let mut wrong = meta_for(b"two");
         wrong.fetched_at = 100;
-        store.update_meta(&key("names"), &wrong).unwrap();
-        assert_eq!(store.get(&key("names")).unwrap().unwrap().0.fetched_at, 99);
+        store.update_meta(&key("names"), &wrong).await.unwrap();
+        assert_eq!(store.get(&key("names")).await.unwrap().unwrap().0.fetched_at, 99);
     }
 
-    #[test]
-    fn list_by_prefix_and_remove() {
+    #[tokio::test]
+    async fn list_by_prefix_and_remove() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = DiskStore::open(dir.path()).unwrap();
-        store.put(&key("packages/a"), &meta_for(b"a"), b"a").unwrap();
-        store.put(&CacheKey::parse("public/corp/packages/a").unwrap(), &meta_for(b"a"), b"a").unwrap();
-        assert_eq!(store.list("public/hexpm/").unwrap().len(), 1);
-        assert_eq!(store.list("public/").unwrap().len(), 2);
-        store.remove(&key("packages/a")).unwrap();
-        assert_eq!(store.list("public/hexpm/").unwrap().len(), 0);
-        assert_eq!(store.usage(), (1, 1));
+        let (store, _) = DiskStore::open(dir.path()).await.unwrap();
+        put(&store, &key("packages/a"), b"a").await.unwrap();
+        put(&store, &CacheKey::parse("public/corp/packages/a").unwrap(), b"a").await.unwrap();
+        assert_eq!(store.list_all("public/hexpm/").await.unwrap().len(), 1);
+        assert_eq!(store.list_all("public/").await.unwrap().len(), 2);
+        store.remove(&key("packages/a")).await.unwrap();
+        assert_eq!(store.list_all("public/hexpm/").await.unwrap().len(), 0);
+        assert_eq!(store.usage(), usage(1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_listing_longer_than_a_page_comes_whole_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = DiskStore::open(dir.path()).await.unwrap();
+        // Pages end exactly at the prefix's end, one record after it and one before it.
+        let count = 2 * PAGE + 1;
+        for i in 0..count {
+            put(&store, &key(&format!("packages/p{i:05}")), b"p").await.unwrap();
+        }
+        put(&store, &key("names"), b"n").await.unwrap();
+        put(&store, &key("versions"), b"v").await.unwrap();
+        let listed = store.list_all("public/hexpm/packages/").await.unwrap();
+        let names: Vec<String> = listed.iter().map(|(k, _)| k.to_string()).collect();
+        let expected: Vec<String> = (0..count).map(|i| format!("public/hexpm/packages/p{i:05}")).collect();
+        assert_eq!(names, expected);
+        assert_eq!(store.list_all("public/").await.unwrap().len(), count + 2);
+        assert!(store.list_all("private/").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_selection_grows_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = DiskStore::open(dir.path()).await.unwrap();
+            assert!(store.selected().await.unwrap().is_empty());
+            store.select(vec!["a".into()]).await.unwrap();
+            store.select(vec!["b".into(), "a".into()]).await.unwrap();
+        }
+        let (store, _) = DiskStore::open(dir.path()).await.unwrap();
+        assert_eq!(store.selected().await.unwrap().into_iter().collect::<Vec<_>>(), vec!["a", "b"]);
+        // The file's format: `{"keys": [...]}`.
+        let file: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.path().join(SELECTION_FILE)).unwrap()).unwrap();
+        assert_eq!(file, serde_json::json!({"keys": ["a", "b"]}));
+        // A damaged selection is an error, not an empty selection.
+        fs::write(dir.path().join(SELECTION_FILE), b"{\"keys\": [").unwrap();
+        assert!(matches!(store.selected().await, Err(StoreError::Damaged(_))));
+        assert!(store.select(vec!["c".into()]).await.is_err());
+    }
+
+    /// The blocking work of every operation runs off the runtime's threads: in a
+    /// current-thread runtime, the thread running the runtime is marked, and `blocking_work`
+    /// fails there.
+    #[test]
+    fn no_operation_blocks_the_runtime_thread() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        RUNTIME_THREAD.with(|marked| marked.set(true));
+        let dir = tempfile::tempdir().unwrap();
+        runtime.block_on(async {
+            let (store, _) = DiskStore::open(dir.path()).await.unwrap();
+            let k = key("packages/a");
+            put(&store, &k, b"a").await.unwrap();
+            assert!(store.get(&k).await.unwrap().is_some());
+            assert!(store.head(&k).await.unwrap().is_some());
+            store.update_meta(&k, &meta_for(b"a")).await.unwrap();
+            assert_eq!(store.list_all("public/").await.unwrap().len(), 1);
+            store.select(vec![k.to_string()]).await.unwrap();
+            assert_eq!(store.selected().await.unwrap().len(), 1);
+            store.flush().await.unwrap();
+            store.remove(&k).await.unwrap();
+            drop(store);
+            let read_only = DiskStore::open_read_only(dir.path()).await.unwrap();
+            assert!(read_only.get(&k).await.unwrap().is_none());
+        });
+        // The mark itself works: the same work done in place fails.
+        let (store, _) = runtime.block_on(DiskStore::open(dir.path())).unwrap();
+        let in_place = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.local.flush()));
+        RUNTIME_THREAD.with(|marked| marked.set(false));
+        assert!(in_place.is_err(), "blocking work on the marked thread must fail");
     }
 }

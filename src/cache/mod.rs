@@ -3,12 +3,14 @@
 //! An [`Entry`] holds either a [`Verified`] body or a docs tarball (the one class with nothing to
 //! verify against, kept apart as [`Content::Docs`]); there is no third way to build one, so the
 //! cache holds nothing that skipped verification. The memory tier (`memory`) is a byte-bounded
-//! moka cache of ready-to-serve entries. The persistent tier (`disk`) stores raw bytes and
-//! metadata behind the [`Store`] trait; what it returns is *not* an entry: the mirror re-verifies
-//! it before it is served (a disk is not trusted more than the network).
+//! moka cache of ready-to-serve entries. The persistent tier stores raw bytes and metadata
+//! behind the async [`Store`] interface (`store`; the local backend is `disk`); what it returns
+//! is *not* an entry: the mirror re-verifies it before it is served (a disk is not trusted more
+//! than the network).
 
 pub mod disk;
 pub mod memory;
+pub mod store;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -17,8 +19,9 @@ use sha2::{Digest, Sha256};
 use crate::route::{Kind, Resource};
 use crate::verify::{Body, Facts, Verified};
 
-pub use disk::{DiskStore, NullStore, Store, StoreError};
+pub use disk::DiskStore;
 pub use memory::MemoryTier;
+pub use store::{Listing, NullStore, Store, StoreError, StoreFuture, Usage};
 
 /// Where an entry lives in the cache.
 ///

@@ -28,8 +28,9 @@
 //! 7. When the upstream is down, times out, answers 5xx or 429, **serve the last verified copy**
 //!    (the `stale` closure in `fetch`); an anonymous 404 is remembered for `negative_ttl`.
 //!
-//! Store maintenance (pinning, purging, eviction, `hexmirror verify`, import, refusals, gauges)
-//! is apart from the request path, in `store.rs`. Opening the handle ([`Mirror::open`],
+//! Store maintenance (pinning, purging, `hexmirror verify`, import, refusals, gauges) is apart
+//! from the request path, in `store.rs`; disk eviction is one background task (`evict.rs`),
+//! woken by the writes behind the answers (`writes.rs`). Opening the handle ([`Mirror::open`],
 //! [`Mirror::open_for_serving`], [`Mirror::with_store`]) fails with an [`OpenError`]; a store
 //! held by another process is always an error, never a reason to degrade.
 //!
@@ -37,6 +38,7 @@
 //! verified content or a docs tarball; so nothing unverified is ever served as verified.
 
 mod access;
+mod evict;
 mod flights;
 mod freshness;
 mod path;
@@ -214,6 +216,10 @@ struct Inner {
     verifying: crate::budget::Budget,
     /// Persistent-tier writes running behind the answers (`writes.rs`).
     writes: writes::Writes,
+    /// The disk eviction task, when the disk tier has a budget (`evict.rs`).
+    eviction: Option<evict::DiskEviction>,
+    /// Held by pinning and by eviction around reading and changing one entry's record.
+    pinning: Arc<tokio::sync::Mutex<()>>,
     /// Tarball requests made while their package record is resolved (`path::early_tarball`).
     early: Mutex<HashMap<String, futures::future::WeakShared<BoxFutureEarly>>>,
 }
@@ -231,8 +237,9 @@ pub struct Mirror {
 
 impl Mirror {
     /// Opens the persistent tier under `data_dir` and builds the mirror.
-    pub fn open(config: Config, metrics: Metrics) -> Result<Mirror, OpenError> {
+    pub async fn open(config: Config, metrics: Metrics) -> Result<Mirror, OpenError> {
         let opened = DiskStore::open(&config.data_dir)
+            .await
             .map_err(|source| OpenError::Store { data_dir: config.data_dir.clone(), source })?;
         Self::from_disk(config, metrics, opened)
     }
@@ -255,18 +262,21 @@ impl Mirror {
 
     /// Like [`Mirror::open`] for the server: a data directory that cannot be used (read-only,
     /// no permission, no space) degrades to serving from memory and the upstream, loudly.
-    /// Another process holding the store is still an error.
-    pub fn open_for_serving(config: Config, metrics: Metrics) -> Result<Mirror, OpenError> {
-        match DiskStore::open(&config.data_dir) {
-            Ok(opened) => Self::from_disk(config, metrics, opened),
-            Err(source) if source.is_locked() => Err(OpenError::Locked { data_dir: config.data_dir.clone(), source }),
+    /// Another process holding the store is still an error. Starts disk eviction (with a
+    /// first pass, for a store over its budget already).
+    pub async fn open_for_serving(config: Config, metrics: Metrics) -> Result<Mirror, OpenError> {
+        let mirror = match DiskStore::open(&config.data_dir).await {
+            Ok(opened) => Self::from_disk(config, metrics, opened)?,
+            Err(source) if source.is_locked() => {
+                return Err(OpenError::Locked { data_dir: config.data_dir.clone(), source })
+            }
             Err(e) => {
-                let store: Arc<dyn Store> = match DiskStore::open_read_only(&config.data_dir) {
+                let store: Arc<dyn Store> = match DiskStore::open_read_only(&config.data_dir).await {
                     Ok(store) => {
                         tracing::error!(
                             data_dir = %config.data_dir.display(),
                             error = %e,
-                            entries = store.usage().0,
+                            entries = store.usage().entries,
                             "store: the data directory is not writable; serving what it holds read-only, the rest from upstream"
                         );
                         Arc::new(store)
@@ -283,15 +293,35 @@ impl Mirror {
                 metrics.store_degraded.set(1);
                 let mirror = Self::with_store(config, metrics, store)?;
                 mirror.inner.degraded.store(true, Ordering::Relaxed);
-                Ok(mirror)
+                mirror
             }
+        };
+        if let Some(eviction) = &mirror.inner.eviction {
+            eviction.start();
         }
+        Ok(mirror)
     }
 
+    /// Builds the mirror on `store`. With a disk budget, eviction starts with the first write.
     pub fn with_store(config: Config, metrics: Metrics, store: Arc<dyn Store>) -> Result<Mirror, OpenError> {
         let upstream = Upstream::new(&config, metrics.clone())?;
         let evictions = metrics.cache_evictions.with_label_values(&["memory"]);
         let memory = MemoryTier::new(config.memory_cache_bytes, move || evictions.inc());
+        let pinning = Arc::new(tokio::sync::Mutex::new(()));
+        let eviction = (config.disk_cache_bytes > 0).then(|| {
+            let memory = memory.clone();
+            let policy = evict::Policy {
+                budget: config.disk_cache_bytes,
+                // Milliseconds: the memory tier knows when an entry was last served or
+                // stored; an entry only on disk counts from its last confirmation.
+                last_used: Box::new(move |key, meta| {
+                    memory.get(key).map(|e| e.last_used()).unwrap_or(0).max(meta.fetched_at * 1000)
+                }),
+                evicted: metrics.cache_evictions.with_label_values(&["disk"]),
+                pinning: pinning.clone(),
+            };
+            evict::DiskEviction::new(Arc::downgrade(&store), policy)
+        });
         let negative = moka::sync::Cache::builder().max_capacity(100_000).time_to_live(config.negative_ttl).build();
         let repos = config.repos.iter().map(|(name, repo)| (name.clone(), Arc::new(repo.clone()))).collect();
         for repo in config.repos.values() {
@@ -327,6 +357,8 @@ impl Mirror {
                 degraded: AtomicBool::new(false),
                 refusals: Mutex::new(VecDeque::new()),
                 writes: writes::Writes::default(),
+                eviction,
+                pinning,
                 early: Mutex::default(),
             }),
         };
@@ -347,9 +379,12 @@ impl Mirror {
     }
 
     /// Waits until every persistent-tier write started before this call has finished (they run
-    /// behind the answers; see `writes.rs`).
+    /// behind the answers; see `writes.rs`), and the disk eviction those writes called for.
     pub async fn settle_writes(&self) {
-        self.inner.writes.settled().await
+        self.inner.writes.settled().await;
+        if let Some(eviction) = &self.inner.eviction {
+            eviction.settled().await;
+        }
     }
 
     /// The cache key a reply for `resource` was stored under.

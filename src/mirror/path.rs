@@ -268,10 +268,7 @@ impl Mirror {
         if let Some(entry) = self.inner.memory.get(key) {
             return content_matches(&entry, check).then_some(entry);
         }
-        let store = self.inner.store.clone();
-        let disk_key = key.clone();
-        let found = tokio::task::spawn_blocking(move || store.get(&disk_key)).await.ok()?;
-        let (meta, body) = match found {
+        let (meta, body) = match self.inner.store.get(key).await {
             Ok(Some(found)) => found,
             Ok(None) => return None,
             Err(e) => {
@@ -449,15 +446,10 @@ impl Mirror {
         let (this, target, path) = (self.clone(), target.clone(), tarball.path());
         let fetch: Early = async move {
             // A copy on disk (after a restart) needs no upstream request.
-            let store = this.inner.store.clone();
-            let keys = [public_key.clone(), public_key.with_scope(true)];
-            let stored = tokio::task::spawn_blocking(move || {
-                keys.iter().any(|key| store.list(key.as_str()).is_ok_and(|found| found.iter().any(|(k, _)| k == key)))
-            })
-            .await
-            .unwrap_or(false);
-            if stored {
-                return None;
+            for key in [public_key.clone(), public_key.with_scope(true)] {
+                if matches!(this.inner.store.head(&key).await, Ok(Some(_))) {
+                    return None;
+                }
             }
             let authorization = this.authorization(&target, &credential).await.ok()?;
             let request = UpstreamRequest {
@@ -684,21 +676,19 @@ impl Mirror {
     }
 
     /// Puts a new entry in both tiers: the memory tier now, the persistent tier in the
-    /// background (`writes.rs`). A private copy never replaces or hides a public one (nor the
-    /// other way round): a lookup prefers the public copy, which serves everyone.
+    /// background (`writes.rs`), then wakes disk eviction (`evict.rs`). A private copy never
+    /// replaces or hides a public one (nor the other way round): a lookup prefers the public
+    /// copy, which serves everyone.
     pub(super) async fn persist(&self, target: &Target, resource: &Resource, entry: Arc<Entry>) {
         let key = CacheKey::new(&target.namespace, resource, entry.private);
         self.inner.memory.insert(key.clone(), entry.clone());
         let (this, disk_key) = (self.clone(), key.clone());
         let write = async move {
-            let store = this.inner.store.clone();
-            let result =
-                tokio::task::spawn_blocking(move || store.put(&disk_key, &entry.stored_meta(), entry.bytes())).await;
+            let result = this.inner.store.put(&disk_key, &entry.stored_meta(), entry.bytes().clone()).await;
+            let landed = result.is_ok();
             this.note_store_result(result);
-            if this.inner.config.disk_cache_bytes > 0 {
-                if let Err(e) = this.evict_disk().await {
-                    tracing::warn!(error = %e, "store: eviction failed");
-                }
+            if let (true, Some(eviction)) = (landed, &this.inner.eviction) {
+                eviction.written();
             }
         };
         self.inner.writes.submit(key, write.boxed()).await;
@@ -710,8 +700,7 @@ impl Mirror {
         self.inner.memory.insert(key.clone(), entry.clone());
         let (this, disk_key) = (self.clone(), key.clone());
         let write = async move {
-            let store = this.inner.store.clone();
-            let result = tokio::task::spawn_blocking(move || store.update_meta(&disk_key, &entry.stored_meta())).await;
+            let result = this.inner.store.update_meta(&disk_key, &entry.stored_meta()).await;
             this.note_store_result(result);
         };
         self.inner.writes.submit(key, write.boxed()).await;

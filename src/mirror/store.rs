@@ -1,11 +1,12 @@
-//! Store maintenance, apart from the request path: pinning, purging, disk eviction, checking
-//! stored entries (`hexmirror verify`), importing bundles, refusals and the size gauges.
+//! Store maintenance, apart from the request path: pinning, purging, checking stored entries
+//! (`hexmirror verify`), importing bundles, refusals and the size gauges.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::stream::TryStreamExt;
 
 use super::access::ClientCredentials;
 use super::freshness::Check;
@@ -47,97 +48,46 @@ impl Mirror {
             pinned.pinned = true;
             self.inner.memory.insert(key.clone(), Arc::new(pinned));
         }
-        let store = self.inner.store.clone();
-        let key = key.clone();
-        tokio::task::spawn_blocking(move || match store.get(&key)? {
-            Some((mut meta, _)) if !meta.pinned => {
+        // Eviction looks at an entry's record under the same lock before it removes it.
+        let _pinning = self.inner.pinning.lock().await;
+        let store = &self.inner.store;
+        match store.head(key).await? {
+            Some(mut meta) if !meta.pinned => {
                 meta.pinned = true;
-                store.update_meta(&key, &meta)
+                store.update_meta(key, &meta).await
             }
             Some(_) => Ok(()),
             None => Err(StoreError::NotStored(key.to_string())),
-        })
-        .await
-        .map_err(|e| StoreError::Damaged(e.to_string()))?
+        }
     }
 
     /// Removes every entry of package `name` (records, tarballs, docs) in every namespace.
     pub async fn purge(&self, name: &str) -> Result<Vec<String>, StoreError> {
         // A write still running behind an answer would put back what is purged.
         self.inner.writes.settled().await;
-        let store = self.inner.store.clone();
-        let disk_name = name.to_string();
-        let removed = tokio::task::spawn_blocking(move || -> Result<Vec<CacheKey>, StoreError> {
-            let mut removed = Vec::new();
-            for (key, _) in store.list("")? {
-                if key_names_package(&key, &disk_name) {
-                    store.remove(&key)?;
-                    removed.push(key);
-                }
-            }
-            Ok(removed)
-        })
-        .await
-        .map_err(|e| StoreError::Damaged(e.to_string()))??;
+        let store = &self.inner.store;
+        let doomed: Vec<CacheKey> = store
+            .list("")
+            .try_filter_map(|(key, _)| futures::future::ready(Ok(key_names_package(&key, name).then_some(key))))
+            .try_collect()
+            .await?;
+        let mut removed = std::collections::BTreeSet::new();
+        for key in doomed {
+            store.remove(&key).await?;
+            removed.insert(key.to_string());
+        }
         // Also what only the memory tier holds (evicted from disk, or never written to it).
-        let mut removed: std::collections::BTreeSet<String> = removed.into_iter().map(|k| k.to_string()).collect();
         for key in self.inner.memory.remove_matching(|key| key_names_package(key, name)) {
             removed.insert(key.to_string());
         }
         Ok(removed.into_iter().collect())
     }
 
-    /// Evicts least recently used, unpinned entries from the disk tier until it fits its
-    /// budget. Entries that are being served are untouched: a served reply holds its own bytes.
-    pub async fn evict_disk(&self) -> Result<u64, StoreError> {
-        let budget = self.inner.config.disk_cache_bytes;
-        if budget == 0 || self.inner.store.usage().1 <= budget {
-            return Ok(0);
-        }
-        let store = self.inner.store.clone();
-        let memory = self.inner.memory.clone();
-        let evicted = tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
-            let mut candidates: Vec<(u64, CacheKey)> = store
-                .list("")?
-                .into_iter()
-                .filter(|(_, meta)| !meta.pinned)
-                .map(|(key, meta)| {
-                    // Milliseconds: the memory tier knows when an entry was last served or
-                    // stored; an entry only on disk counts from its last confirmation.
-                    let used = memory.get(&key).map(|e| e.last_used()).unwrap_or(0).max(meta.fetched_at * 1000);
-                    (used, key)
-                })
-                .collect();
-            candidates.sort();
-            let mut evicted = 0;
-            for (_, key) in candidates {
-                if store.usage().1 <= budget {
-                    break;
-                }
-                store.remove(&key)?;
-                evicted += 1;
-            }
-            Ok(evicted)
-        })
-        .await
-        .map_err(|e| StoreError::Damaged(e.to_string()))??;
-        if evicted > 0 {
-            self.inner.metrics.cache_evictions.with_label_values(&["disk"]).inc_by(evicted);
-            tracing::info!(evicted, budget, "store: evicted least recently used entries");
-        }
-        Ok(evicted)
-    }
-
     /// Re-verifies a stored entry from the disk tier alone: its checksum on read, then its
     /// signature or its checksum against the stored verified record. `Ok(false)`: not stored.
     pub async fn check_stored(&self, key: &CacheKey) -> Result<bool, CheckError> {
         let (target, resource) = self.target_and_resource(key)?;
-        let store = self.inner.store.clone();
-        let disk_key = key.clone();
-        let found = tokio::task::spawn_blocking(move || store.get(&disk_key))
-            .await
-            .map_err(|e| CheckError::Store(StoreError::Damaged(e.to_string())))?;
-        let Some((meta, body)) = found? else { return Ok(false) };
+        let Some((meta, body)) = self.inner.store.get(key).await? else { return Ok(false) };
         let check = self.stored_check(&target, &resource, &HashMap::new(), None).await?;
         self.verify_content(&target, &resource, &check, body, &meta.upstream).await?;
         Ok(true)
@@ -245,20 +195,14 @@ impl Mirror {
     pub async fn store_imported(&self, key: &CacheKey, entry: Entry) -> Result<(), StoreError> {
         let entry = Arc::new(entry);
         self.inner.memory.insert(key.clone(), entry.clone());
-        let store = self.inner.store.clone();
-        let key = key.clone();
-        tokio::task::spawn_blocking(move || store.put(&key, &entry.stored_meta(), entry.bytes()))
-            .await
-            .map_err(|e| StoreError::Damaged(e.to_string()))?
+        self.inner.store.put(key, &entry.stored_meta(), entry.bytes().clone()).await
     }
 
     /// Removes one entry from both tiers.
     pub async fn remove(&self, key: &CacheKey) -> Result<(), StoreError> {
         self.inner.writes.settled_key(key).await;
         self.inner.memory.remove(key);
-        let store = self.inner.store.clone();
-        let key = key.clone();
-        tokio::task::spawn_blocking(move || store.remove(&key)).await.map_err(|e| StoreError::Damaged(e.to_string()))?
+        self.inner.store.remove(key).await
     }
 
     /// Refreshes the cache size gauges.
@@ -267,28 +211,27 @@ impl Mirror {
         let (entries, bytes) = self.inner.memory.usage();
         m.cache_entries.with_label_values(&["memory"]).set(entries as i64);
         m.cache_bytes.with_label_values(&["memory"]).set(bytes as i64);
-        let (entries, bytes) = self.inner.store.usage();
-        m.cache_entries.with_label_values(&["disk"]).set(entries as i64);
-        m.cache_bytes.with_label_values(&["disk"]).set(bytes as i64);
+        let disk = self.inner.store.usage();
+        m.cache_entries.with_label_values(&["disk"]).set(disk.entries as i64);
+        m.cache_bytes.with_label_values(&["disk"]).set(disk.bytes as i64);
     }
 
-    pub(super) fn note_store_result(&self, result: Result<Result<(), StoreError>, tokio::task::JoinError>) {
+    pub(super) fn note_store_result(&self, result: Result<(), StoreError>) {
         let m = &self.inner.metrics;
         match result {
-            Ok(Ok(())) => {
+            Ok(()) => {
                 if self.inner.degraded.swap(false, Ordering::Relaxed) {
                     m.store_degraded.set(0);
                     tracing::info!("store: writes succeed again");
                 }
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 m.store_write_errors.inc();
                 if !self.inner.degraded.swap(true, Ordering::Relaxed) {
                     m.store_degraded.set(1);
                     tracing::error!(error = %e, disk_full = e.is_disk_full(), "store: write failed; serving from memory and upstream until writes succeed");
                 }
             }
-            Err(e) => tracing::error!(error = %e, "store: write task failed"),
         }
     }
 

@@ -692,7 +692,7 @@ impl TestMirror {
     /// Every entry of the persistent tier, once the writes behind earlier answers have landed.
     pub async fn stored(&self) -> Vec<(hexmirror::cache::CacheKey, hexmirror::cache::StoredMeta)> {
         self.mirror.settle_writes().await;
-        self.mirror.store().list("").unwrap()
+        self.mirror.store().list_all("").await.unwrap()
     }
 
     pub async fn metrics(&self) -> String {
