@@ -328,7 +328,10 @@ impl AdminService {
                 }
             }
             (Method::POST, "/_admin/purge") => match query(&req, "package") {
-                Some(name) if crate::route::package_name(&name).is_ok() => match mirror.purge(&name).await {
+                Some(name) if crate::route::package_name(&name).is_ok() => match mirror
+                    .purge(&name, query(&req, "repo").as_deref(), query(&req, "dry_run").is_some_and(|v| v == "1"))
+                    .await
+                {
                     Ok(removed) => json(StatusCode::OK, &removed),
                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
                 },
@@ -377,6 +380,7 @@ impl AdminService {
                         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
                         resp
                     }
+                    Err(e @ crate::transfer::TransferError::Nothing(_)) => text(StatusCode::NOT_FOUND, &e.to_string()),
                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
                 }
             }

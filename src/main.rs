@@ -117,8 +117,17 @@ enum CacheAction {
     List { filter: Option<String> },
     /// Show the entries of one package.
     Show { name: String },
-    /// Remove the entries of one package.
-    Purge { name: String },
+    /// Remove the entries of one package (in every repository and organization, unless --repo).
+    Purge {
+        /// The package name.
+        name: String,
+        /// Only in this repository: `hexpm`, a configured repository, or a hex.pm organization.
+        #[arg(long, value_name = "REPO")]
+        repo: Option<String>,
+        /// Print what would be removed, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 const EXIT_CONFIG: u8 = 64;
@@ -568,20 +577,39 @@ async fn cache(config: Config, action: CacheAction) -> Result<ExitCode, Failure>
         (CacheAction::Show { name }, Store::Local(mirror)) => {
             hexmirror::admin::cache_rows(mirror, "", Some(name)).await.map_err(|e| e.to_string())?
         }
-        (CacheAction::Purge { name }, _) => {
+        (CacheAction::Purge { name, repo, dry_run }, _) => {
             hexmirror::route::package_name(name).map_err(|e| e.to_string())?;
             let removed: Vec<String> = match &store {
                 Store::Remote(admin) => {
-                    let path = hexmirror::admin::request_path("/_admin/purge", &[("package", name)]);
+                    let mut query = vec![("package", name.as_str())];
+                    if let Some(repo) = repo {
+                        query.push(("repo", repo.as_str()));
+                    }
+                    if *dry_run {
+                        query.push(("dry_run", "1"));
+                    }
+                    let path = hexmirror::admin::request_path("/_admin/purge", &query);
                     serde_json::from_slice(&admin.call_bytes(Method::POST, &path, Bytes::new()).await?)
                         .map_err(|e| e.to_string())?
                 }
-                Store::Local(mirror) => mirror.purge(name).await.map_err(|e| e.to_string())?,
+                Store::Local(mirror) => {
+                    mirror.purge(name, repo.as_deref(), *dry_run).await.map_err(|e| e.to_string())?
+                }
             };
-            for key in &removed {
-                println!("removed {key}");
+            let scope = repo.as_ref().map(|r| format!(" in repository {r}")).unwrap_or_default();
+            if removed.is_empty() {
+                return Err(format!("purge: nothing stored for package {name}{scope}; nothing removed").into());
             }
-            println!("purge: {} entries removed", removed.len());
+            let verb = if *dry_run { "would remove" } else { "removed" };
+            for key in &removed {
+                println!("{verb} {key}");
+            }
+            println!("purge: {} entries {verb}{scope}", removed.len());
+            if !*dry_run {
+                println!(
+                    "note: entries that sync or import selected are reported missing by `hexmirror verify` until the next sync or import brings them back"
+                );
+            }
             return Ok(ExitCode::SUCCESS);
         }
     };

@@ -37,6 +37,9 @@ pub enum TransferError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Bundle(BundleError),
+    /// Nothing matched the request: no bundle is written.
+    #[error("export: {0}")]
+    Nothing(String),
 }
 
 /// What to export.
@@ -96,8 +99,22 @@ pub async fn export(mirror: &Mirror, request: &ExportRequest) -> Result<Vec<u8>,
         .base
         .as_ref()
         .map(|manifest| bundle::BaseInfo::of(manifest, request.base_digest.as_deref().unwrap_or_default()));
+    if objects.is_empty() {
+        let what = match (&request.filter, request.selected_only) {
+            (Some(filter), true) => format!("no selected entry's key contains {filter:?}"),
+            (Some(filter), false) => format!("no stored entry's key contains {filter:?}"),
+            (None, true) => "nothing was selected by sync or import".into(),
+            (None, false) => "the store holds no verified entry".into(),
+        };
+        return Err(TransferError::Nothing(format!("{what}; no bundle written")));
+    }
     if let Some(manifest) = &request.base {
         objects = bundle::incremental(objects, manifest);
+        if objects.is_empty() {
+            return Err(TransferError::Nothing(
+                "nothing is new or changed since the base bundle; no bundle written".into(),
+            ));
+        }
     }
     let mut out = Vec::new();
     bundle::write(&objects, base.as_ref(), &mut out).map_err(TransferError::Bundle)?;

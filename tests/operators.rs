@@ -101,3 +101,37 @@ async fn a_sync_whose_package_spec_matches_nothing_fails_naming_it() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_and_export_that_match_nothing_fail_and_purge_can_be_scoped_and_dry_run() {
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    let mirror = TestMirror::builder().upstream(&upstream.url()).start().await;
+    assert_eq!(mirror.get("/tarballs/hexdemo_mid-0.2.0.tar").await.status, 200);
+    let config = mirror.site().config_path();
+    let run = move |args: &'static [&'static str]| {
+        let config = config.clone();
+        async move { tokio::task::spawn_blocking(move || run_hexmirror(&config, args)).await.unwrap() }
+    };
+    let text = |out: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    let out = run(&["cache", "purge", "nosuch"]).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("nothing stored for package nosuch"), "{}", text(&out));
+    let out = run(&["cache", "purge", "hexdemo_mid", "--repo", "corp"]).await;
+    assert!(!out.status.success() && text(&out).contains("in repository corp"), "{}", text(&out));
+    let out = run(&["cache", "purge", "hexdemo_mid", "--dry-run"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("would remove public/hexpm/tarballs/hexdemo_mid-0.2.0.tar"), "{}", text(&out));
+    assert_eq!(
+        mirror.get("/tarballs/hexdemo_mid-0.2.0.tar").await.header("x-cache"),
+        "hit",
+        "a dry run removes nothing"
+    );
+    let out = run(&["cache", "purge", "hexdemo_mid", "--repo", "hexpm"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("removed public/hexpm/packages/hexdemo_mid"), "{}", text(&out));
+    let out = run(&["export", "--filter", "no-such-key", "--out", "/dev/null/never"]).await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("no stored entry's key contains \"no-such-key\""), "{}", text(&out));
+}

@@ -27,7 +27,7 @@ async fn private_record_fetched_for_one_client_never_reaches_concurrent_wrong_to
     let leaks = Arc::new(AtomicUsize::new(0));
     let strangers_answered = Arc::new(AtomicUsize::new(0));
     for cycle in 0..12 {
-        mirror.mirror.purge("hexdemo_mid").await.unwrap();
+        mirror.mirror.purge("hexdemo_mid", None, false).await.unwrap();
         let alice = {
             let url = url.clone();
             tokio::spawn(async move { get(&url, &[("authorization", "Bearer alice-key")]).await })

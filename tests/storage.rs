@@ -554,7 +554,7 @@ async fn purge_also_removes_entries_that_only_the_memory_tier_holds() {
     assert_eq!(mirror.get("/tarballs/hexdemo_top-2.0.1.tar").await.status, 200);
     let stored: Vec<String> = mirror.stored().await.into_iter().map(|(k, _)| k.to_string()).collect();
     assert!(!stored.iter().any(|k| k.contains("hexdemo_base")), "evicted from disk: {stored:?}");
-    let removed = mirror.mirror.purge("hexdemo_base").await.unwrap();
+    let removed = mirror.mirror.purge("hexdemo_base", None, false).await.unwrap();
     let got = mirror.get(evicted).await;
     assert_eq!(got.body, fixture(evicted));
     assert_eq!(

@@ -60,6 +60,11 @@ impl MemoryTier {
         keys
     }
 
+    /// The keys for which `wanted` holds, removing nothing.
+    pub fn matching(&self, wanted: impl Fn(&CacheKey) -> bool) -> Vec<CacheKey> {
+        self.cache.iter().filter(|(k, _)| wanted(k)).map(|(k, _)| (*k).clone()).collect()
+    }
+
     /// (entries, weighted bytes), after pending maintenance has run.
     pub fn usage(&self) -> (u64, u64) {
         self.cache.run_pending_tasks();

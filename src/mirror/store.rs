@@ -13,6 +13,7 @@ use super::freshness::Check;
 use super::path::signed_by;
 use super::{Mirror, MirrorError, Refusal, Target, REFUSALS_KEPT};
 use crate::cache::{unix_now, CacheKey, Entry, StoreError, Validators};
+use crate::config::HEXPM;
 use crate::metrics::CacheStatus;
 use crate::route::Resource;
 use crate::verify::{Facts, VerifyError};
@@ -62,24 +63,37 @@ impl Mirror {
     }
 
     /// Removes every entry of package `name` (records, tarballs, docs) in every namespace.
-    pub async fn purge(&self, name: &str) -> Result<Vec<String>, StoreError> {
+    /// With `repo`, only in that repository's namespace (`hexpm`, a configured repository, or
+    /// a hex.pm organization); with `dry_run`, removes nothing and says what it would remove.
+    pub async fn purge(&self, name: &str, repo: Option<&str>, dry_run: bool) -> Result<Vec<String>, StoreError> {
         // A write still running behind an answer would put back what is purged.
         self.inner.writes.settled().await;
+        let namespace = repo.map(|repo| match repo {
+            HEXPM => HEXPM.to_string(),
+            other => self.target(Some(other)).namespace,
+        });
+        let matches = |key: &CacheKey| {
+            key_names_package(key, name) && namespace.as_deref().is_none_or(|ns| key.namespace() == ns)
+        };
         let store = &self.inner.store;
         let doomed: Vec<CacheKey> = store
             .list("")
-            .try_filter_map(|(key, _)| futures::future::ready(Ok(key_names_package(&key, name).then_some(key))))
+            .try_filter_map(|(key, _)| futures::future::ready(Ok(matches(&key).then_some(key))))
             .try_collect()
             .await?;
         let mut removed = std::collections::BTreeSet::new();
         for key in doomed {
-            store.remove(&key).await?;
+            if !dry_run {
+                store.remove(&key).await?;
+            }
             removed.insert(key.to_string());
         }
         // Also what only the memory tier holds (evicted from disk, or never written to it).
-        for key in self.inner.memory.remove_matching(|key| key_names_package(key, name)) {
-            removed.insert(key.to_string());
-        }
+        let in_memory = match dry_run {
+            true => self.inner.memory.matching(matches),
+            false => self.inner.memory.remove_matching(matches),
+        };
+        removed.extend(in_memory.iter().map(|key| key.to_string()));
         Ok(removed.into_iter().collect())
     }
 
