@@ -207,6 +207,11 @@ async fn fetch_with_retries(
     loop {
         attempt += 1;
         match mirror.get(target, resource, &client).await {
+            // Done means durable: a sync killed after this point never fetches it again.
+            Ok(reply) => {
+                mirror.settle_write(&mirror.key_for(target, resource, reply.private)).await;
+                return Ok(reply);
+            }
             Err(MirrorError::Upstream(e)) if attempt < 3 => {
                 tracing::debug!(error = %e, attempt, "sync: retrying");
                 tokio::time::sleep(delay).await;
