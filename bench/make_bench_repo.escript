@@ -13,6 +13,8 @@
 %%   tarballs/bench_large-1.0.0.tar  ~5 MB
 %%   versions                        ~150 KB (thousands of packages, like hex.pm's)
 %%   names, packages/bench_medium, packages/bench_large
+%% With BENCH_RECORDS=N in the environment, also N more ~1 KB registry records
+%% packages/bench_rec_01 .. bench_rec_N (listed in names; no tarballs), for bench/pressure.sh.
 %% Prints one line per object: PATH SIZE SHA256.
 -mode(compile).
 
@@ -37,9 +39,10 @@ main([OutDir, PrivFile, PubFile]) ->
     Others = filler_names(150 * ?KB, Priv),
     AllNames = lists:usort(Bench ++ [N || {N, _} <- Others]),
     write(OutDir, "versions", versions(AllNames, Others, Priv)),
+    Records = extra_records(OutDir, Priv),
     write(OutDir, "names", signed(r3_hex_registry:encode_names(
                                     #{repository => <<"hexpm">>,
-                                      packages => [#{name => N} || N <- AllNames]}), Priv)),
+                                      packages => [#{name => N} || N <- lists:usort(AllNames ++ Records)]}), Priv)),
     ok = file:write_file(filename:join(OutDir, "public_key"), Pub),
     self_check(OutDir, Pub),
     [begin
@@ -47,7 +50,8 @@ main([OutDir, PrivFile, PubFile]) ->
          io:format("~s ~p ~s~n", [P, byte_size(B), hex(crypto:hash(sha256, B))])
      end || P <- ["packages/bench_small", "tarballs/bench_small-1.0.0.tar",
                   "tarballs/bench_medium-1.0.0.tar", "versions", "tarballs/bench_large-1.0.0.tar",
-                  "names", "packages/bench_medium", "packages/bench_large"]],
+                  "names", "packages/bench_medium", "packages/bench_large"]
+                 ++ [<<"packages/", N/binary>> || N <- Records]],
     ok;
 main(_) ->
     io:format(standard_error, "usage: make_bench_repo.escript OUT_DIR PRIVATE_KEY_PEM PUBLIC_KEY_PEM~n", []),
@@ -94,6 +98,21 @@ package_record(Name, Release, MinSize, Priv) ->
                    end
            end,
     Grow(0).
+
+%% BENCH_RECORDS=N: N signed records of one release each (checksums of no real tarball),
+%% padded like bench_small's to ~1 KB. Returns their names.
+extra_records(OutDir, Priv) ->
+    N = case os:getenv("BENCH_RECORDS") of
+            false -> 0;
+            Text -> list_to_integer(Text)
+        end,
+    [begin
+         Name = iolist_to_binary(io_lib:format("bench_rec_~2..0b", [I])),
+         Release = #{version => <<"1.0.0">>, inner_checksum => crypto:hash(sha256, [Name, "i"]),
+                     outer_checksum => crypto:hash(sha256, [Name, "o"]), dependencies => []},
+         write(OutDir, <<"packages/", Name/binary>>, package_record(Name, Release, 1000, Priv)),
+         Name
+     end || I <- lists:seq(1, N)].
 
 %% Enough packages (name, versions) that the gzipped, signed /versions is about Target bytes.
 filler_names(Target, Priv) ->
