@@ -301,3 +301,15 @@ PY
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "$failures" -gt 0 ]; then echo "BENCHMARK FAILED: $failures check(s) failed"; exit 1; fi
 echo "all responses were 200 with the exact expected bytes"
+
+# The fetch path under pressure and the cold path, each against its baseline in its own run
+# (SKIP_MORE=1 leaves them out): cold-miss latency per size as a ratio to the origin fetch,
+# stale answers with a hung upstream against nginx's use_stale updating, a flood of abandoned
+# cold misses then one legitimate miss, and the /metrics scrape size.
+if [ "${SKIP_MORE:-0}" != 1 ]; then
+  export HEXMIRROR_BIN="$bin"
+  for more in cold pressure; do
+    printf '\n## bench/%s.sh\n\n' "$more"
+    bash "$here/$more.sh" || { echo "BENCHMARK FAILED: bench/$more.sh"; exit 1; }
+  done
+fi
