@@ -4,7 +4,8 @@
 //! ```sh
 //! cargo run --release --example cold_path -- [ROUNDS] [DATA_DIR]
 //! perf record -g target/release/examples/cold_path 200 /dev/shm/cold-path
-//! COLD_PATH_ONLY=summary cargo run --release --example cold_path -- 2000   # one stage alone
+//! COLD_PATH_ONLY=summary cargo run --release --example cold_path -- 2000   # the decode alone
+//! COLD_PATH_ONLY=verify cargo run --release --example cold_path -- 500     # registry_file alone
 //! ```
 //!
 //! The stages are those the mirror runs once the upstream has answered: gunzip under the
@@ -75,6 +76,17 @@ fn main() {
         for _ in 0..rounds {
             let versions: VersionsSummary = stage.time(|| registry::decode(&payload).expect("decode"));
             assert_eq!(versions.repository, "hexpm");
+        }
+        stage.report();
+        return;
+    }
+
+    if std::env::var("COLD_PATH_ONLY").as_deref() == Ok("verify") {
+        let mut stage = Stage::new("verify::registry_file");
+        for _ in 0..rounds {
+            stage.time(|| {
+                verify::registry_file(RegistryFile::Versions, "hexpm", body.clone(), &key, LIMIT).expect("verifies")
+            });
         }
         stage.report();
         return;

@@ -149,27 +149,44 @@ impl Policy {
 // wire-type checks, length checks, packed and unpacked integers, unknown fields, groups and
 // recursion limit), so a payload decodes as a summary if and only if it decodes as the full
 // message, and the summary says what the full message would. Only what is kept differs: a
-// string is checked where it lies (`merge_str`) instead of copied out, and a repeated nested
+// string is checked where it lies (`merge_str`, `skip_str`) instead of copied out, and a repeated nested
 // message is read into one reused value. Decode-only: encoding one writes its repository alone.
 
 /// One string field, checked exactly as `prost::encoding::string::merge` checks it (wire type,
 /// length within the buffer, UTF-8) and handed to `read` without being copied out of the buffer.
-fn merge_str(wire_type: WireType, buf: &mut impl Buf, read: impl FnOnce(&str)) -> Result<(), DecodeError> {
+fn merge_str(wire_type: WireType, buf: &mut impl Buf, read: impl FnOnce(&str)) -> DecodeResult {
+    str_field(wire_type, buf, |bytes| std::str::from_utf8(bytes).map(read).is_ok())
+}
+
+/// One string field checked as [`merge_str`] checks it, and passed over.
+fn skip_str(wire_type: WireType, buf: &mut impl Buf) -> DecodeResult {
+    str_field(wire_type, buf, is_utf8)
+}
+
+/// Whether `bytes` are UTF-8: at once when they are ASCII, as nearly every package name and
+/// version is (one pass, no branch per byte), by `std::str::from_utf8` otherwise.
+fn is_utf8(bytes: &[u8]) -> bool {
+    bytes.iter().fold(0, |all, byte| all | byte) < 0x80 || std::str::from_utf8(bytes).is_ok()
+}
+
+fn str_field(wire_type: WireType, buf: &mut impl Buf, utf8: impl FnOnce(&[u8]) -> bool) -> DecodeResult {
     encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
     let len = encoding::decode_varint(buf)?;
     if len > buf.remaining() as u64 {
         return Err(DecodeError::new("buffer underflow"));
     }
     let len = len as usize;
-    let not_utf8 = || DecodeError::new("invalid string value: data is not UTF-8 encoded");
-    if buf.chunk().len() >= len {
-        read(std::str::from_utf8(&buf.chunk()[..len]).map_err(|_| not_utf8())?);
+    let valid = if buf.chunk().len() >= len {
+        let valid = utf8(&buf.chunk()[..len]);
         buf.advance(len);
+        valid
     } else {
-        let bytes = buf.copy_to_bytes(len);
-        read(std::str::from_utf8(&bytes).map_err(|_| not_utf8())?);
+        utf8(&buf.copy_to_bytes(len))
+    };
+    match valid {
+        true => Ok(()),
+        false => Err(DecodeError::new("invalid string value: data is not UTF-8 encoded")),
     }
-    Ok(())
 }
 
 /// `/versions` as verification reads it: the origin and the counts ([`Versions`] decoded).
@@ -231,11 +248,11 @@ impl Message for VersionsPackageSummary {
 
     fn merge_field(&mut self, tag: u32, wire_type: WireType, buf: &mut impl Buf, ctx: DecodeContext) -> DecodeResult {
         match tag {
-            1 => merge_str(wire_type, buf, |_| ()),
+            1 => skip_str(wire_type, buf),
             2 => {
                 // `string::merge_repeated`: the wire type, then one string, counted.
                 encoding::check_wire_type(WireType::LengthDelimited, wire_type)?;
-                merge_str(wire_type, buf, |_| ())?;
+                skip_str(wire_type, buf)?;
                 self.versions += 1;
                 Ok(())
             }
@@ -401,7 +418,7 @@ mod tests {
                 package("a", &["0.1.0", "1.0.0", "1.1.0-rc.1"], vec![0]),
                 package("b", &[], vec![]),
                 package("c_é", &["2.0.0"], vec![0, 1, 2]),
-                package("d", &["1.0.0", "1.0.1"], vec![]),
+                package("d", &["1.0.0", "1.0.1-β"], vec![]),
             ],
             repository: "hexpm".into(),
         };
