@@ -9,8 +9,9 @@
 //! - registry v2 files (`/names`, `/versions`, `/packages/NAME`, policies): exactly one gzip
 //!   member with nothing after it, its declared size (the trailer's ISIZE) within a limit and
 //!   never exceeded while inflating, decode `Signed`, RSASSA-PKCS1-v1_5 / SHA-512 over the
-//!   payload, decode the payload, check its origin (`repository`, and `name` where the path
-//!   names one);
+//!   payload, decode the payload (`/versions` and `/names` as `registry`'s summaries, which
+//!   accept exactly what the full messages accept), check its origin (`repository`, and `name`
+//!   where the path names one);
 //! - tarballs: sha256 of the whole file against the release's outer checksum from a verified
 //!   package record (the inner checksum where a release has no outer one), under a size limit;
 //! - registry v1 (`/registry.ets.gz`): hex-encoded RSA / SHA-512 signature over the gzip bytes;
@@ -36,7 +37,7 @@ use rsa::RsaPublicKey;
 use sha2::{Digest, Sha256, Sha512};
 
 use crate::hex_tarball;
-use crate::registry::{self, Names, Package, Policy, Versions};
+use crate::registry::{self, NamesSummary, Package, Policy, VersionsSummary};
 
 /// A repository's RSA public key, with the PEM text it was read from (served at `/public_key`).
 #[derive(Clone)]
@@ -201,13 +202,10 @@ pub struct PackageNames {
 }
 
 impl PackageNames {
-    fn of(names: &Names) -> PackageNames {
-        let mut text = String::with_capacity(names.packages.iter().map(|p| p.name.len()).sum());
-        let mut ends = Vec::with_capacity(names.packages.len());
-        for package in &names.packages {
-            text.push_str(&package.name);
-            ends.push(text.len());
-        }
+    fn of(names: NamesSummary) -> PackageNames {
+        let NamesSummary { mut text, mut ends, .. } = names;
+        text.shrink_to_fit();
+        ends.shrink_to_fit();
         PackageNames { text, ends }
     }
 
@@ -399,19 +397,20 @@ pub fn registry_file(
     let payload = verified_payload(gunzip(&body, max_uncompressed)?.into(), key)?;
     let facts = match file {
         RegistryFile::Names => {
-            let names: Names = registry::decode(&payload).map_err(|_| VerifyError::Decode { what: "Names" })?;
+            // Decoded as `Names` is, keeping only the origin and the names.
+            let names: NamesSummary = registry::decode(&payload).map_err(|_| VerifyError::Decode { what: "Names" })?;
             check_origin(repository, &names.repository)?;
-            Facts::Names(Arc::new(PackageNames::of(&names)))
+            Facts::Names(Arc::new(PackageNames::of(names)))
         }
         RegistryFile::Versions => {
-            let versions: Versions =
+            // Decoded as `Versions` is, keeping only the origin and the counts.
+            let versions: VersionsSummary =
                 registry::decode(&payload).map_err(|_| VerifyError::Decode { what: "Versions" })?;
             check_origin(repository, &versions.repository)?;
-            let packages = &versions.packages;
             Facts::Versions(VersionCounts {
-                packages: packages.len(),
-                releases: packages.iter().map(|p| p.versions.len()).sum(),
-                unretired_releases: packages.iter().map(|p| p.versions.len().saturating_sub(p.retired.len())).sum(),
+                packages: versions.packages,
+                releases: versions.releases,
+                unretired_releases: versions.unretired_releases,
             })
         }
         RegistryFile::Package(name) => {
@@ -564,7 +563,7 @@ pub fn installer(body: Bytes, digest_hex: &str, max_bytes: u64) -> Result<Verifi
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::registry::Signed;
+    use crate::registry::{Names, Signed, Versions};
     use prost::Message;
     use rsa::pkcs1v15::SigningKey;
     use rsa::pkcs8::DecodePrivateKey;
@@ -590,7 +589,11 @@ pub(crate) mod tests {
     }
 
     fn gzip(data: &[u8]) -> Vec<u8> {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gzip_at(data, flate2::Compression::fast())
+    }
+
+    fn gzip_at(data: &[u8], level: flate2::Compression) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), level);
         enc.write_all(data).unwrap();
         enc.finish().unwrap()
     }
@@ -766,7 +769,9 @@ pub(crate) mod tests {
 
     #[test]
     fn gzip_bomb_stops_at_the_limit() {
-        let bomb = gzip(&vec![0u8; 8 << 20]);
+        // Compressed as tightly as the deflate encoder can, as a bomb would be (at its fastest
+        // level, zlib-rs leaves 8 MiB of zeros at about 80 KB).
+        let bomb = gzip_at(&vec![0u8; 8 << 20], flate2::Compression::best());
         assert!(bomb.len() < 64 << 10);
         let err = registry_file(RegistryFile::Names, "hexpm", bomb.into(), &real_key(), 1 << 20).unwrap_err();
         assert_eq!(err, VerifyError::TooLarge { limit: 1 << 20 });

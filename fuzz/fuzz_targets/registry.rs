@@ -1,6 +1,8 @@
 //! Registry v2 files: `verify::registry_file` for every `RegistryFile` variant with hex.pm's
 //! real key and the demo repository's key, `verify::gunzip`, `verify::signed_payload`, and
-//! `registry::decode` of every message type, on hostile bytes. Nothing may panic.
+//! `registry::decode` of every message type, on hostile bytes. Nothing may panic, and the
+//! summaries verification decodes (`VersionsSummary`, `NamesSummary`) must accept exactly what
+//! the full messages accept, with the same contents.
 //!
 //! The input is tried both as the upstream body (gzip expected) and gzipped by the harness, so
 //! that mutations reach the protobuf and signature checks behind gzip's CRC.
@@ -11,7 +13,7 @@ use std::io::Write;
 use std::sync::LazyLock;
 
 use bytes::Bytes;
-use hexmirror::registry::{self, Names, Package, Policy, Signed, Versions};
+use hexmirror::registry::{self, Names, NamesSummary, Package, Policy, Signed, Versions, VersionsSummary};
 use hexmirror::verify::{self, PublicKey, RegistryFile};
 use libfuzzer_sys::fuzz_target;
 
@@ -43,10 +45,35 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 fn decode_all(bytes: &[u8]) {
-    let _ = registry::decode::<Names>(bytes);
-    let _ = registry::decode::<Versions>(bytes);
+    let names = registry::decode::<Names>(bytes);
+    let versions = registry::decode::<Versions>(bytes);
     let _ = registry::decode::<Package>(bytes);
     let _ = registry::decode::<Policy>(bytes);
+    // What verification decodes instead: the summaries accept exactly what the full messages
+    // do, and say what they say.
+    match (versions, registry::decode::<VersionsSummary>(bytes)) {
+        (Ok(full), Ok(summary)) => {
+            assert_eq!(summary.repository, full.repository);
+            assert_eq!(summary.packages, full.packages.len());
+            assert_eq!(summary.releases, full.packages.iter().map(|p| p.versions.len()).sum::<usize>());
+            let unretired: usize = full.packages.iter().map(|p| p.versions.len().saturating_sub(p.retired.len())).sum();
+            assert_eq!(summary.unretired_releases, unretired);
+        }
+        (full, summary) => assert_eq!(full.is_ok(), summary.is_ok(), "Versions and VersionsSummary disagree"),
+    }
+    match (names, registry::decode::<NamesSummary>(bytes)) {
+        (Ok(full), Ok(summary)) => {
+            assert_eq!(summary.repository, full.repository);
+            assert_eq!(summary.ends.len(), full.packages.len());
+            let mut start = 0;
+            for (package, &end) in full.packages.iter().zip(&summary.ends) {
+                assert_eq!(&summary.text[start..end], package.name);
+                start = end;
+            }
+            assert_eq!(start, summary.text.len());
+        }
+        (full, summary) => assert_eq!(full.is_ok(), summary.is_ok(), "Names and NamesSummary disagree"),
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
