@@ -149,8 +149,9 @@ impl Policy {
 // wire-type checks, length checks, packed and unpacked integers, unknown fields, groups and
 // recursion limit), so a payload decodes as a summary if and only if it decodes as the full
 // message, and the summary says what the full message would. Only what is kept differs: a
-// string is checked where it lies (`merge_str`, `skip_str`) instead of copied out, and a repeated nested
-// message is read into one reused value. Decode-only: encoding one writes its repository alone.
+// string is checked where it lies (`merge_str`, `skip_str`) instead of copied out, and a
+// repeated nested message is read into one reused value. Decode-only: encoding one writes its
+// repository alone.
 
 /// One string field, checked exactly as `prost::encoding::string::merge` checks it (wire type,
 /// length within the buffer, UTF-8) and handed to `read` without being copied out of the buffer.
@@ -531,8 +532,9 @@ mod tests {
             // `repository` twice: the last one is kept.
             [&b"\x12\x03one\x12\x05hexpm"[..]].concat(),
             // Versions given one at a time, retired indexes unpacked and packed, an unknown
-            // varint, fixed32, fixed64 and group field.
-            package(b"\x0a\x01a\x12\x011\x12\x012\x18\x00\x1a\x01\x01\x30\x05\x3d\0\0\0\0\x41\0\0\0\0\0\0\0\0\x4b\x08\x01\x4c"),
+            // varint and fixed32 field; then an unknown fixed64 and group field.
+            package(&[&b"\x0a\x01a\x12\x011\x12\x012\x18\x00\x1a\x01\x01"[..], b"\x30\x05\x3d\0\0\0\0"].concat()),
+            package(b"\x12\x011\x41\0\0\0\0\0\0\0\0\x4b\x08\x01\x4c"),
             // A version that is not UTF-8 (an unknown field in `/names`); a name given as a
             // varint; an end-group without a start.
             package(b"\x12\x02\xc3\x28"),
@@ -555,7 +557,11 @@ mod tests {
         let decoded: Vec<(bool, bool)> = cases.iter().map(|case| same_as_full_decode(case)).collect();
         let (both, neither, versions, names) = ((true, true), (false, false), (true, false), (false, true));
         #[rustfmt::skip]
-        assert_eq!(decoded, [both, versions, names, neither, neither, neither, neither, neither, neither, neither, neither, versions, versions]);
+        let expected = [
+            both, versions, both, names, neither, neither, neither, neither,
+            neither, neither, neither, neither, versions, versions,
+        ];
+        assert_eq!(decoded, expected);
         assert_eq!(decode::<VersionsSummary>(&cases[0]).unwrap().repository, "hexpm");
         let summary = decode::<VersionsSummary>(&cases[1]).unwrap();
         assert_eq!((summary.packages, summary.releases, summary.unretired_releases), (1, 2, 0));
