@@ -27,6 +27,10 @@ pub struct AuditReport {
     pub repaired: Vec<String>,
     /// Releases listed by selected records whose tarballs nobody selected (informational).
     pub unselected_releases: usize,
+    /// Body bytes of pinned entries, and the disk budget when they exceed it (informational:
+    /// everything not pinned is then evicted as soon as it is written).
+    #[serde(default)]
+    pub pinned_over_budget: Option<(u64, u64)>,
 }
 
 impl AuditReport {
@@ -45,6 +49,11 @@ pub async fn run(mirror: &Mirror, repair: bool) -> Result<AuditReport, StoreErro
     let store = mirror.store();
     let stored = store.list_all("").await?;
     let stored_keys: std::collections::BTreeSet<String> = stored.iter().map(|(k, _)| k.to_string()).collect();
+    let pinned_bytes: u64 = stored.iter().filter(|(_, meta)| meta.pinned).map(|(_, meta)| meta.len).sum();
+    let budget = mirror.config().disk_cache_bytes;
+    if budget > 0 && pinned_bytes > budget {
+        report.pinned_over_budget = Some((pinned_bytes, budget));
+    }
     for (key, _) in &stored {
         report.checked += 1;
         match mirror.check_stored(key).await {

@@ -446,6 +446,11 @@ async fn verify(config: Config, repair: bool) -> Result<ExitCode, Failure> {
             report.unselected_releases
         );
     }
+    if let Some((pinned, budget)) = report.pinned_over_budget {
+        println!(
+            "  note: pinned entries (synced or imported) hold {pinned} bytes, more than disk_cache_bytes ({budget}): every entry that is not pinned is evicted as soon as it is written; raise disk_cache_bytes"
+        );
+    }
     println!("verify: {}", if report.ok() { "ok" } else { "FAILED" });
     Ok(ok_or_failure(report.ok()))
 }

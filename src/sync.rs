@@ -207,9 +207,14 @@ async fn fetch_with_retries(
     loop {
         attempt += 1;
         match mirror.get(target, resource, &client).await {
-            // Done means durable: a sync killed after this point never fetches it again.
+            // Done means durable and pinned (so disk eviction cannot take it before the sync
+            // ends): a sync killed after this point never fetches it again. A failure to pin is
+            // reported when the sync pins its whole selection at the end.
             Ok(reply) => {
-                mirror.settle_write(&mirror.key_for(target, resource, reply.private)).await;
+                let key = mirror.key_for(target, resource, reply.private);
+                if let Err(e) = mirror.pin(&key).await {
+                    tracing::debug!(key = %key, error = %e, "sync: not pinned yet");
+                }
                 return Ok(reply);
             }
             Err(MirrorError::Upstream(e)) if attempt < 3 => {

@@ -135,3 +135,26 @@ async fn purge_and_export_that_match_nothing_fail_and_purge_can_be_scoped_and_dr
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("no stored entry's key contains \"no-such-key\""), "{}", text(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_says_when_pinned_content_exceeds_the_disk_budget() {
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    for (budget, noted) in [("4KiB", true), ("1GiB", false)] {
+        let site = TestMirror::builder().upstream(&upstream.url()).set("disk_cache_bytes", budget);
+        let config = site.write_config();
+        let out = tokio::task::spawn_blocking(move || {
+            let sync = run_hexmirror(&config, &["sync", "--package", "hexdemo_top"]);
+            assert!(sync.status.success(), "{}", String::from_utf8_lossy(&sync.stderr));
+            run_hexmirror(&config, &["verify"])
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{budget}: {stdout}");
+        assert_eq!(stdout.contains("note: pinned entries (synced or imported) hold"), noted, "{budget}: {stdout}");
+        if noted {
+            assert!(stdout.contains("more than disk_cache_bytes (4096)"), "{stdout}");
+        }
+        drop(site);
+    }
+}

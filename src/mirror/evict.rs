@@ -133,13 +133,31 @@ pub(super) async fn pass(store: &dyn Store, policy: &Policy) -> Result<u64, Stor
         return Ok(0);
     }
     let mut candidates: Vec<(u64, CacheKey)> = Vec::new();
+    let mut pinned_bytes = 0;
     let mut listing = store.list("");
     while let Some((key, meta)) = listing.try_next().await? {
-        if !meta.pinned {
-            candidates.push(((policy.last_used)(&key, &meta), key));
+        match meta.pinned {
+            true => pinned_bytes += meta.len,
+            false => candidates.push(((policy.last_used)(&key, &meta), key)),
         }
     }
     drop(listing);
+    // Every write then calls for a pass: say it at most once every ten minutes.
+    static LAST_WARNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = crate::cache::unix_now();
+    let last = LAST_WARNED.load(std::sync::atomic::Ordering::Relaxed);
+    if pinned_bytes > policy.budget
+        && (last == 0 || now.saturating_sub(last) >= 600)
+        && LAST_WARNED
+            .compare_exchange(last, now, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            pinned_bytes,
+            disk_cache_bytes = policy.budget,
+            "store: pinned entries (synced or imported) alone exceed disk_cache_bytes; every entry that is not pinned is evicted as soon as it is written"
+        );
+    }
     candidates.sort();
     let mut evicted = 0;
     for (_, key) in candidates {

@@ -44,11 +44,13 @@ impl Mirror {
     /// Waits for the entry's background write first, so a pinned entry is durable.
     pub async fn pin(&self, key: &CacheKey) -> Result<(), StoreError> {
         self.inner.writes.settled_key(key).await;
-        if let Some(entry) = self.inner.memory.get(key) {
+        let in_memory = self.inner.memory.get(key).map(|entry| {
             let mut pinned = (*entry).clone();
             pinned.pinned = true;
-            self.inner.memory.insert(key.clone(), Arc::new(pinned));
-        }
+            let pinned = Arc::new(pinned);
+            self.inner.memory.insert(key.clone(), pinned.clone());
+            pinned
+        });
         // Eviction looks at an entry's record under the same lock before it removes it.
         let _pinning = self.inner.pinning.lock().await;
         let store = &self.inner.store;
@@ -58,7 +60,12 @@ impl Mirror {
                 store.update_meta(key, &meta).await
             }
             Some(_) => Ok(()),
-            None => Err(StoreError::NotStored(key.to_string())),
+            // Evicted from disk before it could be pinned (a disk budget smaller than what is
+            // being synced): the memory tier's copy, verified like every entry, is written back.
+            None => match in_memory {
+                Some(entry) => store.put(key, &entry.stored_meta(), entry.bytes().clone()).await,
+                None => Err(StoreError::NotStored(key.to_string())),
+            },
         }
     }
 
