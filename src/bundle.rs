@@ -260,7 +260,8 @@ pub enum BundleError {
         #[source]
         source: io::Error,
     },
-    #[error("not a valid tar archive {context}: {source}")]
+    /// The tar reader's own text can quote the bytes it choked on: shown printable and short.
+    #[error("not a valid tar archive {context} (not a hexmirror bundle?): {}", printable(source))]
     Tar {
         context: String,
         #[source]
@@ -949,6 +950,17 @@ fn package_for(key: &str, sha256: &str, bytes: &[u8]) -> Option<PackageInfo> {
     })
 }
 
+/// `error`'s text up to its first character that is not printable ASCII (the bytes the tar
+/// reader quotes from a file that is no tar), at most 120 characters.
+fn printable(error: &io::Error) -> String {
+    let full = error.to_string();
+    let text: String = full.chars().take_while(|c| c.is_ascii_graphic() || *c == ' ').take(120).collect();
+    match text.len() < full.len() {
+        true => format!("{} [...]", text.trim_end()),
+        false => text,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1499,10 +1511,14 @@ mod tests {
         damaged[3] ^= 0x20; // inside the first member's name
         let err = read_err(&damaged);
         assert!(matches!(&err, BundleError::Tar { .. }), "{err:?}");
-        assert!(err.to_string().starts_with("not a valid tar archive at its start: "), "{err}");
-        for junk in [&b"{\"format\": 1}"[..], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3][..], &[7u8; 2048][..]] {
+        assert!(err.to_string().starts_with("not a valid tar archive at its start"), "{err}");
+        let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        for junk in [&b"{\"format\": 1}"[..], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3][..], &[7u8; 2048][..], &noise[..]] {
             let err = read_err(junk);
             assert!(matches!(err, BundleError::Tar { .. } | BundleError::Truncated { .. }), "{err:?}");
+            // One short, printable line, whatever bytes the file held.
+            let text = err.to_string();
+            assert!(text.len() < 300 && text.chars().all(|c| c.is_ascii_graphic() || c == ' '), "{text:?}");
         }
     }
 
