@@ -255,15 +255,17 @@ pub struct Metrics {
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("metric registered once");
-    c
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+}
+
+/// Registers one metric (a family without labels) and hands it back.
+fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry.register(Box::new(metric.clone())).expect("metric registered once");
+    metric
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("metric registered once");
-    g
+    register(registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
 }
 
 /// Client latency: from a hit in memory (under a millisecond) to a large tarball fetched cold
@@ -286,32 +288,37 @@ impl Metrics {
             "Client requests by repository, resource kind, method, status class and cache outcome.",
             &["repo", "resource", "method", "status_class", "cache"],
         );
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new("hexmirror_request_duration_seconds", "Time to answer a client request.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
-            &["resource", "cache"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(request_duration.clone())).expect("metric registered once");
+        let request_duration = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new("hexmirror_request_duration_seconds", "Time to answer a client request.")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                &["resource", "cache"],
+            )
+            .expect("valid metric"),
+        );
         let upstream_requests = counter_vec(
             &registry,
             "hexmirror_upstream_requests_total",
             "Requests to upstream repositories by repository, upstream and status class (error: no answer).",
             &["repo", "upstream", "status_class"],
         );
-        let upstream_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "hexmirror_upstream_request_duration_seconds",
-                "Time for an upstream request, body included.",
+        let upstream_duration = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "hexmirror_upstream_request_duration_seconds",
+                    "Time for an upstream request, body included.",
+                )
+                .buckets(UPSTREAM_BUCKETS.to_vec()),
+                &["repo"],
             )
-            .buckets(UPSTREAM_BUCKETS.to_vec()),
-            &["repo"],
-        )
-        .expect("valid metric");
-        registry.register(Box::new(upstream_duration.clone())).expect("metric registered once");
-        let upstream_inflight =
-            IntGauge::new("hexmirror_upstream_inflight", "Upstream requests in progress.").expect("valid metric");
-        registry.register(Box::new(upstream_inflight.clone())).expect("metric registered once");
+            .expect("valid metric"),
+        );
+        let upstream_inflight = register(
+            &registry,
+            IntGauge::new("hexmirror_upstream_inflight", "Upstream requests in progress.").expect("valid metric"),
+        );
         let upstream_up = gauge_vec(
             &registry,
             "hexmirror_upstream_up",
@@ -324,24 +331,30 @@ impl Metrics {
             "Times an upstream's circuit breaker opened after consecutive failures.",
             &["repo", "upstream"],
         );
-        let pending_fetches = IntGauge::new(
-            "hexmirror_pending_fetches",
-            "Upstream fetches started for clients and not finished (running or waiting for a connection).",
-        )
-        .expect("valid metric");
-        registry.register(Box::new(pending_fetches.clone())).expect("metric registered once");
-        let fetches_rejected = IntCounter::new(
-            "hexmirror_fetches_rejected_total",
-            "Cold misses answered 503 at once because max_pending_fetches fetches were already pending.",
-        )
-        .expect("valid metric");
-        registry.register(Box::new(fetches_rejected.clone())).expect("metric registered once");
-        let fetches_cancelled = IntCounter::new(
-            "hexmirror_fetches_cancelled_total",
-            "Upstream fetches cancelled because no client waited for them any more.",
-        )
-        .expect("valid metric");
-        registry.register(Box::new(fetches_cancelled.clone())).expect("metric registered once");
+        let pending_fetches = register(
+            &registry,
+            IntGauge::new(
+                "hexmirror_pending_fetches",
+                "Upstream fetches started for clients and not finished (running or waiting for a connection).",
+            )
+            .expect("valid metric"),
+        );
+        let fetches_rejected = register(
+            &registry,
+            IntCounter::new(
+                "hexmirror_fetches_rejected_total",
+                "Cold misses answered 503 at once because max_pending_fetches fetches were already pending.",
+            )
+            .expect("valid metric"),
+        );
+        let fetches_cancelled = register(
+            &registry,
+            IntCounter::new(
+                "hexmirror_fetches_cancelled_total",
+                "Upstream fetches cancelled because no client waited for them any more.",
+            )
+            .expect("valid metric"),
+        );
         let verification_failures = counter_vec(
             &registry,
             "hexmirror_verification_failures_total",
@@ -363,46 +376,56 @@ impl Metrics {
             "Body bytes sent to clients, by where they came from.",
             &["source"],
         );
-        let coalesced_waiters = IntCounter::new(
-            "hexmirror_coalesced_waiters_total",
-            "Requests that waited for another request's upstream fetch instead of making their own.",
-        )
-        .expect("valid metric");
-        registry.register(Box::new(coalesced_waiters.clone())).expect("metric registered once");
+        let coalesced_waiters = register(
+            &registry,
+            IntCounter::new(
+                "hexmirror_coalesced_waiters_total",
+                "Requests that waited for another request's upstream fetch instead of making their own.",
+            )
+            .expect("valid metric"),
+        );
         let stale_served = counter_vec(
             &registry,
             "hexmirror_stale_served_total",
             "Responses served from a stale copy: while a background revalidation runs (reason=revalidating), or because the upstream could not be asked (reason=error).",
             &["repo", "reason"],
         );
-        let store_write_errors = IntCounter::new(
-            "hexmirror_store_write_errors_total",
-            "Failed writes to the persistent tier (the entry was still served from memory).",
-        )
-        .expect("valid metric");
-        registry.register(Box::new(store_write_errors.clone())).expect("metric registered once");
-        let store_degraded = IntGauge::new(
-            "hexmirror_store_degraded",
-            "1 while the persistent tier refuses writes (full or read-only disk), else 0.",
-        )
-        .expect("valid metric");
-        registry.register(Box::new(store_degraded.clone())).expect("metric registered once");
-        let sync_last_success = Gauge::new(
-            "hexmirror_sync_last_success_timestamp_seconds",
-            "Unix time of the last sync or import that completed without failures.",
-        )
-        .expect("valid metric");
-        registry.register(Box::new(sync_last_success.clone())).expect("metric registered once");
+        let store_write_errors = register(
+            &registry,
+            IntCounter::new(
+                "hexmirror_store_write_errors_total",
+                "Failed writes to the persistent tier (the entry was still served from memory).",
+            )
+            .expect("valid metric"),
+        );
+        let store_degraded = register(
+            &registry,
+            IntGauge::new(
+                "hexmirror_store_degraded",
+                "1 while the persistent tier refuses writes (full or read-only disk), else 0.",
+            )
+            .expect("valid metric"),
+        );
+        let sync_last_success = register(
+            &registry,
+            Gauge::new(
+                "hexmirror_sync_last_success_timestamp_seconds",
+                "Unix time of the last sync or import that completed without failures.",
+            )
+            .expect("valid metric"),
+        );
         let sync_items =
             gauge_vec(&registry, "hexmirror_sync_items", "Items of the current or last sync, by state.", &["state"]);
         let build_info =
             gauge_vec(&registry, "hexmirror_build_info", "Always 1; labelled with the version.", &["version"]);
-        let start_time =
-            Gauge::new("hexmirror_start_time_seconds", "Unix time the process started.").expect("valid metric");
-        registry.register(Box::new(start_time.clone())).expect("metric registered once");
-        let connections =
-            IntGauge::new("hexmirror_client_connections", "Open client connections.").expect("valid metric");
-        registry.register(Box::new(connections.clone())).expect("metric registered once");
+        let start_time = register(
+            &registry,
+            Gauge::new("hexmirror_start_time_seconds", "Unix time the process started.").expect("valid metric"),
+        );
+        let connections = register(
+            &registry,
+            IntGauge::new("hexmirror_client_connections", "Open client connections.").expect("valid metric"),
+        );
 
         let metrics = Metrics {
             registry,
