@@ -20,7 +20,6 @@ use std::time::Duration;
 use futures::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use crate::cache::CacheKey;
 use crate::lockfile::{self, LockedPackage};
 use crate::metrics::CacheStatus;
 use crate::mirror::{ClientCredentials, Mirror, MirrorError, Reply, Target};
@@ -207,15 +206,15 @@ async fn fetch_with_retries(
     loop {
         attempt += 1;
         match mirror.get(target, resource, &client).await {
-            // Done means durable and pinned (so disk eviction cannot take it before the sync
-            // ends): a sync killed after this point never fetches it again. A failure to pin is
-            // reported when the sync pins its whole selection at the end.
+            // Done means durable and pinned (pinning waits for the entry's background write,
+            // and disk eviction never takes a pinned entry): a sync killed after this point
+            // never fetches it again, and an entry that cannot be stored is a failed item.
             Ok(reply) => {
                 let key = mirror.key_for(target, resource, reply.private);
-                if let Err(e) = mirror.pin(&key).await {
-                    tracing::debug!(key = %key, error = %e, "sync: not pinned yet");
-                }
-                return Ok(reply);
+                return match mirror.pin(&key).await {
+                    Ok(()) => Ok(reply),
+                    Err(e) => Err(MirrorError::Internal(format!("verified but not stored: {e}"))),
+                };
             }
             Err(MirrorError::Upstream(e)) if attempt < 3 => {
                 tracing::debug!(error = %e, attempt, "sync: retrying");
@@ -450,17 +449,8 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
         }
     }
 
+    // Every selected entry was pinned, durable, when it was fetched.
     let selected = std::mem::take(&mut planner.selected);
-    for key in &selected {
-        if let Some(key) = CacheKey::parse(key) {
-            // Pinning waits for the entry's background write: an entry that is not durable
-            // now is a failure of this sync, not a success.
-            if let Err(e) = mirror.pin(&key).await {
-                tracing::warn!(key = %key, error = %e, "sync: cannot pin");
-                planner.item(format!("store: {key}"), Outcome::Failed, Some(e.to_string()));
-            }
-        }
-    }
     if let Err(e) = mirror.store().select(selected.into_iter().collect()).await {
         planner.item("store: selection".into(), Outcome::Failed, Some(e.to_string()));
     }

@@ -60,6 +60,11 @@ impl MemoryTier {
         keys
     }
 
+    /// Whether `key` is held, without counting as a use (its place in the eviction order stays).
+    pub fn contains(&self, key: &CacheKey) -> bool {
+        self.cache.contains_key(key)
+    }
+
     /// The keys for which `wanted` holds, removing nothing.
     pub fn matching(&self, wanted: impl Fn(&CacheKey) -> bool) -> Vec<CacheKey> {
         self.cache.iter().filter(|(k, _)| wanted(k)).map(|(k, _)| (*k).clone()).collect()

@@ -378,12 +378,6 @@ impl Mirror {
         &self.inner.store
     }
 
-    /// Waits until the writes of `key` started before this call have landed (sync counts an
-    /// entry as done only once it is durable).
-    pub async fn settle_write(&self, key: &CacheKey) {
-        self.inner.writes.settled_key(key).await
-    }
-
     /// Waits until every persistent-tier write started before this call has finished (they run
     /// behind the answers; see `writes.rs`), and the disk eviction those writes called for.
     pub async fn settle_writes(&self) {

@@ -203,19 +203,20 @@ impl Mirror {
             if offline || self.is_fresh(entry, &check) {
                 return Ok((entry.clone(), CacheStatus::Hit));
             }
-            // Expired, but within stale_while_revalidate: answer now, revalidate behind.
-            let background = self.background_credential(target, entry);
-            if let Some(credential) = background.clone().filter(|_| self.within_stale_window(entry, &check)) {
-                self.revalidate_in_background(target, resource, &check, credential, entry.clone());
-                self.count_stale(target, "revalidating");
-                return Ok((entry.clone(), CacheStatus::Stale));
-            }
-            // Every upstream's circuit breaker is open: answer now; the background request is
-            // the breaker's probe when one is due, and refreshes the copy if it succeeds.
-            if let Some(credential) = background.filter(|_| !self.inner.upstream.is_healthy(&target.repo)) {
-                self.revalidate_in_background(target, resource, &check, credential, entry.clone());
-                self.count_stale(target, "error");
-                return Ok((entry.clone(), CacheStatus::Stale));
+            // Expired, but within stale_while_revalidate, or every upstream's circuit breaker
+            // is open: answer now and revalidate behind (for an open breaker, that request is
+            // its probe when one is due).
+            if let Some(credential) = self.background_credential(target, entry) {
+                let reason = match () {
+                    _ if self.within_stale_window(entry, &check) => Some("revalidating"),
+                    _ if !self.inner.upstream.is_healthy(&target.repo) => Some("error"),
+                    _ => None,
+                };
+                if let Some(reason) = reason {
+                    self.revalidate_in_background(target, resource, &check, credential, entry.clone());
+                    self.count_stale(target, reason);
+                    return Ok((entry.clone(), CacheStatus::Stale));
+                }
             }
         } else if offline {
             return Err(MirrorError::NotFound(format!("{} is not in this offline mirror's store", resource.path())));
@@ -316,7 +317,7 @@ impl Mirror {
                     if let Some(entry) = this.stored_since(&t, &r, &c, stale.as_deref()) {
                         return Ok((entry, CacheStatus::Hit));
                     }
-                    this.fetch_with(&t, &r, c, credential, stale, early).await
+                    this.fetch(&t, &r, c, credential, stale, early).await
                 }
                 .boxed()
             })
@@ -391,25 +392,13 @@ impl Mirror {
         check: &Check,
     ) -> Result<(Arc<Entry>, CacheStatus), MirrorError> {
         let credential = self.credential_for(target, client);
-        match self.fetch(target, resource, check.clone(), credential, Some(entry)).await {
+        match self.fetch(target, resource, check.clone(), credential, Some(entry), None).await {
             Ok((entry, status)) if status != CacheStatus::Stale => Ok((entry, status)),
             Ok(_) | Err(MirrorError::Upstream(_)) => {
                 Err(MirrorError::Unavailable("the upstream cannot confirm access to private content".into()))
             }
             Err(e) => Err(e),
         }
-    }
-
-    /// Asks the upstream (conditionally when a copy exists), verifies, stores. Runs inside a flight.
-    pub(super) async fn fetch(
-        &self,
-        target: &Target,
-        resource: &Resource,
-        check: Check,
-        credential: Credential,
-        cached: Option<Arc<Entry>>,
-    ) -> Result<(Arc<Entry>, CacheStatus), MirrorError> {
-        self.fetch_with(target, resource, check, credential, cached, None).await
     }
 
     /// The upstream's answer for a tarball whose package record is not in memory either,
@@ -430,7 +419,7 @@ impl Mirror {
         let in_memory = |resource: &Resource| {
             [false, true]
                 .into_iter()
-                .any(|private| self.inner.memory.get(&CacheKey::new(&target.namespace, resource, private)).is_some())
+                .any(|private| self.inner.memory.contains(&CacheKey::new(&target.namespace, resource, private)))
         };
         if in_memory(&record) || in_memory(tarball) {
             return None;
@@ -469,8 +458,10 @@ impl Mirror {
         Some(fetch)
     }
 
-    /// [`Mirror::fetch`], using the upstream's answer to a request made `early` when there is one.
-    async fn fetch_with(
+    /// Asks the upstream (conditionally when a copy exists), verifies, stores; uses the
+    /// upstream's answer to a request made `early` when there is one. Runs inside a flight
+    /// (or for a client's re-check).
+    pub(super) async fn fetch(
         &self,
         target: &Target,
         resource: &Resource,
