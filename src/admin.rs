@@ -338,8 +338,9 @@ impl AdminService {
                 _ => text(StatusCode::BAD_REQUEST, "purge needs ?package=NAME"),
             },
             (Method::POST, "/_admin/verify") => {
-                let repair = query(&req, "repair").is_some_and(|v| v == "1" || v == "true");
-                match crate::audit::run(mirror, repair).await {
+                let flag = |name| query(&req, name).is_some_and(|v| v == "1" || v == "true");
+                let options = crate::audit::Options { repair: flag("repair"), prune: flag("prune") };
+                match crate::audit::run_with(mirror, options).await {
                     Ok(report) => json(StatusCode::OK, &report),
                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
                 }

@@ -31,6 +31,22 @@ pub struct AuditReport {
     /// everything not pinned is then evicted as soon as it is written).
     #[serde(default)]
     pub pinned_over_budget: Option<(u64, u64)>,
+    /// With `--prune`: entries removed because nothing pinned them (neither sync nor import
+    /// selected them), and stored bytes that no record named.
+    #[serde(default)]
+    pub pruned: usize,
+    #[serde(default)]
+    pub swept: u64,
+}
+
+/// What `verify` does besides checking.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Refetch what is damaged or missing.
+    pub repair: bool,
+    /// Remove every entry that is not pinned, and stored bytes that no record names: what
+    /// bounds a shared store, which has no size budget.
+    pub prune: bool,
 }
 
 impl AuditReport {
@@ -44,10 +60,24 @@ impl AuditReport {
 /// reachable) and reports it as repaired instead. Fails when the store's listing or its
 /// selection cannot be read (an audit that could not look is no clean audit).
 pub async fn run(mirror: &Mirror, repair: bool) -> Result<AuditReport, StoreError> {
+    run_with(mirror, Options { repair, prune: false }).await
+}
+
+/// [`run`], pruning first when asked.
+pub async fn run_with(mirror: &Mirror, options: Options) -> Result<AuditReport, StoreError> {
+    let Options { repair, prune } = options;
     let mut report = AuditReport::default();
     mirror.settle_writes().await;
     let store = mirror.store();
-    let stored = store.list_all("").await?;
+    let mut stored = store.list_all("").await?;
+    if prune {
+        for (key, _) in stored.iter().filter(|(_, meta)| !meta.pinned) {
+            mirror.remove(key).await?;
+            report.pruned += 1;
+        }
+        stored.retain(|(_, meta)| meta.pinned);
+        report.swept = store.sweep_unreferenced().await?;
+    }
     let stored_keys: std::collections::BTreeSet<String> = stored.iter().map(|(k, _)| k.to_string()).collect();
     let pinned_bytes: u64 = stored.iter().filter(|(_, meta)| meta.pinned).map(|(_, meta)| meta.len).sum();
     let budget = mirror.config().disk_cache_bytes;

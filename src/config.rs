@@ -120,7 +120,46 @@ pub struct RawConfig {
     pub admin_token: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
+    /// Where the persistent tier lives: `data_dir` (the default) or a shared bucket.
+    #[serde(default)]
+    pub store: RawStore,
     pub repos: BTreeMap<String, RawRepo>,
+}
+
+/// `[store]`: the persistent tier's backend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `local` (sled and files in `data_dir`) or `s3` (a bucket shared by several replicas).
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// Every object under this prefix (a bucket shared with other data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// The S3 endpoint (MinIO, Garage, R2, ...); AWS S3 when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Allows a plain-http endpoint (a loopback test server).
+    #[serde(default, deserialize_with = "flexible_bool::plain")]
+    pub allow_http: bool,
+    /// The longest one store call may take.
+    pub timeout: RawDuration,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            kind: "local".into(),
+            bucket: None,
+            prefix: None,
+            endpoint: None,
+            region: "us-east-1".into(),
+            allow_http: false,
+            timeout: RawDuration::Text("5s".into()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -229,6 +268,7 @@ fn known_keys(table: Table) -> &'static [&'static str] {
         Table::Root => serde_introspect::<RawConfig>(),
         Table::Repo => serde_introspect::<RawRepo>(),
         Table::Access => serde_introspect::<RawAccess>(),
+        Table::Store => serde_introspect::<RawStore>(),
     }
 }
 
@@ -237,6 +277,7 @@ enum Table {
     Root,
     Repo,
     Access,
+    Store,
 }
 
 impl Table {
@@ -244,6 +285,7 @@ impl Table {
     fn child(self, key: &str) -> Option<Table> {
         match (self, key) {
             (Table::Repo, "access") => Some(Table::Access),
+            (Table::Root, "store") => Some(Table::Store),
             _ => None,
         }
     }
@@ -286,6 +328,9 @@ fn file_mistakes(path: &Path, text: &str) -> Vec<String> {
     };
     let root = document.as_table();
     check(Table::Root, "", root, &mut mistakes);
+    if let Some(store) = root.get("store").and_then(|s| s.as_table()) {
+        check(Table::Store, "store.", store, &mut mistakes);
+    }
     if let Some(repos) = root.get("repos").and_then(|r| r.as_table_like()) {
         for (name, repo) in repos.iter() {
             let Some(repo) = repo.as_table() else { continue };
@@ -373,6 +418,7 @@ impl Default for RawConfig {
             admin_listen: "127.0.0.1:0".into(),
             admin_token: None,
             admin_token_file: None,
+            store: RawStore::default(),
             repos,
         }
     }
@@ -427,7 +473,28 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub admin_listen: SocketAddr,
     pub admin_token: Option<Secret>,
+    pub store: StoreConfig,
     pub repos: BTreeMap<String, RepoConfig>,
+}
+
+/// Where the persistent tier lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// sled and content-named files in `data_dir`.
+    Local,
+    /// A bucket on S3-compatible storage, shared by any number of replicas.
+    S3(S3Config),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Without leading or trailing slashes; empty for the bucket's root.
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub allow_http: bool,
+    pub timeout: Duration,
 }
 
 /// When an upstream's circuit breaker opens and how it probes (see `upstream.rs`).
@@ -839,6 +906,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if let Some(path) = &raw.admin_token_file {
         admin_token = secret_file("admin_token_file", path, &mut errors).map(Secret::new);
     }
+    let store = validate_store(&raw.store, &mut errors);
     let mut repos = BTreeMap::new();
     for (name, raw_repo) in &raw.repos {
         if let Some(repo) = validate_repo(name, raw_repo, &mut errors) {
@@ -876,8 +944,61 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         tls,
         admin_listen: admin_listen.expect("checked above"),
         admin_token,
+        store,
         repos,
     })
+}
+
+fn validate_store(raw: &RawStore, errors: &mut Vec<String>) -> StoreConfig {
+    let timeout = duration("store.timeout", &raw.timeout, errors);
+    if timeout.is_zero() && !errors.iter().any(|e| e.starts_with("store.timeout")) {
+        errors.push("store.timeout: must be longer than zero".into());
+    }
+    match raw.kind.as_str() {
+        "local" => {
+            for (key, set) in [("bucket", raw.bucket.is_some()), ("endpoint", raw.endpoint.is_some())] {
+                if set {
+                    errors.push(format!("store.{key}: only for kind = \"s3\" (the store is local)"));
+                }
+            }
+            StoreConfig::Local
+        }
+        "s3" => {
+            let bucket = raw.bucket.clone().unwrap_or_default();
+            if bucket.trim().is_empty() {
+                errors.push("store.bucket: required with kind = \"s3\"".into());
+            }
+            let prefix = raw.prefix.clone().unwrap_or_default().trim_matches('/').to_string();
+            if prefix.split('/').any(|part| part == "." || part == "..") || prefix.contains("//") {
+                errors.push(format!("store.prefix: `{prefix}` is not a plain path"));
+            }
+            if let Some(endpoint) = &raw.endpoint {
+                match endpoint.parse::<http::Uri>() {
+                    Ok(uri) if uri.scheme_str() == Some("https") => {}
+                    Ok(uri) if uri.scheme_str() == Some("http") && raw.allow_http => {}
+                    Ok(uri) if uri.scheme_str() == Some("http") => errors.push(format!(
+                        "store.endpoint: {endpoint} is plain http; set store.allow_http = true to allow it (a loopback test server)"
+                    )),
+                    _ => errors.push(format!("store.endpoint: {endpoint} is not an http(s) URL")),
+                }
+            }
+            if raw.region.trim().is_empty() {
+                errors.push("store.region: must not be empty".into());
+            }
+            StoreConfig::S3(S3Config {
+                bucket,
+                prefix,
+                endpoint: raw.endpoint.clone(),
+                region: raw.region.clone(),
+                allow_http: raw.allow_http,
+                timeout,
+            })
+        }
+        other => {
+            errors.push(format!("store.kind: `{other}` is not a store kind (local or s3)"));
+            StoreConfig::Local
+        }
+    }
 }
 
 impl Config {

@@ -75,6 +75,10 @@ enum Command {
         /// Refetch what is damaged or missing from an upstream.
         #[arg(long)]
         repair: bool,
+        /// First remove every entry that is not pinned (not selected by sync or import) and
+        /// stored bytes that no record names: how a shared store is kept to what was selected.
+        #[arg(long)]
+        prune: bool,
     },
     /// Write the store (or a selection) into one portable bundle.
     Export {
@@ -138,6 +142,9 @@ const EXIT_REFUSED: u8 = 77;
 enum Failure {
     /// `admin.json` was not trusted, so nothing was sent to the endpoint it names.
     Refused(Refused),
+    /// The configuration names something that cannot be used (a bucket that does not exist,
+    /// credentials the store refuses): exit status 64, like any configuration mistake.
+    Config(String),
     Other(String),
 }
 
@@ -145,7 +152,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Refused(refused) => refused.fmt(f),
-            Failure::Other(message) => f.write_str(message),
+            Failure::Config(message) | Failure::Other(message) => f.write_str(message),
         }
     }
 }
@@ -167,7 +174,16 @@ macro_rules! fails_with_message {
     )*};
 }
 
-fails_with_message!(hexmirror::StartError, hexmirror::transfer::TransferError, hexmirror::admin::AdminError);
+fails_with_message!(hexmirror::transfer::TransferError, hexmirror::admin::AdminError);
+
+impl From<hexmirror::StartError> for Failure {
+    fn from(e: hexmirror::StartError) -> Failure {
+        match &e {
+            hexmirror::StartError::Open(open) if open.is_configuration() => Failure::Config(e.to_string()),
+            _ => Failure::Other(e.to_string()),
+        }
+    }
+}
 
 impl From<String> for Failure {
     fn from(message: String) -> Failure {
@@ -265,7 +281,7 @@ fn main() -> ExitCode {
                 }
                 sync(config, request).await
             }
-            Command::Verify { repair } => verify(config, repair).await,
+            Command::Verify { repair, prune } => verify(config, hexmirror::audit::Options { repair, prune }).await,
             Command::Export { out, base, filter, selected } => export(config, out, base, filter, selected).await,
             Command::Import { file } => import(config, file).await,
             Command::Inspect { file, packages } => inspect(config, file, packages).await,
@@ -280,6 +296,7 @@ fn main() -> ExitCode {
             eprintln!("hexmirror: {e}");
             match e {
                 Failure::Refused(_) => ExitCode::from(EXIT_REFUSED),
+                Failure::Config(_) => ExitCode::from(EXIT_CONFIG),
                 Failure::Other(_) => ExitCode::FAILURE,
             }
         }
@@ -318,6 +335,9 @@ async fn open(config: Config) -> Result<Store, Failure> {
     let metrics = hexmirror::metrics_for(&config);
     let data_dir = config.data_dir.display().to_string();
     Mirror::open(config, metrics).await.map(Store::Local).map_err(|e| {
+        if e.is_configuration() {
+            return Failure::Config(e.to_string());
+        }
         Failure::Other(format!(
             "{e}\n(no running hexmirror answered at the admin endpoint recorded in {data_dir}/admin.json)"
         ))
@@ -421,15 +441,21 @@ async fn sync(config: Config, request: SyncRequest) -> Result<ExitCode, Failure>
     Ok(ok_or_failure(summary.ok()))
 }
 
-async fn verify(config: Config, repair: bool) -> Result<ExitCode, Failure> {
+async fn verify(config: Config, options: hexmirror::audit::Options) -> Result<ExitCode, Failure> {
     let report: AuditReport = match open(config).await? {
         Store::Remote(admin) => {
-            let path = hexmirror::admin::request_path("/_admin/verify", &[("repair", &repair.to_string())]);
+            let path = hexmirror::admin::request_path(
+                "/_admin/verify",
+                &[("repair", &options.repair.to_string()), ("prune", &options.prune.to_string())],
+            );
             serde_json::from_slice(&admin.call_bytes(Method::POST, &path, Bytes::new()).await?)
                 .map_err(|e| e.to_string())?
         }
-        Store::Local(mirror) => hexmirror::audit::run(&mirror, repair).await.map_err(|e| e.to_string())?,
+        Store::Local(mirror) => hexmirror::audit::run_with(&mirror, options).await.map_err(|e| e.to_string())?,
     };
+    if options.prune {
+        println!("verify: pruned {} entries not pinned, {} unreferenced objects", report.pruned, report.swept);
+    }
     println!("verify: {} entries checked, {} intact", report.checked, report.intact);
     for (key, reason) in &report.damaged {
         println!("  damaged: {key}: {reason}");

@@ -247,6 +247,7 @@ pub struct Metrics {
     pub stale_served: IntCounterVec,
     pub store_write_errors: IntCounter,
     pub store_degraded: IntGauge,
+    pub shared_waits: IntCounter,
     pub sync_last_success: Gauge,
     pub sync_items: IntGaugeVec,
     pub build_info: IntGaugeVec,
@@ -402,7 +403,15 @@ impl Metrics {
             &registry,
             IntGauge::new(
                 "hexmirror_store_degraded",
-                "1 while the persistent tier refuses writes (full or read-only disk), else 0.",
+                "1 while the persistent tier refuses writes (full or read-only disk) or a shared store does not answer, else 0.",
+            )
+            .expect("valid metric"),
+        );
+        let shared_waits = register(
+            &registry,
+            IntCounter::new(
+                "hexmirror_shared_fetch_waits_total",
+                "Cold fetches answered with the entry another replica fetched into the shared store (no upstream request).",
             )
             .expect("valid metric"),
         );
@@ -448,6 +457,7 @@ impl Metrics {
             stale_served,
             store_write_errors,
             store_degraded,
+            shared_waits,
             sync_last_success,
             sync_items,
             build_info,

@@ -10,6 +10,7 @@
 
 pub mod disk;
 pub mod memory;
+pub mod s3;
 pub mod store;
 
 use bytes::Bytes;
@@ -21,7 +22,8 @@ use crate::verify::{Body, Facts, Verified};
 
 pub use disk::DiskStore;
 pub use memory::MemoryTier;
-pub use store::{Listing, NullStore, Store, StoreError, StoreFuture, Usage};
+pub use s3::S3Store;
+pub use store::{Claim, Listing, NullStore, Purge, Store, StoreError, StoreFuture, Usage};
 
 /// Where an entry lives in the cache.
 ///

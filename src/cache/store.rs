@@ -125,10 +125,84 @@ pub trait Store: Send + Sync + 'static {
     /// Adds `keys` to the selection, durably.
     fn select(&self, keys: Vec<String>) -> StoreFuture<'_, ()>;
 
+    /// True for a store shared by several replicas (an object store): another process may
+    /// change it at any time, so a stale copy in memory is compared with it before the
+    /// upstream is asked, and cold fetches are coordinated through it ([`Store::claim`]).
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// True when [`Store::claim`] can answer `Mine` or `Theirs` (a shared store that honours
+    /// create-only writes): cold fetches then wait for a claim rather than start early.
+    fn coordinates(&self) -> bool {
+        false
+    }
+
+    /// True when the store tracks its own reachability (sets `hexmirror_store_degraded` and
+    /// logs the change itself); otherwise the mirror does from the results of its writes.
+    fn reports_health(&self) -> bool {
+        false
+    }
+
+    /// Asks to be the one replica that fetches `key` from the upstream now (a shared store
+    /// that honours create-only writes); see [`Claim`].
+    fn claim<'a>(&'a self, _key: &'a CacheKey) -> StoreFuture<'a, Claim> {
+        futures::future::ready(Ok(Claim::Unsupported)).boxed()
+    }
+
+    /// Gives up a claim taken by [`Store::claim`] (after the entry is stored, or the fetch failed).
+    fn release<'a>(&'a self, _key: &'a CacheKey) -> StoreFuture<'a, ()> {
+        futures::future::ready(Ok(())).boxed()
+    }
+
+    /// True while some replica's unexpired claim on `key` stands.
+    fn claimed<'a>(&'a self, _key: &'a CacheKey) -> StoreFuture<'a, bool> {
+        futures::future::ready(Ok(false)).boxed()
+    }
+
+    /// Tells the other replicas sharing the store about a purge (their memory tiers drop it).
+    fn announce_purge<'a>(&'a self, _purge: &'a Purge) -> StoreFuture<'a, ()> {
+        futures::future::ready(Ok(())).boxed()
+    }
+
+    /// Purges announced after `after_ms` (Unix milliseconds), with their times.
+    fn purges_after(&self, _after_ms: u64) -> StoreFuture<'_, Vec<(u64, Purge)>> {
+        futures::future::ready(Ok(Vec::new())).boxed()
+    }
+
+    /// Removes stored bytes that no record names (what an interrupted write leaves in a
+    /// shared store); returns how many. The local store does this when it opens.
+    fn sweep_unreferenced(&self) -> StoreFuture<'_, u64> {
+        futures::future::ready(Ok(0)).boxed()
+    }
+
+    /// Where the store is, for messages.
+    fn describe(&self) -> String {
+        "the local store".into()
+    }
+
     /// [`Store::list`], collected.
     fn list_all<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, Vec<(CacheKey, StoredMeta)>> {
         self.list(prefix).try_collect().boxed()
     }
+}
+
+/// The answer to [`Store::claim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// No coordination: the store is not shared, or ignores create-only writes.
+    Unsupported,
+    /// This replica fetches; it releases the claim once the entry is stored.
+    Mine,
+    /// Another replica fetches; its claim stands until `until` (Unix milliseconds).
+    Theirs { until: u64 },
+}
+
+/// A purge, as announced to other replicas: package `name`, in `namespace` or in all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purge {
+    pub name: String,
+    pub namespace: Option<String>,
 }
 
 /// The persistent tier used when the data directory cannot be used at all (read-only,

@@ -56,7 +56,7 @@ pub use access::ClientCredentials;
 use flights::Flights;
 pub use store::{key_names_package, CheckError};
 
-use crate::cache::{CacheKey, Class, DiskStore, Entry, MemoryTier, Store, StoreError};
+use crate::cache::{CacheKey, Class, DiskStore, Entry, MemoryTier, S3Store, Store, StoreError};
 use crate::config::{Config, RepoConfig, HEXPM};
 use crate::metrics::{CacheStatus, Metrics};
 use crate::route::Resource;
@@ -184,8 +184,18 @@ pub enum OpenError {
     /// Another process (a running server) holds the store: never a reason to degrade.
     #[error("cannot open the store in {}: {source} (is another hexmirror using it?)", data_dir.display())]
     Locked { data_dir: std::path::PathBuf, source: StoreError },
+    /// The shared store cannot be used as configured (no such bucket, credentials refused).
+    #[error(transparent)]
+    SharedStore(#[from] crate::cache::s3::S3SetupError),
     #[error(transparent)]
     Upstream(#[from] UpstreamSetupError),
+}
+
+impl OpenError {
+    /// True for a mistake in the configuration (exit status 64), not a failure of the moment.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, OpenError::SharedStore(_))
+    }
 }
 
 /// A refused upstream answer, kept for the admin view.
@@ -238,6 +248,10 @@ pub struct Mirror {
 impl Mirror {
     /// Opens the persistent tier under `data_dir` and builds the mirror.
     pub async fn open(config: Config, metrics: Metrics) -> Result<Mirror, OpenError> {
+        if let crate::config::StoreConfig::S3(s3) = &config.store {
+            let store = S3Store::open(s3, config.ca_file.as_deref(), Some(metrics.store_degraded.clone())).await?;
+            return Self::with_store(config, metrics, Arc::new(store));
+        }
         let opened = DiskStore::open(&config.data_dir)
             .await
             .map_err(|source| OpenError::Store { data_dir: config.data_dir.clone(), source })?;
@@ -265,6 +279,13 @@ impl Mirror {
     /// Another process holding the store is still an error. Starts disk eviction (with a
     /// first pass, for a store over its budget already).
     pub async fn open_for_serving(config: Config, metrics: Metrics) -> Result<Mirror, OpenError> {
+        if let crate::config::StoreConfig::S3(s3) = &config.store {
+            let store = S3Store::open(s3, config.ca_file.as_deref(), Some(metrics.store_degraded.clone())).await?;
+            tracing::info!(store = %store.describe(), coordination = ?store.coordination(), "store: shared");
+            let mirror = Self::with_store(config, metrics, Arc::new(store))?;
+            mirror.watch_purges();
+            return Ok(mirror);
+        }
         let mirror = match DiskStore::open(&config.data_dir).await {
             Ok(opened) => Self::from_disk(config, metrics, opened)?,
             Err(source) if source.is_locked() => {

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use super::access::{ClientCredentials, Credential};
 use super::freshness::{self, age_of, content_matches, is_private, validators_of, Check};
 use super::{Mirror, MirrorError, Reply, Target};
-use crate::cache::{unix_now, CacheKey, Content, Entry, Validators};
+use crate::cache::{unix_now, CacheKey, Claim, Content, Entry, Validators};
 use crate::config::HEXPM;
 use crate::metrics::CacheStatus;
 use crate::route::{Kind, Resource};
@@ -269,6 +269,17 @@ impl Mirror {
         if let Some(entry) = self.inner.memory.get(key) {
             return content_matches(&entry, check).then_some(entry);
         }
+        self.load_stored(target, key, resource, check).await
+    }
+
+    /// The persistent tier's copy of `key`, re-verified, put in the memory tier.
+    async fn load_stored(
+        &self,
+        target: &Target,
+        key: &CacheKey,
+        resource: &Resource,
+        check: &Check,
+    ) -> Option<Arc<Entry>> {
         let (meta, body) = match self.inner.store.get(key).await {
             Ok(Some(found)) => found,
             Ok(None) => return None,
@@ -281,6 +292,14 @@ impl Mirror {
             Ok(content) => content,
             Err(e) => {
                 tracing::info!(key = %key, error = %e, "store: stored copy does not verify; refetching");
+                if let MirrorError::Refused(refusal) = &e {
+                    // Counted like the upstream's refusals: the store is trusted no more.
+                    self.inner
+                        .metrics
+                        .verification_failures
+                        .with_label_values(&[target.label(), resource.kind().as_str(), refusal.reason()])
+                        .inc();
+                }
                 return None;
             }
         };
@@ -317,11 +336,121 @@ impl Mirror {
                     if let Some(entry) = this.stored_since(&t, &r, &c, stale.as_deref()) {
                         return Ok((entry, CacheStatus::Hit));
                     }
+                    if this.inner.store.shared() {
+                        return this.fetch_shared(&t, &r, c, credential, stale, early).await;
+                    }
                     this.fetch(&t, &r, c, credential, stale, early).await
                 }
                 .boxed()
             })
             .await
+    }
+
+    /// [`Mirror::fetch`] for a store shared with other replicas: what another replica stored
+    /// since this copy (`stale`) is used first; a cold or expired object is fetched by one
+    /// replica at a time where the store supports claims (the others wait for its entry, at
+    /// most until its claim expires, then fetch themselves).
+    async fn fetch_shared(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        check: Check,
+        credential: Credential,
+        stale: Option<Arc<Entry>>,
+        early: Option<Early>,
+    ) -> Result<(Arc<Entry>, CacheStatus), MirrorError> {
+        // A client's own credential fetches what only it may see: never shared or waited for.
+        if matches!(credential, Credential::Client(_)) {
+            return self.fetch(target, resource, check, credential, stale, early).await;
+        }
+        if let Some(entry) = self.shared_copy(target, resource, &check, &credential, stale.as_deref()).await {
+            return Ok((entry, CacheStatus::Hit));
+        }
+        let key = CacheKey::new(&target.namespace, resource, false);
+        let store = &self.inner.store;
+        match store.claim(&key).await {
+            Ok(Claim::Mine) => {
+                let result = self.fetch(target, resource, check, credential, stale, early).await;
+                // Released once the entry's write has landed, so that the replicas waiting
+                // for it find it.
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.inner.writes.settled_key(&key).await;
+                    this.inner.writes.settled_key(&key.with_scope(true)).await;
+                    if let Err(e) = this.inner.store.release(&key).await {
+                        tracing::debug!(key = %key, error = %e, "store: cannot release a claim; it expires");
+                    }
+                });
+                return result;
+            }
+            Ok(Claim::Theirs { until }) => {
+                let mut polls = 0u32;
+                while crate::cache::unix_now_millis() < until {
+                    tokio::time::sleep(CLAIM_POLL).await;
+                    polls += 1;
+                    if let Some(entry) = self.shared_copy(target, resource, &check, &credential, stale.as_deref()).await
+                    {
+                        self.inner.metrics.shared_waits.inc();
+                        return Ok((entry, CacheStatus::Hit));
+                    }
+                    // The other replica gave up (the upstream answered 404, or refused bytes).
+                    if polls % 5 == 0 && !store.claimed(&key).await.unwrap_or(false) {
+                        break;
+                    }
+                }
+            }
+            Ok(Claim::Unsupported) => {}
+            Err(e) => tracing::debug!(key = %key, error = %e, "store: cannot claim a fetch; fetching"),
+        }
+        self.fetch(target, resource, check, credential, stale, early).await
+    }
+
+    /// A copy another replica stored in the shared store that is fresh and newer than
+    /// `stale`, verified and put in the memory tier. The same bytes confirmed later by another
+    /// replica need no download: this replica's copy takes the newer record's times.
+    async fn shared_copy(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        check: &Check,
+        credential: &Credential,
+        stale: Option<&Entry>,
+    ) -> Option<Arc<Entry>> {
+        let scopes: &[bool] = match (self.is_closed(target), credential) {
+            (true, _) => &[true],
+            (false, Credential::Own) => &[false, true],
+            (false, _) => &[false],
+        };
+        for &private in scopes {
+            let key = CacheKey::new(&target.namespace, resource, private);
+            let meta = match self.inner.store.head(&key).await {
+                Ok(Some(meta)) => meta,
+                _ => continue,
+            };
+            if let Some(old) = stale.filter(|old| old.private == private) {
+                if meta.fetched_at <= old.fetched_at {
+                    continue;
+                }
+                if meta.sha256 == hex::encode(old.sha256) {
+                    let mut entry = old.clone();
+                    entry.fetched_at = meta.fetched_at;
+                    entry.upstream = meta.upstream;
+                    if !self.is_fresh(&entry, check) {
+                        continue;
+                    }
+                    let entry = Arc::new(entry);
+                    self.inner.memory.insert(key, entry.clone());
+                    return Some(entry);
+                }
+            }
+            if let Some(entry) = self.load_stored(target, &key, resource, check).await {
+                let newer = stale.is_none_or(|old| entry.fetched_at > old.fetched_at);
+                if newer && self.is_fresh(&entry, check) {
+                    return Some(entry);
+                }
+            }
+        }
+        None
     }
 
     /// The credential a background revalidation of `entry` uses, when hexmirror can revalidate
@@ -412,7 +541,9 @@ impl Mirror {
         tarball: &Resource,
         client: &ClientCredentials,
     ) -> Option<Early> {
-        if self.inner.config.offline {
+        // Offline, nothing to ask; with replicas coordinating their fetches, the claim on the
+        // tarball decides who asks.
+        if self.inner.config.offline || self.inner.store.coordinates() {
             return None;
         }
         let record = Resource::Package(name.to_string());
@@ -697,6 +828,9 @@ impl Mirror {
         self.inner.writes.submit(key, write.boxed()).await;
     }
 }
+
+/// How often a replica waiting for another replica's fetch looks for its entry.
+const CLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// An upstream answer requested ahead of its verification (see `early_tarball`); `None` when
 /// the request was not made (a stored copy, no credential to send).

@@ -101,7 +101,42 @@ impl Mirror {
             false => self.inner.memory.remove_matching(matches),
         };
         removed.extend(in_memory.iter().map(|key| key.to_string()));
+        if !dry_run && store.shared() {
+            // The other replicas' memory tiers drop it too (`watch_purges`).
+            let purge = crate::cache::Purge { name: name.to_string(), namespace: namespace.clone() };
+            store.announce_purge(&purge).await?;
+        }
         Ok(removed.into_iter().collect())
+    }
+
+    /// For a shared store: applies the purges other replicas announce to this replica's
+    /// memory tier, checking every `registry_ttl / 2` (at most every 30 s), so a purge reaches
+    /// every replica within `registry_ttl`.
+    pub(super) fn watch_purges(&self) {
+        let every = (self.inner.config.registry_ttl / 2)
+            .clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(30));
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut after = crate::cache::unix_now_millis();
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let mirror = Mirror { inner };
+                match mirror.inner.store.purges_after(after).await {
+                    Ok(purges) => {
+                        for (time, purge) in purges {
+                            after = after.max(time);
+                            let dropped = mirror.inner.memory.remove_matching(|key| {
+                                key_names_package(key, &purge.name)
+                                    && purge.namespace.as_deref().is_none_or(|ns| key.namespace() == ns)
+                            });
+                            tracing::info!(package = %purge.name, namespace = ?purge.namespace, dropped = dropped.len(), "store: purge announced by another replica");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "store: cannot read announced purges"),
+                }
+            }
+        });
     }
 
     /// Re-verifies a stored entry from the disk tier alone: its checksum on read, then its
@@ -239,6 +274,14 @@ impl Mirror {
 
     pub(super) fn note_store_result(&self, result: Result<(), StoreError>) {
         let m = &self.inner.metrics;
+        if self.inner.store.reports_health() {
+            // The store sets the gauge and logs its own reachability.
+            if let Err(e) = result {
+                m.store_write_errors.inc();
+                tracing::debug!(error = %e, "store: write failed");
+            }
+            return;
+        }
         match result {
             Ok(()) => {
                 if self.inner.degraded.swap(false, Ordering::Relaxed) {
