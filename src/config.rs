@@ -1112,6 +1112,30 @@ public_key = "/nonexistent/key.pem"
     }
 
     #[test]
+    fn the_store_table_is_checked_whole() {
+        assert_eq!(Config::defaults().store, StoreConfig::Local);
+        let ok = from_toml(
+            "[store]\nkind = \"s3\"\nbucket = \"b\"\nprefix = \"/prod/\"\nendpoint = \"http://127.0.0.1:3900\"\nallow_http = \"yes\"\ntimeout = \"2s\"\n",
+        )
+        .unwrap();
+        let StoreConfig::S3(s3) = ok.store else { panic!("not s3") };
+        assert_eq!((s3.bucket.as_str(), s3.prefix.as_str(), s3.timeout), ("b", "prod", Duration::from_secs(2)));
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:3900"));
+        for (text, expected) in [
+            ("[store]\nkind = \"s3\"\n", "store.bucket: required"),
+            ("[store]\nkind = \"nfs\"\n", "store.kind: `nfs` is not a store kind"),
+            ("[store]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"http://x:1\"\n", "set store.allow_http = true"),
+            ("[store]\nkind = \"s3\"\nbucket = \"b\"\ntimeout = \"0s\"\n", "store.timeout: must be longer than zero"),
+            ("[store]\nbucket = \"b\"\n", "store.bucket: only for kind = \"s3\""),
+            ("[store]\nkind = \"s3\"\nbucket = \"b\"\nprefix = \"a/../b\"\n", "store.prefix"),
+            ("[store]\nbuckett = \"b\"\n", "unknown key `store.buckett`; did you mean `bucket`?"),
+        ] {
+            let errors = errors_of(text);
+            assert!(errors.contains(expected), "{text}: {errors}");
+        }
+    }
+
+    #[test]
     fn repo_without_key_is_an_error() {
         assert!(errors_of("[repos.corp]\nupstream = \"https://x\"\n").contains("repos.corp.public_key"));
     }
@@ -1178,15 +1202,15 @@ public_key = "/nonexistent/key.pem"
             })
         };
         let mut missing = Vec::new();
-        for table in [Table::Root, Table::Repo, Table::Access] {
+        for table in [Table::Root, Table::Repo, Table::Access, Table::Store] {
             for key in known_keys(table) {
-                let opens_a_table = matches!((table, *key), (Table::Root, "repos") | (Table::Repo, "access"));
+                let opens_a_table = matches!((table, *key), (Table::Root, "repos" | "store") | (Table::Repo, "access"));
                 if !opens_a_table && !named(key) {
                     missing.push(format!("{table:?}: {key}"));
                 }
             }
         }
-        assert!(text.contains("[repos.hexpm]") && text.contains(".access]"));
+        assert!(text.contains("[repos.hexpm]") && text.contains(".access]") && text.contains("[store]"));
         assert!(missing.is_empty(), "keys missing from config/hexmirror.toml: {missing:?}");
         // The example itself is valid, with nothing unknown.
         assert!(file_mistakes(Path::new("hexmirror.toml"), text).is_empty());
