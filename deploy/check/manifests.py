@@ -4,8 +4,10 @@ the Kubernetes manifests that schema validation cannot see. Run by deploy/check.
 repository's top directory, with an interpreter that has PyYAML (kubernetes-validate's).
 
 - deploy/config/hexmirror.toml and every hexmirror.toml embedded in a ConfigMap parse (tomllib,
-  Python >= 3.11; noted and skipped before), use only keys hexmirror knows, name key files that
-  are provided beside the config, and do not listen on loopback only;
+  Python >= 3.11; noted and skipped before), use only keys hexmirror knows (top level, [store],
+  [repos.NAME], [repos.NAME.access]), name key files that are provided beside the config, and
+  do not listen on loopback only;
+- config/hexmirror.toml, which documents every key, names no key missing from those lists;
 - in the STRICT manifests: volumes use ConfigMaps defined beside them, mounts name defined
   volumes, probes name declared ports, hexmirror serve containers are hardened, probed on
   /readyz and memory-limited; a Job has a native sidecar; a StatefulSet's grace period
@@ -27,14 +29,20 @@ sep = args.index("--")
 strict, optional = args[:sep], args[sep + 1:]
 errors, notes = [], []
 
-# The keys hexmirror's configuration accepts (it rejects unknown keys).
+# The keys hexmirror's configuration accepts (it rejects unknown keys). config/hexmirror.toml
+# documents every key; check_documented_keys() below fails when it names one missing here.
 TOP_KEYS = {"listen", "metrics_listen", "data_dir", "memory_cache_bytes", "disk_cache_bytes",
-            "registry_ttl", "negative_ttl", "max_registry_bytes", "max_tarball_bytes",
-            "connect_timeout", "read_timeout", "transfer_timeout", "shutdown_grace",
-            "max_upstream_requests", "offline", "access_log", "installs_public_key", "ca_file",
-            "tls_cert", "tls_key", "admin_token", "admin_token_file", "repos"}
+            "registry_ttl", "negative_ttl", "stale_while_revalidate", "max_registry_bytes",
+            "max_tarball_bytes", "connect_timeout", "read_timeout", "transfer_timeout",
+            "shutdown_grace", "max_upstream_requests", "max_pending_fetches", "breaker_failures",
+            "breaker_backoff", "breaker_max_backoff", "max_connections", "client_header_timeout",
+            "offline", "access_log", "installs_public_key", "ca_file", "tls_cert", "tls_key",
+            "admin_listen", "admin_token", "admin_token_file", "store", "repos"}
 REPO_KEYS = {"upstream", "public_key", "repository", "trusted", "allow_http", "auth_key",
              "auth_key_file", "oauth_token_url", "strip_headers", "access"}
+ACCESS_KEYS = {"tokens", "tokens_file", "allow_all_clients"}
+STORE_KEYS = {"kind", "bucket", "prefix", "endpoint", "region", "allow_http", "timeout"}
+STORE_KINDS = {"local", "s3"}
 outdir = os.environ.get("CONFIG_OUT")
 
 def load(path):
@@ -64,6 +72,9 @@ def check_toml(where, text, files):
         unknown = set(repo) - REPO_KEYS
         if unknown:
             errors.append(f"{where}: [repos.{name}] unknown keys {sorted(unknown)}")
+        unknown = set(repo.get("access") or {}) - ACCESS_KEYS
+        if unknown:
+            errors.append(f"{where}: [repos.{name}.access] unknown keys {sorted(unknown)}")
         if "upstream" not in repo:
             errors.append(f"{where}: [repos.{name}] has no upstream")
         for key in ("public_key", "auth_key_file"):
@@ -73,8 +84,38 @@ def check_toml(where, text, files):
             if isinstance(path, str) and path.startswith("/etc/hexmirror/") and \
                     path[len("/etc/hexmirror/"):] not in files:
                 errors.append(f"{where}: [repos.{name}] {key} {path} is not provided beside the config")
+    store = cfg.get("store", {})
+    unknown = set(store) - STORE_KEYS
+    if unknown:
+        errors.append(f"{where}: [store] unknown keys {sorted(unknown)}")
+    if store.get("kind", "local") not in STORE_KINDS:
+        errors.append(f"{where}: [store] kind {store.get('kind')!r} is not one of {sorted(STORE_KINDS)}")
     if cfg.get("listen", "").startswith("127."):
         errors.append(f"{where}: listen {cfg['listen']} is not reachable by the kubelet's probes")
+
+def check_documented_keys(path):
+    """Every key config/hexmirror.toml sets or shows commented out is one this script knows."""
+    known = {None: TOP_KEYS, "repos": REPO_KEYS, "access": ACCESS_KEYS, "store": STORE_KEYS}
+    table = header = None
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            m = re.match(r"^#?\s*\[([^\]]+)\]\s*(#.*)?$", line)
+            if m:
+                header = m.group(1)
+                parts = header.split(".")
+                table = {"repos": "access" if parts[-1] == "access" else "repos"}.get(parts[0], parts[0])
+                if table not in known:
+                    errors.append(f"{path}:{n}: table [{header}] unknown to deploy/check/manifests.py")
+                continue
+            m = re.match(r"^#?\s*([a-z_]+)\s*=\s*\S", line)
+            if m and table in known and m.group(1) not in known[table]:
+                where = f"[{header}] " if header else ""
+                errors.append(f"{path}:{n}: {where}key {m.group(1)} unknown to deploy/check/manifests.py (add it to its key lists)")
+
+if os.path.isfile("config/hexmirror.toml"):
+    check_documented_keys("config/hexmirror.toml")
+else:
+    errors.append("config/hexmirror.toml is missing")
 
 # deploy/config: the image's default configuration
 if os.path.isfile("deploy/config/hexmirror.toml"):
