@@ -12,8 +12,8 @@ repository's top directory, with an interpreter that has PyYAML (kubernetes-vali
   volumes, probes name declared ports, hexmirror serve containers are hardened, probed on
   /readyz and memory-limited; a Job has a native sidecar; a StatefulSet's grace period
   exceeds hexmirror's shutdown_grace;
-- OPTIONAL manifests (CRD-based, no schema): a ServiceMonitor selects exactly one Service and
-  scrapes one of its ports on /metrics. A PrometheusRule is left to alerts.py.
+- OPTIONAL manifests (CRD-based, no schema): a ServiceMonitor selects exactly one Service of
+  its own example (the folder above optional/) and scrapes one of its ports on /metrics. A PrometheusRule is left to alerts.py.
 
 Env: CONFIG_OUT=DIR also writes every configuration checked to DIR/NAME.toml (check.sh then
 starts hexmirror with each). Prints notes and errors; exit status 1 on an error."""
@@ -175,9 +175,14 @@ for d, docs in by_dir.items():
             if kind == "StatefulSet" and pod.get("terminationGracePeriodSeconds", 30) <= 30:
                 errors.append(f"{path}: terminationGracePeriodSeconds must exceed shutdown_grace (30s)")
 
-# CRD-based objects: no schema, so a structural check against the Services they select.
-services = [doc for docs in by_dir.values() for _, doc in docs if doc["kind"] == "Service"]
+# CRD-based objects: no schema, so a structural check against the Services they select. An
+# example's optional/ folder goes with the Services of that example (the examples are
+# alternatives and may use the same namespace, names and labels).
 for path in optional:
+    base = os.path.dirname(path)
+    if os.path.basename(base) == "optional":
+        base = os.path.dirname(base)
+    services = [doc for _, doc in by_dir.get(base, []) if doc["kind"] == "Service"]
     for doc in load(path):
         if (doc.get("apiVersion"), doc.get("kind")) == ("monitoring.coreos.com/v1", "PrometheusRule"):
             continue  # checked by alerts.py
@@ -188,7 +193,7 @@ for path in optional:
         matched = [s for s in services
                    if all(s["metadata"].get("labels", {}).get(k) == v for k, v in sel.items())]
         if len(matched) != 1:
-            errors.append(f"{path}: selector {sel} matches {len(matched)} Services (want exactly 1)")
+            errors.append(f"{path}: selector {sel} matches {len(matched)} Services in {base} (want exactly 1)")
             continue
         ports = {p.get("name") for p in matched[0]["spec"]["ports"]}
         for ep in doc["spec"]["endpoints"]:
