@@ -4,17 +4,36 @@ the Kubernetes manifests that schema validation cannot see. Run by deploy/check.
 repository's top directory, with an interpreter that has PyYAML (kubernetes-validate's).
 
 - deploy/config/hexmirror.toml and every hexmirror.toml embedded in a ConfigMap parse (tomllib,
-  Python >= 3.11; noted and skipped before), use only keys hexmirror knows, name key files that
-  are provided beside the config, and do not listen on loopback only;
+  Python >= 3.11; noted and skipped before), use only keys hexmirror knows (top level, [store],
+  [repos.NAME], [repos.NAME.access]), name key files that are provided beside the config, and
+  do not listen on loopback only;
+- config/hexmirror.toml, which documents every key, names no key missing from those lists;
 - in the STRICT manifests: volumes use ConfigMaps defined beside them, mounts name defined
   volumes, probes name declared ports, hexmirror serve containers are hardened, probed on
-  /readyz and memory-limited; a Job has a native sidecar; a StatefulSet's grace period
-  exceeds hexmirror's shutdown_grace;
-- OPTIONAL manifests (CRD-based, no schema): a ServiceMonitor selects exactly one Service and
-  scrapes one of its ports on /metrics. A PrometheusRule is left to alerts.py.
+  /readyz (and, in a StatefulSet, Deployment or DaemonSet, on /healthz for liveness),
+  memory-limited, and keep data_dir on a writable volume; a Job has a native sidecar; the grace
+  period of a long-running workload exceeds the shutdown_grace of its configuration; workload
+  selectors select their pods, and Services select pods of their folder on a declared port;
+- several replicas (a Deployment or StatefulSet with replicas > 1): topologySpreadConstraints on
+  kubernetes.io/hostname and topology.kubernetes.io/zone whose labelSelectors select the pods,
+  and a PodDisruptionBudget selecting them; every PodDisruptionBudget selects the pods of
+  exactly one workload and allows an eviction;
+- Secrets: every Secret key a container reads (secretKeyRef, envFrom, secret volume) is in the
+  example Secret under the folder (a subfolder, so that applying the folder leaves the real
+  Secret alone), or the Secret is created by a `kubectl create secret generic NAME
+  --from-literal=KEY=...` in deploy/README.md; every key of an example Secret is read;
+- an S3 store ([store] kind = "s3", in the file or by HEXMIRROR_STORE__KIND) has a bucket from
+  the file or the environment, and credentials: both static AWS keys, or a serviceAccountName
+  for IRSA; disk_cache_bytes, which does not apply to it, is not set;
+- OPTIONAL manifests (CRD-based, no schema): a ServiceMonitor selects exactly one Service of
+  its own example (the folder above optional/) and scrapes one of its ports on /metrics. A
+  PrometheusRule is left to alerts.py.
 
 Env: CONFIG_OUT=DIR also writes every configuration checked to DIR/NAME.toml (check.sh then
-starts hexmirror with each). Prints notes and errors; exit status 1 on an error."""
+starts hexmirror with each), and for an S3 configuration DIR/NAME.env: the HEXMIRROR_* variables
+its workload sets, with the example Secret's values, one VAR=VALUE a line (check.sh runs
+`hexmirror check-config` with them instead). Prints notes and errors; exit status 1 on an
+error."""
 import os, re, sys
 import yaml
 try:
@@ -27,34 +46,52 @@ sep = args.index("--")
 strict, optional = args[:sep], args[sep + 1:]
 errors, notes = [], []
 
-# The keys hexmirror's configuration accepts (it rejects unknown keys).
+# The keys hexmirror's configuration accepts (it rejects unknown keys). config/hexmirror.toml
+# documents every key; check_documented_keys() below fails when it names one missing here.
 TOP_KEYS = {"listen", "metrics_listen", "data_dir", "memory_cache_bytes", "disk_cache_bytes",
-            "registry_ttl", "negative_ttl", "max_registry_bytes", "max_tarball_bytes",
-            "connect_timeout", "read_timeout", "transfer_timeout", "shutdown_grace",
-            "max_upstream_requests", "offline", "access_log", "installs_public_key", "ca_file",
-            "tls_cert", "tls_key", "admin_token", "admin_token_file", "repos"}
+            "registry_ttl", "negative_ttl", "stale_while_revalidate", "max_registry_bytes",
+            "max_tarball_bytes", "connect_timeout", "read_timeout", "transfer_timeout",
+            "shutdown_grace", "max_upstream_requests", "max_pending_fetches", "breaker_failures",
+            "breaker_backoff", "breaker_max_backoff", "max_connections", "client_header_timeout",
+            "offline", "access_log", "installs_public_key", "ca_file", "tls_cert", "tls_key",
+            "admin_listen", "admin_token", "admin_token_file", "store", "repos"}
 REPO_KEYS = {"upstream", "public_key", "repository", "trusted", "allow_http", "auth_key",
              "auth_key_file", "oauth_token_url", "strip_headers", "access"}
+ACCESS_KEYS = {"tokens", "tokens_file", "allow_all_clients"}
+STORE_KEYS = {"kind", "bucket", "prefix", "endpoint", "region", "allow_http", "timeout"}
+STORE_KINDS = {"local", "s3"}
 outdir = os.environ.get("CONFIG_OUT")
 
 def load(path):
     with open(path) as f:
         return [d for d in yaml.safe_load_all(f) if d]
 
+def out_name(where):
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", where)
+
+def is_s3(cfg, text):
+    if cfg is not None:
+        return cfg.get("store", {}).get("kind") == "s3"
+    return re.search(r'^\s*\[store\][^\[]*?^\s*kind\s*=\s*"s3"', text, re.M | re.S) is not None
+
 def check_toml(where, text, files):
-    """files: names that exist beside the config (ConfigMap keys or deploy/config/)."""
-    if outdir:  # for the load test with a hexmirror binary below
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", where) + ".toml"
-        with open(os.path.join(outdir, name), "w") as f:
-            f.write(text)
+    """files: names that exist beside the config (ConfigMap keys or deploy/config/). Returns the
+    parsed configuration, or None."""
+    cfg = None
     if tomllib is None:
         notes.append("tomllib missing (Python < 3.11): hexmirror.toml contents not checked")
-        return
-    try:
-        cfg = tomllib.loads(text)
-    except Exception as e:
-        errors.append(f"{where}: hexmirror.toml does not parse: {e}")
-        return
+    else:
+        try:
+            cfg = tomllib.loads(text)
+        except Exception as e:
+            errors.append(f"{where}: hexmirror.toml does not parse: {e}")
+    if outdir:  # for the load test with a hexmirror binary in check.sh
+        with open(os.path.join(outdir, out_name(where) + ".toml"), "w") as f:
+            f.write(text)
+        if is_s3(cfg, text):  # NAME.env marks an S3 configuration; workloads add their variables
+            open(os.path.join(outdir, out_name(where) + ".env"), "a").close()
+    if cfg is None:
+        return None
     unknown = set(cfg) - TOP_KEYS
     if unknown:
         errors.append(f"{where}: unknown top-level keys {sorted(unknown)}")
@@ -64,6 +101,9 @@ def check_toml(where, text, files):
         unknown = set(repo) - REPO_KEYS
         if unknown:
             errors.append(f"{where}: [repos.{name}] unknown keys {sorted(unknown)}")
+        unknown = set(repo.get("access") or {}) - ACCESS_KEYS
+        if unknown:
+            errors.append(f"{where}: [repos.{name}.access] unknown keys {sorted(unknown)}")
         if "upstream" not in repo:
             errors.append(f"{where}: [repos.{name}] has no upstream")
         for key in ("public_key", "auth_key_file"):
@@ -73,8 +113,92 @@ def check_toml(where, text, files):
             if isinstance(path, str) and path.startswith("/etc/hexmirror/") and \
                     path[len("/etc/hexmirror/"):] not in files:
                 errors.append(f"{where}: [repos.{name}] {key} {path} is not provided beside the config")
+    store = cfg.get("store", {})
+    unknown = set(store) - STORE_KEYS
+    if unknown:
+        errors.append(f"{where}: [store] unknown keys {sorted(unknown)}")
+    if store.get("kind", "local") not in STORE_KINDS:
+        errors.append(f"{where}: [store] kind {store.get('kind')!r} is not one of {sorted(STORE_KINDS)}")
+    if store.get("kind") == "s3" and "disk_cache_bytes" in cfg:
+        errors.append(f"{where}: disk_cache_bytes does not apply to the S3 store (drop it)")
     if cfg.get("listen", "").startswith("127."):
         errors.append(f"{where}: listen {cfg['listen']} is not reachable by the kubelet's probes")
+    return cfg
+
+UNITS = {"ms": 0.001, "s": 1, "sec": 1, "secs": 1, "m": 60, "min": 60, "mins": 60, "h": 3600,
+         "hr": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400, "days": 86400}
+
+def seconds(value):
+    """A duration as hexmirror reads it ("30s", "1m 30s", "500ms", or an integer of seconds), in
+    seconds; None when it does not parse."""
+    if isinstance(value, int):
+        return value
+    parts = re.findall(r"(\d+)\s*([a-z]+)\s*", str(value))
+    if not parts or "".join(f"{n}{u}" for n, u in parts) != re.sub(r"\s+", "", str(value)):
+        return int(value) if str(value).strip().isdigit() else None
+    if any(u not in UNITS for _, u in parts):
+        return None
+    return sum(int(n) * UNITS[u] for n, u in parts)
+
+def selects(selector, labels):
+    """A label selector (matchLabels, matchExpressions) against a set of labels."""
+    if not selector or not (selector.get("matchLabels") or selector.get("matchExpressions")):
+        return False
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        key, op, values = e["key"], e["operator"], e.get("values", [])
+        if (op == "In" and labels.get(key) not in values) or \
+                (op == "NotIn" and key in labels and labels[key] in values) or \
+                (op == "Exists" and key not in labels) or (op == "DoesNotExist" and key in labels):
+            return False
+    return True
+
+def secret_keys(doc):
+    return set(doc.get("data") or {}) | set(doc.get("stringData") or {})
+
+def secret_value(doc, key):
+    if key in (doc.get("stringData") or {}):
+        return str(doc["stringData"][key])
+    if key in (doc.get("data") or {}):
+        import base64
+        return base64.b64decode(doc["data"][key]).decode()
+    return None
+
+with open("deploy/README.md") as f:
+    deploy_readme = f.read()
+
+def documented(secret, key=None):
+    """A Secret with no example manifest must be documented in deploy/README.md by the
+    `kubectl create secret generic NAME --from-...=KEY=...` that creates it."""
+    m = re.search(r"create secret generic " + re.escape(secret) + r"\b([^`]*)", deploy_readme)
+    if not m:
+        return False
+    return key is None or re.search(r"--from-(?:literal|file)=" + re.escape(key) + r"=", m.group(1)) is not None
+
+def check_documented_keys(path):
+    """Every key config/hexmirror.toml sets or shows commented out is one this script knows."""
+    known = {None: TOP_KEYS, "repos": REPO_KEYS, "access": ACCESS_KEYS, "store": STORE_KEYS}
+    table = header = None
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            m = re.match(r"^#?\s*\[([^\]]+)\]\s*(#.*)?$", line)
+            if m:
+                header = m.group(1)
+                parts = header.split(".")
+                table = {"repos": "access" if parts[-1] == "access" else "repos"}.get(parts[0], parts[0])
+                if table not in known:
+                    errors.append(f"{path}:{n}: table [{header}] unknown to deploy/check/manifests.py")
+                continue
+            m = re.match(r"^#?\s*([a-z_]+)\s*=\s*\S", line)
+            if m and table in known and m.group(1) not in known[table]:
+                where = f"[{header}] " if header else ""
+                errors.append(f"{path}:{n}: {where}key {m.group(1)} unknown to deploy/check/manifests.py (add it to its key lists)")
+
+if os.path.isfile("config/hexmirror.toml"):
+    check_documented_keys("config/hexmirror.toml")
+else:
+    errors.append("config/hexmirror.toml is missing")
 
 # deploy/config: the image's default configuration
 if os.path.isfile("deploy/config/hexmirror.toml"):
@@ -88,21 +212,43 @@ for path in strict:
     for doc in load(path):
         by_dir.setdefault(os.path.dirname(path), []).append((path, doc))
 
+def under(d):
+    """The documents of folder d and its subfolders (an example Secret kept out of the applied set)."""
+    return [(p, doc) for sub, docs in by_dir.items() if sub == d or sub.startswith(d + os.sep)
+            for p, doc in docs]
+
+LONG_RUNNING = ("StatefulSet", "Deployment", "DaemonSet")
+
 for d, docs in by_dir.items():
     configmaps = {doc["metadata"]["name"]: doc.get("data", {}) for _, doc in docs if doc["kind"] == "ConfigMap"}
+    configs = {}  # ConfigMap name -> (name of the file written to CONFIG_OUT, parsed config or None, text)
     for name, data in configmaps.items():
         if "hexmirror.toml" in data:
-            check_toml(f"{d} ConfigMap {name}", data["hexmirror.toml"], set(data))
+            where = f"{d} ConfigMap {name}"
+            configs[name] = (out_name(where), check_toml(where, data["hexmirror.toml"], set(data)),
+                             data["hexmirror.toml"])
+    secrets = {doc["metadata"]["name"]: doc for _, doc in under(d) if doc["kind"] == "Secret"}
+    used_keys = {name: set() for name in secrets}  # example Secret -> keys some workload reads
+    workloads = []  # (path, kind, pod labels, replicas)
     for path, doc in docs:
         kind = doc["kind"]
-        if kind in ("StatefulSet", "Deployment", "Job", "DaemonSet"):
+        if kind in LONG_RUNNING + ("Job",):
             pod = doc["spec"]["template"]["spec"]
+            labels = doc["spec"]["template"].get("metadata", {}).get("labels", {})
+            replicas = doc["spec"].get("replicas", 1) if kind in ("StatefulSet", "Deployment") else None
+            workloads.append((path, kind, labels, replicas, pod))
             for vol in pod.get("volumes", []):
                 cm = vol.get("configMap", {}).get("name")
                 if cm and cm not in configmaps:
                     errors.append(f"{path}: volume {vol['name']} uses ConfigMap {cm}, not defined in {d}")
+                secret = vol.get("secret", {}).get("secretName")
+                if secret and secret not in secrets and not documented(secret):
+                    errors.append(f"{path}: volume {vol['name']} uses Secret {secret}: no example of it under {d} "
+                                  f"and no `kubectl create secret generic {secret}` in deploy/README.md")
             names = {v["name"] for v in pod.get("volumes", [])}
             names |= {t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])}
+            if kind in ("StatefulSet", "Deployment") and not selects(doc["spec"].get("selector"), labels):
+                errors.append(f"{path}: spec.selector does not select the pod template's labels {labels}")
             hexmirrors = []
             for c in pod.get("initContainers", []) + pod.get("containers", []):
                 for m in c.get("volumeMounts", []):
@@ -113,8 +259,39 @@ for d, docs in by_dir.items():
                     port = c.get(probe, {}).get("httpGet", {}).get("port")
                     if port is not None and port not in ports:
                         errors.append(f"{path}: {c['name']} {probe} uses port {port!r}, not declared")
+                # Secrets the container reads: in the example Secret, or documented.
+                env = {}  # literal values, and example values of Secret keys
+                for e in c.get("env", []):
+                    ref = e.get("valueFrom", {}).get("secretKeyRef")
+                    if ref is None:
+                        if "value" in e:
+                            env[e["name"]] = str(e["value"])
+                        continue
+                    if ref["name"] in secrets:
+                        used_keys[ref["name"]].add(ref["key"])
+                        value = secret_value(secrets[ref["name"]], ref["key"])
+                        if value is None:
+                            errors.append(f"{path}: {c['name']} env {e['name']} reads key {ref['key']} "
+                                          f"of Secret {ref['name']}, missing from its example")
+                        else:
+                            env[e["name"]] = value
+                    elif not documented(ref["name"], ref["key"]):
+                        errors.append(f"{path}: {c['name']} env {e['name']} reads Secret {ref['name']} key "
+                                      f"{ref['key']}: no example of it under {d} and not in a `kubectl create "
+                                      f"secret generic {ref['name']} --from-literal={ref['key']}=...` in deploy/README.md")
+                for e in c.get("envFrom", []):
+                    ref = e.get("secretRef")
+                    if ref is None:
+                        continue
+                    if ref["name"] in secrets:
+                        keys = secret_keys(secrets[ref["name"]])
+                        used_keys[ref["name"]] |= keys
+                        env.update({e.get("prefix", "") + k: secret_value(secrets[ref["name"]], k) for k in keys})
+                    elif not documented(ref["name"]):
+                        errors.append(f"{path}: {c['name']} envFrom Secret {ref['name']}: no example of it under "
+                                      f"{d} and no `kubectl create secret generic {ref['name']}` in deploy/README.md")
                 if "hexmirror" in c.get("image", "") and "serve" in c.get("args", []):
-                    hexmirrors.append(c)
+                    hexmirrors.append((c, env))
                     sc = c.get("securityContext", {})
                     if not (sc.get("readOnlyRootFilesystem") and sc.get("allowPrivilegeEscalation") is False
                             and "ALL" in sc.get("capabilities", {}).get("drop", [])
@@ -123,6 +300,8 @@ for d, docs in by_dir.items():
                     paths = {c.get(p, {}).get("httpGet", {}).get("path") for p in ("readinessProbe", "startupProbe")}
                     if "/readyz" not in paths:
                         errors.append(f"{path}: {c['name']} has no /readyz readiness or startup probe")
+                    if kind in LONG_RUNNING and c.get("livenessProbe", {}).get("httpGet", {}).get("path") != "/healthz":
+                        errors.append(f"{path}: {c['name']} has no liveness probe on /healthz")
                     if not c.get("resources", {}).get("limits", {}).get("memory"):
                         errors.append(f"{path}: {c['name']} has no memory limit")
             if not hexmirrors:
@@ -131,12 +310,101 @@ for d, docs in by_dir.items():
                 sidecars = [c for c in pod.get("initContainers", []) if c.get("restartPolicy") == "Always"]
                 if not sidecars:
                     errors.append(f"{path}: no native sidecar (init container with restartPolicy: Always)")
-            if kind == "StatefulSet" and pod.get("terminationGracePeriodSeconds", 30) <= 30:
-                errors.append(f"{path}: terminationGracePeriodSeconds must exceed shutdown_grace (30s)")
 
-# CRD-based objects: no schema, so a structural check against the Services they select.
-services = [doc for docs in by_dir.values() for _, doc in docs if doc["kind"] == "Service"]
+            # What the hexmirror container runs with: the mounted configuration, overridden by
+            # its HEXMIRROR_* variables.
+            mounted = [configs[v["configMap"]["name"]] for v in pod.get("volumes", [])
+                       if v.get("configMap", {}).get("name") in configs]
+            for c, env in hexmirrors:
+                if not mounted:
+                    continue
+                name, cfg, text = mounted[0]
+                cfg = cfg or {}
+                store = dict(cfg.get("store", {}))
+                for key in STORE_KEYS:
+                    if f"HEXMIRROR_STORE__{key.upper()}" in env:
+                        store[key] = env[f"HEXMIRROR_STORE__{key.upper()}"]
+                grace = seconds(env.get("HEXMIRROR_SHUTDOWN_GRACE", cfg.get("shutdown_grace", "30s")))
+                if grace is None:
+                    errors.append(f"{path}: shutdown_grace does not parse")
+                elif kind in LONG_RUNNING and pod.get("terminationGracePeriodSeconds", 30) <= grace:
+                    errors.append(f"{path}: terminationGracePeriodSeconds ({pod.get('terminationGracePeriodSeconds', 30)}) "
+                                  f"must exceed shutdown_grace ({grace}s)")
+                data_dir = env.get("HEXMIRROR_DATA_DIR", cfg.get("data_dir", "./data")).rstrip("/")
+                if tomllib is not None and not any(
+                        not m.get("readOnly") and (data_dir + "/").startswith(m["mountPath"].rstrip("/") + "/")
+                        for m in c.get("volumeMounts", [])):
+                    errors.append(f"{path}: {c['name']} data_dir {data_dir} is on no writable volume (read-only root)")
+                if is_s3(cfg if tomllib else None, text) or store.get("kind") == "s3":
+                    if tomllib is not None and not store.get("bucket"):
+                        errors.append(f"{path}: {c['name']}: [store] kind = \"s3\" without a bucket (file or HEXMIRROR_STORE__BUCKET)")
+                    static = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & {e["name"] for e in c.get("env", [])}
+                    if static and len(static) != 2:
+                        errors.append(f"{path}: {c['name']}: only one of AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY is set")
+                    if not static and not pod.get("serviceAccountName"):
+                        errors.append(f"{path}: {c['name']}: S3 store without credentials (AWS_ACCESS_KEY_ID and "
+                                      f"AWS_SECRET_ACCESS_KEY, or a serviceAccountName for IRSA)")
+                    if outdir:  # the variables check.sh passes to `hexmirror check-config`
+                        with open(os.path.join(outdir, name + ".env"), "a") as f:
+                            for k, v in sorted(env.items()):
+                                if k.startswith("HEXMIRROR_") and k not in ("HEXMIRROR_LISTEN", "HEXMIRROR_DATA_DIR") \
+                                        and "\n" not in v:
+                                    f.write(f"{k}={v}\n")
+
+    # Several replicas: spread over nodes and zones, and covered by a PodDisruptionBudget.
+    pdbs = [(p, doc) for p, doc in docs if doc["kind"] == "PodDisruptionBudget"]
+    for path, kind, labels, replicas, pod in workloads:
+        if kind not in ("Deployment", "StatefulSet") or replicas is None or replicas < 2:
+            continue
+        spread = pod.get("topologySpreadConstraints", [])
+        keys = {t.get("topologyKey") for t in spread}
+        for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone"):
+            if key not in keys:
+                errors.append(f"{path}: {replicas} replicas without a topologySpreadConstraint on {key}")
+        for t in spread:
+            if not selects(t.get("labelSelector"), labels):
+                errors.append(f"{path}: topologySpreadConstraint on {t.get('topologyKey')}: labelSelector "
+                              f"does not select the pods {labels}")
+        if not any(selects(doc["spec"].get("selector"), labels) for _, doc in pdbs):
+            errors.append(f"{path}: {replicas} replicas and no PodDisruptionBudget in {d} selects the pods {labels}")
+    for path, doc in pdbs:
+        spec = doc["spec"]
+        matched = [w for w in workloads if selects(spec.get("selector"), w[2])]
+        if len(matched) != 1:
+            errors.append(f"{path}: PodDisruptionBudget selector {spec.get('selector')} selects the pods of "
+                          f"{len(matched)} workloads in {d} (want exactly 1)")
+            continue
+        replicas = matched[0][3] or 1
+        if spec.get("maxUnavailable") == 0 or \
+                (isinstance(spec.get("minAvailable"), int) and spec["minAvailable"] >= replicas):
+            errors.append(f"{path}: PodDisruptionBudget allows no eviction of {matched[0][0]}'s {replicas} replicas")
+    # Services select pods of this folder's workloads, on a port they declare.
+    for path, doc in docs:
+        if doc["kind"] != "Service" or not doc["spec"].get("selector"):
+            continue
+        matched = [w for w in workloads if selects({"matchLabels": doc["spec"]["selector"]}, w[2])]
+        if not matched:
+            errors.append(f"{path}: Service {doc['metadata']['name']} selects no pods of {d}")
+            continue
+        declared = {p.get(k) for w in matched for c in w[4].get("containers", []) + w[4].get("initContainers", [])
+                    for p in c.get("ports", []) for k in ("name", "containerPort")}
+        for port in doc["spec"].get("ports", []):
+            if port.get("targetPort", port.get("port")) not in declared:
+                errors.append(f"{path}: Service {doc['metadata']['name']} targetPort {port.get('targetPort')!r} "
+                              f"is not a port of the pods it selects")
+    # Every key of an example Secret is read by some workload (a typo shows on both sides).
+    for name, keys in used_keys.items() if workloads else ():
+        for key in sorted(secret_keys(secrets[name]) - keys):
+            errors.append(f"{d}: key {key} of the example Secret {name} is read by no workload")
+
+# CRD-based objects: no schema, so a structural check against the Services they select. An
+# example's optional/ folder goes with the Services of that example (the examples are
+# alternatives and may use the same namespace, names and labels).
 for path in optional:
+    base = os.path.dirname(path)
+    if os.path.basename(base) == "optional":
+        base = os.path.dirname(base)
+    services = [doc for _, doc in by_dir.get(base, []) if doc["kind"] == "Service"]
     for doc in load(path):
         if (doc.get("apiVersion"), doc.get("kind")) == ("monitoring.coreos.com/v1", "PrometheusRule"):
             continue  # checked by alerts.py
@@ -147,7 +415,7 @@ for path in optional:
         matched = [s for s in services
                    if all(s["metadata"].get("labels", {}).get(k) == v for k, v in sel.items())]
         if len(matched) != 1:
-            errors.append(f"{path}: selector {sel} matches {len(matched)} Services (want exactly 1)")
+            errors.append(f"{path}: selector {sel} matches {len(matched)} Services in {base} (want exactly 1)")
             continue
         ports = {p.get("name") for p in matched[0]["spec"]["ports"]}
         for ep in doc["spec"]["endpoints"]:
