@@ -55,14 +55,19 @@ fn find(binary: &str) -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join(binary)).find(|p| p.is_file())
 }
 
+/// moto's server can be started with `python3 -m moto.server`.
+fn moto_present() -> bool {
+    Command::new("python3").args(["-c", "import moto.server"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
 /// `None` (with a loud line) when the server's binary is missing; a failure under `CI=true`.
 fn server(kind: Kind) -> Option<S3Server> {
     credentials();
-    let binary = match kind {
-        Kind::Garage => "garage",
-        Kind::Moto => "moto_server",
+    let (binary, present) = match kind {
+        Kind::Garage => ("garage", find("garage").is_some()),
+        Kind::Moto => ("moto's server", moto_present()),
     };
-    if find(binary).is_none() {
+    if !present {
         let message = format!(
             "SKIPPED: {binary} is not installed, so the shared-store tests against {kind:?} did not run \
              (cargo install garage --version 2.5.0 --locked; pip install 'moto[server]')"
@@ -116,8 +121,8 @@ impl S3Server {
                     .spawn()
                     .unwrap()
             }
-            Kind::Moto => Command::new(find("moto_server").unwrap())
-                .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+            Kind::Moto => Command::new("python3")
+                .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &self.port.to_string()])
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(dir.join("moto.log")).unwrap())
                 .spawn()
@@ -352,10 +357,14 @@ async fn an_object_corrupted_in_the_bucket_is_refused_counted_and_replaced_from_
         "both were fetched again from the upstream"
     );
     let metrics = second.metrics().await;
-    assert!(
-        metric_sum(&metrics, "hexmirror_verification_failures_total", &["resource=\"package\""]) >= 1.0,
-        "{metrics}"
-    );
+    for (resource, reason) in [("package", "bad_signature"), ("tarball", "checksum_mismatch")] {
+        let needles = [format!("resource=\"{resource}\""), format!("reason=\"{reason}\"")];
+        let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+        assert!(
+            metric_sum(&metrics, "hexmirror_verification_failures_total", &needles) >= 1.0,
+            "{resource}: {metrics}"
+        );
+    }
     second.mirror.settle_writes().await;
     // Replaced: the bucket holds the upstream's bytes again.
     let repaired = bucket.get(&format!("public/blobs/{sha}").as_str().into()).await.unwrap().bytes().await.unwrap();

@@ -284,6 +284,10 @@ impl Mirror {
             Ok(Some(found)) => found,
             Ok(None) => return None,
             Err(e) => {
+                if matches!(e, crate::cache::StoreError::Damaged(_)) {
+                    // Bytes that do not match their record's checksum: a refusal like any.
+                    self.count_refusal(target, resource, "checksum_mismatch");
+                }
                 tracing::warn!(key = %key, error = %e, "store: entry dropped");
                 return None;
             }
@@ -294,11 +298,7 @@ impl Mirror {
                 tracing::info!(key = %key, error = %e, "store: stored copy does not verify; refetching");
                 if let MirrorError::Refused(refusal) = &e {
                     // Counted like the upstream's refusals: the store is trusted no more.
-                    self.inner
-                        .metrics
-                        .verification_failures
-                        .with_label_values(&[target.label(), resource.kind().as_str(), refusal.reason()])
-                        .inc();
+                    self.count_refusal(target, resource, refusal.reason());
                 }
                 return None;
             }

@@ -304,12 +304,17 @@ impl Mirror {
         self.inner.refusals.lock().expect("never poisoned").iter().rev().cloned().collect()
     }
 
-    pub(super) fn record_refusal(&self, target: &Target, resource: &Resource, error: &VerifyError) {
+    /// Counts a refusal in `hexmirror_verification_failures_total`.
+    pub(super) fn count_refusal(&self, target: &Target, resource: &Resource, reason: &str) {
         self.inner
             .metrics
             .verification_failures
-            .with_label_values(&[target.label(), resource.kind().as_str(), error.reason()])
+            .with_label_values(&[target.label(), resource.kind().as_str(), reason])
             .inc();
+    }
+
+    pub(super) fn record_refusal(&self, target: &Target, resource: &Resource, error: &VerifyError) {
+        self.count_refusal(target, resource, error.reason());
         let refusal = Refusal {
             time: unix_now(),
             repo: target.namespace.clone(),
