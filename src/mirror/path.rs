@@ -288,7 +288,13 @@ impl Mirror {
                     // Bytes that do not match their record's checksum: a refusal like any.
                     self.count_refusal(target, resource, "checksum_mismatch");
                 }
-                tracing::warn!(key = %key, error = %e, "store: entry dropped");
+                match e {
+                    // Said once by the store when it stops answering, not once per request.
+                    crate::cache::StoreError::Unavailable(_) | crate::cache::StoreError::TimedOut(_) => {
+                        tracing::debug!(key = %key, error = %e, "store: not read")
+                    }
+                    _ => tracing::warn!(key = %key, error = %e, "store: entry dropped"),
+                }
                 return None;
             }
         };
