@@ -573,6 +573,26 @@ async fn commands_work_on_the_shared_store_while_replicas_serve() {
     let blobs = objects.iter().filter(|o| o.starts_with("public/blobs/")).count();
     let records = objects.iter().filter(|o| o.starts_with("public/records/")).count();
     assert_eq!(blobs, records, "every blob is named by a record after pruning: {objects:?}");
+    // A bundle of the shared store, imported into another prefix of the bucket (another
+    // site's store), verifies there and serves with no upstream.
+    let bundle = operator.dir().join("bundle.tar");
+    let out = run_hexmirror(&config, &["export", "--out", bundle.to_str().unwrap(), "--selected"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let site_b = s3.site(&upstream.url()).set("store.prefix", "site-b");
+    let config_b = site_b.write_config();
+    let out = run_hexmirror(&config_b, &["import", bundle.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run_hexmirror(&config_b, &["verify"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("verify: ok"), "{}", String::from_utf8_lossy(&out.stdout));
+    let objects = s3.objects().await;
+    assert!(
+        objects.iter().any(|o| o.starts_with("site-b/public/records/hexpm/tarballs/hexdemo_mid-0.2.0.tar")),
+        "{objects:?}"
+    );
+    let offline_b = site_b.offline().start().await;
+    let got = offline_b.get("/tarballs/hexdemo_mid-0.2.0.tar").await;
+    assert_eq!((got.status, got.body), (200, fixture("/tarballs/hexdemo_mid-0.2.0.tar").into()));
+    offline_b.stop().await;
     // The replica still serves everything (what was pruned comes from the upstream again).
     for path in HEXPM_TARBALLS {
         let got = replica.get(path).await;
