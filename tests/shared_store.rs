@@ -600,3 +600,70 @@ async fn commands_work_on_the_shared_store_while_replicas_serve() {
     }
     replica.stop().await;
 }
+
+/// A test CA and a `localhost` certificate it signed: (ca pem, cert pem, key pem).
+fn test_pki() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "hexmirror test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bucket_behind_an_internal_ca_is_trusted_through_ca_file_only() {
+    credentials();
+    if !moto_present() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "moto's server is not installed");
+        eprintln!("SKIPPED: moto's server is not installed (pip install 'moto[server]')");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki();
+    for (name, pem) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
+        std::fs::write(dir.path().join(name), pem).unwrap();
+    }
+    let port = free_port();
+    let mut moto = Command::new("python3")
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string(), "-s"])
+        .arg("-c")
+        .arg(dir.path().join("cert.pem"))
+        .arg("-k")
+        .arg(dir.path().join("key.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoint = format!("https://localhost:{port}");
+    let ca_file = dir.path().join("ca.pem");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while curl(&["--cacert", ca_file.to_str().unwrap(), "-X", "PUT", &format!("{endpoint}/{BUCKET}")]).is_none() {
+        assert!(Instant::now() < deadline, "moto with TLS did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    let site = TestMirror::builder()
+        .upstream(&upstream.url())
+        .set("store.kind", "s3")
+        .set("store.bucket", BUCKET)
+        .set("store.endpoint", endpoint.as_str())
+        .set("store.timeout", "2s");
+    // Without the CA the bucket's certificate is not trusted: the store never answers.
+    let untrusting = site.clone().start().await;
+    assert_eq!(degraded(&untrusting.metrics().await), 1.0);
+    untrusting.stop().await;
+    let trusting = site.set("ca_file", ca_file).start().await;
+    assert_eq!(degraded(&trusting.metrics().await), 0.0);
+    assert_eq!(trusting.get(TARBALL).await.status, 200);
+    trusting.mirror.settle_writes().await;
+    let listed = trusting.mirror.store().list_all("public/hexpm/tarballs/").await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    trusting.stop().await;
+    let _ = moto.kill();
+    let _ = moto.wait();
+}
