@@ -66,9 +66,13 @@ enum Command {
         /// Also the installers (mix local.hex, mix local.rebar).
         #[arg(long)]
         installers: bool,
-        /// Concurrent downloads.
+        /// Requests at once (package records and tarballs).
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// At most this many requests a second to the upstream (default: no limit; a 429's
+        /// Retry-After is honoured either way).
+        #[arg(long, value_name = "PER_SECOND")]
+        rate: Option<f64>,
     },
     /// Check every stored entry and the completeness of what sync and import selected.
     Verify {
@@ -258,6 +262,7 @@ fn main() -> ExitCode {
                 no_optional,
                 installers,
                 concurrency,
+                rate,
             } => {
                 let mut request = SyncRequest {
                     repo,
@@ -269,6 +274,7 @@ fn main() -> ExitCode {
                     include_optional: !no_optional,
                     installers,
                     concurrency,
+                    rate,
                     ..Default::default()
                 };
                 for path in lockfiles {

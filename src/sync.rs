@@ -26,6 +26,7 @@ use crate::mirror::{ClientCredentials, Mirror, MirrorError, Reply, Target};
 use crate::registry::Package;
 use crate::requirement::{parse_version, PackageSpec, Requirement};
 use crate::route::Resource;
+use crate::upstream::UpstreamError;
 use crate::verify::{Facts, Release, Releases};
 
 /// What to sync. Built by the command line and sent as JSON to a running server.
@@ -47,7 +48,11 @@ pub struct SyncRequest {
     pub include_optional: bool,
     /// Also `/installs/` (mix local.hex, mix local.rebar).
     pub installers: bool,
+    /// Requests at once, for records and tarballs alike.
     pub concurrency: usize,
+    /// At most this many requests a second (`None`: no limit). A 429's `Retry-After` is
+    /// honoured either way.
+    pub rate: Option<f64>,
 }
 
 /// One step of a sync, reported as it happens.
@@ -141,6 +146,7 @@ struct Planner<'a> {
     /// The releases of each verified package record visited (`None`: it could not be had).
     records: HashMap<(Option<String>, String), Option<Arc<Releases>>>,
     events: &'a (dyn Fn(Event) + Send + Sync),
+    pace: Option<&'a Pace>,
 }
 
 impl Planner<'_> {
@@ -160,12 +166,22 @@ impl Planner<'_> {
     /// Fetches (with retries) and records one resource; returns the reply, whose facts are what
     /// verification decoded from it.
     async fn fetch(&mut self, repo: &Option<String>, resource: Resource) -> Option<Reply> {
-        let target = self.mirror.target(repo.as_deref());
-        let label =
-            format!("{}{}", repo.as_ref().map(|r| format!("/repos/{r}/")).unwrap_or("/".into()), resource.path());
-        match fetch_with_retries(self.mirror, &target, &resource).await {
+        let result = fetch_one(self.mirror, repo, &resource, self.pace).await;
+        self.note(repo, &resource, result)
+    }
+
+    /// Records the outcome of fetching `resource`.
+    fn note(
+        &mut self,
+        repo: &Option<String>,
+        resource: &Resource,
+        result: Result<Reply, MirrorError>,
+    ) -> Option<Reply> {
+        let label = label_of(repo, resource);
+        match result {
             Ok(reply) => {
-                let key = self.mirror.key_for(&target, &resource, reply.private);
+                let target = self.mirror.target(repo.as_deref());
+                let key = self.mirror.key_for(&target, resource, reply.private);
                 self.selected.insert(key.to_string());
                 let outcome = if reply.status == CacheStatus::Miss { Outcome::Fetched } else { Outcome::Present };
                 self.item(label, outcome, None);
@@ -178,23 +194,95 @@ impl Planner<'_> {
         }
     }
 
-    /// The releases of a package's verified record.
-    async fn record(&mut self, repo: &Option<String>, name: &str) -> Option<Arc<Releases>> {
-        let id = (repo.clone(), name.to_string());
-        if let Some(known) = self.records.get(&id) {
-            return known.clone();
+    /// Fetches the package records of `wanted` that no earlier wave fetched, `concurrency` at
+    /// a time, noting each as it arrives; only the releases they list are kept.
+    async fn fetch_records(&mut self, wanted: BTreeSet<(Option<String>, String)>, concurrency: usize) {
+        let (mirror, pace) = (self.mirror, self.pace);
+        let wanted: Vec<_> = wanted.into_iter().filter(|id| !self.records.contains_key(id)).collect();
+        let mut arriving = stream::iter(wanted.into_iter().map(|(repo, name)| async move {
+            let resource = Resource::Package(name.clone());
+            let result = fetch_one(mirror, &repo, &resource, pace).await;
+            (repo, name, resource, result)
+        }))
+        .buffer_unordered(concurrency);
+        while let Some((repo, name, resource, result)) = arriving.next().await {
+            let releases = match self.note(&repo, &resource, result).map(|r| r.facts) {
+                Some(Facts::Releases(releases)) => Some(releases),
+                _ => None,
+            };
+            self.records.insert((repo, name), releases);
         }
-        let reply = self.fetch(repo, Resource::Package(name.to_string())).await;
-        let releases = match reply.map(|r| r.facts) {
-            Some(Facts::Releases(releases)) => Some(releases),
-            _ => None,
-        };
-        self.records.insert(id, releases.clone());
-        releases
     }
 }
 
-/// Retries transient upstream failures with backoff (1 s, 2 s); a refusal is not retried.
+/// `/resource` or `/repos/NAME/resource`, as items are reported.
+fn label_of(repo: &Option<String>, resource: &Resource) -> String {
+    format!("{}{}", repo.as_ref().map(|r| format!("/repos/{r}/")).unwrap_or("/".into()), resource.path())
+}
+
+/// Spaces requests at least `every` apart (a requests-per-second limit), across every task.
+pub struct Pace {
+    every: Duration,
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pace {
+    pub fn per_second(rate: f64) -> Option<Pace> {
+        (rate.is_finite() && rate > 0.0).then(|| Pace {
+            every: Duration::from_secs_f64(1.0 / rate),
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        })
+    }
+
+    async fn wait(&self) {
+        let at = {
+            let mut next = self.next.lock().await;
+            let at = (*next).max(tokio::time::Instant::now());
+            *next = at + self.every;
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// One resource, at the pace asked for, with retries.
+async fn fetch_one(
+    mirror: &Mirror,
+    repo: &Option<String>,
+    resource: &Resource,
+    pace: Option<&Pace>,
+) -> Result<Reply, MirrorError> {
+    if let Some(pace) = pace {
+        pace.wait().await;
+    }
+    let target = mirror.target(repo.as_deref());
+    fetch_with_retries(mirror, &target, resource).await
+}
+
+/// True when the store holds `resource` pinned with exactly the bytes `checksum` names (the
+/// tarball's sha256, as the verified record lists it): a re-run needs neither the upstream
+/// nor the memory tier for it.
+async fn already_synced(
+    mirror: &Mirror,
+    repo: &Option<String>,
+    resource: &Resource,
+    checksum: Option<[u8; 32]>,
+) -> bool {
+    let Some(checksum) = checksum else { return false };
+    let target = mirror.target(repo.as_deref());
+    for private in [false, true] {
+        let key = mirror.key_for(&target, resource, private);
+        if let Ok(Some(meta)) = mirror.store().head(&key).await {
+            if meta.pinned && meta.sha256 == hex::encode(checksum) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Retries transient upstream failures with backoff (1 s, 2 s), and a 429 after the
+/// `Retry-After` it gave (at most 5 minutes, up to 5 times); a refusal is not retried.
 async fn fetch_with_retries(
     mirror: &Mirror,
     target: &Target,
@@ -215,6 +303,10 @@ async fn fetch_with_retries(
                     Ok(()) => Ok(reply),
                     Err(e) => Err(MirrorError::Internal(format!("verified but not stored: {e}"))),
                 };
+            }
+            Err(MirrorError::Upstream(UpstreamError::RateLimited(seconds))) if attempt < 5 => {
+                tracing::info!(seconds, "sync: the upstream asks to slow down (429); waiting as its Retry-After says");
+                tokio::time::sleep(Duration::from_secs(seconds.clamp(1, 300))).await;
             }
             Err(MirrorError::Upstream(e)) if attempt < 3 => {
                 tracing::debug!(error = %e, attempt, "sync: retrying");
@@ -237,6 +329,8 @@ fn dependency_repo(parent: &Option<String>, declared: Option<&str>) -> Option<St
 
 /// Runs a sync, reporting progress through `events`, and returns the summary.
 pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event) + Send + Sync)) -> Summary {
+    let pace = request.rate.and_then(Pace::per_second);
+    let concurrency = request.concurrency.clamp(1, 64);
     let mut planner = Planner {
         mirror,
         summary: Summary::default(),
@@ -244,6 +338,7 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
         tarballs: BTreeSet::new(),
         records: HashMap::new(),
         events,
+        pace: pace.as_ref(),
     };
     let mut queue: VecDeque<Want> = VecDeque::new();
     for text in &request.packages {
@@ -324,128 +419,157 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
     }
 
     // Resolve the closure from verified records.
+    // In waves: the records a wave needs are fetched at once (bounded), then its wants are
+    // resolved from them, queueing the dependencies they declare for the next wave.
     let mut visited: BTreeSet<(Option<String>, String, String)> = BTreeSet::new();
-    while let Some(want) = queue.pop_front() {
-        let Some(record) = planner.record(&want.repo, &want.name).await else {
-            if let Some(spec) = &want.requested {
-                planner.item(
-                    spec.clone(),
-                    Outcome::Failed,
-                    Some("no verified registry record for this package".into()),
-                );
-            }
-            continue;
-        };
-        let mut releases: Vec<(semver::Version, &Release)> =
-            record.iter().filter_map(|r| parse_version(&r.version).ok().map(|v| (v, r))).collect();
-        releases.sort_by(|a, b| a.0.cmp(&b.0));
-        let eligible = |(v, r): &(semver::Version, &Release)| {
-            (request.include_prereleases || v.pre.is_empty()) && (request.include_retired || !r.retired)
-        };
-        let chosen: Vec<&Release> = match &want.pick {
-            Pick::All(req) => releases
-                .iter()
-                .filter(|pair| eligible(pair))
-                .filter(|(v, _)| req.as_ref().is_none_or(|req| req.matches(v, request.include_prereleases)))
-                .map(|(_, r)| *r)
-                .collect(),
-            Pick::Highest(req) => releases
-                .iter()
-                .rev()
-                .filter(|pair| eligible(pair))
-                .find(|(v, _)| req.matches(v, request.include_prereleases))
-                .or_else(|| releases.iter().rev().find(|(v, _)| req.matches(v, true)))
-                .map(|(_, r)| vec![*r])
-                .unwrap_or_default(),
-            Pick::Locked(locked) => match releases.iter().find(|(_, r)| r.version == locked.version) {
-                Some((_, release)) => match lock_mismatch(locked, release) {
-                    None => vec![*release],
-                    Some(why) => {
-                        planner.item(format!("{} {}", locked.name, locked.version), Outcome::Failed, Some(why));
+    while !queue.is_empty() {
+        let wanted = queue.iter().map(|w| (w.repo.clone(), w.name.clone())).collect();
+        planner.fetch_records(wanted, concurrency).await;
+        let wave: Vec<Want> = queue.drain(..).collect();
+        for want in wave {
+            let known = planner.records.get(&(want.repo.clone(), want.name.clone())).cloned().flatten();
+            let Some(record) = known else {
+                if let Some(spec) = &want.requested {
+                    planner.item(
+                        spec.clone(),
+                        Outcome::Failed,
+                        Some("no verified registry record for this package".into()),
+                    );
+                }
+                continue;
+            };
+            let mut releases: Vec<(semver::Version, &Release)> =
+                record.iter().filter_map(|r| parse_version(&r.version).ok().map(|v| (v, r))).collect();
+            releases.sort_by(|a, b| a.0.cmp(&b.0));
+            let eligible = |(v, r): &(semver::Version, &Release)| {
+                (request.include_prereleases || v.pre.is_empty()) && (request.include_retired || !r.retired)
+            };
+            let chosen: Vec<&Release> = match &want.pick {
+                Pick::All(req) => releases
+                    .iter()
+                    .filter(|pair| eligible(pair))
+                    .filter(|(v, _)| req.as_ref().is_none_or(|req| req.matches(v, request.include_prereleases)))
+                    .map(|(_, r)| *r)
+                    .collect(),
+                Pick::Highest(req) => releases
+                    .iter()
+                    .rev()
+                    .filter(|pair| eligible(pair))
+                    .find(|(v, _)| req.matches(v, request.include_prereleases))
+                    .or_else(|| releases.iter().rev().find(|(v, _)| req.matches(v, true)))
+                    .map(|(_, r)| vec![*r])
+                    .unwrap_or_default(),
+                Pick::Locked(locked) => match releases.iter().find(|(_, r)| r.version == locked.version) {
+                    Some((_, release)) => match lock_mismatch(locked, release) {
+                        None => vec![*release],
+                        Some(why) => {
+                            planner.item(format!("{} {}", locked.name, locked.version), Outcome::Failed, Some(why));
+                            vec![]
+                        }
+                    },
+                    None => {
+                        planner.item(
+                            format!("{} {}", locked.name, locked.version),
+                            Outcome::Failed,
+                            Some("version is not in the verified registry record".into()),
+                        );
                         vec![]
                     }
                 },
-                None => {
-                    planner.item(
-                        format!("{} {}", locked.name, locked.version),
-                        Outcome::Failed,
-                        Some("version is not in the verified registry record".into()),
-                    );
-                    vec![]
+            };
+            if chosen.is_empty() && matches!(want.pick, Pick::All(_) | Pick::Highest(_)) {
+                match &want.requested {
+                    // What the operator asked for by name matched nothing: a failure, not a skip.
+                    Some(spec) => {
+                        let newest = releases.last().map(|(v, _)| format!("; newest release: {v}")).unwrap_or_default();
+                        let filters = match (request.include_prereleases, request.include_retired) {
+                            (false, false) => " (pre-releases and retired releases need --pre and --retired)",
+                            (false, true) => " (pre-releases need --pre)",
+                            (true, false) => " (retired releases need --retired)",
+                            (true, true) => "",
+                        };
+                        planner.item(
+                            spec.clone(),
+                            Outcome::Failed,
+                            Some(format!("no release matches{filters}{newest}")),
+                        );
+                    }
+                    None => planner.item(want.name.clone(), Outcome::Skipped, Some("no release matches".into())),
                 }
-            },
-        };
-        if chosen.is_empty() && matches!(want.pick, Pick::All(_) | Pick::Highest(_)) {
-            match &want.requested {
-                // What the operator asked for by name matched nothing: a failure, not a skip.
-                Some(spec) => {
-                    let newest = releases.last().map(|(v, _)| format!("; newest release: {v}")).unwrap_or_default();
-                    let filters = match (request.include_prereleases, request.include_retired) {
-                        (false, false) => " (pre-releases and retired releases need --pre and --retired)",
-                        (false, true) => " (pre-releases need --pre)",
-                        (true, false) => " (retired releases need --retired)",
-                        (true, true) => "",
+            }
+            for release in chosen {
+                let id = (want.repo.clone(), want.name.clone(), release.version.clone());
+                if !visited.insert(id.clone()) {
+                    continue;
+                }
+                planner.tarballs.insert(id);
+                if !request.dependencies || matches!(want.pick, Pick::Locked(_)) {
+                    // A lockfile already lists the whole closure.
+                    continue;
+                }
+                for dep in release.dependencies.iter() {
+                    if dep.optional && !request.include_optional {
+                        continue;
+                    }
+                    let Ok(requirement) = Requirement::parse(&dep.requirement) else {
+                        planner.item(
+                            dep.package.clone(),
+                            Outcome::Failed,
+                            Some(format!("bad requirement {:?}", dep.requirement)),
+                        );
+                        continue;
                     };
-                    planner.item(spec.clone(), Outcome::Failed, Some(format!("no release matches{filters}{newest}")));
+                    let repo = dependency_repo(&want.repo, dep.repository.as_deref());
+                    queue.push_back(Want {
+                        repo,
+                        name: dep.package.clone(),
+                        pick: Pick::Highest(requirement),
+                        requested: None,
+                    });
                 }
-                None => planner.item(want.name.clone(), Outcome::Skipped, Some("no release matches".into())),
-            }
-        }
-        for release in chosen {
-            let id = (want.repo.clone(), want.name.clone(), release.version.clone());
-            if !visited.insert(id.clone()) {
-                continue;
-            }
-            planner.tarballs.insert(id);
-            if !request.dependencies || matches!(want.pick, Pick::Locked(_)) {
-                // A lockfile already lists the whole closure.
-                continue;
-            }
-            for dep in release.dependencies.iter() {
-                if dep.optional && !request.include_optional {
-                    continue;
-                }
-                let Ok(requirement) = Requirement::parse(&dep.requirement) else {
-                    planner.item(
-                        dep.package.clone(),
-                        Outcome::Failed,
-                        Some(format!("bad requirement {:?}", dep.requirement)),
-                    );
-                    continue;
-                };
-                let repo = dependency_repo(&want.repo, dep.repository.as_deref());
-                queue.push_back(Want {
-                    repo,
-                    name: dep.package.clone(),
-                    pick: Pick::Highest(requirement),
-                    requested: None,
-                });
             }
         }
     }
 
     let tarballs: Vec<_> = std::mem::take(&mut planner.tarballs).into_iter().collect();
     (planner.events)(Event::Planned { releases: tarballs.len(), packages: planner.records.len() });
-    let concurrency = request.concurrency.clamp(1, 64);
-    let results: Vec<_> = stream::iter(tarballs.into_iter().map(|(repo, name, version)| async move {
-        let target = mirror.target(repo.as_deref());
-        let resource = Resource::Tarball { name: name.clone(), version: version.clone() };
-        let result = fetch_with_retries(mirror, &target, &resource).await;
-        (repo, resource, target, result)
+    // Each result is reported as it lands, and dropped: nothing is gathered.
+    let planned: Vec<_> = tarballs
+        .into_iter()
+        .map(|(repo, name, version)| {
+            let checksum = planner
+                .records
+                .get(&(repo.clone(), name.clone()))
+                .and_then(|r| r.as_ref()?.release(&version)?.outer_checksum);
+            (repo, Resource::Tarball { name, version }, checksum)
+        })
+        .collect();
+    let pace = planner.pace;
+    let mut landing = stream::iter(planned.into_iter().map(|(repo, resource, checksum)| async move {
+        if already_synced(mirror, &repo, &resource, checksum).await {
+            return (repo, resource, None);
+        }
+        let result = fetch_one(mirror, &repo, &resource, pace).await;
+        (repo, resource, Some(result))
     }))
-    .buffer_unordered(concurrency)
-    .collect()
-    .await;
-    for (repo, resource, target, result) in results {
-        let label =
-            format!("{}{}", repo.as_ref().map(|r| format!("/repos/{r}/")).unwrap_or("/".into()), resource.path());
+    .buffer_unordered(concurrency);
+    while let Some((repo, resource, result)) = landing.next().await {
         match result {
-            Ok(reply) => {
-                planner.selected.insert(mirror.key_for(&target, &resource, reply.private).to_string());
-                let outcome = if reply.status == CacheStatus::Miss { Outcome::Fetched } else { Outcome::Present };
-                planner.item(label, outcome, None);
+            Some(result) => {
+                planner.note(&repo, &resource, result);
             }
-            Err(e) => planner.item(label, Outcome::Failed, Some(e.to_string())),
+            None => {
+                let target = mirror.target(repo.as_deref());
+                // Present and pinned with the bytes the record names: selected as it is.
+                for private in [false, true] {
+                    let key = mirror.key_for(&target, &resource, private);
+                    if matches!(mirror.store().head(&key).await, Ok(Some(_))) {
+                        planner.selected.insert(key.to_string());
+                        break;
+                    }
+                }
+                planner.item(label_of(&repo, &resource), Outcome::Present, None);
+            }
         }
     }
 
