@@ -26,10 +26,8 @@ async fn package_records_are_fetched_at_once_while_planning() {
     // The most package records the upstream had in flight at once before the plan was made.
     let mut most = 0;
     while !events.lock().unwrap().iter().any(|e| matches!(e, Event::Planned { .. })) {
-        let state = upstream.state.lock().unwrap();
-        let records = state.in_flight;
-        most = most.max(records);
-        drop(state);
+        let in_flight = upstream.state.lock().unwrap().in_flight;
+        most = most.max(in_flight);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!sync.is_finished() || events.lock().unwrap().iter().any(|e| matches!(e, Event::Planned { .. })));
     }
