@@ -317,6 +317,10 @@ impl AdminService {
         match (req.method().clone(), path.as_str()) {
             (Method::GET, "/_admin/ping") => text(StatusCode::OK, "ok"),
             (Method::GET, "/_admin/refusals") => json(StatusCode::OK, &mirror.refusals()),
+            (Method::GET, "/_admin/missing") => match mirror.missing().await {
+                Ok(missing) => json(StatusCode::OK, &missing),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            },
             (Method::GET, "/_admin/cache") => {
                 let filter = query(&req, "filter").unwrap_or_default();
                 let package = query(&req, "package");

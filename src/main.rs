@@ -39,9 +39,14 @@ enum Command {
     },
     /// Fill the store from the upstream: packages, lockfiles or everything, with dependencies.
     Sync {
-        /// A package, optionally with a requirement: `phoenix`, `"ecto ~> 3.10"`.
+        /// A package, optionally with a requirement: `phoenix`, `"ecto ~> 3.10"`; `REPO/NAME`
+        /// for another repository or a hex.pm organization.
         #[arg(long = "package", value_name = "SPEC")]
         packages: Vec<String>,
+        /// A file of package specs, one `[REPO/]NAME [REQUIREMENT]` a line (`#` comments):
+        /// what `hexmirror missing --format requirements` writes at an offline site.
+        #[arg(long = "requirements", value_name = "FILE")]
+        requirements: Vec<PathBuf>,
         /// A mix.lock or rebar.lock: exactly its versions, its checksums checked too.
         #[arg(long = "lockfile", value_name = "PATH")]
         lockfiles: Vec<PathBuf>,
@@ -114,6 +119,16 @@ enum Command {
     },
     /// The last upstream answers refused by verification.
     Refusals,
+    /// What clients asked this offline mirror for and it did not have (kept in the store).
+    Missing {
+        /// `text` (a table), `requirements` (lines `sync --requirements FILE` takes outside, so
+        /// the next bundle carries what the site lacked) or `json`.
+        #[arg(long, value_enum, default_value_t = MissingFormat::Text)]
+        format: MissingFormat,
+        /// Write to FILE instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Validate the configuration and print it with every effective value, secrets redacted
     /// (exit 0), or print every mistake (exit 64).
     CheckConfig,
@@ -252,7 +267,8 @@ fn main() -> ExitCode {
                 serve(config).await
             }
             Command::Sync {
-                packages,
+                mut packages,
+                requirements,
                 lockfiles,
                 all,
                 repo,
@@ -264,6 +280,16 @@ fn main() -> ExitCode {
                 concurrency,
                 rate,
             } => {
+                for path in requirements {
+                    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                    let before = packages.len();
+                    packages.extend(
+                        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
+                    );
+                    if packages.len() == before {
+                        return Err(format!("{}: no package specs in it", path.display()).into());
+                    }
+                }
                 let mut request = SyncRequest {
                     repo,
                     packages,
@@ -293,6 +319,7 @@ fn main() -> ExitCode {
             Command::Inspect { file, packages } => inspect(config, file, packages).await,
             Command::Cache { action } => cache(config, action).await,
             Command::Refusals => refusals(config).await,
+            Command::Missing { format, out } => missing(config, format, out).await,
             Command::CheckConfig => unreachable!("answered before the configuration is loaded"),
         }
     });
@@ -676,6 +703,66 @@ async fn refusals(config: Config) -> Result<ExitCode, Failure> {
             println!("{} refusals since the server started", refusals.len());
         }
         Store::Local(_) => println!("no running server: refusals are kept in the server's memory only"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum MissingFormat {
+    Text,
+    Requirements,
+    Json,
+}
+
+async fn missing(config: Config, format: MissingFormat, out: Option<PathBuf>) -> Result<ExitCode, Failure> {
+    let missing: Vec<hexmirror::mirror::missing::Missing> = match open(config).await? {
+        Store::Remote(admin) => {
+            serde_json::from_slice(&admin.call_bytes(Method::GET, "/_admin/missing", Bytes::new()).await?)
+                .map_err(|e| e.to_string())?
+        }
+        Store::Local(mirror) => mirror.missing().await.map_err(|e| e.to_string())?,
+    };
+    let text = match format {
+        MissingFormat::Json => serde_json::to_string_pretty(&missing).map_err(|e| e.to_string())? + "\n",
+        MissingFormat::Requirements => {
+            let mut lines: Vec<String> = missing.iter().map(|m| m.requirement_line()).collect();
+            lines.sort();
+            lines.dedup();
+            lines.iter().map(|l| format!("{l}\n")).collect()
+        }
+        MissingFormat::Text => {
+            let mut text = format!(
+                "{:<24} {:<32} {:<14} {:>7}  {:<24} {:<24}\n",
+                "REPOSITORY", "PACKAGE", "VERSION", "ASKED", "FIRST", "LAST"
+            );
+            for m in &missing {
+                let repo = match m.repo.split_once('~') {
+                    Some((_, org)) => format!("{org} (hex.pm organization)"),
+                    None => m.repo.clone(),
+                };
+                let time = |ms: u64| {
+                    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+                        .to_string()
+                };
+                text.push_str(&format!(
+                    "{:<24} {:<32} {:<14} {:>7}  {:<24} {:<24}\n",
+                    repo,
+                    m.package,
+                    m.version.as_deref().unwrap_or("(record)"),
+                    m.count,
+                    time(m.first),
+                    time(m.last)
+                ));
+            }
+            text
+        }
+    };
+    match out {
+        Some(path) => std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?,
+        None => print!("{text}"),
+    }
+    if format == MissingFormat::Text {
+        eprintln!("{} things asked for and missing", missing.len());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -248,6 +248,7 @@ pub struct Metrics {
     pub store_write_errors: IntCounter,
     pub store_degraded: IntGauge,
     pub shared_waits: IntCounter,
+    pub offline_missing: IntCounterVec,
     pub sync_last_success: Gauge,
     pub sync_items: IntGaugeVec,
     pub build_info: IntGaugeVec,
@@ -415,6 +416,12 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let offline_missing = counter_vec(
+            &registry,
+            "hexmirror_offline_missing_total",
+            "Requests an offline mirror answered 404 because its store lacks the package record or the release (see `hexmirror missing`).",
+            &["repo"],
+        );
         let sync_last_success = register(
             &registry,
             Gauge::new(
@@ -458,6 +465,7 @@ impl Metrics {
             store_write_errors,
             store_degraded,
             shared_waits,
+            offline_missing,
             sync_last_success,
             sync_items,
             build_info,
@@ -496,6 +504,7 @@ impl Metrics {
         }
         for repo in repos {
             self.upstream_duration.with_label_values(&[repo]);
+            self.offline_missing.with_label_values(&[repo]);
             for reason in STALE_REASONS {
                 self.stale_served.with_label_values(&[repo, reason]);
             }

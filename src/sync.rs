@@ -35,7 +35,8 @@ use crate::verify::{Facts, Release, Releases};
 pub struct SyncRequest {
     /// `/repos/NAME` repository or organization; `None` is the root (hexpm).
     pub repo: Option<String>,
-    /// `name` or `name requirement` (`"ecto ~> 3.10"`, `and`/`or` allowed).
+    /// `name` or `name requirement` (`"ecto ~> 3.10"`, `and`/`or` allowed), each optionally
+    /// `REPO/` first for another repository or a hex.pm organization (`"acme/secret ~> 1.0"`).
     pub packages: Vec<String>,
     /// Lockfiles as (file name, content): mix.lock or rebar.lock.
     pub lockfiles: Vec<(String, String)>,
@@ -342,18 +343,17 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
     };
     let mut queue: VecDeque<Want> = VecDeque::new();
     for text in &request.packages {
-        let spec = text;
+        // `REPO/NAME [REQUIREMENT]` names the repository (or hex.pm organization) itself.
+        let (repo, spec) = match text.split_once('/') {
+            Some((repo, rest)) if !repo.contains(char::is_whitespace) => (Some(repo.to_string()), rest),
+            _ => (request.repo.clone(), text.as_str()),
+        };
         match PackageSpec::parse(spec) {
             Ok(spec) => {
                 let requested = Some(text.clone());
-                queue.push_back(Want {
-                    repo: request.repo.clone(),
-                    name: spec.name,
-                    pick: Pick::All(spec.requirement),
-                    requested,
-                })
+                queue.push_back(Want { repo, name: spec.name, pick: Pick::All(spec.requirement), requested })
             }
-            Err(e) => planner.item(spec.clone(), Outcome::Failed, Some(format!("bad package spec: {e}"))),
+            Err(e) => planner.item(text.clone(), Outcome::Failed, Some(format!("bad package spec: {e}"))),
         }
     }
     for (file, text) in &request.lockfiles {

@@ -446,6 +446,34 @@ impl Local {
     }
 }
 
+impl Local {
+    /// `docs/NAME`, or `None` when it was never written.
+    fn read_doc(&self, name: &str) -> Result<Option<Bytes>, StoreError> {
+        blocking_work();
+        match fs::read(self.root.join("docs").join(name)) {
+            Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Replaces `docs/NAME` crash-safely (temp file, fsync, rename).
+    fn write_doc(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        blocking_work();
+        self.refuse_writes()?;
+        let dir = self.root.join("docs");
+        fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".{name}.tmp"));
+        {
+            let mut file = File::create(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+        }
+        fs::rename(tmp, dir.join(name))?;
+        Ok(())
+    }
+}
+
 impl DiskStore {
     /// Opens (creating when needed) the store under `root` and sweeps what a crash left.
     pub async fn open(root: &Path) -> Result<(DiskStore, Sweep), StoreError> {
@@ -527,6 +555,16 @@ impl Store for DiskStore {
 
     fn select(&self, keys: Vec<String>) -> StoreFuture<'_, ()> {
         self.blocking(move |local| local.select(keys))
+    }
+
+    fn write_doc<'a>(&'a self, name: &'a str, bytes: Bytes) -> StoreFuture<'a, ()> {
+        let name = name.to_string();
+        self.blocking(move |local| local.write_doc(&name, &bytes))
+    }
+
+    fn read_docs<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Vec<Bytes>> {
+        let name = name.to_string();
+        self.blocking(move |local| Ok(local.read_doc(&name)?.into_iter().collect()))
     }
 }
 

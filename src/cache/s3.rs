@@ -805,4 +805,31 @@ impl Store for S3Store {
     fn describe(&self) -> String {
         self.inner.describe.clone()
     }
+
+    fn write_doc<'a>(&'a self, name: &'a str, bytes: Bytes) -> StoreFuture<'a, ()> {
+        async move {
+            // One copy per replica: replicas never overwrite each other's.
+            let path = self.path(&format!("docs/{name}/{}", self.inner.replica));
+            self.write("writing a document", &path, bytes, PutMode::Overwrite).await
+        }
+        .boxed()
+    }
+
+    fn read_docs<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Vec<Bytes>> {
+        async move {
+            let dir = self.path(&format!("docs/{name}"));
+            let listed: Vec<Path> = self
+                .call("listing documents", self.inner.bucket.list(Some(&dir)).map_ok(|o| o.location).try_collect())
+                .await?
+                .map_err(store_error)?;
+            let mut docs = Vec::new();
+            for path in listed {
+                if let Some(bytes) = self.read("reading a document", &path).await? {
+                    docs.push(bytes);
+                }
+            }
+            Ok(docs)
+        }
+        .boxed()
+    }
 }

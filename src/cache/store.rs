@@ -176,6 +176,18 @@ pub trait Store: Send + Sync + 'static {
         futures::future::ready(Ok(0)).boxed()
     }
 
+    /// Writes this process's copy of a small document the mirror keeps beside the entries
+    /// (the log of what an offline mirror was asked for and lacked), replacing it whole.
+    /// `name` is one of hexmirror's own, never a client's.
+    fn write_doc<'a>(&'a self, _name: &'a str, _bytes: Bytes) -> StoreFuture<'a, ()> {
+        futures::future::ready(Ok(())).boxed()
+    }
+
+    /// Every copy of document `name`: this process's, and in a shared store every replica's.
+    fn read_docs<'a>(&'a self, _name: &'a str) -> StoreFuture<'a, Vec<Bytes>> {
+        futures::future::ready(Ok(Vec::new())).boxed()
+    }
+
     /// Where the store is, for messages.
     fn describe(&self) -> String {
         "the local store".into()

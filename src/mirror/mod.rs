@@ -41,6 +41,7 @@ mod access;
 mod evict;
 mod flights;
 mod freshness;
+pub mod missing;
 mod path;
 mod store;
 mod writes;
@@ -232,6 +233,8 @@ struct Inner {
     pinning: Arc<tokio::sync::Mutex<()>>,
     /// Tarball requests made while their package record is resolved (`path::early_tarball`).
     early: Mutex<HashMap<String, futures::future::WeakShared<BoxFutureEarly>>>,
+    /// What clients asked an offline mirror for that it lacked (`missing.rs`).
+    missing: missing::MissingLog,
 }
 
 type BoxFutureEarly = futures::future::BoxFuture<
@@ -284,6 +287,7 @@ impl Mirror {
             tracing::info!(store = %store.describe(), coordination = ?store.coordination(), "store: shared");
             let mirror = Self::with_store(config, metrics, Arc::new(store))?;
             mirror.watch_purges();
+            mirror.keep_missing_log().await;
             return Ok(mirror);
         }
         let mirror = match DiskStore::open(&config.data_dir).await {
@@ -320,6 +324,7 @@ impl Mirror {
         if let Some(eviction) = &mirror.inner.eviction {
             eviction.start();
         }
+        mirror.keep_missing_log().await;
         Ok(mirror)
     }
 
@@ -381,6 +386,7 @@ impl Mirror {
                 eviction,
                 pinning,
                 early: Mutex::default(),
+                missing: missing::MissingLog::default(),
             }),
         };
         mirror.update_gauges();
@@ -406,6 +412,54 @@ impl Mirror {
         if let Some(eviction) = &self.inner.eviction {
             eviction.settled().await;
         }
+    }
+
+    /// An offline mirror's log of what clients asked for and it lacked: loaded (a store of
+    /// its own: what earlier runs saved; each replica of a shared store keeps its own copy),
+    /// then saved every [`missing::SAVE_EVERY`] while it changes.
+    async fn keep_missing_log(&self) {
+        if !self.inner.config.offline {
+            return;
+        }
+        if !self.inner.store.shared() {
+            match self.inner.store.read_docs(missing::DOC).await {
+                Ok(copies) => {
+                    for copy in copies {
+                        match serde_json::from_slice(&copy) {
+                            Ok(saved) => self.inner.missing.merge(saved),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "store: the log of missing requests is damaged; starting a new one")
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "store: cannot read the log of missing requests"),
+            }
+        }
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(missing::SAVE_EVERY).await;
+                let Some(inner) = weak.upgrade() else { return };
+                Mirror { inner }.save_missing().await;
+            }
+        });
+    }
+
+    /// Writes the log of missing requests to the store if it changed.
+    pub async fn save_missing(&self) {
+        if let Some(bytes) = self.inner.missing.take_changes() {
+            if let Err(e) = self.inner.store.write_doc(missing::DOC, bytes.into()).await {
+                tracing::warn!(error = %e, "store: cannot save the log of missing requests");
+            }
+        }
+    }
+
+    /// What clients asked this offline mirror (and, in a shared store, every replica) for and
+    /// it lacked, as saved in the store; the most asked for first.
+    pub async fn missing(&self) -> Result<Vec<missing::Missing>, StoreError> {
+        self.save_missing().await;
+        Ok(missing::merged(&self.inner.store.read_docs(missing::DOC).await?))
     }
 
     /// The cache key a reply for `resource` was stored under.

@@ -19,8 +19,29 @@ use crate::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
 use crate::verify::{self, Facts, RegistryFile, ReleaseChecksum, VerifyError};
 
 impl Mirror {
-    /// Answers a repository request. See the module docs for the steps.
+    /// Answers a repository request. See the module docs for the steps. What an offline
+    /// mirror lacks is noted (`missing.rs`).
     pub async fn get(
+        &self,
+        target: &Target,
+        resource: &Resource,
+        client: &ClientCredentials,
+    ) -> Result<Reply, MirrorError> {
+        let answer = self.answer(target, resource, client).await;
+        if let (true, Err(MirrorError::NotFound(_))) = (self.inner.config.offline, &answer) {
+            let (package, version) = match resource {
+                Resource::Tarball { name, version } => (name, Some(version.as_str())),
+                Resource::Package(name) => (name, None),
+                _ => return answer,
+            };
+            let now = crate::cache::unix_now_millis();
+            self.inner.missing.note(&target.namespace, package, version, now);
+            self.inner.metrics.offline_missing.with_label_values(&[target.label()]).inc();
+        }
+        answer
+    }
+
+    async fn answer(
         &self,
         target: &Target,
         resource: &Resource,
