@@ -702,7 +702,13 @@ async fn refusals(config: Config) -> Result<ExitCode, Failure> {
             }
             println!("{} refusals since the server started", refusals.len());
         }
-        Store::Local(_) => println!("no running server: refusals are kept in the server's memory only"),
+        Store::Local(mirror) => {
+            let refusals = mirror.saved_refusals().await.map_err(|e| e.to_string())?;
+            for r in &refusals {
+                println!("{} {} {} from {}: {}", r.time, r.repo, r.resource, r.upstream, r.reason);
+            }
+            println!("{} refusals kept in the store (no running server)", refusals.len());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -80,6 +80,8 @@ pub struct UpstreamResponse {
     pub body: Bytes,
     /// Whether the request carried credentials (a response to one is private unless marked public).
     pub sent_credentials: bool,
+    /// The URL that answered (after same-origin redirects), without any userinfo.
+    pub url: String,
 }
 
 /// A base URL as a string without a trailing slash (`Uri` prints `/` for an empty path).
@@ -450,11 +452,20 @@ impl Upstream {
                 }
             }
             let body = self.read_body(body, req.max_bytes).await?;
+            // Userinfo never belongs in a log line or a refusal.
+            let authority = uri.authority().map_or("", |a| a.as_str());
+            let url = format!(
+                "{}://{}{}",
+                uri.scheme_str().unwrap_or("https"),
+                authority.rsplit('@').next().unwrap_or_default(),
+                uri.path_and_query().map_or("", |p| p.as_str())
+            );
             return Ok(UpstreamResponse {
                 status: parts.status,
                 headers: parts.headers,
                 body,
                 sent_credentials: authorization.is_some(),
+                url,
             });
         }
         Err(UpstreamError::TooManyRedirects)

@@ -93,6 +93,40 @@ async fn tampered_registry_file_is_refused_and_never_cached() {
 }
 
 #[tokio::test]
+async fn refusals_name_the_url_and_time_and_are_kept_across_restarts() {
+    let (upstream, mirror) = setup().await;
+    upstream.set_file("/packages/hexdemo_mid", tamper_signed(&demo_file("hexpm", "packages/hexdemo_mid")));
+    assert_eq!(mirror.get("/packages/hexdemo_mid").await.status, 502);
+    let refusal = mirror.mirror.refusals().remove(0);
+    assert_eq!(refusal.upstream, format!("{}/packages/hexdemo_mid", upstream.url()));
+    // RFC 3339 with milliseconds, in UTC.
+    let time = humantime::parse_rfc3339(&refusal.time).unwrap();
+    assert!(refusal.time.ends_with('Z') && refusal.time.contains('.'), "{}", refusal.time);
+    assert!(time.elapsed().unwrap() < std::time::Duration::from_secs(60));
+    let site = mirror.site().clone();
+    // Saved in the background: wait for it, then read it without a server, and after a restart.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let saved = mirror.mirror.saved_refusals().await.unwrap();
+        if saved.len() == 1 {
+            assert_eq!(saved[0].upstream, refusal.upstream);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the refusal was not saved");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    mirror.stop().await;
+    let out = run_hexmirror(&site.write_config(), &["refusals"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("/packages/hexdemo_mid") && text.contains(&refusal.time), "{text}");
+    let again = site.start().await;
+    let kept = again.mirror.refusals();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].reason, refusal.reason);
+    again.stop().await;
+}
+
+#[tokio::test]
 async fn wrong_origin_and_another_packages_record_are_refused() {
     let (upstream, mirror) = setup().await;
     // Validly signed, but for the organization `acme`.

@@ -159,7 +159,13 @@ mod tests {
             if let Some(cc) = cc {
                 headers.insert("cache-control", HeaderValue::from_str(cc).unwrap());
             }
-            UpstreamResponse { status: StatusCode::OK, headers, body: Bytes::new(), sent_credentials: sent }
+            UpstreamResponse {
+                status: StatusCode::OK,
+                headers,
+                body: Bytes::new(),
+                sent_credentials: sent,
+                url: String::new(),
+            }
         };
         assert!(is_private(&response(Some("private, max-age=3600"), false), false));
         assert!(!is_private(&response(Some("public, max-age=3600"), true), true));

@@ -199,17 +199,22 @@ impl OpenError {
     }
 }
 
-/// A refused upstream answer, kept for the admin view.
+/// A refused upstream answer, kept for the admin view and in the store (`refusals.json`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Refusal {
-    pub time: u64,
+    /// RFC 3339, in milliseconds.
+    pub time: String,
     pub repo: String,
     pub resource: String,
+    /// The URL that answered with what was refused.
     pub upstream: String,
     pub reason: String,
 }
 
 const REFUSALS_KEPT: usize = 100;
+
+/// The store document that keeps the refusals across restarts.
+const REFUSALS_DOC: &str = "refusals.json";
 
 struct Inner {
     config: Arc<Config>,
@@ -325,6 +330,7 @@ impl Mirror {
             eviction.start();
         }
         mirror.keep_missing_log().await;
+        mirror.load_refusals().await;
         Ok(mirror)
     }
 

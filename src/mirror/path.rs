@@ -675,7 +675,7 @@ impl Mirror {
                     match self.verify_content(target, resource, &check, response.body.clone(), &validators).await {
                         Ok(content) => content,
                         Err(MirrorError::Refused(e)) => {
-                            self.record_refusal(target, resource, &e);
+                            self.record_refusal(target, resource, &e, &response.url);
                             return match cached {
                                 Some(_) => stale(MirrorError::Refused(e)),
                                 None => Err(MirrorError::Refused(e)),

@@ -299,9 +299,39 @@ impl Mirror {
         }
     }
 
-    /// The most recent refusals, newest first.
+    /// The most recent refusals of this process, newest first.
     pub fn refusals(&self) -> Vec<Refusal> {
         self.inner.refusals.lock().expect("never poisoned").iter().rev().cloned().collect()
+    }
+
+    /// The most recent refusals as the store keeps them (of every replica of a shared store),
+    /// newest first: what `hexmirror refusals` shows, with or without a running server.
+    pub async fn saved_refusals(&self) -> Result<Vec<Refusal>, StoreError> {
+        let mut all: Vec<Refusal> = Vec::new();
+        for copy in self.inner.store.read_docs(super::REFUSALS_DOC).await? {
+            if let Ok(saved) = serde_json::from_slice::<Vec<Refusal>>(&copy) {
+                all.extend(saved);
+            }
+        }
+        // RFC 3339 times in UTC with the same precision order as text.
+        all.sort_by(|a, b| b.time.cmp(&a.time));
+        all.truncate(REFUSALS_KEPT);
+        Ok(all)
+    }
+
+    /// Loads the refusals an earlier run of a store of its own saved.
+    pub(super) async fn load_refusals(&self) {
+        if self.inner.store.shared() {
+            return;
+        }
+        let Ok(saved) = self.saved_refusals().await else { return };
+        let mut refusals = self.inner.refusals.lock().expect("never poisoned");
+        for refusal in saved.into_iter().rev() {
+            if refusals.len() == REFUSALS_KEPT {
+                refusals.pop_front();
+            }
+            refusals.push_back(refusal);
+        }
     }
 
     /// Counts a refusal in `hexmirror_verification_failures_total`.
@@ -313,20 +343,31 @@ impl Mirror {
             .inc();
     }
 
-    pub(super) fn record_refusal(&self, target: &Target, resource: &Resource, error: &VerifyError) {
+    /// Counts and keeps a refusal of what `url` answered; the store's copy is replaced in the
+    /// background (the refused bytes are never kept).
+    pub(super) fn record_refusal(&self, target: &Target, resource: &Resource, error: &VerifyError, url: &str) {
         self.count_refusal(target, resource, error.reason());
         let refusal = Refusal {
-            time: unix_now(),
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             repo: target.namespace.clone(),
             resource: resource.path(),
-            upstream: target.repo.upstreams.iter().map(crate::upstream::upstream_label).collect::<Vec<_>>().join(","),
+            upstream: url.to_string(),
             reason: error.to_string(),
         };
-        let mut refusals = self.inner.refusals.lock().expect("never poisoned");
-        if refusals.len() == REFUSALS_KEPT {
-            refusals.pop_front();
-        }
-        refusals.push_back(refusal);
+        let saved = {
+            let mut refusals = self.inner.refusals.lock().expect("never poisoned");
+            if refusals.len() == REFUSALS_KEPT {
+                refusals.pop_front();
+            }
+            refusals.push_back(refusal);
+            serde_json::to_vec(&*refusals).expect("refusals serialize")
+        };
+        let store = self.inner.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.write_doc(super::REFUSALS_DOC, saved.into()).await {
+                tracing::warn!(error = %e, "store: cannot save the refusals");
+            }
+        });
     }
 }
 
