@@ -5,6 +5,13 @@
 //! through the admin endpoint of a running server when one answers (see `admin`), otherwise by
 //! opening the store itself. A command that finds a `DATA_DIR/admin.json` another user could
 //! have written refuses it, with one line saying why and exit status 77, and contacts nothing.
+//!
+//! Every command first says on stderr which configuration file and data directory it uses. A
+//! data directory that can be neither opened nor created ends `serve` and the commands with
+//! exit status 73. `serve`, `sync` and `import` create the store they fill; the others never
+//! create one: a data directory named by `--config`, `--data-dir` or `HEXMIRROR_DATA_DIR` that
+//! holds no store is an empty store, and when nothing names one they refuse to fall back on an
+//! absent `./data`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +32,10 @@ struct Cli {
     /// override it.
     #[arg(long, global = true, value_name = "PATH", env = "HEXMIRROR_CONFIG")]
     config: Option<PathBuf>,
+    /// The data directory (the store), over `data_dir` of the configuration file and
+    /// HEXMIRROR_DATA_DIR.
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -135,6 +146,9 @@ enum CacheAction {
 }
 
 const EXIT_CONFIG: u8 = 64;
+/// EX_CANTCREAT: the data directory can be neither opened nor created (not a directory, no
+/// permission).
+const EXIT_CANTCREAT: u8 = 73;
 /// EX_NOPERM: `admin.json`, or its directory, could have been written by another user.
 const EXIT_REFUSED: u8 = 77;
 
@@ -145,6 +159,8 @@ enum Failure {
     /// The configuration names something that cannot be used (a bucket that does not exist,
     /// credentials the store refuses): exit status 64, like any configuration mistake.
     Config(String),
+    /// The data directory can be neither opened nor created: exit status 73.
+    CantCreate(String),
     Other(String),
 }
 
@@ -152,7 +168,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Refused(refused) => refused.fmt(f),
-            Failure::Config(message) | Failure::Other(message) => f.write_str(message),
+            Failure::Config(message) | Failure::CantCreate(message) | Failure::Other(message) => f.write_str(message),
         }
     }
 }
@@ -180,6 +196,7 @@ impl From<hexmirror::StartError> for Failure {
     fn from(e: hexmirror::StartError) -> Failure {
         match &e {
             hexmirror::StartError::Open(open) if open.is_configuration() => Failure::Config(e.to_string()),
+            hexmirror::StartError::Open(open) if open.is_unusable_data_dir() => Failure::CantCreate(e.to_string()),
             _ => Failure::Other(e.to_string()),
         }
     }
@@ -199,6 +216,14 @@ impl From<&str> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Whether anything names the data directory; when nothing does, the commands that only
+    // read or maintain a store do not fall back on an absent `./data`.
+    let named = cli.config.is_some() || cli.data_dir.is_some() || std::env::var_os("HEXMIRROR_DATA_DIR").is_some();
+    if let Some(dir) = &cli.data_dir {
+        // The top layer of the configuration, for `load` and `check-config` alike; set before
+        // any thread starts.
+        std::env::set_var("HEXMIRROR_DATA_DIR", dir);
+    }
     if let Command::CheckConfig = cli.command {
         return match hexmirror::config::effective(cli.config.as_deref()) {
             Ok(text) => {
@@ -223,6 +248,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    eprintln!("hexmirror: {}", where_it_works(cli.config.as_deref(), &config));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -281,12 +307,14 @@ fn main() -> ExitCode {
                 }
                 sync(config, request).await
             }
-            Command::Verify { repair, prune } => verify(config, hexmirror::audit::Options { repair, prune }).await,
-            Command::Export { out, base, filter, selected } => export(config, out, base, filter, selected).await,
+            Command::Verify { repair, prune } => {
+                verify(config, named, hexmirror::audit::Options { repair, prune }).await
+            }
+            Command::Export { out, base, filter, selected } => export(config, named, out, base, filter, selected).await,
             Command::Import { file } => import(config, file).await,
-            Command::Inspect { file, packages } => inspect(config, file, packages).await,
-            Command::Cache { action } => cache(config, action).await,
-            Command::Refusals => refusals(config).await,
+            Command::Inspect { file, packages } => inspect(config, named, file, packages).await,
+            Command::Cache { action } => cache(config, named, action).await,
+            Command::Refusals => refusals(config, named).await,
             Command::CheckConfig => unreachable!("answered before the configuration is loaded"),
         }
     });
@@ -297,6 +325,7 @@ fn main() -> ExitCode {
             match e {
                 Failure::Refused(_) => ExitCode::from(EXIT_REFUSED),
                 Failure::Config(_) => ExitCode::from(EXIT_CONFIG),
+                Failure::CantCreate(_) => ExitCode::from(EXIT_CANTCREAT),
                 Failure::Other(_) => ExitCode::FAILURE,
             }
         }
@@ -327,20 +356,61 @@ enum Store {
     Local(Mirror),
 }
 
-async fn open(config: Config) -> Result<Store, Failure> {
+/// What a command needs of the store it opens.
+#[derive(Debug, Clone, Copy)]
+enum Need {
+    /// `sync`, `import`: they fill a store, so they create one where there is none.
+    Create,
+    /// `verify`, `cache`, `export`, `inspect`, `refusals`: a store that exists; they create
+    /// nothing. A data directory that something named (`named`) but that holds no store is an
+    /// empty store; when nothing names one, an absent `./data` is refused.
+    Existing { named: bool },
+}
+
+/// The line every command starts with on stderr: the configuration file and the data
+/// directory (as absolute paths) it works with.
+fn where_it_works(file: Option<&std::path::Path>, config: &Config) -> String {
+    let absolute = |path: &std::path::Path| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let file = match file {
+        Some(path) => format!("config {}", absolute(path).display()),
+        None => "config (none: defaults and HEXMIRROR_* variables)".to_string(),
+    };
+    let mut line = format!("{file}; data directory {}", absolute(&config.data_dir).display());
+    if let hexmirror::config::StoreConfig::S3(s3) = &config.store {
+        line.push_str(&format!("; store: S3 bucket {}", s3.bucket));
+        if !s3.prefix.is_empty() {
+            line.push_str(&format!(", prefix {}", s3.prefix));
+        }
+    }
+    line
+}
+
+async fn open(config: Config, need: Need) -> Result<Store, Failure> {
+    let data_dir = config.data_dir.display().to_string();
+    if config.store == hexmirror::config::StoreConfig::Local {
+        // Looked at before admin.json, which an unusable directory cannot hold anyway.
+        let holds = hexmirror::cache::disk::holds_store(&config.data_dir)
+            .map_err(|e| Failure::CantCreate(format!("cannot use {data_dir} as the data directory: {e}")))?;
+        if let (false, Need::Existing { named: false }) = (holds, need) {
+            return Err(Failure::Config(format!("no store at {data_dir}; pass --config or --data-dir")));
+        }
+    }
     if let Some(admin) = AdminClient::discover(&config.data_dir).await? {
         tracing::debug!(url = admin.url(), "using the running server's admin endpoint");
         return Ok(Store::Remote(Box::new(admin)));
     }
     let metrics = hexmirror::metrics_for(&config);
-    let data_dir = config.data_dir.display().to_string();
-    Mirror::open(config, metrics).await.map(Store::Local).map_err(|e| {
-        if e.is_configuration() {
-            return Failure::Config(e.to_string());
-        }
-        Failure::Other(format!(
+    let opened = match need {
+        Need::Create => Mirror::open(config, metrics).await,
+        Need::Existing { .. } => Mirror::open_existing(config, metrics).await,
+    };
+    opened.map(Store::Local).map_err(|e| match e {
+        e if e.is_configuration() => Failure::Config(e.to_string()),
+        e if e.is_unusable_data_dir() => Failure::CantCreate(e.to_string()),
+        hexmirror::mirror::OpenError::Locked { .. } => Failure::Other(format!(
             "{e}\n(no running hexmirror answered at the admin endpoint recorded in {data_dir}/admin.json)"
-        ))
+        )),
+        e => Failure::Other(e.to_string()),
     })
 }
 
@@ -424,7 +494,7 @@ async fn sync(config: Config, request: SyncRequest) -> Result<ExitCode, Failure>
             *s.lock().expect("never poisoned") = Some(summary);
         }
     };
-    match open(config).await? {
+    match open(config, Need::Create).await? {
         Store::Remote(admin) => admin.sync(&request, &on_event).await?,
         Store::Local(mirror) => {
             hexmirror::sync::run(&mirror, &request, &on_event).await;
@@ -441,8 +511,9 @@ async fn sync(config: Config, request: SyncRequest) -> Result<ExitCode, Failure>
     Ok(ok_or_failure(summary.ok()))
 }
 
-async fn verify(config: Config, options: hexmirror::audit::Options) -> Result<ExitCode, Failure> {
-    let report: AuditReport = match open(config).await? {
+async fn verify(config: Config, named: bool, options: hexmirror::audit::Options) -> Result<ExitCode, Failure> {
+    let data_dir = config.data_dir.clone();
+    let report: AuditReport = match open(config, Need::Existing { named }).await? {
         Store::Remote(admin) => {
             let path = hexmirror::admin::request_path(
                 "/_admin/verify",
@@ -457,6 +528,9 @@ async fn verify(config: Config, options: hexmirror::audit::Options) -> Result<Ex
         println!("verify: pruned {} entries not pinned, {} unreferenced objects", report.pruned, report.swept);
     }
     println!("verify: {} entries checked, {} intact", report.checked, report.intact);
+    if report.checked == 0 {
+        println!("  note: the store in {} holds no entries", data_dir.display());
+    }
     for (key, reason) in &report.damaged {
         println!("  damaged: {key}: {reason}");
     }
@@ -483,6 +557,7 @@ async fn verify(config: Config, options: hexmirror::audit::Options) -> Result<Ex
 
 async fn export(
     config: Config,
+    named: bool,
     out: PathBuf,
     base: Option<PathBuf>,
     filter: Option<String>,
@@ -497,7 +572,7 @@ async fn export(
         request.base = Some(manifest);
         request.base_digest = Some(digest);
     }
-    let bytes = match open(config).await? {
+    let bytes = match open(config, Need::Existing { named }).await? {
         Store::Remote(admin) => {
             let body = Bytes::from(serde_json::to_vec(&request).map_err(|e| e.to_string())?);
             admin.call_bytes(Method::POST, "/_admin/export", body).await?.to_vec()
@@ -523,7 +598,7 @@ async fn export(
 
 async fn import(config: Config, file: PathBuf) -> Result<ExitCode, Failure> {
     let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let report: ImportReport = match open(config).await? {
+    let report: ImportReport = match open(config, Need::Create).await? {
         Store::Remote(admin) => {
             serde_json::from_slice(&admin.call_bytes(Method::POST, "/_admin/import", Bytes::from(bytes)).await?)
                 .map_err(|e| e.to_string())?
@@ -537,7 +612,7 @@ async fn import(config: Config, file: PathBuf) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn inspect(config: Config, file: PathBuf, packages: bool) -> Result<ExitCode, Failure> {
+async fn inspect(config: Config, named: bool, file: PathBuf, packages: bool) -> Result<ExitCode, Failure> {
     let reader = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
     let (manifest, digest) =
         hexmirror::bundle::read_manifest(std::io::BufReader::new(reader), &hexmirror::transfer::limits())
@@ -560,7 +635,7 @@ async fn inspect(config: Config, file: PathBuf, packages: bool) -> Result<ExitCo
             );
         }
     }
-    let rows = match open(config).await {
+    let rows = match open(config, Need::Existing { named }).await {
         Ok(Store::Remote(admin)) => serde_json::from_slice::<Vec<CacheRow>>(
             &admin.call_bytes(Method::GET, "/_admin/cache", Bytes::new()).await?,
         )
@@ -587,8 +662,8 @@ async fn inspect(config: Config, file: PathBuf, packages: bool) -> Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-async fn cache(config: Config, action: CacheAction) -> Result<ExitCode, Failure> {
-    let store = open(config).await?;
+async fn cache(config: Config, named: bool, action: CacheAction) -> Result<ExitCode, Failure> {
+    let store = open(config, Need::Existing { named }).await?;
     let rows: Vec<CacheRow> = match (&action, &store) {
         (CacheAction::List { filter }, Store::Remote(admin)) => {
             let path = hexmirror::admin::request_path("/_admin/cache", &[("filter", filter.as_deref().unwrap_or(""))]);
@@ -658,8 +733,8 @@ async fn cache(config: Config, action: CacheAction) -> Result<ExitCode, Failure>
     Ok(ExitCode::SUCCESS)
 }
 
-async fn refusals(config: Config) -> Result<ExitCode, Failure> {
-    match open(config).await? {
+async fn refusals(config: Config, named: bool) -> Result<ExitCode, Failure> {
+    match open(config, Need::Existing { named }).await? {
         Store::Remote(admin) => {
             let bytes = admin.call_bytes(Method::GET, "/_admin/refusals", Bytes::new()).await?;
             let refusals: Vec<hexmirror::mirror::Refusal> =

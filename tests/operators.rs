@@ -1,9 +1,14 @@
 //! What an operator meets first: configuration mistakes reported all at once with a
-//! suggestion, `check-config`, `HEXMIRROR_CONFIG`, and Kubernetes service links ignored.
+//! suggestion, `check-config`, `HEXMIRROR_CONFIG`, and Kubernetes service links ignored; where
+//! the store is (a data directory that cannot be used stops start-up with exit status 73, the
+//! commands never create a store they only read, and every command says which config file and
+//! data directory it uses).
 
 mod common;
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -157,4 +162,244 @@ async fn verify_says_when_pinned_content_exceeds_the_disk_budget() {
         }
         drop(site);
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// Where is my store?
+// ------------------------------------------------------------------------------------------
+
+/// EX_CANTCREAT: the data directory can be neither opened nor created.
+const EXIT_CANTCREAT: i32 = 73;
+/// The exit status of a configuration mistake (and of a command that nothing points at a store).
+const EXIT_CONFIG: i32 = 64;
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Runs `cmd` to its end, or kills it after `limit` and fails: a server that should have
+/// refused to start must not be found serving.
+fn run_within(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("still running after {limit:?} (serving without its store?):\n{}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// `hexmirror serve` on `data_dir` with no configuration file, on a free loopback port.
+fn serve_on(data_dir: &Path) -> Command {
+    let mut cmd = hexmirror();
+    cmd.args(["serve", "--data-dir"]).arg(data_dir).env("HEXMIRROR_LISTEN", "127.0.0.1:0");
+    cmd
+}
+
+/// Checks a refused start-up: exit status 73 and one line, besides the line naming the config
+/// file and data directory, that names the data directory.
+fn assert_refused_start(out: &Output, data_dir: &Path, why: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(EXIT_CANTCREAT), "{}", text(out));
+    let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("hexmirror: cannot")).collect();
+    assert_eq!(reasons.len(), 1, "one line says why: {stderr}");
+    assert!(reasons[0].contains(&data_dir.display().to_string()), "names the path: {stderr}");
+    assert!(reasons[0].contains(why), "says why ({why}): {stderr}");
+}
+
+#[test]
+fn serve_on_a_data_dir_under_a_regular_file_fails_at_once_with_exit_73() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("FILE");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let data = file.join("data");
+    let started = Instant::now();
+    let out = run_within(serve_on(&data), Duration::from_secs(20));
+    assert_refused_start(&out, &data, "Not a directory");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+}
+
+#[test]
+fn serve_on_a_data_dir_it_may_not_create_fails_with_exit_73() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    let data = locked.join("data");
+    let mut cmd = serve_on(&data);
+    cmd.current_dir(dir.path());
+    if std::fs::metadata(dir.path()).unwrap().uid() == 0 {
+        // Permission bits do not stop root: the server runs as nobody in a directory of root's.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+        cmd.uid(65534).gid(65534);
+        if let Err(e) = Command::new(env!("CARGO_BIN_EXE_hexmirror")).arg("--version").uid(65534).gid(65534).output() {
+            assert!(std::env::var("CI").is_err(), "the test binary cannot run as nobody under CI: {e}");
+            eprintln!("SKIPPED (root, and nobody cannot run {}): {e}", env!("CARGO_BIN_EXE_hexmirror"));
+            return;
+        }
+    } else {
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    let out = run_within(cmd, Duration::from_secs(20));
+    assert_refused_start(&out, &data, "Permission denied");
+    assert!(!data.exists());
+}
+
+#[test]
+fn serve_with_no_configuration_at_all_creates_data_and_says_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = hexmirror()
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("HEXMIRROR_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("did not start: {}", text(&child.wait_with_output().unwrap()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(dir.path().join("data").join("index").is_dir(), "serve creates ./data");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let data = std::path::absolute(dir.path().join("data")).unwrap();
+    assert!(stderr.contains("hexmirror: config (none"), "{stderr}");
+    assert!(stderr.contains(&format!("data directory {}", data.display())), "{stderr}");
+}
+
+/// An empty bundle in `dir`.
+fn empty_bundle(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("empty.hxb");
+    hexmirror::bundle::write(&[], None, std::fs::File::create(&path).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn commands_with_nothing_naming_a_store_refuse_an_absent_data_dir_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("out.hxb");
+    let commands: &[&[&str]] = &[
+        &["verify"],
+        &["cache", "list"],
+        &["cache", "show", "phoenix"],
+        &["cache", "purge", "phoenix"],
+        &["refusals"],
+        &["export", "--out", out_file.to_str().unwrap()],
+    ];
+    for args in commands {
+        let out = hexmirror().args(*args).current_dir(dir.path()).output().unwrap();
+        assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains("no store at ./data; pass --config or --data-dir"), "{args:?}: {}", text(&out));
+        assert!(!text(&out).contains("verify: ok"), "{args:?}: {}", text(&out));
+        assert!(!dir.path().join("data").exists(), "{args:?} created ./data");
+        assert!(!out_file.exists());
+    }
+    // A bundle is looked at without a store: there is nothing to compare it with.
+    let bundle = empty_bundle(dir.path());
+    let out = hexmirror().arg("inspect").arg(&bundle).current_dir(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("no store to compare with"), "{}", text(&out));
+    assert!(!dir.path().join("data").exists(), "inspect created ./data");
+    // What fills a store creates it.
+    let out = hexmirror().arg("import").arg(&bundle).current_dir(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(dir.path().join("data").join("index").is_dir(), "import creates ./data");
+    let out = hexmirror().arg("verify").current_dir(dir.path()).output().unwrap();
+    assert!(out.status.success() && text(&out).contains("verify: ok"), "./data holds a store now: {}", text(&out));
+}
+
+#[test]
+fn a_named_data_dir_without_a_store_is_an_empty_store_and_stays_uncreated() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("nothing-here");
+    let config = dir.path().join("hexmirror.toml");
+    std::fs::write(&config, format!("data_dir = {:?}\n", data.to_str().unwrap())).unwrap();
+    for way in ["--data-dir", "HEXMIRROR_DATA_DIR", "--config"] {
+        let run = |args: &[&str]| {
+            let mut cmd = hexmirror();
+            cmd.current_dir(dir.path());
+            match way {
+                "--data-dir" => cmd.arg("--data-dir").arg(&data),
+                "--config" => cmd.arg("--config").arg(&config),
+                _ => cmd.env("HEXMIRROR_DATA_DIR", &data),
+            };
+            cmd.args(args).output().unwrap()
+        };
+        let out = run(&["verify"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{way}: {}", text(&out));
+        assert!(stdout.contains("verify: 0 entries checked"), "{way}: {stdout}");
+        assert!(stdout.contains("holds no entries"), "{way}: says so: {stdout}");
+        assert!(stdout.contains("verify: ok"), "{way}: {stdout}");
+        let out = run(&["cache", "list"]);
+        assert!(out.status.success(), "{way}: {}", text(&out));
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("hexpm"), "{way}: {}", text(&out));
+        let out = run(&["refusals"]);
+        assert!(out.status.success(), "{way}: {}", text(&out));
+        assert!(!data.exists(), "{way}: the named data directory was created");
+        assert!(!dir.path().join("data").exists(), "{way}: ./data was created");
+    }
+}
+
+#[test]
+fn commands_on_a_data_dir_that_cannot_be_a_directory_exit_73() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("FILE");
+    std::fs::write(&file, b"").unwrap();
+    let data = file.join("data");
+    let bundle = empty_bundle(dir.path());
+    for args in [&["verify"][..], &["cache", "list"], &["import", bundle.to_str().unwrap()]] {
+        let out = hexmirror().arg("--data-dir").arg(&data).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(EXIT_CANTCREAT), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(&data.display().to_string()), "{args:?}: {}", text(&out));
+    }
+}
+
+#[test]
+fn every_command_says_which_config_and_data_directory_it_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hexmirror.toml");
+    std::fs::write(&config, "data_dir = \"from-config\"\n").unwrap();
+    let bundle = empty_bundle(dir.path());
+    let out_file = dir.path().join("out.hxb");
+    let commands: &[&[&str]] = &[
+        &["import", bundle.to_str().unwrap()],
+        &["verify"],
+        &["cache", "list"],
+        &["refusals"],
+        &["inspect", bundle.to_str().unwrap()],
+        &["export", "--out", out_file.to_str().unwrap()],
+    ];
+    let config_line = format!("hexmirror: config {}", std::path::absolute(&config).unwrap().display());
+    for (dir_arg, expected) in [(None, "from-config"), (Some("from-the-command-line"), "from-the-command-line")] {
+        let data = std::path::absolute(dir.path().join(expected)).unwrap();
+        for args in commands {
+            let mut cmd = hexmirror();
+            cmd.current_dir(dir.path()).arg("--config").arg(&config);
+            if let Some(d) = dir_arg {
+                cmd.arg("--data-dir").arg(d);
+            }
+            let out = cmd.args(*args).output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let first = stderr.lines().next().unwrap_or_default();
+            assert_eq!(first, format!("{config_line}; data directory {}", data.display()), "{args:?}: {stderr}");
+        }
+        assert!(data.join("index").is_dir(), "import filled {}", data.display());
+    }
+    let out =
+        hexmirror().arg("--config").arg(&config).args(["--data-dir", "elsewhere", "check-config"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("data_dir = \"elsewhere\""), "{}", text(&out));
 }
