@@ -403,3 +403,78 @@ fn every_command_says_which_config_and_data_directory_it_uses() {
         hexmirror().arg("--config").arg(&config).args(["--data-dir", "elsewhere", "check-config"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("data_dir = \"elsewhere\""), "{}", text(&out));
 }
+
+// ------------------------------------------------------------------------------------------
+// Output you can use
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_typed_fields_client_user_agent_upstream_and_the_bytes_sent() {
+    use std::io::BufRead;
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    let upstream_label = upstream.url().trim_start_matches("http://").to_string();
+    let site = TestMirror::builder().upstream(&upstream.url()).set("access_log", true);
+    let mut served = tokio::task::block_in_place(|| site.serve_binary("warn", Stdio::piped()));
+    let agent = [("user-agent", "Hex/2.1.1 (Elixir/1.17.3) (OTP/27.1)")];
+    let record = demo_file("hexpm", "packages/hexdemo_mid");
+    let miss = get(&served.url("/packages/hexdemo_mid"), &agent).await;
+    assert_eq!((miss.status, miss.body.len()), (200, record.len()));
+    let hit = get(&served.url("/packages/hexdemo_mid"), &[]).await;
+    assert_eq!(hit.header("x-cache"), "hit");
+    let missing = get(&served.url("/packages/no_such_package"), &agent).await;
+    assert_eq!(missing.status, 404);
+    assert!(!missing.body.is_empty());
+    let head = request("HEAD", &served.url("/packages/hexdemo_mid"), &agent).await;
+    assert_eq!(head.status, 200);
+    let stdout = served.child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut reader = std::io::BufReader::new(stdout);
+        (0..4)
+            .map(|_| {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                line
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    served.stop();
+    let records: Vec<serde_json::Value> =
+        lines.iter().map(|l| serde_json::from_str(l.trim()).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    for (line, r) in lines.iter().zip(&records) {
+        assert_eq!(line.matches('\n').count(), 1, "one object per line: {line}");
+        let time = r["time"].as_str().unwrap_or_else(|| panic!("time is an RFC 3339 string: {line}"));
+        humantime::parse_rfc3339(time).unwrap_or_else(|e| panic!("{time}: {e}"));
+        assert!(time.len() == "2026-01-02T03:04:05.678Z".len() && time.ends_with('Z'), "milliseconds: {time}");
+        assert_eq!(r["client"], "127.0.0.1", "{line}");
+        assert!(r["status"].is_u64() && r["bytes"].is_u64() && r["duration_ms"].is_number(), "numbers: {line}");
+        assert_eq!(r["method"], if r == &records[3] { "HEAD" } else { "GET" }, "{line}");
+    }
+    let fields = |r: &serde_json::Value| {
+        (
+            r["path"].clone(),
+            r["cache"].clone(),
+            r["bytes"].as_u64().unwrap(),
+            r["upstream"].clone(),
+            r["user_agent"].clone(),
+        )
+    };
+    let ua = serde_json::json!(agent[0].1);
+    let via = serde_json::json!(upstream_label);
+    let null = serde_json::Value::Null;
+    assert_eq!(
+        fields(&records[0]),
+        ("/packages/hexdemo_mid".into(), "miss".into(), record.len() as u64, via.clone(), ua.clone())
+    );
+    assert_eq!(
+        fields(&records[1]),
+        ("/packages/hexdemo_mid".into(), "hit".into(), record.len() as u64, null.clone(), null)
+    );
+    assert_eq!(
+        fields(&records[2]),
+        ("/packages/no_such_package".into(), "miss".into(), missing.body.len() as u64, via, ua.clone()),
+        "an error's body is counted"
+    );
+    assert_eq!(fields(&records[3]), ("/packages/hexdemo_mid".into(), "hit".into(), 0, serde_json::Value::Null, ua));
+}
