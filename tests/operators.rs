@@ -478,3 +478,140 @@ async fn the_access_log_has_typed_fields_client_user_agent_upstream_and_the_byte
     );
     assert_eq!(fields(&records[3]), ("/packages/hexdemo_mid".into(), "hit".into(), 0, serde_json::Value::Null, ua));
 }
+
+/// Runs `hexmirror --config CONFIG ARGS...` off the runtime's threads.
+async fn run_async(config: &Path, args: &[&str]) -> Output {
+    let (config, args) = (config.to_path_buf(), args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_hexmirror(&config, &args)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_list_has_a_header_resource_paths_organizations_by_name_and_is_stable() {
+    let upstream = TestUpstream::start(hexpm_and_acme_files()).await;
+    let site = TestMirror::builder().upstream(&upstream.url());
+    let mirror = site.start().await;
+    for path in ["/packages/hexdemo_mid", "/tarballs/hexdemo_mid-0.2.0.tar", "/repos/acme/packages/hexdemo_mid"] {
+        assert_eq!(mirror.get(path).await.status, 200, "{path}");
+    }
+    mirror.mirror.settle_writes().await;
+    let config = site.config_path();
+    // Through the running server, then on the store itself: the same table.
+    let through_server = run_async(&config, &["cache", "list"]).await;
+    mirror.stop().await;
+    let first = run_async(&config, &["cache", "list"]).await;
+    let second = run_async(&config, &["cache", "list"]).await;
+    assert!(first.status.success(), "{}", text(&first));
+    let table = String::from_utf8_lossy(&first.stdout).to_string();
+    assert_eq!(String::from_utf8_lossy(&second.stdout), table, "the same store prints the same table");
+    assert_eq!(String::from_utf8_lossy(&through_server.stdout), table, "through the server too");
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "a header and one row per entry:\n{table}");
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(&header[..3], ["REPOSITORY", "RESOURCE", "SIZE"], "{table}");
+    let row = |resource: &str| {
+        lines[1..].iter().find(|l| l.split("  ").any(|cell| cell.trim() == resource)).copied().unwrap_or_default()
+    };
+    let tarball = row("tarballs/hexdemo_mid-0.2.0.tar");
+    assert!(tarball.starts_with("hexpm "), "{table}");
+    let size = demo_file("hexpm", "tarballs/hexdemo_mid-0.2.0.tar").len().to_string();
+    assert!(tarball.split_whitespace().any(|cell| cell == size), "{table}");
+    assert!(lines.iter().any(|l| l.starts_with("acme (hex.pm organization)")), "{table}");
+    assert!(!table.contains("hexpm~acme"), "{table}");
+    assert!(!table.contains(" ago"), "no relative times: {table}");
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(stderr.contains("3 entries, "), "the total on stderr: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_outputs_of_cache_list_verify_refusals_and_inspect_parse() {
+    let upstream = TestUpstream::start(hexpm_and_acme_files()).await;
+    let site = TestMirror::builder().upstream(&upstream.url());
+    let mirror = site.start().await;
+    for path in ["/packages/hexdemo_mid", "/tarballs/hexdemo_mid-0.2.0.tar", "/repos/acme/packages/hexdemo_mid"] {
+        assert_eq!(mirror.get(path).await.status, 200, "{path}");
+    }
+    let config = site.config_path();
+    let parse = |out: &Output| -> serde_json::Value {
+        assert!(out.status.success(), "{}", text(out));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)))
+    };
+    // Through the running server.
+    let refusals = parse(&run_async(&config, &["refusals", "--json"]).await);
+    assert_eq!(refusals, serde_json::json!([]));
+    let listed = parse(&run_async(&config, &["cache", "list", "--json"]).await);
+    mirror.stop().await;
+    // And on the store.
+    assert_eq!(parse(&run_async(&config, &["cache", "list", "--json"]).await), listed);
+    let rows = listed.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{listed:#}");
+    let tarball = rows.iter().find(|r| r["resource"] == "tarballs/hexdemo_mid-0.2.0.tar").expect("the tarball");
+    assert_eq!(tarball["repository"], "hexpm");
+    assert_eq!(tarball["key"], "public/hexpm/tarballs/hexdemo_mid-0.2.0.tar");
+    assert!(tarball["size"].is_u64() && tarball["pinned"].is_boolean(), "{tarball}");
+    humantime::parse_rfc3339(tarball["fetched_at"].as_str().unwrap()).unwrap();
+    assert!(rows.iter().any(|r| r["organization"] == "acme" && r["resource"] == "packages/hexdemo_mid"), "{listed:#}");
+    let shown = parse(&run_async(&config, &["cache", "show", "hexdemo_mid", "--json"]).await);
+    assert_eq!(shown.as_array().unwrap().len(), 3);
+
+    let verify = parse(&run_async(&config, &["verify", "--json"]).await);
+    assert_eq!((verify["ok"].clone(), verify["checked"].clone()), (true.into(), 3.into()), "{verify:#}");
+    assert!(verify["damaged"].as_array().unwrap().is_empty());
+    let refusals = parse(&run_async(&config, &["refusals", "--json"]).await);
+    assert_eq!(refusals, serde_json::json!([]), "no server: nothing kept");
+
+    let bundle = site.dir().join("site.hxb");
+    let export = run_async(&config, &["export", "--out", bundle.to_str().unwrap()]).await;
+    assert!(export.status.success(), "{}", text(&export));
+    let inspect = parse(&run_async(&config, &["inspect", bundle.to_str().unwrap(), "--json"]).await);
+    assert_eq!(inspect["totals"]["objects"], 3, "{inspect:#}");
+    assert_eq!(inspect["store"]["same"], 3, "{inspect:#}");
+    assert_eq!(inspect["packages"][0]["name"], "hexdemo_mid", "{inspect:#}");
+    assert!(inspect["warnings"].as_array().unwrap().is_empty(), "{inspect:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_bundle_without_its_base_says_to_import_the_base_first() {
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    let outside = TestMirror::builder().upstream(&upstream.url());
+    let config = outside.write_config();
+    let base = outside.dir().join("base.hxb");
+    let next = outside.dir().join("next.hxb");
+    for args in [
+        &["sync", "--package", "hexdemo_base"][..],
+        &["export", "--out", base.to_str().unwrap()],
+        &["sync", "--package", "hexdemo_top"],
+        &["export", "--out", next.to_str().unwrap(), "--base", base.to_str().unwrap()],
+    ] {
+        let out = run_async(&config, args).await;
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    }
+    let base_sha = std::fs::read_to_string(base.with_extension("sha256")).unwrap();
+    let base_sha = base_sha.split_whitespace().next().unwrap().to_string();
+    let says = format!("this bundle builds on {base_sha}");
+
+    let inside = TestMirror::builder().upstream(&upstream.url()).offline();
+    let config = inside.write_config();
+    let inspect = run_async(&config, &["inspect", next.to_str().unwrap()]).await;
+    assert!(inspect.status.success(), "{}", text(&inspect));
+    let stdout = String::from_utf8_lossy(&inspect.stdout);
+    assert!(stdout.contains(&format!("warning: {says}")) && stdout.contains("import that first"), "{stdout}");
+    let import = run_async(&config, &["import", next.to_str().unwrap()]).await;
+    assert!(!import.status.success(), "{}", text(&import));
+    assert!(text(&import).contains(&format!("{says}; import that first")), "{}", text(&import));
+    let list = run_async(&config, &["cache", "list"]).await;
+    assert!(String::from_utf8_lossy(&list.stdout).is_empty(), "nothing was imported: {}", text(&list));
+
+    for bundle in [&base, &next] {
+        let import = run_async(&config, &["import", bundle.to_str().unwrap()]).await;
+        assert!(import.status.success(), "{}", text(&import));
+    }
+    let inspect = run_async(&config, &["inspect", next.to_str().unwrap()]).await;
+    assert!(!String::from_utf8_lossy(&inspect.stdout).contains("warning"), "{}", text(&inspect));
+    let verify = run_async(&config, &["verify"]).await;
+    assert!(verify.status.success(), "{}", text(&verify));
+}
