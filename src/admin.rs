@@ -294,6 +294,12 @@ impl AdminService {
         AdminService { operations: Service::operations(mirror.clone(), ready), mirror, token }
     }
 
+    /// Logs the operations endpoints' requests to `log`, as the other listeners do.
+    pub fn with_access_log(mut self, log: Option<crate::service::AccessLog>) -> AdminService {
+        self.operations = self.operations.with_access_log(log);
+        self
+    }
+
     pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
         if req.uri().path().starts_with("/_admin/") {
             return self.admin(req).await;

@@ -518,6 +518,33 @@ pub fn incremental(objects: Vec<Object>, base: &Manifest) -> Vec<Object> {
         .collect()
 }
 
+/// Why a store does not seem to hold what the incremental bundle `manifest` builds on, or
+/// `None` when it does (or the bundle is not incremental). The store is described by how many
+/// entries sync and import selected there (`selected`: importing a bundle selects every object
+/// it carries, and nothing shrinks the selection) and by whether it holds a key (`holds`). It
+/// lacks the base when it selected fewer entries than the base alone carries, or when a tarball
+/// of the bundle has its package record neither in the bundle nor in the store.
+pub fn missing_base(manifest: &Manifest, selected: u64, holds: impl Fn(&str) -> bool) -> Option<String> {
+    let base = manifest.base.as_ref()?;
+    if selected < base.objects {
+        return Some(format!(
+            "the store holds {selected} entries selected by sync or import, the base bundle alone {}",
+            base.objects
+        ));
+    }
+    let carried: std::collections::HashSet<&str> = manifest.objects.iter().map(|o| o.key.as_str()).collect();
+    manifest.packages.iter().find_map(|package| {
+        let record = |scope: &str| format!("{scope}/{}/packages/{}", package.repo, package.name);
+        let found = ["public", "private"]
+            .iter()
+            .map(|scope| record(scope))
+            .any(|key| carried.contains(key.as_str()) || holds(&key));
+        (!found).then(|| {
+            format!("neither the bundle nor the store has the package record of {} for {}", package.name, package.key)
+        })
+    })
+}
+
 // --- reading -------------------------------------------------------------------------------
 
 /// Where the reader is: bytes consumed so far and whether the input has ended.

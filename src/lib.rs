@@ -131,11 +131,22 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         max_connections: config.max_connections,
         ..server::Limits::default()
     };
+    let access_log = config.access_log;
     let mirror = Mirror::open_for_serving(config, metrics).await?;
+    // Held until the server has stopped, then dropped: it flushes the access log's last lines.
+    let (access_log, access_log_guard) = match access_log {
+        true => {
+            let (log, guard) = service::AccessLog::stdout();
+            (Some(log), Some(guard))
+        }
+        false => (None, None),
+    };
     let ready = Arc::new(AtomicBool::new(false));
-    let service = service::Service::new(mirror.clone(), ready.clone());
-    let operations_service = service::Service::operations(mirror.clone(), ready.clone());
-    let admin_service = admin::AdminService::new(mirror.clone(), ready.clone(), admin_token.clone());
+    let service = service::Service::new(mirror.clone(), ready.clone()).with_access_log(access_log.clone());
+    let operations_service =
+        service::Service::operations(mirror.clone(), ready.clone()).with_access_log(access_log.clone());
+    let admin_service =
+        admin::AdminService::new(mirror.clone(), ready.clone(), admin_token.clone()).with_access_log(access_log);
     let endpoint = admin::Endpoint {
         url: format!("http://{admin_addr}"),
         token: admin_token.expose().to_string(),
@@ -203,6 +214,8 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
             tracing::error!(error = %e, "store: final flush failed");
         }
         let _ = std::fs::remove_file(admin::endpoint_file(&data_dir));
+        // Waits (briefly) for the access log's writer to write what it holds.
+        let _ = tokio::task::spawn_blocking(move || drop(access_log_guard)).await;
     });
     Ok(Running { addr, metrics_addr, mirror, done })
 }

@@ -5,6 +5,13 @@
 //! through the admin endpoint of a running server when one answers (see `admin`), otherwise by
 //! opening the store itself. A command that finds a `DATA_DIR/admin.json` another user could
 //! have written refuses it, with one line saying why and exit status 77, and contacts nothing.
+//!
+//! Every command first says on stderr which configuration file and data directory it uses. A
+//! data directory that can be neither opened nor created ends `serve` and the commands with
+//! exit status 73. `serve`, `sync` and `import` create the store they fill; the others never
+//! create one: a data directory named by `--config`, `--data-dir` or `HEXMIRROR_DATA_DIR` that
+//! holds no store is an empty store, and when nothing names one they refuse to fall back on an
+//! absent `./data`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +32,10 @@ struct Cli {
     /// override it.
     #[arg(long, global = true, value_name = "PATH", env = "HEXMIRROR_CONFIG")]
     config: Option<PathBuf>,
+    /// The data directory (the store), over `data_dir` of the configuration file and
+    /// HEXMIRROR_DATA_DIR.
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -88,9 +99,13 @@ enum Command {
         /// stored bytes that no record names: how a shared store is kept to what was selected.
         #[arg(long)]
         prune: bool,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Write the store (or a selection) into one portable bundle.
     Export {
+        /// Where to write the bundle; FILE.sha256 beside it receives its digest.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
         /// A previous bundle: write only what is new or changed since.
@@ -104,13 +119,23 @@ enum Command {
         selected: bool,
     },
     /// Import a bundle, verifying every object before accepting any.
-    Import { file: PathBuf },
+    Import {
+        /// The bundle (written by `hexmirror export`).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// Show a bundle's manifest, and what it would change in the configured store.
     Inspect {
+        /// The bundle (written by `hexmirror export`).
+        #[arg(value_name = "FILE")]
         file: PathBuf,
         /// Print every package release.
         #[arg(long)]
         packages: bool,
+        /// Print the manifest's summary, every package release and the comparison with the
+        /// store as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// What the cache holds.
     Cache {
@@ -118,7 +143,11 @@ enum Command {
         action: CacheAction,
     },
     /// The last upstream answers refused by verification.
-    Refusals,
+    Refusals {
+        /// Print them as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// What clients asked this offline mirror for and it did not have (kept in the store).
     Missing {
         /// `text` (a table), `requirements` (lines `sync --requirements FILE` takes outside, so
@@ -136,10 +165,22 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CacheAction {
-    /// List entries (optionally those whose key contains FILTER).
-    List { filter: Option<String> },
+    /// List entries, one row each under a header (the total goes to stderr).
+    List {
+        /// Only entries whose key (`public/hexpm/tarballs/NAME-VERSION.tar`) contains this text.
+        filter: Option<String>,
+        /// Print the entries as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the entries of one package.
-    Show { name: String },
+    Show {
+        /// The package name.
+        name: String,
+        /// Print the entries as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove the entries of one package (in every repository and organization, unless --repo).
     Purge {
         /// The package name.
@@ -154,6 +195,9 @@ enum CacheAction {
 }
 
 const EXIT_CONFIG: u8 = 64;
+/// EX_CANTCREAT: the data directory can be neither opened nor created (not a directory, no
+/// permission).
+const EXIT_CANTCREAT: u8 = 73;
 /// EX_NOPERM: `admin.json`, or its directory, could have been written by another user.
 const EXIT_REFUSED: u8 = 77;
 
@@ -164,6 +208,8 @@ enum Failure {
     /// The configuration names something that cannot be used (a bucket that does not exist,
     /// credentials the store refuses): exit status 64, like any configuration mistake.
     Config(String),
+    /// The data directory can be neither opened nor created: exit status 73.
+    CantCreate(String),
     Other(String),
 }
 
@@ -171,7 +217,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Refused(refused) => refused.fmt(f),
-            Failure::Config(message) | Failure::Other(message) => f.write_str(message),
+            Failure::Config(message) | Failure::CantCreate(message) | Failure::Other(message) => f.write_str(message),
         }
     }
 }
@@ -199,6 +245,7 @@ impl From<hexmirror::StartError> for Failure {
     fn from(e: hexmirror::StartError) -> Failure {
         match &e {
             hexmirror::StartError::Open(open) if open.is_configuration() => Failure::Config(e.to_string()),
+            hexmirror::StartError::Open(open) if open.is_unusable_data_dir() => Failure::CantCreate(e.to_string()),
             _ => Failure::Other(e.to_string()),
         }
     }
@@ -218,6 +265,14 @@ impl From<&str> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Whether anything names the data directory; when nothing does, the commands that only
+    // read or maintain a store do not fall back on an absent `./data`.
+    let named = cli.config.is_some() || cli.data_dir.is_some() || std::env::var_os("HEXMIRROR_DATA_DIR").is_some();
+    if let Some(dir) = &cli.data_dir {
+        // The top layer of the configuration, for `load` and `check-config` alike; set before
+        // any thread starts.
+        std::env::set_var("HEXMIRROR_DATA_DIR", dir);
+    }
     if let Command::CheckConfig = cli.command {
         return match hexmirror::config::effective(cli.config.as_deref()) {
             Ok(text) => {
@@ -242,12 +297,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    eprintln!("hexmirror: {}", where_it_works(cli.config.as_deref(), &config));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     for name in hexmirror::config::ignored_environment() {
@@ -313,13 +369,15 @@ fn main() -> ExitCode {
                 }
                 sync(config, request).await
             }
-            Command::Verify { repair, prune } => verify(config, hexmirror::audit::Options { repair, prune }).await,
-            Command::Export { out, base, filter, selected } => export(config, out, base, filter, selected).await,
+            Command::Verify { repair, prune, json } => {
+                verify(config, named, hexmirror::audit::Options { repair, prune }, json).await
+            }
+            Command::Export { out, base, filter, selected } => export(config, named, out, base, filter, selected).await,
             Command::Import { file } => import(config, file).await,
-            Command::Inspect { file, packages } => inspect(config, file, packages).await,
-            Command::Cache { action } => cache(config, action).await,
-            Command::Refusals => refusals(config).await,
-            Command::Missing { format, out } => missing(config, format, out).await,
+            Command::Inspect { file, packages, json } => inspect(config, named, file, packages, json).await,
+            Command::Cache { action } => cache(config, named, action).await,
+            Command::Refusals { json } => refusals(config, named, json).await,
+            Command::Missing { format, out } => missing(config, named, format, out).await,
             Command::CheckConfig => unreachable!("answered before the configuration is loaded"),
         }
     });
@@ -330,6 +388,7 @@ fn main() -> ExitCode {
             match e {
                 Failure::Refused(_) => ExitCode::from(EXIT_REFUSED),
                 Failure::Config(_) => ExitCode::from(EXIT_CONFIG),
+                Failure::CantCreate(_) => ExitCode::from(EXIT_CANTCREAT),
                 Failure::Other(_) => ExitCode::FAILURE,
             }
         }
@@ -360,20 +419,61 @@ enum Store {
     Local(Mirror),
 }
 
-async fn open(config: Config) -> Result<Store, Failure> {
+/// What a command needs of the store it opens.
+#[derive(Debug, Clone, Copy)]
+enum Need {
+    /// `sync`, `import`: they fill a store, so they create one where there is none.
+    Create,
+    /// `verify`, `cache`, `export`, `inspect`, `refusals`: a store that exists; they create
+    /// nothing. A data directory that something named (`named`) but that holds no store is an
+    /// empty store; when nothing names one, an absent `./data` is refused.
+    Existing { named: bool },
+}
+
+/// The line every command starts with on stderr: the configuration file and the data
+/// directory (as absolute paths) it works with.
+fn where_it_works(file: Option<&std::path::Path>, config: &Config) -> String {
+    let absolute = |path: &std::path::Path| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let file = match file {
+        Some(path) => format!("config {}", absolute(path).display()),
+        None => "config (none: defaults and HEXMIRROR_* variables)".to_string(),
+    };
+    let mut line = format!("{file}; data directory {}", absolute(&config.data_dir).display());
+    if let hexmirror::config::StoreConfig::S3(s3) = &config.store {
+        line.push_str(&format!("; store: S3 bucket {}", s3.bucket));
+        if !s3.prefix.is_empty() {
+            line.push_str(&format!(", prefix {}", s3.prefix));
+        }
+    }
+    line
+}
+
+async fn open(config: Config, need: Need) -> Result<Store, Failure> {
+    let data_dir = config.data_dir.display().to_string();
+    if config.store == hexmirror::config::StoreConfig::Local {
+        // Looked at before admin.json, which an unusable directory cannot hold anyway.
+        let holds = hexmirror::cache::disk::holds_store(&config.data_dir)
+            .map_err(|e| Failure::CantCreate(format!("cannot use {data_dir} as the data directory: {e}")))?;
+        if let (false, Need::Existing { named: false }) = (holds, need) {
+            return Err(Failure::Config(format!("no store at {data_dir}; pass --config or --data-dir")));
+        }
+    }
     if let Some(admin) = AdminClient::discover(&config.data_dir).await? {
         tracing::debug!(url = admin.url(), "using the running server's admin endpoint");
         return Ok(Store::Remote(Box::new(admin)));
     }
     let metrics = hexmirror::metrics_for(&config);
-    let data_dir = config.data_dir.display().to_string();
-    Mirror::open(config, metrics).await.map(Store::Local).map_err(|e| {
-        if e.is_configuration() {
-            return Failure::Config(e.to_string());
-        }
-        Failure::Other(format!(
+    let opened = match need {
+        Need::Create => Mirror::open(config, metrics).await,
+        Need::Existing { .. } => Mirror::open_existing(config, metrics).await,
+    };
+    opened.map(Store::Local).map_err(|e| match e {
+        e if e.is_configuration() => Failure::Config(e.to_string()),
+        e if e.is_unusable_data_dir() => Failure::CantCreate(e.to_string()),
+        hexmirror::mirror::OpenError::Locked { .. } => Failure::Other(format!(
             "{e}\n(no running hexmirror answered at the admin endpoint recorded in {data_dir}/admin.json)"
-        ))
+        )),
+        e => Failure::Other(e.to_string()),
     })
 }
 
@@ -385,31 +485,72 @@ fn ok_or_failure(ok: bool) -> ExitCode {
     }
 }
 
-/// Shows sync progress: a bar on a terminal, a line per item otherwise.
+/// The progress bar on screen, if any: log lines are written around it
+/// (`ProgressBar::suspend`), so that they never break it.
+static SCREEN_BAR: std::sync::Mutex<Option<indicatif::ProgressBar>> = std::sync::Mutex::new(None);
+
+/// Where log lines go: stderr, around the progress bar while one is shown. The subscriber
+/// writes each event in one call, so a line is never split by a redraw.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let bar = SCREEN_BAR.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match bar {
+            Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf)).map(|()| buf.len()),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// A size as an operator reads it: MiB below a GiB, GiB above, to one decimal.
+fn mib_or_gib(bytes: u64) -> String {
+    const MIB: f64 = (1u64 << 20) as f64;
+    const GIB: f64 = (1u64 << 30) as f64;
+    match bytes as f64 {
+        b if b >= GIB => format!("{:.1} GiB", b / GIB),
+        b => format!("{:.1} MiB", b / MIB),
+    }
+}
+
+/// Shows sync progress: a bar on a terminal, a line per item otherwise. The bar counts the
+/// release tarballs planned, never more; until they are planned, a spinner counts what was
+/// resolved.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
+    /// Items before the plan (records, lockfiles, skipped dependencies).
+    resolved: std::sync::atomic::AtomicU64,
 }
 
 impl Progress {
     fn new() -> Progress {
-        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
-            let bar = indicatif::ProgressBar::new_spinner();
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(indicatif::ProgressBar::new_spinner);
+        if let Some(bar) = &bar {
+            *SCREEN_BAR.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
+        }
+        Progress::with_bar(bar)
+    }
+
+    fn with_bar(bar: Option<indicatif::ProgressBar>) -> Progress {
+        if let Some(bar) = &bar {
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-                    .expect("valid template"),
+                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("valid template"),
             );
             bar.set_message("resolving");
-            bar
-        });
-        Progress { bar }
+        }
+        Progress { bar, resolved: Default::default() }
     }
 
     fn event(&self, event: &Event) {
         match (event, &self.bar) {
             (Event::Estimate { packages, releases, approx_bytes }, bar) => {
                 let line = format!(
-                    "--all: {packages} packages, {releases} releases, roughly {} GiB at about 100 KiB a release",
-                    approx_bytes.div_ceil(1 << 30)
+                    "--all: {packages} packages, {releases} releases, roughly {} at about 100 KiB a release",
+                    mib_or_gib(*approx_bytes)
                 );
                 match bar {
                     Some(bar) => bar.println(line),
@@ -417,14 +558,30 @@ impl Progress {
                 }
             }
             (Event::Planned { releases, packages }, Some(bar)) => {
-                bar.set_length((*releases + *packages) as u64);
-                bar.set_message(format!("{packages} records, {releases} releases"));
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} releases {msg}",
+                    )
+                    .expect("valid template"),
+                );
+                bar.set_length(*releases as u64);
+                bar.set_position(0);
+                bar.set_message(format!("({packages} package records)"));
             }
             (Event::Planned { releases, packages }, None) => {
                 eprintln!("planned: {packages} package records, {releases} releases")
             }
             (Event::Item { resource, outcome, detail }, Some(bar)) => {
-                bar.inc(1);
+                match bar.length() {
+                    // Past the plan (the selection's own steps): the bar is full already.
+                    Some(length) if bar.position() < length => bar.inc(1),
+                    Some(_) => {}
+                    None => {
+                        let resolved = self.resolved.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        bar.set_message(format!("resolving: {resolved} done"));
+                        bar.tick();
+                    }
+                }
                 if *outcome == Outcome::Failed {
                     bar.println(format!("failed  {resource}: {}", detail.clone().unwrap_or_default()));
                 }
@@ -441,8 +598,20 @@ impl Progress {
                     None => eprintln!("{word} {resource}"),
                 }
             }
-            (Event::Finished { .. }, Some(bar)) => bar.finish_and_clear(),
+            (Event::Finished { .. }, Some(bar)) => {
+                SCREEN_BAR.lock().unwrap_or_else(|e| e.into_inner()).take();
+                bar.finish_and_clear();
+            }
             (Event::Finished { .. }, None) => {}
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            SCREEN_BAR.lock().unwrap_or_else(|e| e.into_inner()).take();
+            bar.finish_and_clear();
         }
     }
 }
@@ -457,7 +626,7 @@ async fn sync(config: Config, request: SyncRequest) -> Result<ExitCode, Failure>
             *s.lock().expect("never poisoned") = Some(summary);
         }
     };
-    match open(config).await? {
+    match open(config, Need::Create).await? {
         Store::Remote(admin) => admin.sync(&request, &on_event).await?,
         Store::Local(mirror) => {
             hexmirror::sync::run(&mirror, &request, &on_event).await;
@@ -474,8 +643,14 @@ async fn sync(config: Config, request: SyncRequest) -> Result<ExitCode, Failure>
     Ok(ok_or_failure(summary.ok()))
 }
 
-async fn verify(config: Config, options: hexmirror::audit::Options) -> Result<ExitCode, Failure> {
-    let report: AuditReport = match open(config).await? {
+async fn verify(
+    config: Config,
+    named: bool,
+    options: hexmirror::audit::Options,
+    json: bool,
+) -> Result<ExitCode, Failure> {
+    let data_dir = config.data_dir.clone();
+    let report: AuditReport = match open(config, Need::Existing { named }).await? {
         Store::Remote(admin) => {
             let path = hexmirror::admin::request_path(
                 "/_admin/verify",
@@ -486,10 +661,33 @@ async fn verify(config: Config, options: hexmirror::audit::Options) -> Result<Ex
         }
         Store::Local(mirror) => hexmirror::audit::run_with(&mirror, options).await.map_err(|e| e.to_string())?,
     };
+    if json {
+        let damaged: Vec<_> =
+            report.damaged.iter().map(|(key, reason)| serde_json::json!({ "key": key, "reason": reason })).collect();
+        print_json(&serde_json::json!({
+            "ok": report.ok(),
+            "data_dir": data_dir,
+            "checked": report.checked,
+            "intact": report.intact,
+            "damaged": damaged,
+            "missing": report.missing,
+            "repaired": report.repaired,
+            "unselected_releases": report.unselected_releases,
+            "pinned_over_budget": report.pinned_over_budget.map(|(pinned, budget)| {
+                serde_json::json!({ "pinned_bytes": pinned, "disk_cache_bytes": budget })
+            }),
+            "pruned": report.pruned,
+            "swept": report.swept,
+        }))?;
+        return Ok(ok_or_failure(report.ok()));
+    }
     if options.prune {
         println!("verify: pruned {} entries not pinned, {} unreferenced objects", report.pruned, report.swept);
     }
     println!("verify: {} entries checked, {} intact", report.checked, report.intact);
+    if report.checked == 0 {
+        println!("  note: the store in {} holds no entries", data_dir.display());
+    }
     for (key, reason) in &report.damaged {
         println!("  damaged: {key}: {reason}");
     }
@@ -516,6 +714,7 @@ async fn verify(config: Config, options: hexmirror::audit::Options) -> Result<Ex
 
 async fn export(
     config: Config,
+    named: bool,
     out: PathBuf,
     base: Option<PathBuf>,
     filter: Option<String>,
@@ -530,7 +729,7 @@ async fn export(
         request.base = Some(manifest);
         request.base_digest = Some(digest);
     }
-    let bytes = match open(config).await? {
+    let bytes = match open(config, Need::Existing { named }).await? {
         Store::Remote(admin) => {
             let body = Bytes::from(serde_json::to_vec(&request).map_err(|e| e.to_string())?);
             admin.call_bytes(Method::POST, "/_admin/export", body).await?.to_vec()
@@ -556,7 +755,7 @@ async fn export(
 
 async fn import(config: Config, file: PathBuf) -> Result<ExitCode, Failure> {
     let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let report: ImportReport = match open(config).await? {
+    let report: ImportReport = match open(config, Need::Create).await? {
         Store::Remote(admin) => {
             serde_json::from_slice(&admin.call_bytes(Method::POST, "/_admin/import", Bytes::from(bytes)).await?)
                 .map_err(|e| e.to_string())?
@@ -570,44 +769,78 @@ async fn import(config: Config, file: PathBuf) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn inspect(config: Config, file: PathBuf, packages: bool) -> Result<ExitCode, Failure> {
+async fn inspect(config: Config, named: bool, file: PathBuf, packages: bool, json: bool) -> Result<ExitCode, Failure> {
     let reader = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
     let (manifest, digest) =
         hexmirror::bundle::read_manifest(std::io::BufReader::new(reader), &hexmirror::transfer::limits())
             .map_err(|e| format!("{}: {e}", file.display()))?;
-    println!("bundle: {}\nsha256: {digest}", file.display());
-    println!("{}", serde_json::to_string_pretty(&manifest.totals).map_err(|e| e.to_string())?);
-    if let Some(base) = &manifest.base {
-        println!("incremental to: {}", base.sha256);
-    }
-    if packages {
-        for p in &manifest.packages {
-            println!(
-                "  {} {} {} {} bytes [{}] {}",
-                p.repo,
-                p.name,
-                p.version,
-                p.size,
-                p.licenses.join(", "),
-                p.outer_checksum
-            );
+    if !json {
+        println!("bundle: {}\nsha256: {digest}", file.display());
+        println!("{}", serde_json::to_string_pretty(&manifest.totals).map_err(|e| e.to_string())?);
+        if let Some(base) = &manifest.base {
+            println!("incremental to: {} ({} objects)", base.sha256, base.objects);
+        }
+        if packages {
+            for p in &manifest.packages {
+                println!(
+                    "  {} {} {} {} bytes [{}] {}",
+                    repository_display(&p.repo),
+                    p.name,
+                    p.version,
+                    p.size,
+                    p.licenses.join(", "),
+                    p.outer_checksum
+                );
+            }
         }
     }
-    let rows = match open(config).await {
-        Ok(Store::Remote(admin)) => serde_json::from_slice::<Vec<CacheRow>>(
+    let rows = match open(config, Need::Existing { named }).await {
+        Ok(Store::Remote(admin)) => Ok(serde_json::from_slice::<Vec<CacheRow>>(
             &admin.call_bytes(Method::GET, "/_admin/cache", Bytes::new()).await?,
         )
-        .map_err(|e| e.to_string())?,
-        Ok(Store::Local(mirror)) => hexmirror::admin::cache_rows(&mirror, "", None).await.map_err(|e| e.to_string())?,
-        Err(Failure::Refused(refused)) => return Err(Failure::Refused(refused)),
-        Err(e) => {
-            println!("(no store to compare with: {e})");
-            return Ok(ExitCode::SUCCESS);
+        .map_err(|e| e.to_string())?),
+        Ok(Store::Local(mirror)) => {
+            Ok(hexmirror::admin::cache_rows(&mirror, "", None).await.map_err(|e| e.to_string())?)
         }
+        Err(Failure::Refused(refused)) => return Err(Failure::Refused(refused)),
+        Err(e) => Err(e.to_string()),
     };
-    let store: std::collections::BTreeMap<String, String> =
-        rows.iter().map(|r| (r.key.clone(), r.sha256.clone())).collect();
-    let diff = hexmirror::bundle::diff(&manifest, &store);
+    let compared = rows.as_ref().ok().map(|rows| {
+        let store: std::collections::BTreeMap<String, String> =
+            rows.iter().map(|r| (r.key.clone(), r.sha256.clone())).collect();
+        let pinned = rows.iter().filter(|r| r.pinned).count() as u64;
+        let missing_base = hexmirror::bundle::missing_base(&manifest, pinned, |key| store.contains_key(key));
+        (hexmirror::bundle::diff(&manifest, &store), missing_base)
+    });
+    let base = manifest.base.as_ref().map(|b| b.sha256.as_str()).unwrap_or_default();
+    let warning = |why: &str| {
+        format!("this bundle builds on {base}, which the store does not seem to hold ({why}); import that first")
+    };
+    if json {
+        let store = match (&rows, &compared) {
+            (Ok(_), Some((diff, _))) => {
+                serde_json::json!({ "new": diff.new, "changed": diff.changed, "same": diff.same })
+            }
+            _ => serde_json::Value::Null,
+        };
+        let warnings: Vec<String> =
+            compared.iter().filter_map(|(_, missing)| missing.as_deref().map(warning)).collect();
+        print_json(&serde_json::json!({
+            "bundle": file,
+            "sha256": digest,
+            "totals": manifest.totals,
+            "base": manifest.base,
+            "packages": manifest.packages,
+            "store": store,
+            "no_store": rows.as_ref().err(),
+            "warnings": warnings,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Some((diff, missing_base)) = compared else {
+        println!("(no store to compare with: {})", rows.err().unwrap_or_default());
+        return Ok(ExitCode::SUCCESS);
+    };
     println!(
         "against the store: {} new, {} changed, {} already present",
         diff.new.len(),
@@ -617,28 +850,31 @@ async fn inspect(config: Config, file: PathBuf, packages: bool) -> Result<ExitCo
     for key in &diff.changed {
         println!("  changed: {key}");
     }
+    if let Some(why) = missing_base {
+        println!("warning: {}", warning(&why));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn cache(config: Config, action: CacheAction) -> Result<ExitCode, Failure> {
-    let store = open(config).await?;
+async fn cache(config: Config, named: bool, action: CacheAction) -> Result<ExitCode, Failure> {
+    let store = open(config, Need::Existing { named }).await?;
     let rows: Vec<CacheRow> = match (&action, &store) {
-        (CacheAction::List { filter }, Store::Remote(admin)) => {
+        (CacheAction::List { filter, .. }, Store::Remote(admin)) => {
             let path = hexmirror::admin::request_path("/_admin/cache", &[("filter", filter.as_deref().unwrap_or(""))]);
             serde_json::from_slice(&admin.call_bytes(Method::GET, &path, Bytes::new()).await?)
                 .map_err(|e| e.to_string())?
         }
-        (CacheAction::List { filter }, Store::Local(mirror)) => {
+        (CacheAction::List { filter, .. }, Store::Local(mirror)) => {
             hexmirror::admin::cache_rows(mirror, filter.as_deref().unwrap_or(""), None)
                 .await
                 .map_err(|e| e.to_string())?
         }
-        (CacheAction::Show { name }, Store::Remote(admin)) => {
+        (CacheAction::Show { name, .. }, Store::Remote(admin)) => {
             let path = hexmirror::admin::request_path("/_admin/cache", &[("package", name)]);
             serde_json::from_slice(&admin.call_bytes(Method::GET, &path, Bytes::new()).await?)
                 .map_err(|e| e.to_string())?
         }
-        (CacheAction::Show { name }, Store::Local(mirror)) => {
+        (CacheAction::Show { name, .. }, Store::Local(mirror)) => {
             hexmirror::admin::cache_rows(mirror, "", Some(name)).await.map_err(|e| e.to_string())?
         }
         (CacheAction::Purge { name, repo, dry_run }, _) => {
@@ -677,39 +913,133 @@ async fn cache(config: Config, action: CacheAction) -> Result<ExitCode, Failure>
             return Ok(ExitCode::SUCCESS);
         }
     };
-    for row in &rows {
-        println!(
-            "{:<70} {:>10} {:<9} {}{}",
-            row.key,
-            row.size,
-            row.class,
-            if row.pinned { "pinned " } else { "" },
-            if row.private { "private" } else { "" }
-        );
+    match action {
+        CacheAction::List { json: true, .. } | CacheAction::Show { json: true, .. } => {
+            print_json(&rows.iter().map(cache_row_json).collect::<Vec<_>>())?;
+        }
+        _ => print!("{}", cache_table(&rows)),
     }
-    println!("{} entries, {} bytes", rows.len(), rows.iter().map(|r| r.size).sum::<u64>());
+    let bytes: u64 = rows.iter().map(|r| r.size).sum();
+    let entries = if rows.len() == 1 { "entry" } else { "entries" };
+    eprintln!("{} {entries}, {bytes} bytes", rows.len());
     Ok(ExitCode::SUCCESS)
 }
 
-async fn refusals(config: Config) -> Result<ExitCode, Failure> {
-    match open(config).await? {
-        Store::Remote(admin) => {
-            let bytes = admin.call_bytes(Method::GET, "/_admin/refusals", Bytes::new()).await?;
-            let refusals: Vec<hexmirror::mirror::Refusal> =
-                serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-            for r in &refusals {
-                println!("{} {} {} from {}: {}", r.time, r.repo, r.resource, r.upstream, r.reason);
-            }
-            println!("{} refusals since the server started", refusals.len());
-        }
-        Store::Local(mirror) => {
-            let refusals = mirror.saved_refusals().await.map_err(|e| e.to_string())?;
-            for r in &refusals {
-                println!("{} {} {} from {}: {}", r.time, r.repo, r.resource, r.upstream, r.reason);
-            }
-            println!("{} refusals kept in the store (no running server)", refusals.len());
+/// How a cache namespace is shown: `hexpm~acme` is `acme (hex.pm organization)`.
+fn repository_display(namespace: &str) -> String {
+    match namespace.split_once('~') {
+        Some((_, org)) => format!("{org} (hex.pm organization)"),
+        None => namespace.to_string(),
+    }
+}
+
+/// `cache list` and `cache show`: a header row, then one row per entry in key order, each
+/// column as wide as its widest cell (the same store prints the same table every time).
+fn cache_table(rows: &[CacheRow]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let header = ["REPOSITORY", "RESOURCE", "SIZE", "CLASS", "FETCHED (UTC)", "PINNED", "PRIVATE"];
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
+    let cells: Vec<[String; 7]> = rows
+        .iter()
+        .map(|row| {
+            let key = hexmirror::cache::CacheKey::parse(&row.key);
+            let (repo, resource) = match &key {
+                Some(key) => (repository_display(key.namespace()), key.resource().path()),
+                None => (String::new(), row.key.clone()),
+            };
+            [
+                repo,
+                resource,
+                row.size.to_string(),
+                row.class.clone(),
+                fetched_text(row.fetched_at),
+                yes_no(row.pinned),
+                yes_no(row.private),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
         }
     }
+    let mut out = String::new();
+    let mut line = |cells: [&str; 7]| {
+        let mut text = String::new();
+        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            match i {
+                2 => text.push_str(&format!("{cell:>width$}  ")),
+                6 => text.push_str(cell),
+                _ => text.push_str(&format!("{cell:<width$}  ")),
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(header);
+    for row in &cells {
+        line(row.each_ref().map(String::as_str));
+    }
+    out
+}
+
+/// A time as RFC 3339 in UTC to the second.
+fn fetched_text(unix_seconds: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_seconds);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// One entry of `cache list --json`.
+fn cache_row_json(row: &CacheRow) -> serde_json::Value {
+    let key = hexmirror::cache::CacheKey::parse(&row.key);
+    let namespace = key.as_ref().map(|k| k.namespace().to_string());
+    let (repository, organization) = match namespace.as_deref().and_then(|n| n.split_once('~')) {
+        Some((repo, org)) => (Some(repo.to_string()), Some(org.to_string())),
+        None => (namespace.clone(), None),
+    };
+    serde_json::json!({
+        "key": row.key,
+        "repository": repository,
+        "organization": organization,
+        "resource": key.as_ref().map(|k| k.resource().path()),
+        "kind": row.kind,
+        "class": row.class,
+        "size": row.size,
+        "sha256": row.sha256,
+        "fetched_at": fetched_text(row.fetched_at),
+        "pinned": row.pinned,
+        "private": row.private,
+    })
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
+    println!("{}", serde_json::to_string_pretty(value).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+async fn refusals(config: Config, named: bool, json: bool) -> Result<ExitCode, Failure> {
+    let (refusals, whose): (Vec<hexmirror::mirror::Refusal>, &str) =
+        match open(config, Need::Existing { named }).await? {
+            Store::Remote(admin) => {
+                let bytes = admin.call_bytes(Method::GET, "/_admin/refusals", Bytes::new()).await?;
+                (serde_json::from_slice(&bytes).map_err(|e| e.to_string())?, "the running server's")
+            }
+            Store::Local(mirror) => {
+                (mirror.saved_refusals().await.map_err(|e| e.to_string())?, "kept in the store (no running server)")
+            }
+        };
+    if json {
+        print_json(&refusals)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in &refusals {
+        println!("{} {} {} from {}: {}", r.time, repository_display(&r.repo), r.resource, r.upstream, r.reason);
+    }
+    println!("{} refusals, {whose}", refusals.len());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -720,8 +1050,13 @@ enum MissingFormat {
     Json,
 }
 
-async fn missing(config: Config, format: MissingFormat, out: Option<PathBuf>) -> Result<ExitCode, Failure> {
-    let missing: Vec<hexmirror::mirror::missing::Missing> = match open(config).await? {
+async fn missing(
+    config: Config,
+    named: bool,
+    format: MissingFormat,
+    out: Option<PathBuf>,
+) -> Result<ExitCode, Failure> {
+    let missing: Vec<hexmirror::mirror::missing::Missing> = match open(config, Need::Existing { named }).await? {
         Store::Remote(admin) => {
             serde_json::from_slice(&admin.call_bytes(Method::GET, "/_admin/missing", Bytes::new()).await?)
                 .map_err(|e| e.to_string())?
@@ -742,10 +1077,7 @@ async fn missing(config: Config, format: MissingFormat, out: Option<PathBuf>) ->
                 "REPOSITORY", "PACKAGE", "VERSION", "ASKED", "FIRST", "LAST"
             );
             for m in &missing {
-                let repo = match m.repo.split_once('~') {
-                    Some((_, org)) => format!("{org} (hex.pm organization)"),
-                    None => m.repo.clone(),
-                };
+                let repo = repository_display(&m.repo);
                 let time = |ms: u64| {
                     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
                         .to_string()
@@ -792,5 +1124,56 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => tracing::info!("SIGINT received"),
         _ = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_argument_has_help_text() {
+        use clap::CommandFactory;
+        fn undocumented(command: &clap::Command, path: &str, out: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    out.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                undocumented(sub, &format!("{path} {}", sub.get_name()), out);
+            }
+        }
+        Cli::command().debug_assert();
+        let mut missing = Vec::new();
+        undocumented(&Cli::command(), "hexmirror", &mut missing);
+        assert!(missing.is_empty(), "arguments without help text: {missing:?}");
+    }
+
+    #[test]
+    fn the_progress_bar_never_counts_past_its_length() {
+        let bar = indicatif::ProgressBar::hidden();
+        let progress = Progress::with_bar(Some(bar.clone()));
+        let item = |outcome| Event::Item { resource: "r".into(), outcome, detail: None };
+        // Records, a skipped dependency and a failure before the plan; then the releases, and
+        // the selection's own steps after them.
+        for outcome in [Outcome::Fetched, Outcome::Present, Outcome::Skipped, Outcome::Failed] {
+            progress.event(&item(outcome));
+            assert_eq!(bar.length(), None, "a spinner until the plan");
+        }
+        progress.event(&Event::Planned { releases: 8, packages: 2 });
+        for _ in 0..12 {
+            progress.event(&item(Outcome::Fetched));
+            assert!(bar.position() <= bar.length().unwrap(), "{}/{:?}", bar.position(), bar.length());
+        }
+        assert_eq!((bar.position(), bar.length()), (8, Some(8)));
+    }
+
+    #[test]
+    fn the_all_estimate_is_in_mib_or_gib_as_it_comes() {
+        assert_eq!(mib_or_gib(8 * (100 << 10)), "0.8 MiB");
+        assert_eq!(mib_or_gib(300 << 20), "300.0 MiB");
+        assert_eq!(mib_or_gib(17_000 * (100 << 10) * 10), "16.2 GiB");
     }
 }

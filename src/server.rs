@@ -24,6 +24,11 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
 
+/// The address of the client a request came from, in the request's extensions (for the
+/// access log).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
 /// Limits applied to client connections.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -153,8 +158,9 @@ pub async fn run<S>(
             // is closed, so that idle sockets cannot hold every connection slot.
             let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let seen_by_handler = seen.clone();
-            let handler = service_fn(move |req| {
+            let handler = service_fn(move |mut req: Request<Incoming>| {
                 seen_by_handler.store(true, std::sync::atomic::Ordering::Relaxed);
+                req.extensions_mut().insert(Peer(peer));
                 service.call(req)
             });
             if tls.is_none() && !first_bytes(&stream, limits.header_read_timeout).await {

@@ -9,16 +9,24 @@
 //! `metrics_listen` (operations endpoints only). The admin listener runs `admin::AdminService`,
 //! which hands the operations endpoints to an operations [`Service`]; this module knows nothing
 //! of the admin routes.
+//!
+//! With `access_log = true` every request is one JSON object on one line of stdout
+//! ([`AccessLog`]), written once its body has been handed to the connection (so `bytes` is what
+//! was sent), by tracing-appender's worker thread: a slow reader of stdout never stalls a
+//! request (a full buffer drops lines instead).
 
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
-use crate::body::{full, text, Answer, Body};
+use crate::body::{full, streaming, text, Answer, Body};
 use crate::metrics::{CacheStatus, NO_REPO, NO_RESOURCE};
 use crate::mirror::{ClientCredentials, Mirror, MirrorError, Reply};
 use crate::route::{route, Route, RouteError};
@@ -29,6 +37,7 @@ pub struct Service {
     mirror: Mirror,
     ready: Arc<AtomicBool>,
     role: Role,
+    access_log: Option<AccessLog>,
 }
 
 /// What a listener serves.
@@ -51,17 +60,26 @@ struct Outcome {
     repo: String,
     resource: &'static str,
     cache: CacheStatus,
+    /// The repository's upstreams (`host:port`, comma-separated) when the answer involved asking
+    /// one (`miss`, `revalidated`, `stale`, `refused`, `error`); `None` for anything else.
+    upstream: Option<String>,
 }
 
 impl Service {
     pub fn new(mirror: Mirror, ready: Arc<AtomicBool>) -> Service {
-        Service { mirror, ready, role: Role::Repository }
+        Service { mirror, ready, role: Role::Repository, access_log: None }
     }
 
     /// The service of the `metrics_listen` address: the operations endpoints only, so that
     /// address, often opened wider for a scraper, never serves repository content.
     pub fn operations(mirror: Mirror, ready: Arc<AtomicBool>) -> Service {
-        Service { mirror, ready, role: Role::Operations }
+        Service { mirror, ready, role: Role::Operations, access_log: None }
+    }
+
+    /// Logs every request to `log`.
+    pub fn with_access_log(mut self, log: Option<AccessLog>) -> Service {
+        self.access_log = log;
+        self
     }
 
     pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
@@ -69,6 +87,7 @@ impl Service {
             return text(StatusCode::NOT_FOUND, "this address serves /healthz, /readyz and /metrics only");
         }
         let started = Instant::now();
+        let arrived = SystemTime::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let (response, outcome) = self.dispatch(&req).await;
@@ -83,25 +102,35 @@ impl Service {
             outcome.cache,
             elapsed,
         );
-        if self.mirror.config().access_log {
-            let line = serde_json::json!({
-                "time": crate::cache::unix_now(),
-                "method": method.as_str(),
-                "path": path,
-                "status": status,
-                "cache": outcome.cache.as_str(),
-                "repo": outcome.repo,
-                "bytes": response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("0"),
-                "duration_ms": (elapsed * 1000.0).round(),
-            });
-            access_log(line);
-        }
         tracing::debug!(method = %method, path = %path, status, cache = outcome.cache.as_str(), "served");
-        response
+        let Some(log) = &self.access_log else { return response };
+        let line = AccessLine {
+            time: arrived,
+            client: req.extensions().get::<crate::server::Peer>().map(|peer| peer.0.ip()),
+            method,
+            path,
+            status,
+            cache: outcome.cache.as_str(),
+            repo: outcome.repo,
+            upstream: outcome.upstream,
+            user_agent: req
+                .headers()
+                .get(header::USER_AGENT)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            started,
+        };
+        response.map(|body| {
+            use http_body_util::{BodyExt, Either};
+            let body = match body {
+                Either::Left(whole) => whole.boxed(),
+                Either::Right(stream) => stream,
+            };
+            streaming(Logged { body, sent: 0, line: Some(line), log: log.clone() })
+        })
     }
 
     async fn dispatch<B>(&self, req: &Request<B>) -> (Response<Body>, Outcome) {
-        let none = |cache| Outcome { repo: NO_REPO.into(), resource: NO_RESOURCE, cache };
+        let none = |cache| Outcome { repo: NO_REPO.into(), resource: NO_RESOURCE, cache, upstream: None };
         if req.method() != Method::GET && req.method() != Method::HEAD {
             let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are supported");
             resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
@@ -135,7 +164,20 @@ impl Service {
             Route::Repo { repo, resource } => (repo, resource),
         };
         let target = self.mirror.target(repo.as_deref());
-        let outcome = |cache| Outcome { repo: target.label().to_string(), resource: resource.kind().as_str(), cache };
+        let outcome = |cache| Outcome {
+            repo: target.label().to_string(),
+            resource: resource.kind().as_str(),
+            cache,
+            upstream: matches!(
+                cache,
+                CacheStatus::Miss
+                    | CacheStatus::Revalidated
+                    | CacheStatus::Stale
+                    | CacheStatus::Refused
+                    | CacheStatus::Error
+            )
+            .then(|| target.repo.upstreams.iter().map(crate::upstream::upstream_label).collect::<Vec<_>>().join(",")),
+        };
         let client = ClientCredentials::from_header(req.headers().get(header::AUTHORIZATION).cloned());
         match self.mirror.get(&target, &resource, &client).await {
             Ok(reply) => {
@@ -229,24 +271,109 @@ impl Service {
     }
 }
 
-/// Writes one JSON line to standard output from a dedicated thread, so that a slow reader of
-/// the log never stalls a request.
-fn access_log(line: serde_json::Value) {
-    use std::sync::OnceLock;
-    static WRITER: OnceLock<std::sync::mpsc::SyncSender<serde_json::Value>> = OnceLock::new();
-    let writer = WRITER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<serde_json::Value>(10_000);
-        std::thread::spawn(move || {
-            use std::io::Write;
-            for line in rx {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{line}");
+/// The access log: JSON lines on stdout, written by a worker thread (tracing-appender's
+/// non-blocking writer). Lines beyond 10,000 waiting are dropped rather than block a request.
+#[derive(Clone)]
+pub struct AccessLog {
+    writer: tracing_appender::non_blocking::NonBlocking,
+}
+
+impl AccessLog {
+    /// The access log on stdout, and the guard that flushes what is buffered when dropped.
+    pub fn stdout() -> (AccessLog, tracing_appender::non_blocking::WorkerGuard) {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .buffered_lines_limit(10_000)
+            .lossy(true)
+            .thread_name("hexmirror-access-log")
+            .finish(std::io::stdout());
+        (AccessLog { writer }, guard)
+    }
+
+    /// Writes `line` and a newline in one piece (so lines of concurrent requests never mix).
+    fn write(&self, line: &serde_json::Value) {
+        use std::io::Write;
+        let mut bytes = serde_json::to_vec(line).expect("a JSON value serializes");
+        bytes.push(b'\n');
+        let _ = self.writer.clone().write_all(&bytes);
+    }
+}
+
+/// What the access log says of a request, less what is known only once its body is sent.
+struct AccessLine {
+    /// When the request arrived.
+    time: SystemTime,
+    client: Option<std::net::IpAddr>,
+    method: Method,
+    path: String,
+    status: u16,
+    cache: &'static str,
+    repo: String,
+    upstream: Option<String>,
+    user_agent: Option<String>,
+    started: Instant,
+}
+
+impl AccessLine {
+    fn to_json(&self, bytes: u64) -> serde_json::Value {
+        let elapsed = self.started.elapsed();
+        serde_json::json!({
+            "time": humantime::format_rfc3339_millis(self.time).to_string(),
+            "client": self.client.map(|ip| ip.to_string()),
+            "method": self.method.as_str(),
+            "path": self.path,
+            "status": self.status,
+            "cache": self.cache,
+            "repo": self.repo,
+            "upstream": self.upstream,
+            "bytes": bytes,
+            "duration_ms": (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+            "user_agent": self.user_agent,
+        })
+    }
+}
+
+/// A response body that counts the bytes it hands to the connection and writes the request's
+/// access log line when it is dropped: once the last byte is sent, or when the client left.
+struct Logged {
+    body: http_body_util::combinators::BoxBody<Bytes, Infallible>,
+    sent: u64,
+    line: Option<AccessLine>,
+    log: AccessLog,
+}
+
+impl hyper::body::Body for Logged {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.sent += data.len() as u64;
             }
-        });
-        tx
-    });
-    // A full buffer drops the line rather than blocking the request.
-    let _ = writer.try_send(line);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(line) = self.line.take() {
+            self.log.write(&line.to_json(self.sent));
+        }
+    }
 }
 
 /// What `server::run` calls for each request.

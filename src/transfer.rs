@@ -40,6 +40,10 @@ pub enum TransferError {
     /// Nothing matched the request: no bundle is written.
     #[error("export: {0}")]
     Nothing(String),
+    /// An incremental bundle whose base bundle the store does not hold (`base` is its sha256):
+    /// nothing is written.
+    #[error("bundle refused: this bundle builds on {base}; import that first ({why})")]
+    MissingBase { base: String, why: String },
 }
 
 /// What to export.
@@ -129,6 +133,17 @@ pub fn limits() -> bundle::Limits {
 /// Verifies every object of `bytes`, then stores them all (pinned and selected), or nothing.
 pub async fn import(mirror: &Mirror, bytes: &[u8]) -> Result<ImportReport, TransferError> {
     let read = bundle::read(bytes, &limits()).map_err(TransferError::Malformed)?;
+    let missing_base = |why: String| TransferError::MissingBase {
+        base: read.manifest.base.as_ref().map(|b| b.sha256.clone()).unwrap_or_default(),
+        why,
+    };
+    if read.manifest.base.is_some() {
+        let selected = mirror.store().selected().await?.len() as u64;
+        // What the records it needs say is checked by verification below.
+        if let Some(why) = bundle::missing_base(&read.manifest, selected, |_| true) {
+            return Err(missing_base(why));
+        }
+    }
     let mut objects: HashMap<String, Bytes> = HashMap::new();
     for object in &read.objects {
         objects.insert(object.key.clone(), object.bytes.clone());
@@ -151,10 +166,15 @@ pub async fn import(mirror: &Mirror, bytes: &[u8]) -> Result<ImportReport, Trans
     for (_, key_text, key) in keys {
         let signature = objects.get(&format!("{key_text}.signed")).and_then(|s| String::from_utf8(s.to_vec()).ok());
         let signs = key_text.strip_suffix(".signed").and_then(|signed| objects.get(signed)).cloned();
-        let entry = mirror
-            .verify_import(&key, objects[&key_text].clone(), signature, signs, &records)
-            .await
-            .map_err(|reason| TransferError::Refused { key: key_text.clone(), reason })?;
+        let entry = mirror.verify_import(&key, objects[&key_text].clone(), signature, signs, &records).await.map_err(
+            |reason| match reason {
+                // What an incremental bundle lacks is what its base carried.
+                CheckError::NoRecord(_) | CheckError::NoSigned(_) if read.manifest.base.is_some() => {
+                    missing_base(format!("{key_text}: {reason}"))
+                }
+                reason => TransferError::Refused { key: key_text.clone(), reason },
+            },
+        )?;
         let entry = Arc::new(entry);
         if let Resource::Package(name) = key.resource() {
             records.insert((key.namespace().to_string(), name.clone()), entry.clone());

@@ -474,6 +474,25 @@ impl Local {
     }
 }
 
+/// Whether `root` holds a store (its `index/`), looked at without creating or changing
+/// anything: `Ok(false)` when `root` does not exist or holds no index, an error when `root`
+/// cannot be used as a data directory at all (it is not a directory, or cannot be searched).
+pub fn holds_store(root: &Path) -> std::io::Result<bool> {
+    match fs::metadata(root) {
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+        Ok(meta) if !meta.is_dir() => {
+            return Err(std::io::Error::new(ErrorKind::NotADirectory, "not a directory"));
+        }
+        Ok(_) => {}
+    }
+    match fs::symlink_metadata(root.join("index")) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 impl DiskStore {
     /// Opens (creating when needed) the store under `root` and sweeps what a crash left.
     pub async fn open(root: &Path) -> Result<(DiskStore, Sweep), StoreError> {

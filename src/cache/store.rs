@@ -217,8 +217,8 @@ pub struct Purge {
     pub namespace: Option<String>,
 }
 
-/// The persistent tier used when the data directory cannot be used at all (read-only,
-/// missing permissions): it stores nothing, so hexmirror serves from memory and the upstream.
+/// A persistent tier that holds nothing and refuses writes: the empty store of a command run
+/// on a data directory that holds no store (`Mirror::open_existing`), which creates nothing.
 pub struct NullStore {
     pub reason: String,
 }

@@ -180,7 +180,9 @@ impl MirrorError {
 /// Why a [`Mirror`] could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("cannot open the store in {}: {source}", data_dir.display())]
+    /// The data directory can be neither opened nor created (not a directory, no permission,
+    /// a damaged index), not even read-only.
+    #[error("cannot open or create the store in {}: {source}", data_dir.display())]
     Store { data_dir: std::path::PathBuf, source: StoreError },
     /// Another process (a running server) holds the store: never a reason to degrade.
     #[error("cannot open the store in {}: {source} (is another hexmirror using it?)", data_dir.display())]
@@ -196,6 +198,12 @@ impl OpenError {
     /// True for a mistake in the configuration (exit status 64), not a failure of the moment.
     pub fn is_configuration(&self) -> bool {
         matches!(self, OpenError::SharedStore(_))
+    }
+
+    /// True when the local data directory cannot be opened or created at all (EX_CANTCREAT,
+    /// exit status 73, for the command line).
+    pub fn is_unusable_data_dir(&self) -> bool {
+        matches!(self, OpenError::Store { .. })
     }
 }
 
@@ -266,6 +274,24 @@ impl Mirror {
         Self::from_disk(config, metrics, opened)
     }
 
+    /// Like [`Mirror::open`] for the commands that read or maintain a store (`verify`, `cache`,
+    /// `export`, `inspect`, `refusals`): a local data directory that does not exist or holds no
+    /// store is an empty store, and nothing is created; one that cannot be looked at (not a
+    /// directory, no permission) is an [`OpenError::Store`].
+    pub async fn open_existing(config: Config, metrics: Metrics) -> Result<Mirror, OpenError> {
+        if let crate::config::StoreConfig::S3(_) = &config.store {
+            return Self::open(config, metrics).await;
+        }
+        match crate::cache::disk::holds_store(&config.data_dir) {
+            Ok(true) => Self::open(config, metrics).await,
+            Ok(false) => {
+                let reason = format!("no store in {}", config.data_dir.display());
+                Self::with_store(config, metrics, Arc::new(crate::cache::NullStore { reason }))
+            }
+            Err(e) => Err(OpenError::Store { data_dir: config.data_dir.clone(), source: StoreError::Io(e) }),
+        }
+    }
+
     fn from_disk(
         config: Config,
         metrics: Metrics,
@@ -282,10 +308,13 @@ impl Mirror {
         Self::with_store(config, metrics, Arc::new(store))
     }
 
-    /// Like [`Mirror::open`] for the server: a data directory that cannot be used (read-only,
-    /// no permission, no space) degrades to serving from memory and the upstream, loudly.
-    /// Another process holding the store is still an error. Starts disk eviction (with a
-    /// first pass, for a store over its budget already).
+    /// Like [`Mirror::open`] for the server: a store that can be read but not written
+    /// (read-only file system, no space) degrades to serving what it holds read-only and the
+    /// rest from the upstream, loudly. A data directory that can be neither opened nor created
+    /// (not a directory, no permission) is an error ([`OpenError::Store`]): serving from memory
+    /// would lose the cache at every restart while looking healthy. Another process holding
+    /// the store is an error too. Starts disk eviction (with a first pass, for a store over
+    /// its budget already).
     pub async fn open_for_serving(config: Config, metrics: Metrics) -> Result<Mirror, OpenError> {
         if let crate::config::StoreConfig::S3(s3) = &config.store {
             let store = S3Store::open(s3, config.ca_file.as_deref(), Some(metrics.store_degraded.clone())).await?;
@@ -301,7 +330,7 @@ impl Mirror {
                 return Err(OpenError::Locked { data_dir: config.data_dir.clone(), source })
             }
             Err(e) => {
-                let store: Arc<dyn Store> = match DiskStore::open_read_only(&config.data_dir).await {
+                let store = match DiskStore::open_read_only(&config.data_dir).await {
                     Ok(store) => {
                         tracing::error!(
                             data_dir = %config.data_dir.display(),
@@ -311,14 +340,7 @@ impl Mirror {
                         );
                         Arc::new(store)
                     }
-                    Err(_) => {
-                        tracing::error!(
-                            data_dir = %config.data_dir.display(),
-                            error = %e,
-                            "store: cannot open the data directory; serving from memory and upstream only"
-                        );
-                        Arc::new(crate::cache::NullStore { reason: e.to_string() })
-                    }
+                    Err(_) => return Err(OpenError::Store { data_dir: config.data_dir.clone(), source: e }),
                 };
                 metrics.store_degraded.set(1);
                 let mirror = Self::with_store(config, metrics, store)?;
