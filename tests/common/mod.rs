@@ -97,6 +97,7 @@ pub struct UpstreamState {
     pub delay: Duration,
     /// A delay for paths starting with a prefix, instead of `delay`.
     pub delays: Vec<(String, Duration)>,
+    /// `Cache-Control` of every file; unset: what repo.hex.pm sends (see [`hexpm_cache_control`]).
     pub cache_control: Option<String>,
     /// Answer every request with this status (an outage that still accepts connections).
     pub fail_all: Option<u16>,
@@ -316,7 +317,7 @@ async fn answer(state: &Arc<Mutex<UpstreamState>>, req: Request<hyper::body::Inc
                 Response::new(Full::new(Bytes::from(body.clone())))
             };
             resp.headers_mut().insert("etag", etag.parse().unwrap());
-            let cc = s.cache_control.clone().unwrap_or_else(|| "public, max-age=3600".into());
+            let cc = s.cache_control.clone().unwrap_or_else(|| hexpm_cache_control(&path).into());
             resp.headers_mut().insert("cache-control", cc.parse().unwrap());
             resp
         }
@@ -325,6 +326,19 @@ async fn answer(state: &Arc<Mutex<UpstreamState>>, req: Request<hyper::body::Inc
             *resp.status_mut() = StatusCode::NOT_FOUND;
             resp
         }
+    }
+}
+
+/// What repo.hex.pm sends as `Cache-Control` for a file at `path`: the public repository's
+/// registry files for an hour and its tarballs for a week, to anyone; an organization's
+/// (`/repos/ORG/...`) registry files for an hour and its tarballs for a day, privately.
+pub fn hexpm_cache_control(path: &str) -> &'static str {
+    let tarball = path.contains("/tarballs/");
+    match (path.starts_with("/repos/"), tarball) {
+        (false, false) => "public, max-age=3600",
+        (false, true) => "public, max-age=604800",
+        (true, false) => "private, max-age=3600",
+        (true, true) => "private, max-age=86400",
     }
 }
 
