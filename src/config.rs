@@ -46,6 +46,15 @@ jwIDAQAB
 pub const HEXPM: &str = "hexpm";
 pub const HEXPM_UPSTREAM: &str = "https://repo.hex.pm";
 
+/// The OAuth client the Hex client registers at hex.pm (public, allowed the client-credentials
+/// grant): the default `oauth_client_id`, since hex.pm's token endpoint refuses a request
+/// without a registered client.
+pub const HEX_CLIENT_ID: &str = "78ea6566-89fd-481e-a1d6-7d9d78eacca8";
+
+/// The scope the Hex client asks for when it exchanges a repository key: hex.pm expands it to
+/// every repository the key may read (`repository:ORG`). The default `oauth_scope`.
+pub const HEX_REPOSITORIES_SCOPE: &str = "repositories";
+
 /// An integer or a string such as `"256MiB"`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -181,6 +190,12 @@ pub struct RawRepo {
     pub auth_key_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oauth_token_url: Option<String>,
+    /// The registered OAuth client the exchange names (default: the Hex client's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oauth_client_id: Option<String>,
+    /// The scope the exchange asks for (default: `repositories`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oauth_scope: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub strip_headers: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -527,6 +542,9 @@ pub struct RepoConfig {
     pub allow_http: bool,
     pub auth_key: Option<Secret>,
     pub oauth_token_url: Option<http::Uri>,
+    /// The `client_id` and `scope` of the exchange at `oauth_token_url` (defaults applied).
+    pub oauth_client_id: String,
+    pub oauth_scope: String,
     pub strip_headers: Vec<http::HeaderName>,
     pub access: Access,
 }
@@ -809,6 +827,19 @@ fn validate_repo(name: &str, raw: &RawRepo, errors: &mut Vec<String>) -> Option<
             errors.push(format!("{}: credentials go only over https", at("oauth_token_url")));
         }
     }
+    for (key, value) in [("oauth_client_id", &raw.oauth_client_id), ("oauth_scope", &raw.oauth_scope)] {
+        if value.is_some() && raw.oauth_token_url.is_none() {
+            errors.push(format!("{}: used only with oauth_token_url", at(key)));
+        }
+    }
+    let oauth_client_id = raw.oauth_client_id.clone().unwrap_or_else(|| HEX_CLIENT_ID.to_string());
+    if oauth_client_id.trim().is_empty() || oauth_client_id.chars().any(|c| c.is_control()) {
+        errors.push(format!("{}: a client id, not empty, without control characters", at("oauth_client_id")));
+    }
+    let oauth_scope = raw.oauth_scope.clone().unwrap_or_else(|| HEX_REPOSITORIES_SCOPE.to_string());
+    if let Err(e) = scope(&oauth_scope) {
+        errors.push(format!("{}: {e}", at("oauth_scope")));
+    }
     for uri in &upstreams {
         if uri.scheme_str() == Some("http") && auth_key.is_some() && !(raw.allow_http && is_loopback(uri)) {
             errors.push(format!(
@@ -826,9 +857,24 @@ fn validate_repo(name: &str, raw: &RawRepo, errors: &mut Vec<String>) -> Option<
         allow_http: raw.allow_http,
         auth_key,
         oauth_token_url,
+        oauth_client_id,
+        oauth_scope,
         strip_headers,
         access,
     })
+}
+
+/// An OAuth scope (RFC 6749 §3.3): space-separated scope tokens of printable ASCII without `"`
+/// or `\`, at least one (hex.pm: `repositories`, `repository:ORG`).
+fn scope(text: &str) -> Result<(), &'static str> {
+    let token = |t: &str| t.bytes().all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E));
+    if text.split(' ').all(str::is_empty) {
+        return Err("at least one scope, such as \"repositories\" or \"repository:ORG\"");
+    }
+    if !text.split(' ').filter(|t| !t.is_empty()).all(token) {
+        return Err("scopes separated by spaces, each of printable ASCII without '\"' or '\\'");
+    }
+    Ok(())
 }
 
 /// Turns the raw layers into a [`Config`], reporting every invalid key.
@@ -1151,6 +1197,35 @@ public_key = "/nonexistent/key.pem"
             "[repos.corp]\nupstream = \"http://127.0.0.1:9\"\npublic_key = \"{key}\"\nauth_key = \"k\"\nallow_http = true\n"
         ));
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn the_oauth_exchange_names_hexs_client_and_scope_unless_told_otherwise() {
+        let repo = |extra: &str| {
+            format!("[repos.hexpm]\nauth_key = \"k\"\noauth_token_url = \"https://hex.pm/api/oauth/token\"\n{extra}")
+        };
+        let config = from_toml(&repo("")).unwrap();
+        let hexpm = &config.repos[HEXPM];
+        assert_eq!((hexpm.oauth_client_id.as_str(), hexpm.oauth_scope.as_str()), (HEX_CLIENT_ID, "repositories"));
+        let config = from_toml(&repo("oauth_client_id = \"mine\"\noauth_scope = \"repository:acme\"\n")).unwrap();
+        let hexpm = &config.repos[HEXPM];
+        assert_eq!((hexpm.oauth_client_id.as_str(), hexpm.oauth_scope.as_str()), ("mine", "repository:acme"));
+        for (text, expected) in [
+            (repo("oauth_scope = \"\"\n"), "repos.hexpm.oauth_scope: at least one scope"),
+            (repo("oauth_scope = \"repository:\\\"x\"\n"), "repos.hexpm.oauth_scope: scopes separated by spaces"),
+            (repo("oauth_client_id = \" \"\n"), "repos.hexpm.oauth_client_id: a client id"),
+            (
+                "[repos.hexpm]\noauth_scope = \"repositories\"\n".into(),
+                "repos.hexpm.oauth_scope: used only with oauth_token_url",
+            ),
+            (
+                "[repos.hexpm]\noauth_client_id = \"c\"\n".into(),
+                "repos.hexpm.oauth_client_id: used only with oauth_token_url",
+            ),
+        ] {
+            let errors = errors_of(&text);
+            assert!(errors.contains(expected), "{text}: {errors}");
+        }
     }
 
     #[test]

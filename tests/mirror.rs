@@ -34,16 +34,25 @@ async fn responses_are_byte_identical_to_the_upstream() {
 
 #[tokio::test]
 async fn organization_under_repos_is_fetched_from_the_upstream_repos_path() {
-    let (upstream, mirror) = setup().await;
+    // As on hex.pm: an organization's files need one of its keys, and are private.
+    let upstream = TestUpstream::start(hexpm_and_acme_files()).await;
+    {
+        let mut s = upstream.state.lock().unwrap();
+        s.protected_prefix = Some("/repos/acme/".into());
+        s.allowed = vec!["acme-member-key".into()];
+    }
+    let hexpm = RepoSpec::demo(&upstream.url()).trusted().allow_http();
+    let mirror = TestMirror::builder().repo(hexmirror::config::HEXPM, hexpm).start().await;
+    let member = [("authorization", "acme-member-key")];
     for rel in ["/names", "/packages/hexdemo_mid", "/tarballs/hexdemo_mid-0.2.0.tar"] {
-        let got = mirror.get(&format!("/repos/acme{rel}")).await;
+        let got = get(&mirror.url(&format!("/repos/acme{rel}")), &member).await;
         assert_eq!(got.status, 200, "{rel}");
         assert_eq!(got.body, demo_file("acme", rel.trim_start_matches('/')));
         assert_eq!(upstream.requests_for(&format!("/repos/acme{rel}")), 1);
     }
     // The hexpm flavour's record says repository "hexpm": served under the org it is refused.
     upstream.set_file("/repos/acme/packages/hexdemo_top", demo_file("hexpm", "packages/hexdemo_top"));
-    assert_eq!(mirror.get("/repos/acme/packages/hexdemo_top").await.status, 502);
+    assert_eq!(get(&mirror.url("/repos/acme/packages/hexdemo_top"), &member).await.status, 502);
 }
 
 #[tokio::test]
@@ -420,6 +429,9 @@ async fn graceful_shutdown_finishes_an_in_flight_slow_transfer() {
 async fn policies_are_verified_and_a_private_policy_needs_authorization() {
     use prost::Message;
     let (upstream, mirror) = setup().await;
+    // An upstream that calls an organization's policies public (hex.pm marks everything of an
+    // organization private): what a policy says of itself decides, not that.
+    upstream.state.lock().unwrap().cache_control = Some("public, max-age=3600".into());
     let policy = |name: &str, visibility: i32| hexmirror::registry::Policy {
         repository: "acme".into(),
         name: name.into(),

@@ -211,7 +211,11 @@ async fn allow_all_clients_opt_in_serves_private_content_offline() {
 #[tokio::test]
 async fn oauth_token_is_obtained_refreshed_and_sent_instead_of_the_key() {
     let upstream = protected_upstream(&[]).await;
-    upstream.state.lock().unwrap().token_lifetime = 1;
+    {
+        let mut s = upstream.state.lock().unwrap();
+        s.token_lifetime = 1;
+        s.oauth_keys = vec![("exchange-key-44".into(), "acme".into())];
+    }
     let corp = RepoSpec::acme(&upstream.url())
         .allow_http()
         .auth_key("exchange-key-44")

@@ -56,7 +56,8 @@ TOP_KEYS = {"listen", "metrics_listen", "data_dir", "memory_cache_bytes", "disk_
             "offline", "access_log", "installs_public_key", "ca_file", "tls_cert", "tls_key",
             "admin_listen", "admin_token", "admin_token_file", "store", "repos"}
 REPO_KEYS = {"upstream", "public_key", "repository", "trusted", "allow_http", "auth_key",
-             "auth_key_file", "oauth_token_url", "strip_headers", "access"}
+             "auth_key_file", "oauth_token_url", "oauth_client_id", "oauth_scope", "strip_headers",
+             "access"}
 ACCESS_KEYS = {"tokens", "tokens_file", "allow_all_clients"}
 STORE_KEYS = {"kind", "bucket", "prefix", "endpoint", "region", "allow_http", "timeout"}
 STORE_KINDS = {"local", "s3"}

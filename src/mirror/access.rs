@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Mirror, MirrorError, Target};
 use crate::config::HEXPM;
+use crate::oauth::OAuthError;
 use crate::upstream::UpstreamError;
 
 /// The credentials a client presented.
@@ -108,11 +109,7 @@ impl Mirror {
             Credential::Client(value) => Ok(Some(value.clone())),
             Credential::Own => {
                 if let Some(source) = self.inner.tokens.get(&target.repo.name) {
-                    return source
-                        .authorization(&self.inner.upstream)
-                        .await
-                        .map(Some)
-                        .map_err(|e| MirrorError::Upstream(UpstreamError::Unreachable(e.to_string())));
+                    return source.authorization(&self.inner.upstream).await.map(Some).map_err(no_token);
                 }
                 let key = target.repo.auth_key.as_ref().map(|k| k.expose()).unwrap_or_default();
                 let mut value = HeaderValue::from_str(key)
@@ -121,6 +118,19 @@ impl Mirror {
                 Ok(Some(value))
             }
         }
+    }
+
+    /// After the repository answered 401 to `sent`, hexmirror's OAuth token: the value to retry
+    /// with once, from a new exchange (or from another request's). `None` when there is nothing
+    /// to renew (no exchange for this repository, or another credential was sent).
+    pub(super) async fn renewed_authorization(
+        &self,
+        target: &Target,
+        credential: &Credential,
+        sent: Option<&HeaderValue>,
+    ) -> Option<Result<HeaderValue, MirrorError>> {
+        let source = self.inner.tokens.get(&target.repo.name).filter(|_| matches!(credential, Credential::Own))?;
+        Some(source.renew(&self.inner.upstream, sent?).await.map_err(no_token))
     }
 
     /// True when hexmirror decides who may read this target (it fetches with its own key, or an
@@ -166,6 +176,12 @@ impl Mirror {
         }
         allowed.into()
     }
+}
+
+/// A failed token exchange as the client sees it: a 502 whose reason is the endpoint's own
+/// (never the key or a token: [`OAuthError`] holds neither).
+fn no_token(e: OAuthError) -> MirrorError {
+    MirrorError::Upstream(UpstreamError::Unreachable(e.to_string()))
 }
 
 pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> subtle::Choice {

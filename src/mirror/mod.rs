@@ -389,10 +389,7 @@ impl Mirror {
         let tokens = config
             .repos
             .values()
-            .filter_map(|repo| {
-                let (url, key) = (repo.oauth_token_url.clone()?, repo.auth_key.clone()?);
-                Some((repo.name.clone(), crate::oauth::TokenSource::new(url, key, repo.allow_http)))
-            })
+            .filter_map(|repo| Some((repo.name.clone(), crate::oauth::TokenSource::for_repo(repo)?)))
             .collect();
         let verifying = crate::budget::Budget::for_registry_files(config.max_registry_bytes);
         let flights = Flights::new(config.max_pending_fetches);

@@ -637,7 +637,8 @@ impl Mirror {
             Kind::Tarball | Kind::Installs => self.inner.config.max_tarball_bytes,
             _ => self.inner.config.max_registry_bytes,
         };
-        let request = UpstreamRequest {
+        let sent = authorization.clone();
+        let request = |authorization| UpstreamRequest {
             repo: &target.repo,
             path: format!("{}/{path}", target.prefix),
             validators: cached.as_ref().map(|e| &e.upstream),
@@ -654,9 +655,21 @@ impl Mirror {
         let answer = match early.filter(|_| cached.is_none()) {
             Some(early) => match early.await {
                 Some(answer) => answer,
-                None => self.inner.upstream.get(request).await,
+                None => self.inner.upstream.get(request(authorization)).await,
             },
-            None => self.inner.upstream.get(request).await,
+            None => self.inner.upstream.get(request(authorization)).await,
+        };
+        // A 401 to hexmirror's OAuth token (revoked, or expired early): one new exchange and one
+        // retry, never more.
+        let answer = match answer {
+            Ok(response) if response.status == StatusCode::UNAUTHORIZED => {
+                match self.renewed_authorization(target, &credential, sent.as_ref()).await {
+                    Some(Ok(renewed)) => self.inner.upstream.get(request(Some(renewed))).await,
+                    Some(Err(e)) => return stale(e),
+                    None => Ok(response),
+                }
+            }
+            answer => answer,
         };
         let response = match answer {
             Ok(response) => response,

@@ -97,6 +97,7 @@ pub struct UpstreamState {
     pub delay: Duration,
     /// A delay for paths starting with a prefix, instead of `delay`.
     pub delays: Vec<(String, Duration)>,
+    /// `Cache-Control` of every file; unset: what repo.hex.pm sends (see [`hexpm_cache_control`]).
     pub cache_control: Option<String>,
     /// Answer every request with this status (an outage that still accepts connections).
     pub fail_all: Option<u16>,
@@ -105,9 +106,21 @@ pub struct UpstreamState {
     /// Paths under this prefix need one of `allowed` as `Authorization` (401 without, 403 wrong).
     pub protected_prefix: Option<String>,
     pub allowed: Vec<String>,
-    /// Tokens the stand-in OAuth endpoint (`POST /api/oauth/token`) issues, with this lifetime.
+    /// The stand-in of hex.pm's OAuth token endpoint (`POST /api/oauth/token`, the
+    /// client-credentials grant): see [`token_endpoint`]. The lifetime of the tokens it issues
+    /// (`expires_in`; 0: an hour).
     pub token_lifetime: u64,
+    /// Registered OAuth clients besides the Hex client's (which may use the grant), and whether
+    /// each may use the client-credentials grant.
+    pub oauth_clients: Vec<(String, bool)>,
+    /// Keys the endpoint exchanges, each with the organization it belongs to (the key may read
+    /// `repository:ORG`, which `repositories` expands to, and nothing else).
+    pub oauth_keys: Vec<(String, String)>,
+    /// Tokens issued (`tok-1`, `tok-2`, ...), accepted under `protected_prefix` unless revoked.
     pub issued: Vec<String>,
+    /// Issued tokens the repository now answers 401 (a revoked or expired token).
+    pub revoked: Vec<String>,
+    /// Every body the token endpoint received, as sent (see [`form_fields`]).
     pub token_requests: Vec<String>,
     pub in_flight: usize,
     pub max_in_flight: usize,
@@ -252,24 +265,28 @@ async fn answer(state: &Arc<Mutex<UpstreamState>>, req: Request<hyper::body::Inc
         tokio::time::sleep(delay).await;
     }
     if req.method() == http::Method::POST && path == "/api/oauth/token" {
-        let form = String::from_utf8(req.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        let json = req.headers().get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        let body = String::from_utf8(req.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        let fields = if json { json_fields(&body) } else { form_fields(&body) };
         let mut s = state.lock().unwrap();
         s.in_flight -= 1;
-        s.token_requests.push(form);
-        let token = format!("tok-{}", s.issued.len() + 1);
-        s.issued.push(token.clone());
-        let body =
-            format!("{{\"access_token\":\"{token}\",\"token_type\":\"bearer\",\"expires_in\":{}}}", s.token_lifetime);
-        return Response::new(Full::new(Bytes::from(body)));
+        s.token_requests.push(body);
+        let (code, answer) = token_endpoint(&mut s, &fields);
+        let mut resp = Response::new(Full::new(Bytes::from(answer.to_string())));
+        *resp.status_mut() = StatusCode::from_u16(code).unwrap();
+        resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+        return resp;
     }
     let mut s = state.lock().unwrap();
     s.in_flight -= 1;
     if let Some(prefix) = &s.protected_prefix {
         if path.starts_with(prefix.as_str()) {
             let presented = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
-            let issued: Vec<String> = s.issued.iter().map(|t| format!("Bearer {t}")).collect();
+            let bearer = |tokens: &[String]| tokens.iter().map(|t| format!("Bearer {t}")).collect::<Vec<_>>();
+            let (issued, revoked) = (bearer(&s.issued), bearer(&s.revoked));
             match presented {
                 None => return status(401, b"unauthorized"),
+                Some(p) if revoked.contains(&p) => return status(401, b"token revoked or expired"),
                 Some(p) if !s.allowed.contains(&p) && !issued.contains(&p) => return status(403, b"forbidden"),
                 Some(_) => {}
             }
@@ -300,7 +317,7 @@ async fn answer(state: &Arc<Mutex<UpstreamState>>, req: Request<hyper::body::Inc
                 Response::new(Full::new(Bytes::from(body.clone())))
             };
             resp.headers_mut().insert("etag", etag.parse().unwrap());
-            let cc = s.cache_control.clone().unwrap_or_else(|| "public, max-age=3600".into());
+            let cc = s.cache_control.clone().unwrap_or_else(|| hexpm_cache_control(&path).into());
             resp.headers_mut().insert("cache-control", cc.parse().unwrap());
             resp
         }
@@ -309,6 +326,114 @@ async fn answer(state: &Arc<Mutex<UpstreamState>>, req: Request<hyper::body::Inc
             *resp.status_mut() = StatusCode::NOT_FOUND;
             resp
         }
+    }
+}
+
+/// What repo.hex.pm sends as `Cache-Control` for a file at `path`: the public repository's
+/// registry files for an hour and its tarballs for a week, to anyone; an organization's
+/// (`/repos/ORG/...`) registry files for an hour and its tarballs for a day, privately.
+pub fn hexpm_cache_control(path: &str) -> &'static str {
+    let tarball = path.contains("/tarballs/");
+    match (path.starts_with("/repos/"), tarball) {
+        (false, false) => "public, max-age=3600",
+        (false, true) => "public, max-age=604800",
+        (true, false) => "private, max-age=3600",
+        (true, true) => "private, max-age=86400",
+    }
+}
+
+/// The fields of a form-encoded body (`application/x-www-form-urlencoded`).
+pub fn form_fields(body: &str) -> HashMap<String, String> {
+    fn decode(text: &str) -> String {
+        let bytes = text.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap());
+                    i += 2;
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8(out).unwrap()
+    }
+    body.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(name), decode(value))
+        })
+        .collect()
+}
+
+/// The string fields of a JSON object body.
+fn json_fields(body: &str) -> HashMap<String, String> {
+    let value: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let Some(object) = value.as_object() else { return HashMap::new() };
+    object.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect()
+}
+
+/// hex.pm's token endpoint for the client-credentials grant, as its `OAuthController` decides
+/// (same order of checks, same errors and statuses): the client must be registered and allowed
+/// the grant, the secret must be a known key, and every scope asked for must be one the key may
+/// have (`repositories` expands to the key's organization). Answers hex.pm's success body or
+/// its `{"error", "error_description"}`.
+pub fn token_endpoint(s: &mut UpstreamState, fields: &HashMap<String, String>) -> (u16, serde_json::Value) {
+    let refuse = |code: u16, error: &str, description: &str| {
+        (code, serde_json::json!({ "error": error, "error_description": description }))
+    };
+    let field = |name: &str| fields.get(name).map(String::as_str).filter(|v| !v.is_empty());
+    if field("grant_type") != Some("client_credentials") {
+        let grant = fields.get("grant_type").map(|g| format!("{g:?}")).unwrap_or_else(|| "nil".into());
+        return refuse(400, "unsupported_grant_type", &format!("Unsupported grant type: {grant}"));
+    }
+    let Some(client_id) = field("client_id") else { return refuse(401, "invalid_client", "Missing client_id") };
+    let clients = std::iter::once((HEX_CLIENT_ID.to_string(), true)).chain(s.oauth_clients.iter().cloned());
+    let Some((_, may_use_grant)) = clients.into_iter().find(|(id, _)| id == client_id) else {
+        return refuse(401, "invalid_client", "Invalid client");
+    };
+    if !may_use_grant {
+        return refuse(400, "unauthorized_client", "Client not authorized for this grant type");
+    }
+    let Some(secret) = field("client_secret") else {
+        return refuse(400, "invalid_request", "Missing or invalid client_secret");
+    };
+    let Some((_, organization)) = s.oauth_keys.iter().find(|(key, _)| key == secret).cloned() else {
+        return refuse(401, "invalid_client", "Invalid API key");
+    };
+    let requested: Vec<&str> = field("scope").unwrap_or("").split(' ').filter(|t| !t.is_empty()).collect();
+    if requested.is_empty() {
+        return refuse(400, "invalid_scope", "Missing scope");
+    }
+    let own = format!("repository:{organization}");
+    let granted: Vec<String> =
+        requested.iter().map(|scope| if *scope == "repositories" { own.clone() } else { scope.to_string() }).collect();
+    if granted.iter().any(|scope| *scope != own) {
+        return refuse(400, "invalid_scope", "Requested scopes exceed API key permissions");
+    }
+    let token = format!("tok-{}", s.issued.len() + 1);
+    s.issued.push(token.clone());
+    let lifetime = if s.token_lifetime == 0 { 3600 } else { s.token_lifetime };
+    let answer = serde_json::json!({
+        "access_token": token,
+        "token_type": "bearer",
+        "expires_in": lifetime,
+        "scope": granted.join(" "),
+    });
+    (200, answer)
+}
+
+/// The Hex client's OAuth client id at hex.pm: registered at the stand-in endpoint too.
+pub const HEX_CLIENT_ID: &str = "78ea6566-89fd-481e-a1d6-7d9d78eacca8";
+
+impl TestUpstream {
+    /// The fields of every request the token endpoint received, in order.
+    pub fn token_forms(&self) -> Vec<HashMap<String, String>> {
+        self.state.lock().unwrap().token_requests.iter().map(|body| form_fields(body)).collect()
     }
 }
 
@@ -385,6 +510,8 @@ pub struct RepoSpec {
     pub allow_http: bool,
     pub auth_key: Option<String>,
     pub oauth_token_url: Option<String>,
+    pub oauth_client_id: Option<String>,
+    pub oauth_scope: Option<String>,
     /// `[repos.NAME.access] tokens`.
     pub access_tokens: Vec<String>,
     /// `[repos.NAME.access] allow_all_clients`.
@@ -428,6 +555,16 @@ impl RepoSpec {
         self
     }
 
+    pub fn oauth_client_id(mut self, client_id: &str) -> RepoSpec {
+        self.oauth_client_id = Some(client_id.into());
+        self
+    }
+
+    pub fn oauth_scope(mut self, scope: &str) -> RepoSpec {
+        self.oauth_scope = Some(scope.into());
+        self
+    }
+
     pub fn access_tokens(mut self, tokens: &[&str]) -> RepoSpec {
         self.access_tokens = tokens.iter().map(|t| t.to_string()).collect();
         self
@@ -463,6 +600,12 @@ impl RepoSpec {
         }
         if let Some(url) = &self.oauth_token_url {
             writeln!(out, "oauth_token_url = {}", toml_string(url)).unwrap();
+        }
+        if let Some(client_id) = &self.oauth_client_id {
+            writeln!(out, "oauth_client_id = {}", toml_string(client_id)).unwrap();
+        }
+        if let Some(scope) = &self.oauth_scope {
+            writeln!(out, "oauth_scope = {}", toml_string(scope)).unwrap();
         }
         if !self.access_tokens.is_empty() || self.allow_all_clients {
             writeln!(out, "[repos.{name}.access]").unwrap();
@@ -793,6 +936,18 @@ pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Fetch
         builder = builder.header(*k, *v);
     }
     let resp = client.request(builder.body(Empty::new()).unwrap()).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Fetched { status: parts.status.as_u16(), headers: parts.headers, body }
+}
+
+/// A POST of `body` with the given `Content-Type`.
+pub async fn post(url: &str, content_type: &str, body: &str) -> Fetched {
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let request =
+        Request::post(url).header("content-type", content_type).body(Full::new(Bytes::from(body.to_string()))).unwrap();
+    let resp = client.request(request).await.unwrap();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
     Fetched { status: parts.status.as_u16(), headers: parts.headers, body }
