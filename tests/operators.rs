@@ -263,8 +263,9 @@ fn serve_with_no_configuration_at_all_creates_data_and_says_where() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Ready (the store is open once /readyz answers 200; the port accepts connections earlier).
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while curl_status(&format!("http://127.0.0.1:{port}/readyz")) != Some(200) {
         if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
             let _ = child.kill();
             panic!("did not start: {}", text(&child.wait_with_output().unwrap()));
@@ -278,6 +279,15 @@ fn serve_with_no_configuration_at_all_creates_data_and_says_where() {
     let data = std::path::absolute(dir.path().join("data")).unwrap();
     assert!(stderr.contains("hexmirror: config (none"), "{stderr}");
     assert!(stderr.contains(&format!("data directory {}", data.display())), "{stderr}");
+}
+
+/// The status `curl` got from `url`, if it got one.
+fn curl_status(url: &str) -> Option<u16> {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", url])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).parse().ok().filter(|code| *code != 0)
 }
 
 /// An empty bundle in `dir`.
@@ -493,6 +503,8 @@ async fn run_async(config: &Path, args: &[&str]) -> Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_list_has_a_header_resource_paths_organizations_by_name_and_is_stable() {
     let upstream = TestUpstream::start(hexpm_and_acme_files()).await;
+    // The organization's files marked public, so that an anonymous client may have them listed.
+    upstream.state.lock().unwrap().cache_control = Some("public, max-age=3600".into());
     let site = TestMirror::builder().upstream(&upstream.url());
     let mirror = site.start().await;
     for path in ["/packages/hexdemo_mid", "/tarballs/hexdemo_mid-0.2.0.tar", "/repos/acme/packages/hexdemo_mid"] {
@@ -530,6 +542,8 @@ async fn cache_list_has_a_header_resource_paths_organizations_by_name_and_is_sta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_outputs_of_cache_list_verify_refusals_and_inspect_parse() {
     let upstream = TestUpstream::start(hexpm_and_acme_files()).await;
+    // The organization's files marked public, so that an anonymous client may have them listed.
+    upstream.state.lock().unwrap().cache_control = Some("public, max-age=3600".into());
     let site = TestMirror::builder().upstream(&upstream.url());
     let mirror = site.start().await;
     for path in ["/packages/hexdemo_mid", "/tarballs/hexdemo_mid-0.2.0.tar", "/repos/acme/packages/hexdemo_mid"] {
