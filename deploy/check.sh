@@ -9,9 +9,11 @@
 #     against each version in K8S_VERSIONS;
 #   - consistency of the manifests: the embedded hexmirror.toml files parse and use known
 #     keys, files they name exist in their ConfigMap, probes name declared ports, replicas are
-#     spread and covered by a PodDisruptionBudget, Secret keys read exist in the example, ...;
+#     spread and covered by a PodDisruptionBudget, Secret keys read exist in the example,
+#     hexmirror containers (the sync CronJob's too) are hardened and memory-limited and find
+#     the ConfigMap keys their arguments name, the CronJob forbids concurrent runs, ...;
 #   - with a hexmirror binary at hand, each configuration is started (or, for an S3 store,
-#     validated with `hexmirror check-config`);
+#     validated with `hexmirror check-config`, once per container using it);
 #   - hadolint on deploy/Dockerfile; the build command in its header comment appears in
 #     deploy/README.md and README.md;
 #   - systemd-analyze verify on deploy/systemd/hexmirror.service (when systemd-analyze exists);
@@ -134,8 +136,9 @@ fi
 # Every configuration, started by hexmirror itself when a binary is at hand: offline, on a free
 # loopback port, with a scratch store. It must answer /readyz; a bad configuration exits at once
 # with status 64. An S3 configuration cannot start without its bucket: `hexmirror check-config`
-# validates it instead, with the variables its Deployment sets (manifests.py writes them to
-# NAME.env, with the example Secret's values).
+# validates it instead, once for each container that uses it (the Deployment's replicas, the
+# sync CronJob), with the variables that container sets (manifests.py writes them to
+# NAME@CONTAINER.env, with the example Secret's values; NAME.env marks an S3 configuration).
 bin=${HEXMIRROR_BIN:-}
 for candidate in target/release/hexmirror target/debug/hexmirror; do
   [ -n "$bin" ] || { [ -x "$candidate" ] && bin=$candidate; }
@@ -146,20 +149,28 @@ if [ -n "$bin" ] && [ -x "$bin" ]; then
     name=$(basename "$cfg" .toml)
     scratch=$(mktemp -d)
     if [ -e "$configs/$name.env" ]; then
-      mapfile -t store_env < "$configs/$name.env"
-      out=$(env -i PATH="$PATH" HOME="${HOME:-/}" RUST_LOG=warn HEXMIRROR_DATA_DIR="$scratch/data" \
-        "${store_env[@]}" "$bin" check-config --config "$cfg" 2>&1); rc=$?
-      # A binary from before the S3 store rejects [store] and its variables, and only those: that
-      # proves nothing either way.
-      mistakes=$(grep -v '^hexmirror: invalid configuration:' <<< "$out")
-      if [ $rc -eq 0 ]; then
-        pass "hexmirror check-config with $name (S3 store)"
-      elif [ $rc -eq 64 ] && grep -q 'unknown key `store`' <<< "$mistakes" \
-          && ! grep -v 'unknown key `store`' <<< "$mistakes" | grep -q .; then
-        skip "hexmirror check-config with $name (S3 store)" "$bin does not know [store] yet: not validated"
-      else
-        fail "hexmirror check-config with $name (S3 store)" "$out"
-      fi
+      # One check per container using it; a configuration no container uses gets the bare marker
+      # (no bucket: that fails, as the configuration cannot work on its own).
+      envs=("$configs/$name@"*.env)
+      [ -e "${envs[0]}" ] || envs=("$configs/$name.env")
+      for envfile in "${envs[@]}"; do
+        user=$(basename "$envfile" .env); user=${user#"$name"}; user=${user#@}
+        label="hexmirror check-config with $name${user:+ for $user} (S3 store)"
+        mapfile -t store_env < "$envfile"
+        out=$(env -i PATH="$PATH" HOME="${HOME:-/}" RUST_LOG=warn HEXMIRROR_DATA_DIR="$scratch/data" \
+          "${store_env[@]}" "$bin" check-config --config "$cfg" 2>&1); rc=$?
+        # A binary from before the S3 store rejects [store] and its variables, and only those: that
+        # proves nothing either way.
+        mistakes=$(grep -v '^hexmirror: invalid configuration:' <<< "$out")
+        if [ $rc -eq 0 ]; then
+          pass "$label"
+        elif [ $rc -eq 64 ] && grep -q 'unknown key `store`' <<< "$mistakes" \
+            && ! grep -v 'unknown key `store`' <<< "$mistakes" | grep -q .; then
+          skip "$label" "$bin does not know [store] yet: not validated"
+        else
+          fail "$label" "$out"
+        fi
+      done
       rm -rf "$scratch"
       continue
     fi
