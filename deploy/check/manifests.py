@@ -8,12 +8,20 @@ repository's top directory, with an interpreter that has PyYAML (kubernetes-vali
   [repos.NAME], [repos.NAME.access]), name key files that are provided beside the config, and
   do not listen on loopback only;
 - config/hexmirror.toml, which documents every key, names no key missing from those lists;
-- in the STRICT manifests: volumes use ConfigMaps defined beside them, mounts name defined
-  volumes, probes name declared ports, hexmirror serve containers are hardened, probed on
-  /readyz (and, in a StatefulSet, Deployment or DaemonSet, on /healthz for liveness),
-  memory-limited, and keep data_dir on a writable volume; a Job has a native sidecar; the grace
+- in the STRICT manifests: volumes use ConfigMaps defined beside them (a projected volume's
+  too, with the keys it projects), mounts name defined volumes, probes name declared ports;
+  every hexmirror container (serve or a command such as sync) is hardened, memory-limited,
+  keeps data_dir on a writable volume and finds the files its --config, --requirements and
+  --lockfile name (the key exists where a ConfigMap is mounted), in a pod with no
+  service-account token and a RuntimeDefault seccomp profile; serve containers are probed on
+  /readyz (and, in a StatefulSet, Deployment or DaemonSet, on /healthz for liveness); a Job has
+  a native sidecar; a CronJob runs a hexmirror command, never serve, on the S3 store (a sled
+  store is opened by the serving pod alone), with concurrencyPolicy Forbid,
+  startingDeadlineSeconds, both history limits, backoffLimit and activeDeadlineSeconds; a
+  podFailurePolicy comes with restartPolicy Never and names a container of the pod; the grace
   period of a long-running workload exceeds the shutdown_grace of its configuration; workload
-  selectors select their pods, and Services select pods of their folder on a declared port;
+  selectors select their pods, and Services select pods of their folder, every workload of
+  which declares the target port (a batch pod with the mirror's labels would get traffic);
 - several replicas (a Deployment or StatefulSet with replicas > 1): topologySpreadConstraints on
   kubernetes.io/hostname and topology.kubernetes.io/zone whose labelSelectors select the pods,
   and a PodDisruptionBudget selecting them; every PodDisruptionBudget selects the pods of
@@ -22,18 +30,19 @@ repository's top directory, with an interpreter that has PyYAML (kubernetes-vali
   example Secret under the folder (a subfolder, so that applying the folder leaves the real
   Secret alone), or the Secret is created by a `kubectl create secret generic NAME
   --from-literal=KEY=...` in deploy/README.md; every key of an example Secret is read;
-- an S3 store ([store] kind = "s3", in the file or by HEXMIRROR_STORE__KIND) has a bucket from
-  the file or the environment, and credentials: both static AWS keys, or a serviceAccountName
-  for IRSA; disk_cache_bytes, which does not apply to it, is not set;
+- an S3 store ([store] kind = "s3", in the file or by HEXMIRROR_STORE__KIND) has, in every
+  container using it, a bucket from the file or the environment, and credentials: both static
+  AWS keys, or a serviceAccountName for IRSA; disk_cache_bytes, which does not apply to it, is
+  not set;
 - OPTIONAL manifests (CRD-based, no schema): a ServiceMonitor selects exactly one Service of
   its own example (the folder above optional/) and scrapes one of its ports on /metrics. A
   PrometheusRule is left to alerts.py.
 
 Env: CONFIG_OUT=DIR also writes every configuration checked to DIR/NAME.toml (check.sh then
-starts hexmirror with each), and for an S3 configuration DIR/NAME.env: the HEXMIRROR_* variables
-its workload sets, with the example Secret's values, one VAR=VALUE a line (check.sh runs
-`hexmirror check-config` with them instead). Prints notes and errors; exit status 1 on an
-error."""
+starts hexmirror with each); for an S3 configuration an empty DIR/NAME.env marks it, and
+DIR/NAME@CONTAINER.env holds the HEXMIRROR_* variables of each container using it, with the
+example Secret's values, one VAR=VALUE a line (check.sh runs `hexmirror check-config` with each
+instead). Prints notes and errors; exit status 1 on an error."""
 import os, re, sys
 import yaml
 try:
@@ -219,6 +228,81 @@ def under(d):
             for p, doc in docs]
 
 LONG_RUNNING = ("StatefulSet", "Deployment", "DaemonSet")
+# hexmirror's subcommands: a container of a hexmirror image running one of these is a hexmirror.
+SUBCOMMANDS = {"serve", "sync", "verify", "export", "import", "inspect", "cache", "refusals", "missing",
+               "check-config"}
+# Arguments naming a file the command reads, which must be provided in the pod (only --config
+# has a default in the image: /etc/hexmirror/hexmirror.toml).
+FILE_ARGS = ("--config", "--requirements", "--lockfile")
+
+def pod_template(doc):
+    """A workload's pod template (a CronJob's is in its jobTemplate); None for other kinds."""
+    if doc["kind"] in LONG_RUNNING + ("Job",):
+        return doc["spec"]["template"]
+    if doc["kind"] == "CronJob":
+        return doc["spec"]["jobTemplate"]["spec"]["template"]
+    return None
+
+def hexmirror_command(c):
+    """The subcommand a container of a hexmirror image runs, or None."""
+    if "hexmirror" not in c.get("image", ""):
+        return None
+    argv = list(c.get("command", [])) + list(c.get("args", []))
+    if argv and argv[0].rsplit("/", 1)[-1] == "hexmirror":
+        argv = argv[1:]
+    return argv[0] if argv and argv[0] in SUBCOMMANDS else None
+
+def configmap_sources(vol):
+    """(ConfigMap name, {file path in the volume: key} or None for every key, optional) of each
+    ConfigMap a volume holds (a configMap volume, or the configMap sources of a projected one)."""
+    sources = [vol["configMap"]] if "configMap" in vol else \
+        [src["configMap"] for src in vol.get("projected", {}).get("sources", []) if "configMap" in src]
+    for src in sources:
+        items = src.get("items")
+        yield src.get("name"), ({i["path"]: i["key"] for i in items} if items else None), src.get("optional", False)
+
+def secret_names(vol):
+    """The Secrets a volume holds (a secret volume, or the secret sources of a projected one)."""
+    if "secret" in vol:
+        return [vol["secret"].get("secretName")]
+    return [src["secret"].get("name") for src in vol.get("projected", {}).get("sources", []) if "secret" in src]
+
+def mounted_file(c, volumes, path):
+    """Where the file `path` of container c comes from: (volume, [(ConfigMap, key)]) when a
+    volume is mounted there, the list holding the ConfigMap keys that provide it (empty when a
+    ConfigMap-backed volume does not have it; None for other volumes); None when no volume is."""
+    best = None
+    for m in c.get("volumeMounts", []):
+        mount = m["mountPath"].rstrip("/")
+        if path == mount or path.startswith(mount + "/"):
+            if best is None or len(mount) > len(best[0]):
+                best = (mount, m)
+    if best is None or best[1]["name"] not in volumes:
+        return None
+    mount, m = best
+    rel = path[len(mount) + 1:]
+    if m.get("subPath"):
+        rel = m["subPath"].rstrip("/") + ("/" + rel if rel else "")
+    vol = volumes[m["name"]]
+    sources = list(configmap_sources(vol))
+    if not sources:
+        return vol["name"], None
+    found = []
+    for cm, items, _ in sources:
+        key = rel if items is None else items.get(rel)
+        if key is not None:
+            found.append((cm, key))
+    return vol["name"], found
+
+def file_args(c):
+    """(flag, path) for each file argument of a container (--flag PATH or --flag=PATH)."""
+    argv = list(c.get("command", [])) + list(c.get("args", []))
+    for i, a in enumerate(argv):
+        for flag in FILE_ARGS:
+            if a == flag and i + 1 < len(argv):
+                yield flag, argv[i + 1]
+            elif a.startswith(flag + "="):
+                yield flag, a[len(flag) + 1:]
 
 for d, docs in by_dir.items():
     configmaps = {doc["metadata"]["name"]: doc.get("data", {}) for _, doc in docs if doc["kind"] == "ConfigMap"}
@@ -230,22 +314,29 @@ for d, docs in by_dir.items():
                              data["hexmirror.toml"])
     secrets = {doc["metadata"]["name"]: doc for _, doc in under(d) if doc["kind"] == "Secret"}
     used_keys = {name: set() for name in secrets}  # example Secret -> keys some workload reads
-    workloads = []  # (path, kind, pod labels, replicas)
+    workloads = []  # (path, kind, pod labels, replicas, pod spec)
     for path, doc in docs:
         kind = doc["kind"]
-        if kind in LONG_RUNNING + ("Job",):
-            pod = doc["spec"]["template"]["spec"]
-            labels = doc["spec"]["template"].get("metadata", {}).get("labels", {})
+        template = pod_template(doc)
+        if template is not None:
+            pod = template["spec"]
+            labels = template.get("metadata", {}).get("labels", {})
             replicas = doc["spec"].get("replicas", 1) if kind in ("StatefulSet", "Deployment") else None
             workloads.append((path, kind, labels, replicas, pod))
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
             for vol in pod.get("volumes", []):
-                cm = vol.get("configMap", {}).get("name")
-                if cm and cm not in configmaps:
-                    errors.append(f"{path}: volume {vol['name']} uses ConfigMap {cm}, not defined in {d}")
-                secret = vol.get("secret", {}).get("secretName")
-                if secret and secret not in secrets and not documented(secret):
-                    errors.append(f"{path}: volume {vol['name']} uses Secret {secret}: no example of it under {d} "
-                                  f"and no `kubectl create secret generic {secret}` in deploy/README.md")
+                for cm, items, may_lack in configmap_sources(vol):
+                    if cm not in configmaps:
+                        if not may_lack:
+                            errors.append(f"{path}: volume {vol['name']} uses ConfigMap {cm}, not defined in {d}")
+                        continue
+                    for key in sorted(set((items or {}).values()) - set(configmaps[cm])):
+                        errors.append(f"{path}: volume {vol['name']} projects key {key} of ConfigMap {cm}, "
+                                      f"which has no such key")
+                for secret in secret_names(vol):
+                    if secret and secret not in secrets and not documented(secret):
+                        errors.append(f"{path}: volume {vol['name']} uses Secret {secret}: no example of it under {d} "
+                                      f"and no `kubectl create secret generic {secret}` in deploy/README.md")
             names = {v["name"] for v in pod.get("volumes", [])}
             names |= {t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])}
             if kind in ("StatefulSet", "Deployment") and not selects(doc["spec"].get("selector"), labels):
@@ -291,35 +382,85 @@ for d, docs in by_dir.items():
                     elif not documented(ref["name"]):
                         errors.append(f"{path}: {c['name']} envFrom Secret {ref['name']}: no example of it under "
                                       f"{d} and no `kubectl create secret generic {ref['name']}` in deploy/README.md")
-                if "hexmirror" in c.get("image", "") and "serve" in c.get("args", []):
-                    hexmirrors.append((c, env))
-                    sc = c.get("securityContext", {})
-                    if not (sc.get("readOnlyRootFilesystem") and sc.get("allowPrivilegeEscalation") is False
-                            and "ALL" in sc.get("capabilities", {}).get("drop", [])
-                            and (sc.get("runAsNonRoot") or pod.get("securityContext", {}).get("runAsNonRoot"))):
-                        errors.append(f"{path}: {c['name']} is not hardened (non-root, read-only root, drop ALL, no escalation)")
+                command = hexmirror_command(c)
+                if command is None:
+                    continue
+                # Every hexmirror container, serving or running a command: hardened, memory-limited,
+                # and the files it is told to read provided.
+                hexmirrors.append((c, env, command))
+                sc = c.get("securityContext", {})
+                if not (sc.get("readOnlyRootFilesystem") and sc.get("allowPrivilegeEscalation") is False
+                        and "ALL" in sc.get("capabilities", {}).get("drop", [])
+                        and (sc.get("runAsNonRoot") or pod.get("securityContext", {}).get("runAsNonRoot"))):
+                    errors.append(f"{path}: {c['name']} is not hardened (non-root, read-only root, drop ALL, no escalation)")
+                if not c.get("resources", {}).get("limits", {}).get("memory"):
+                    errors.append(f"{path}: {c['name']} has no memory limit")
+                for flag, file in file_args(c):
+                    where = mounted_file(c, volumes, file)
+                    if where is None:
+                        if flag != "--config":  # the image has a default configuration, nothing else
+                            errors.append(f"{path}: {c['name']} {flag} {file}: no volume is mounted there")
+                    elif where[1] is not None and not any(key in configmaps.get(cm, {}) for cm, key in where[1]):
+                        what = " or ".join(f"key {key} of ConfigMap {cm}" for cm, key in where[1])
+                        errors.append(f"{path}: {c['name']} {flag} {file}: " +
+                                      (f"{what} does not exist" if what else f"volume {where[0]} does not provide it"))
+                if command == "serve":
                     paths = {c.get(p, {}).get("httpGet", {}).get("path") for p in ("readinessProbe", "startupProbe")}
                     if "/readyz" not in paths:
                         errors.append(f"{path}: {c['name']} has no /readyz readiness or startup probe")
                     if kind in LONG_RUNNING and c.get("livenessProbe", {}).get("httpGet", {}).get("path") != "/healthz":
                         errors.append(f"{path}: {c['name']} has no liveness probe on /healthz")
-                    if not c.get("resources", {}).get("limits", {}).get("memory"):
-                        errors.append(f"{path}: {c['name']} has no memory limit")
-            if not hexmirrors:
+            if hexmirrors:
+                if pod.get("automountServiceAccountToken") is not False:
+                    errors.append(f"{path}: automountServiceAccountToken is not false (hexmirror needs no API token)")
+                seccomp = [pod.get("securityContext", {}).get("seccompProfile", {}).get("type")] + \
+                    [c.get("securityContext", {}).get("seccompProfile", {}).get("type") for c, _, _ in hexmirrors]
+                if seccomp[0] not in ("RuntimeDefault", "Localhost") and \
+                        not all(t in ("RuntimeDefault", "Localhost") for t in seccomp[1:]):
+                    errors.append(f"{path}: no RuntimeDefault seccomp profile")
+            serving = [c for c, _, command in hexmirrors if command == "serve"]
+            if kind == "CronJob":
+                if serving:
+                    errors.append(f"{path}: a CronJob runs hexmirror serve ({serving[0]['name']}); schedule a command")
+                if not hexmirrors:
+                    errors.append(f"{path}: no hexmirror command container")
+                spec = doc["spec"]
+                job = spec["jobTemplate"]["spec"]
+                if spec.get("concurrencyPolicy") != "Forbid":
+                    errors.append(f"{path}: concurrencyPolicy is {spec.get('concurrencyPolicy', 'Allow')}, not Forbid "
+                                  f"(two runs at once would do the same work twice)")
+                for key in ("startingDeadlineSeconds", "successfulJobsHistoryLimit", "failedJobsHistoryLimit"):
+                    if key not in spec:
+                        errors.append(f"{path}: no {key}")
+                for key in ("backoffLimit", "activeDeadlineSeconds"):
+                    if key not in job:
+                        errors.append(f"{path}: jobTemplate has no {key}")
+            elif not serving:
                 errors.append(f"{path}: no hexmirror serve container")
+            job = {"CronJob": doc["spec"].get("jobTemplate", {}).get("spec", {}), "Job": doc["spec"]}.get(kind, {})
+            if "podFailurePolicy" in job:
+                if pod.get("restartPolicy") != "Never":
+                    errors.append(f"{path}: podFailurePolicy needs restartPolicy: Never")
+                names = {c["name"] for c in pod.get("containers", []) + pod.get("initContainers", [])}
+                for rule in job["podFailurePolicy"].get("rules", []):
+                    name = rule.get("onExitCodes", {}).get("containerName")
+                    if name is not None and name not in names:
+                        errors.append(f"{path}: podFailurePolicy names container {name}, which the pod does not have")
             if kind == "Job":
                 sidecars = [c for c in pod.get("initContainers", []) if c.get("restartPolicy") == "Always"]
                 if not sidecars:
                     errors.append(f"{path}: no native sidecar (init container with restartPolicy: Always)")
 
-            # What the hexmirror container runs with: the mounted configuration, overridden by
-            # its HEXMIRROR_* variables.
-            mounted = [configs[v["configMap"]["name"]] for v in pod.get("volumes", [])
-                       if v.get("configMap", {}).get("name") in configs]
-            for c, env in hexmirrors:
-                if not mounted:
+            # What each hexmirror container runs with: the configuration its --config names (without
+            # one, the first mounted), overridden by its HEXMIRROR_* variables.
+            mounted = [configs[cm] for v in pod.get("volumes", []) for cm, _, _ in configmap_sources(v) if cm in configs]
+            for c, env, command in hexmirrors:
+                named = [configs[cm] for flag, file in file_args(c) if flag == "--config"
+                         for cm, key in (mounted_file(c, volumes, file) or (None, None))[1] or []
+                         if key == "hexmirror.toml" and cm in configs]
+                if not (named or mounted):
                     continue
-                name, cfg, text = mounted[0]
+                name, cfg, text = (named or mounted)[0]
                 cfg = cfg or {}
                 store = dict(cfg.get("store", {}))
                 for key in STORE_KEYS:
@@ -336,7 +477,14 @@ for d, docs in by_dir.items():
                         not m.get("readOnly") and (data_dir + "/").startswith(m["mountPath"].rstrip("/") + "/")
                         for m in c.get("volumeMounts", [])):
                     errors.append(f"{path}: {c['name']} data_dir {data_dir} is on no writable volume (read-only root)")
-                if is_s3(cfg if tomllib else None, text) or store.get("kind") == "s3":
+                # The kind after HEXMIRROR_STORE__KIND (without tomllib, as the text says).
+                s3 = store.get("kind") == "s3" if tomllib else \
+                    env.get("HEXMIRROR_STORE__KIND", "s3" if is_s3(None, text) else "local") == "s3"
+                if kind == "CronJob" and not s3:
+                    errors.append(f"{path}: {c['name']}: a CronJob on the local (sled) store: a pod of its own cannot "
+                                  f"open the store the serving pod holds (one process per store, a ReadWriteOnce "
+                                  f"volume); only the S3 store is shared")
+                if s3:
                     if tomllib is not None and not store.get("bucket"):
                         errors.append(f"{path}: {c['name']}: [store] kind = \"s3\" without a bucket (file or HEXMIRROR_STORE__BUCKET)")
                     static = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & {e["name"] for e in c.get("env", [])}
@@ -345,8 +493,9 @@ for d, docs in by_dir.items():
                     if not static and not pod.get("serviceAccountName"):
                         errors.append(f"{path}: {c['name']}: S3 store without credentials (AWS_ACCESS_KEY_ID and "
                                       f"AWS_SECRET_ACCESS_KEY, or a serviceAccountName for IRSA)")
-                    if outdir:  # the variables check.sh passes to `hexmirror check-config`
-                        with open(os.path.join(outdir, name + ".env"), "a") as f:
+                    if outdir:  # the variables check.sh passes to `hexmirror check-config`, per container
+                        user = out_name(f"{kind}-{doc['metadata']['name']}-{c['name']}")
+                        with open(os.path.join(outdir, f"{name}@{user}.env"), "w") as f:
                             for k, v in sorted(env.items()):
                                 if k.startswith("HEXMIRROR_") and k not in ("HEXMIRROR_LISTEN", "HEXMIRROR_DATA_DIR") \
                                         and "\n" not in v:
@@ -387,12 +536,15 @@ for d, docs in by_dir.items():
         if not matched:
             errors.append(f"{path}: Service {doc['metadata']['name']} selects no pods of {d}")
             continue
-        declared = {p.get(k) for w in matched for c in w[4].get("containers", []) + w[4].get("initContainers", [])
-                    for p in c.get("ports", []) for k in ("name", "containerPort")}
-        for port in doc["spec"].get("ports", []):
-            if port.get("targetPort", port.get("port")) not in declared:
-                errors.append(f"{path}: Service {doc['metadata']['name']} targetPort {port.get('targetPort')!r} "
-                              f"is not a port of the pods it selects")
+        # Each workload it selects must serve the port: a Job's or CronJob's pod carrying the
+        # mirror's labels would be sent traffic it does not answer.
+        for w in matched:
+            declared = {p.get(k) for c in w[4].get("containers", []) + w[4].get("initContainers", [])
+                        for p in c.get("ports", []) for k in ("name", "containerPort")}
+            for port in doc["spec"].get("ports", []):
+                if port.get("targetPort", port.get("port")) not in declared:
+                    errors.append(f"{path}: Service {doc['metadata']['name']} targetPort {port.get('targetPort')!r} "
+                                  f"is not a port of the {w[1]} {w[0]} pods it selects")
     # Every key of an example Secret is read by some workload (a typo shows on both sides).
     for name, keys in used_keys.items() if workloads else ():
         for key in sorted(secret_keys(secrets[name]) - keys):
