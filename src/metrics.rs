@@ -248,6 +248,7 @@ pub struct Metrics {
     pub store_write_errors: IntCounter,
     pub store_degraded: IntGauge,
     pub shared_waits: IntCounter,
+    pub disk_pinned_over_budget: IntGauge,
     pub offline_missing: IntCounterVec,
     pub sync_last_success: Gauge,
     pub sync_items: IntGaugeVec,
@@ -416,6 +417,14 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let disk_pinned_over_budget = register(
+            &registry,
+            IntGauge::new(
+                "hexmirror_disk_pinned_over_budget",
+                "1 while pinned (synced or imported) entries alone exceed disk_cache_bytes, so every other entry is evicted as soon as it is written; else 0.",
+            )
+            .expect("valid metric"),
+        );
         let offline_missing = counter_vec(
             &registry,
             "hexmirror_offline_missing_total",
@@ -465,6 +474,7 @@ impl Metrics {
             store_write_errors,
             store_degraded,
             shared_waits,
+            disk_pinned_over_budget,
             offline_missing,
             sync_last_success,
             sync_items,

@@ -33,6 +33,8 @@ pub(super) struct Policy {
     pub last_used: LastUsed,
     /// Counts every entry evicted.
     pub evicted: prometheus::IntCounter,
+    /// 1 while pinned entries alone exceed the budget (`hexmirror_disk_pinned_over_budget`).
+    pub pinned_over: prometheus::IntGauge,
     /// Held around looking at an entry's record and changing it (see the module's comment).
     pub pinning: Arc<tokio::sync::Mutex<()>>,
 }
@@ -130,6 +132,8 @@ async fn run(
 /// untouched: a served reply holds its own bytes.
 pub(super) async fn pass(store: &dyn Store, policy: &Policy) -> Result<u64, StoreError> {
     if store.usage().bytes <= policy.budget {
+        // Pinned entries are part of what the store holds: within the budget too.
+        policy.pinned_over.set(0);
         return Ok(0);
     }
     let mut candidates: Vec<(u64, CacheKey)> = Vec::new();
@@ -142,6 +146,7 @@ pub(super) async fn pass(store: &dyn Store, policy: &Policy) -> Result<u64, Stor
         }
     }
     drop(listing);
+    policy.pinned_over.set(i64::from(pinned_bytes > policy.budget));
     // Every write then calls for a pass: say it at most once every ten minutes.
     static LAST_WARNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let now = crate::cache::unix_now();
@@ -276,6 +281,7 @@ mod tests {
             budget,
             last_used: Box::new(|_, meta| meta.fetched_at * 1000),
             evicted: evicted.clone(),
+            pinned_over: prometheus::IntGauge::new("pinned_over", "pinned over").unwrap(),
             pinning: Arc::default(),
         };
         (policy, evicted)
@@ -291,12 +297,14 @@ mod tests {
         add(&store, "e", 100, 5, false).await;
         add(&store, "d", 100, 4, false).await;
         let (policy, evicted) = policy(250);
+        let pinned_over = policy.pinned_over.clone();
         let dyn_store: Arc<dyn Store> = store.clone();
         let eviction = DiskEviction::new(Arc::downgrade(&dyn_store), policy);
         eviction.written();
         eviction.settled().await;
         assert_eq!(store.keys(), ["public/hexpm/packages/a", "public/hexpm/packages/e"]);
         assert_eq!(evicted.get(), 3);
+        assert_eq!(pinned_over.get(), 0, "100 pinned bytes within a budget of 250");
         assert_eq!(store.listings.load(Ordering::Relaxed), 1, "one scan for the pass");
         // Within budget now: more writes cost no scan.
         for _ in 0..5 {
@@ -310,6 +318,7 @@ mod tests {
         eviction.settled().await;
         assert_eq!(store.keys(), ["public/hexpm/packages/a", "public/hexpm/packages/f"]);
         assert_eq!(evicted.get(), 4);
+        assert_eq!(pinned_over.get(), 1, "400 pinned bytes over a budget of 250");
     }
 
     #[tokio::test]

@@ -372,6 +372,7 @@ impl Mirror {
                     memory.get(key).map(|e| e.last_used()).unwrap_or(0).max(meta.fetched_at * 1000)
                 }),
                 evicted: metrics.cache_evictions.with_label_values(&["disk"]),
+                pinned_over: metrics.disk_pinned_over_budget.clone(),
                 pinning: pinning.clone(),
             };
             evict::DiskEviction::new(Arc::downgrade(&store), policy)
