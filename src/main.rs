@@ -776,7 +776,8 @@ async fn inspect(config: Config, named: bool, file: PathBuf, packages: bool, jso
             .map_err(|e| format!("{}: {e}", file.display()))?;
     if !json {
         println!("bundle: {}\nsha256: {digest}", file.display());
-        println!("{}", serde_json::to_string_pretty(&manifest.totals).map_err(|e| e.to_string())?);
+        let totals = &manifest.totals;
+        println!("holds: {} objects, {} packages, {} bytes", totals.objects, totals.packages, totals.bytes);
         if let Some(base) = &manifest.base {
             println!("incremental to: {} ({} objects)", base.sha256, base.objects);
         }
