@@ -37,6 +37,9 @@ pub enum TransferError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Bundle(BundleError),
+    /// An entry changed between the two passes of an export.
+    #[error("export: {0}")]
+    Changed(String),
     /// Nothing matched the request: no bundle is written.
     #[error("export: {0}")]
     Nothing(String),
@@ -64,14 +67,44 @@ pub struct ImportReport {
     pub unchanged: usize,
 }
 
-/// Builds a bundle of the store's verified entries.
+/// What [`export_to`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exported {
+    /// sha256 of the bundle, lowercase hex.
+    pub digest: String,
+    pub totals: bundle::Totals,
+}
+
+/// Builds a bundle of the store's verified entries in memory (see [`export_to`]).
 pub async fn export(mirror: &Mirror, request: &ExportRequest) -> Result<Vec<u8>, TransferError> {
+    let mut out = Vec::new();
+    export_to(mirror, request, || Ok(&mut out)).await?;
+    Ok(out)
+}
+
+/// Writes a bundle of the store's verified entries to what `create` opens (only once there is
+/// something to write), one object in memory at a time.
+///
+/// Format 1 puts the manifest, with every object's digest, first: a first pass over the store
+/// verifies each entry, describes it and drops its bytes; a second pass reads each entry again
+/// and writes it, checked against the manifest (an entry changed between the passes fails the
+/// export instead of writing a bundle that would be refused).
+pub async fn export_to<W: std::io::Write>(
+    mirror: &Mirror,
+    request: &ExportRequest,
+    create: impl FnOnce() -> std::io::Result<W>,
+) -> Result<Exported, TransferError> {
     // Entries answered moments ago may still be on their way to disk.
     mirror.settle_writes().await;
     let store = mirror.store();
     let listed = store.list_all("").await?;
     let selection = store.selected().await?;
-    let mut objects = Vec::new();
+    let known: HashMap<&str, &bundle::ObjectInfo> = match &request.base {
+        Some(base) => base.objects.iter().map(|o| (o.key.as_str(), o)).collect(),
+        None => HashMap::new(),
+    };
+    let mut described = Vec::new();
+    let mut verified = 0usize;
     for (key, meta) in listed {
         if request.filter.as_deref().is_some_and(|f| !key.as_str().contains(f)) {
             continue;
@@ -88,18 +121,16 @@ pub async fn export(mirror: &Mirror, request: &ExportRequest) -> Result<Vec<u8>,
             }
         }
         let Ok(Some((meta, body))) = store.get(&key).await else { continue };
-        objects.push(bundle::Object {
-            key: key.to_string(),
-            kind: meta.kind.clone(),
-            pinned: meta.pinned,
-            bytes: body,
-        });
+        verified += 1;
+        let (info, package) = bundle::describe_object(key.as_str(), &meta.kind, meta.pinned, &body);
+        drop(body);
+        // An incremental bundle carries what is new, or changed in its bytes or its pin.
+        if known.get(info.key.as_str()).is_some_and(|base| base.pinned == info.pinned && base.sha256 == info.sha256) {
+            continue;
+        }
+        described.push((info, package));
     }
-    let base = request
-        .base
-        .as_ref()
-        .map(|manifest| bundle::BaseInfo::of(manifest, request.base_digest.as_deref().unwrap_or_default()));
-    if objects.is_empty() {
+    if verified == 0 {
         let what = match (&request.filter, request.selected_only) {
             (Some(filter), true) => format!("no selected entry's key contains {filter:?}"),
             (Some(filter), false) => format!("no stored entry's key contains {filter:?}"),
@@ -108,17 +139,33 @@ pub async fn export(mirror: &Mirror, request: &ExportRequest) -> Result<Vec<u8>,
         };
         return Err(TransferError::Nothing(format!("{what}; no bundle written")));
     }
-    if let Some(manifest) = &request.base {
-        objects = bundle::incremental(objects, manifest);
-        if objects.is_empty() {
-            return Err(TransferError::Nothing(
-                "nothing is new or changed since the base bundle; no bundle written".into(),
-            ));
-        }
+    if described.is_empty() {
+        return Err(TransferError::Nothing(
+            "nothing is new or changed since the base bundle; no bundle written".into(),
+        ));
     }
-    let mut out = Vec::new();
-    bundle::write(&objects, base.as_ref(), &mut out).map_err(TransferError::Bundle)?;
-    Ok(out)
+    let base = request
+        .base
+        .as_ref()
+        .map(|manifest| bundle::BaseInfo::of(manifest, request.base_digest.as_deref().unwrap_or_default()));
+    let manifest = bundle::manifest_of(described, base.as_ref(), bundle::CREATED_BY);
+    let totals = manifest.totals;
+    let keys: Vec<String> = manifest.objects.iter().map(|o| o.key.clone()).collect();
+    let out = create().map_err(|e| TransferError::Bundle(BundleError::Write(e)))?;
+    let mut writer = bundle::Writer::new(manifest, out).map_err(TransferError::Bundle)?;
+    for key_text in keys {
+        let key = CacheKey::parse(&key_text).ok_or_else(|| TransferError::NotAKey(key_text.clone()))?;
+        let body = match store.get(&key).await? {
+            Some((_, body)) => body,
+            None => Bytes::new(),
+        };
+        writer.append(&key_text, &body).map_err(|e| match e {
+            BundleError::Write(_) => TransferError::Bundle(e),
+            e => TransferError::Changed(format!("{e}: the store changed during the export; run it again")),
+        })?;
+    }
+    let digest = writer.finish().map_err(TransferError::Bundle)?;
+    Ok(Exported { digest, totals })
 }
 
 /// Default limits for a bundle read on import.
