@@ -553,13 +553,14 @@ async fn export(
 }
 
 async fn import(config: Config, file: PathBuf) -> Result<ExitCode, Failure> {
-    let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
     let report: ImportReport = match open(config).await? {
         Store::Remote(admin) => {
+            let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             serde_json::from_slice(&admin.call_bytes(Method::POST, "/_admin/import", Bytes::from(bytes)).await?)
                 .map_err(|e| e.to_string())?
         }
-        Store::Local(mirror) => hexmirror::transfer::import(&mirror, &bytes).await?,
+        // Read as a stream: memory does not grow with the bundle.
+        Store::Local(mirror) => hexmirror::transfer::import_file(&mirror, &file).await?,
     };
     println!(
         "import: {} objects verified; {} new, {} already present\nsha256: {}",
