@@ -174,7 +174,8 @@ pub async fn export_to<W: std::io::Write>(
 
 /// Default limits for a bundle read on import.
 pub fn limits() -> bundle::Limits {
-    bundle::Limits { max_object_bytes: 64 << 20, max_total_bytes: 64 << 30, max_objects: 10_000_000 }
+    // Import and inspection stream the bundle: its total is bounded by the disk, not memory.
+    bundle::Limits { max_object_bytes: 64 << 20, max_total_bytes: u64::MAX, max_objects: 10_000_000 }
 }
 
 /// Verifies every object of `bytes`, then stores them all (pinned and selected), or nothing.
