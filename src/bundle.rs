@@ -356,24 +356,39 @@ pub fn manifest_for(objects: &[Object], base: Option<&BaseInfo>) -> Manifest {
 }
 
 fn manifest_with(objects: &[Object], base: Option<&BaseInfo>, created_by: &str) -> Manifest {
-    let mut sorted: Vec<&Object> = objects.iter().collect();
-    sorted.sort_by(|a, b| a.key.cmp(&b.key));
-    let mut infos = Vec::with_capacity(sorted.len());
+    let mut entries = Vec::with_capacity(objects.len());
+    for object in objects {
+        entries.push(describe_object(&object.key, &object.kind, object.pinned, &object.bytes));
+    }
+    manifest_of(entries, base, created_by)
+}
+
+/// What the manifest says of one object (and of its release, for a tarball), computed from its
+/// bytes: a streaming writer keeps this and drops the bytes ([`manifest_of`], [`Writer`]).
+pub fn describe_object(key: &str, kind: &str, pinned: bool, bytes: &[u8]) -> (ObjectInfo, Option<PackageInfo>) {
+    let sha256 = hex::encode(Sha256::digest(bytes));
+    let package = match kind == Kind::Tarball.as_str() {
+        true => package_for(key, &sha256, bytes),
+        false => None,
+    };
+    let info = ObjectInfo { key: key.to_string(), kind: kind.to_string(), pinned, sha256, size: bytes.len() as u64 };
+    (info, package)
+}
+
+/// The manifest of a bundle whose objects [`describe_object`] described (in any order),
+/// written by this build; the same as [`manifest_for`] gives for the objects themselves.
+pub fn manifest_of(
+    entries: Vec<(ObjectInfo, Option<PackageInfo>)>,
+    base: Option<&BaseInfo>,
+    created_by: &str,
+) -> Manifest {
+    let mut entries = entries;
+    entries.sort_by(|a, b| a.0.key.cmp(&b.0.key));
+    let mut infos = Vec::with_capacity(entries.len());
     let mut packages = Vec::new();
-    for object in sorted {
-        let sha256 = hex::encode(Sha256::digest(&object.bytes));
-        if object.kind == Kind::Tarball.as_str() {
-            if let Some(package) = package_for(&object.key, &sha256, &object.bytes) {
-                packages.push(package);
-            }
-        }
-        infos.push(ObjectInfo {
-            key: object.key.clone(),
-            kind: object.kind.clone(),
-            pinned: object.pinned,
-            sha256,
-            size: object.bytes.len() as u64,
-        });
+    for (info, package) in entries {
+        packages.extend(package);
+        infos.push(info);
     }
     let totals = Totals {
         bytes: infos.iter().map(|o| o.size).sum(),
@@ -407,26 +422,92 @@ fn write_with(
     check_base(base)?;
     let mut sorted: Vec<&Object> = objects.iter().collect();
     sorted.sort_by(|a, b| a.key.cmp(&b.key));
-    for (i, object) in sorted.iter().enumerate() {
+    for object in &sorted {
         let expected = kind_of(&object.key)?;
         if object.kind != expected {
             return Err(BundleError::WrongKind { key: object.key.clone(), expected, found: object.kind.clone() });
         }
-        if i > 0 && sorted[i - 1].key == object.key {
-            return Err(BundleError::DuplicateKey { key: object.key.clone() });
-        }
     }
-    let manifest = manifest_with(objects, base, created_by);
-    let json = canonical_json(&manifest).map_err(|e| BundleError::Write(io::Error::other(e)))?;
-    let mut builder = tar::Builder::new(HashingWriter { inner: out, hasher: Sha256::new() });
-    append_member(&mut builder, MANIFEST_NAME, &json).map_err(BundleError::Write)?;
+    let mut writer = Writer::new(manifest_with(objects, base, created_by), out)?;
     for object in sorted {
-        append_member(&mut builder, &format!("{OBJECTS_DIR}{}", object.key), &object.bytes)
-            .map_err(BundleError::Write)?;
+        writer.append(&object.key, &object.bytes)?;
     }
-    let mut writer = builder.into_inner().map_err(BundleError::Write)?;
-    writer.flush().map_err(BundleError::Write)?;
-    Ok(hex::encode(writer.hasher.finalize()))
+    writer.finish()
+}
+
+/// A bundle written one object at a time: the manifest first (computed beforehand, for example
+/// by [`manifest_of`] over a first pass that read and dropped every object), then each object
+/// in the manifest's order, checked against the manifest as it is appended. Only one object is
+/// held at a time, so a bundle of any size is written in the memory of its largest object.
+/// The bytes are exactly those [`write()`] makes of the same objects.
+pub struct Writer<W: Write> {
+    builder: tar::Builder<HashingWriter<W>>,
+    manifest: Manifest,
+    next: usize,
+}
+
+impl<W: Write> Writer<W> {
+    /// Checks `manifest` (keys, kinds, order, base) and writes it as the first member.
+    pub fn new(manifest: Manifest, out: W) -> Result<Writer<W>, BundleError> {
+        check_base(manifest.base.as_ref())?;
+        for (i, object) in manifest.objects.iter().enumerate() {
+            let expected = kind_of(&object.key)?;
+            if object.kind != expected {
+                return Err(BundleError::WrongKind { key: object.key.clone(), expected, found: object.kind.clone() });
+            }
+            if i > 0 {
+                let previous = &manifest.objects[i - 1].key;
+                if *previous == object.key {
+                    return Err(BundleError::DuplicateKey { key: object.key.clone() });
+                }
+                if *previous > object.key {
+                    let reason = format!("objects are not sorted by key: {:?} after {previous:?}", object.key);
+                    return Err(BundleError::ManifestInvalid { reason });
+                }
+            }
+        }
+        let json = canonical_json(&manifest).map_err(|e| BundleError::Write(io::Error::other(e)))?;
+        let mut builder = tar::Builder::new(HashingWriter { inner: out, hasher: Sha256::new() });
+        append_member(&mut builder, MANIFEST_NAME, &json).map_err(BundleError::Write)?;
+        Ok(Writer { builder, manifest, next: 0 })
+    }
+
+    /// The manifest being written.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Appends the next object of the manifest; its key, size and sha256 must be the listed ones
+    /// (the source changed since the manifest was made, otherwise).
+    pub fn append(&mut self, key: &str, bytes: &[u8]) -> Result<(), BundleError> {
+        let Some(info) = self.manifest.objects.get(self.next) else {
+            return Err(BundleError::Unlisted { member: format!("{OBJECTS_DIR}{key}") });
+        };
+        let member = format!("{OBJECTS_DIR}{key}");
+        if info.key != key {
+            return Err(BundleError::Missing { key: info.key.clone() });
+        }
+        if info.size != bytes.len() as u64 {
+            return Err(BundleError::SizeMismatch { member, expected: info.size, found: bytes.len() as u64 });
+        }
+        let found = hex::encode(Sha256::digest(bytes));
+        if info.sha256 != found {
+            return Err(BundleError::DigestMismatch { member, expected: info.sha256.clone(), found });
+        }
+        append_member(&mut self.builder, &member, bytes).map_err(BundleError::Write)?;
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Ends the archive once every listed object was appended; returns the bundle's digest.
+    pub fn finish(self) -> Result<String, BundleError> {
+        if let Some(info) = self.manifest.objects.get(self.next) {
+            return Err(BundleError::Missing { key: info.key.clone() });
+        }
+        let mut writer = self.builder.into_inner().map_err(BundleError::Write)?;
+        writer.flush().map_err(BundleError::Write)?;
+        Ok(hex::encode(writer.hasher.finalize()))
+    }
 }
 
 /// The manifest's bytes as every writer produces them (and every reader requires them).
@@ -480,16 +561,35 @@ fn pax_record(key: &str, value: &str) -> Vec<u8> {
 /// Reads a bundle, checks it completely (see the module invariant) and returns its manifest,
 /// its objects in key order and its digest. The objects still have to be verified before use.
 pub fn read(input: impl Read, limits: &Limits) -> Result<Bundle, BundleError> {
-    let (manifest, objects, digest) = scan(input, limits, true)?;
+    let mut objects = Vec::new();
+    let (manifest, digest) = scan(input, limits, &|_| true, &mut |object| {
+        objects.push(object);
+        Ok(())
+    })?;
+    objects.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(Bundle { manifest, objects, digest })
+}
+
+/// Reads a bundle with the same checks as [`read`], handing each object whose key `want`
+/// accepts to `visit` as soon as its size and digest are checked, in archive order (key order
+/// in every bundle hexmirror writes, but a reader does not require it),
+/// without keeping it: memory holds one object at a time whatever the bundle's size. An error
+/// from `visit` stops the reading and is returned. The bundle is whole and valid only when this
+/// returns `Ok`: whatever `visit` did with the objects before must be undone otherwise.
+pub fn read_each(
+    input: impl Read,
+    limits: &Limits,
+    want: &dyn Fn(&str) -> bool,
+    visit: &mut dyn FnMut(Object) -> Result<(), BundleError>,
+) -> Result<(Manifest, String), BundleError> {
+    scan(input, limits, want, visit)
 }
 
 /// Reads a bundle with the same checks as [`read`] but keeps only the manifest (objects are
 /// hashed as they stream past, one tarball at a time in memory for its licences). Returns the
 /// manifest and the bundle's digest.
 pub fn read_manifest(input: impl Read, limits: &Limits) -> Result<(Manifest, String), BundleError> {
-    let (manifest, _, digest) = scan(input, limits, false)?;
-    Ok((manifest, digest))
+    scan(input, limits, &|_| false, &mut |_| Ok(()))
 }
 
 /// Compares a manifest with a store's `key -> sha256 hex` map.
@@ -597,12 +697,16 @@ struct Listed {
     seen: Vec<bool>,
 }
 
-fn scan(input: impl Read, limits: &Limits, keep: bool) -> Result<(Manifest, Vec<Object>, String), BundleError> {
+fn scan(
+    input: impl Read,
+    limits: &Limits,
+    want: &dyn Fn(&str) -> bool,
+    visit: &mut dyn FnMut(Object) -> Result<(), BundleError>,
+) -> Result<(Manifest, String), BundleError> {
     let position = Rc::new(Position::default());
     let reader = HashingReader { inner: input, hasher: Sha256::new(), position: position.clone() };
     let mut archive = tar::Archive::new(reader);
     let mut listed: Option<Listed> = None;
-    let mut objects = Vec::new();
     let mut packages: BTreeMap<String, PackageInfo> = BTreeMap::new();
     // The last complete member, for error messages, and where its data (padded) ends.
     let mut last: Option<String> = None;
@@ -676,6 +780,7 @@ fn scan(input: impl Read, limits: &Limits, keep: bool) -> Result<(Manifest, Vec<
                         return Err(BundleError::SizeMismatch { member: path, expected: info.size, found: size });
                     }
                     let is_tarball = kind == Kind::Tarball.as_str();
+                    let keep = want(key);
                     let (sha256, bytes) = if keep || is_tarball {
                         let bytes = read_member(&mut entry, size, &path, &failure, &last)?;
                         (hex::encode(Sha256::digest(&bytes)), Some(bytes))
@@ -697,12 +802,7 @@ fn scan(input: impl Read, limits: &Limits, keep: bool) -> Result<(Manifest, Vec<
                             }
                         }
                         if keep {
-                            objects.push(Object {
-                                key: key.to_string(),
-                                kind: kind.to_string(),
-                                pinned: info.pinned,
-                                bytes,
-                            });
+                            visit(Object { key: key.to_string(), kind: kind.to_string(), pinned: info.pinned, bytes })?;
                         }
                     }
                 }
@@ -737,8 +837,7 @@ fn scan(input: impl Read, limits: &Limits, keep: bool) -> Result<(Manifest, Vec<
         };
         return Err(BundleError::ManifestInvalid { reason });
     }
-    objects.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok((listed.manifest, objects, hex::encode(reader.hasher.finalize())))
+    Ok((listed.manifest, hex::encode(reader.hasher.finalize())))
 }
 
 type Failure<'a> = dyn Fn(&Option<String>, io::Error) -> BundleError + 'a;

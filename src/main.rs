@@ -729,38 +729,67 @@ async fn export(
         request.base = Some(manifest);
         request.base_digest = Some(digest);
     }
-    let bytes = match open(config, Need::Existing { named }).await? {
-        Store::Remote(admin) => {
-            let body = Bytes::from(serde_json::to_vec(&request).map_err(|e| e.to_string())?);
-            admin.call_bytes(Method::POST, "/_admin/export", body).await?.to_vec()
-        }
-        Store::Local(mirror) => hexmirror::transfer::export(&mirror, &request).await?,
-    };
     let tmp = out.with_extension("partial");
-    std::fs::write(&tmp, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let create = || -> std::io::Result<std::io::BufWriter<std::fs::File>> {
+        let file = std::fs::File::create(&tmp)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", tmp.display())))?;
+        Ok(std::io::BufWriter::new(file))
+    };
+    let mut created = None;
+    let written: Result<(), Failure> = async {
+        match open(config, Need::Existing { named }).await? {
+            Store::Remote(admin) => {
+                let body = Bytes::from(serde_json::to_vec(&request).map_err(|e| e.to_string())?);
+                let bytes = admin.call_bytes(Method::POST, "/_admin/export", body).await?;
+                let writer = created.insert(create().map_err(|e| e.to_string())?);
+                std::io::Write::write_all(writer, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            }
+            // Streamed to the file: one object in memory at a time, whatever the bundle's size.
+            Store::Local(mirror) => {
+                hexmirror::transfer::export_to(&mirror, &request, || Ok(created.insert(create()?))).await?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let writer = created.ok_or("export: nothing written")?;
+    let file = writer.into_inner().map_err(|e| format!("{}: {e}", tmp.display()))?;
+    file.sync_all().map_err(|e| format!("{}: {e}", tmp.display()))?;
+    drop(file);
     std::fs::rename(&tmp, &out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let reader = std::fs::File::open(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let size = reader.metadata().map_err(|e| format!("{}: {e}", out.display()))?.len();
     let (manifest, digest) =
-        hexmirror::bundle::read_manifest(&bytes[..], &hexmirror::transfer::limits()).map_err(|e| e.to_string())?;
-    std::fs::write(out.with_extension("sha256"), format!("{digest}  {}\n", out.display()))
-        .map_err(|e| e.to_string())?;
+        hexmirror::bundle::read_manifest(std::io::BufReader::new(reader), &hexmirror::transfer::limits())
+            .map_err(|e| e.to_string())?;
+    // FILE.sha256 beside FILE, in `sha256sum -c` form: checkable wherever both are carried.
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut sums = out.clone().into_os_string();
+    sums.push(".sha256");
+    std::fs::write(&sums, format!("{digest}  {name}\n")).map_err(|e| e.to_string())?;
     println!(
         "export: {} objects ({} packages, {} bytes) to {}\nsha256: {digest}",
         manifest.objects.len(),
         manifest.packages.len(),
-        bytes.len(),
+        size,
         out.display()
     );
     Ok(ExitCode::SUCCESS)
 }
 
 async fn import(config: Config, file: PathBuf) -> Result<ExitCode, Failure> {
-    let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
     let report: ImportReport = match open(config, Need::Create).await? {
         Store::Remote(admin) => {
+            let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             serde_json::from_slice(&admin.call_bytes(Method::POST, "/_admin/import", Bytes::from(bytes)).await?)
                 .map_err(|e| e.to_string())?
         }
-        Store::Local(mirror) => hexmirror::transfer::import(&mirror, &bytes).await?,
+        // Read as a stream: memory does not grow with the bundle.
+        Store::Local(mirror) => hexmirror::transfer::import_file(&mirror, &file).await?,
     };
     println!(
         "import: {} objects verified; {} new, {} already present\nsha256: {}",

@@ -209,6 +209,9 @@ async fn altered_truncated_and_forged_bundles_are_refused_and_the_store_is_uncha
         let err = hexmirror::transfer::import(&mirror.mirror, &bad).await.unwrap_err().to_string();
         assert!(err.starts_with("bundle refused"), "{what}: {err}");
         assert_eq!(store_snapshot(&mirror.mirror).await, before, "{what}: the store must be unchanged");
+        let staging = mirror.data_dir().join("import-staging");
+        let left = std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(left, 0, "{what}: what a refused import staged is removed");
         assert_eq!(mirror.get("/tarballs/hexdemo_top-2.0.1.tar").await.status, 404, "{what}: nothing new served");
     }
 }
@@ -428,4 +431,109 @@ async fn sync_installers_fetches_the_signed_lists_and_the_newest_archives() {
     assert_eq!(upstream.requests_for("/installs/1.15.0/hex-2.0.6.ez"), 1);
     assert_eq!(upstream.requests_for("/installs/1.15.0/rebar3-3.22.0"), 1);
     assert_eq!(summary.fetched, 6, "{summary:?}");
+}
+
+/// Runs the binary to its end, sampling its peak resident memory (VmHWM) every 5 ms: the
+/// status, stdout + stderr, and the last peak read before it exited, in MiB.
+fn run_measuring_peak(config: &Path, args: &[&str]) -> (std::process::ExitStatus, String, u64) {
+    let mut child = hexmirror_command(config)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let mut peak_kib = 0;
+    while child.try_wait().unwrap().is_none() {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(kib) = status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            {
+                peak_kib = peak_kib.max(kib);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let output = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status, text, peak_kib / 1024)
+}
+
+/// Pseudo-random bytes (gzip cannot shrink them), deterministic for a seed.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Objects of a bundle larger than the memory bound: docs archives, which hold any bytes.
+const LARGE_OBJECTS: usize = 16;
+const LARGE_OBJECT_MIB: usize = 8;
+/// Peak resident memory allowed to `export` and `import` of that bundle (128 MiB of objects):
+/// the goal's bound, the memory tier (1 MiB here) + 128 MiB. Alone they peak at about 75 and
+/// 80 MiB (the process plus a few objects in flight); holding the bundle whole took twice its
+/// size or more.
+const STREAMING_PEAK_MIB: u64 = 1 + 128;
+
+fn large_bundle() -> Vec<u8> {
+    let objects: Vec<hexmirror::bundle::Object> = (0..LARGE_OBJECTS)
+        .map(|i| hexmirror::bundle::Object {
+            key: format!("public/hexpm/docs/big_docs-1.0.{i}.tar.gz"),
+            kind: "docs".into(),
+            pinned: true,
+            bytes: noise(i as u64, LARGE_OBJECT_MIB << 20).into(),
+        })
+        .collect();
+    let mut out = Vec::new();
+    hexmirror::bundle::write(&objects, None, &mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_import_stream_a_bundle_larger_than_their_memory_bound() {
+    let bundle = large_bundle();
+    let site = TestMirror::builder().upstream("http://127.0.0.1:9").offline().set("memory_cache_bytes", "1MiB");
+    let mirror = site.start().await;
+    hexmirror::transfer::import(&mirror.mirror, &bundle).await.unwrap();
+    mirror.stop().await;
+    let config = site.write_config();
+    let out = site.dir().join("large.hxb");
+    let (status, text, peak_mib) =
+        tokio::task::block_in_place(|| run_measuring_peak(&config, &["export", "--out", out.to_str().unwrap()]));
+    assert!(status.success(), "{text}");
+    assert!(std::fs::read(&out).unwrap() == bundle, "the streamed bundle is byte-identical to the one written whole");
+    eprintln!("export of a {} MiB bundle: peak RSS {peak_mib} MiB", bundle.len() >> 20);
+    assert!(
+        peak_mib < STREAMING_PEAK_MIB,
+        "export of a {} MiB bundle peaked at {peak_mib} MiB, over {STREAMING_PEAK_MIB} MiB",
+        bundle.len() >> 20
+    );
+
+    // Imported from the file into an empty store by the binary: read as a stream, staged, stored.
+    let empty = TestMirror::builder().upstream("http://127.0.0.1:9").offline().set("memory_cache_bytes", "1MiB");
+    let config = empty.write_config();
+    let (status, text, peak_mib) =
+        tokio::task::block_in_place(|| run_measuring_peak(&config, &["import", out.to_str().unwrap()]));
+    assert!(status.success(), "{text}");
+    assert!(text.contains(&format!("{LARGE_OBJECTS} new")), "{text}");
+    eprintln!("import of a {} MiB bundle: peak RSS {peak_mib} MiB", bundle.len() >> 20);
+    assert!(
+        peak_mib < STREAMING_PEAK_MIB,
+        "import of a {} MiB bundle peaked at {peak_mib} MiB, over {STREAMING_PEAK_MIB} MiB",
+        bundle.len() >> 20
+    );
+    let staging = empty.data_dir().join("import-staging");
+    assert_eq!(std::fs::read_dir(&staging).map(|d| d.count()).unwrap_or(0), 0, "staged files are removed");
+    let mirror = empty.start().await;
+    assert_eq!(mirror.stored().await.len(), LARGE_OBJECTS);
+    assert!(mirror.stored().await.iter().all(|(_, m)| m.pinned), "imported entries are pinned");
 }

@@ -604,7 +604,16 @@ async fn an_incremental_bundle_without_its_base_says_to_import_the_base_first() 
         let out = run_async(&config, args).await;
         assert!(out.status.success(), "{args:?}: {}", text(&out));
     }
-    let base_sha = std::fs::read_to_string(base.with_extension("sha256")).unwrap();
+    let sums = format!("{}.sha256", base.display());
+    let base_sha = std::fs::read_to_string(&sums).unwrap();
+    // `sha256sum -c` form, naming the bundle as it lies beside it: checkable wherever carried.
+    let check = std::process::Command::new("sha256sum")
+        .arg("-c")
+        .arg(&sums)
+        .current_dir(base.parent().unwrap())
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
     let base_sha = base_sha.split_whitespace().next().unwrap().to_string();
     let says = format!("this bundle builds on {base_sha}");
 

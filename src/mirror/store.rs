@@ -12,7 +12,7 @@ use super::access::ClientCredentials;
 use super::freshness::Check;
 use super::path::signed_by;
 use super::{Mirror, MirrorError, Refusal, Target, REFUSALS_KEPT};
-use crate::cache::{unix_now, CacheKey, Entry, StoreError, Validators};
+use crate::cache::{unix_now, CacheKey, Entry, StoreError, StoredMeta, Validators};
 use crate::config::HEXPM;
 use crate::metrics::CacheStatus;
 use crate::route::Resource;
@@ -252,6 +252,14 @@ impl Mirror {
         let entry = Arc::new(entry);
         self.inner.memory.insert(key.clone(), entry.clone());
         self.inner.store.put(key, &entry.stored_meta(), entry.bytes().clone()).await
+    }
+
+    /// Stores an imported entry's verified bytes on disk, pinned, as `meta` (its record when it
+    /// was verified) describes them. The memory tier's copy, if any, is dropped: the next read
+    /// loads and verifies the new one.
+    pub async fn store_imported_bytes(&self, key: &CacheKey, meta: &StoredMeta, body: Bytes) -> Result<(), StoreError> {
+        self.inner.memory.remove(key);
+        self.inner.store.put(key, meta, body).await
     }
 
     /// Removes one entry from both tiers.
