@@ -640,7 +640,7 @@ async fn a_bucket_behind_an_internal_ca_is_trusted_through_ca_file_only() {
         std::fs::write(dir.path().join(name), pem).unwrap();
     }
     let port = free_port();
-    let mut moto = Command::new("python3")
+    let moto = Command::new("python3")
         .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string(), "-s"])
         .arg("-c")
         .arg(dir.path().join("cert.pem"))
@@ -650,6 +650,8 @@ async fn a_bucket_behind_an_internal_ca_is_trusted_through_ca_file_only() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Killed however the test ends.
+    let _moto = Killed(moto);
     let endpoint = format!("https://localhost:{port}");
     let ca_file = dir.path().join("ca.pem");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -675,6 +677,14 @@ async fn a_bucket_behind_an_internal_ca_is_trusted_through_ca_file_only() {
     let listed = trusting.mirror.store().list_all("public/hexpm/tarballs/").await.unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     trusting.stop().await;
-    let _ = moto.kill();
-    let _ = moto.wait();
+}
+
+/// A child process killed and reaped when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
