@@ -697,11 +697,14 @@ async fn verify(
     for key in &report.repaired {
         println!("  repaired: {key}");
     }
-    if report.unselected_releases > 0 {
-        println!(
-            "  note: {} releases listed by synced records were not selected (offline clients cannot resolve to them)",
-            report.unselected_releases
-        );
+    match report.unselected_releases {
+        0 => {}
+        1 => println!(
+            "  note: 1 release listed by synced records was not selected (offline clients cannot resolve to it)"
+        ),
+        n => println!(
+            "  note: {n} releases listed by synced records were not selected (offline clients cannot resolve to them)"
+        ),
     }
     if let Some((pinned, budget)) = report.pinned_over_budget {
         println!(
