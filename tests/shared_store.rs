@@ -612,20 +612,6 @@ async fn commands_work_on_the_shared_store_while_replicas_serve() {
     replica.stop().await;
 }
 
-/// A test CA and a `localhost` certificate it signed: (ca pem, cert pem, key pem).
-fn test_pki() -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "hexmirror test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    (ca.pem(), cert.pem(), key.serialize_pem())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_bucket_behind_an_internal_ca_is_trusted_through_ca_file_only() {
     credentials();
