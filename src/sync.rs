@@ -260,26 +260,32 @@ async fn fetch_one(
     fetch_with_retries(mirror, &target, resource).await
 }
 
-/// True when the store holds `resource` pinned with exactly the bytes `checksum` names (the
-/// tarball's sha256, as the verified record lists it): a re-run needs neither the upstream
-/// nor the memory tier for it.
+/// How a planned tarball was had: fetched through the mirror, or found already synced.
+enum Landed {
+    Fetched(Result<Reply, MirrorError>),
+    Stored(crate::cache::CacheKey),
+}
+
+/// The key under which the store holds `resource` pinned with exactly the bytes `checksum`
+/// names (the tarball's sha256, as the verified record lists it): a re-run needs neither the
+/// upstream nor the memory tier for it.
 async fn already_synced(
     mirror: &Mirror,
     repo: &Option<String>,
     resource: &Resource,
     checksum: Option<[u8; 32]>,
-) -> bool {
-    let Some(checksum) = checksum else { return false };
+) -> Option<crate::cache::CacheKey> {
+    let checksum = hex::encode(checksum?);
     let target = mirror.target(repo.as_deref());
     for private in [false, true] {
         let key = mirror.key_for(&target, resource, private);
         if let Ok(Some(meta)) = mirror.store().head(&key).await {
-            if meta.pinned && meta.sha256 == hex::encode(checksum) {
-                return true;
+            if meta.pinned && meta.sha256 == checksum {
+                return Some(key);
             }
         }
     }
-    false
+    None
 }
 
 /// Retries transient upstream failures with backoff (1 s, 2 s), and a 429 after the
@@ -546,28 +552,21 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
         .collect();
     let pace = planner.pace;
     let mut landing = stream::iter(planned.into_iter().map(|(repo, resource, checksum)| async move {
-        if already_synced(mirror, &repo, &resource, checksum).await {
-            return (repo, resource, None);
+        if let Some(key) = already_synced(mirror, &repo, &resource, checksum).await {
+            return (repo, resource, Landed::Stored(key));
         }
         let result = fetch_one(mirror, &repo, &resource, pace).await;
-        (repo, resource, Some(result))
+        (repo, resource, Landed::Fetched(result))
     }))
     .buffer_unordered(concurrency);
     while let Some((repo, resource, result)) = landing.next().await {
         match result {
-            Some(result) => {
+            Landed::Fetched(result) => {
                 planner.note(&repo, &resource, result);
             }
-            None => {
-                let target = mirror.target(repo.as_deref());
-                // Present and pinned with the bytes the record names: selected as it is.
-                for private in [false, true] {
-                    let key = mirror.key_for(&target, &resource, private);
-                    if matches!(mirror.store().head(&key).await, Ok(Some(_))) {
-                        planner.selected.insert(key.to_string());
-                        break;
-                    }
-                }
+            // Present and pinned with the bytes the record names: selected as it is.
+            Landed::Stored(key) => {
+                planner.selected.insert(key.to_string());
                 planner.item(label_of(&repo, &resource), Outcome::Present, None);
             }
         }
