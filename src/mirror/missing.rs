@@ -131,8 +131,9 @@ impl MissingLog {
 pub fn merged(copies: &[bytes::Bytes]) -> Vec<Missing> {
     let log = MissingLog::default();
     for copy in copies {
-        if let Ok(saved) = serde_json::from_slice::<Vec<Missing>>(copy) {
-            log.merge(saved);
+        match serde_json::from_slice::<Vec<Missing>>(copy) {
+            Ok(saved) => log.merge(saved),
+            Err(e) => tracing::warn!(error = %e, "store: a saved log of missing requests is damaged; left out"),
         }
     }
     log.entries()

@@ -449,16 +449,7 @@ impl Mirror {
         }
         if !self.inner.store.shared() {
             match self.inner.store.read_docs(missing::DOC).await {
-                Ok(copies) => {
-                    for copy in copies {
-                        match serde_json::from_slice(&copy) {
-                            Ok(saved) => self.inner.missing.merge(saved),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "store: the log of missing requests is damaged; starting a new one")
-                            }
-                        }
-                    }
-                }
+                Ok(copies) => self.inner.missing.merge(missing::merged(&copies)),
                 Err(e) => tracing::warn!(error = %e, "store: cannot read the log of missing requests"),
             }
         }
