@@ -145,8 +145,8 @@ fn random_id() -> String {
     hex::encode(bytes)
 }
 
-/// Blobs hold tarballs and docs, which a record names but which change only with their name;
-/// registry files are blobs too, replaced with their record.
+/// A blob's name as a record gives it: 64 lower-case hex digits, nothing else (so a record
+/// can never point outside `SCOPE/blobs/`).
 fn is_sha256(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
@@ -628,18 +628,12 @@ impl S3Store {
         let path = self.path(&format!("purges/{now:020}-{}", random_id()));
         self.write("announcing a purge", &path, bytes, PutMode::Overwrite).await?;
         // Announcements older than a day have reached every replica: removed.
-        let old: Vec<Path> = self
-            .inner
-            .bucket
-            .list(Some(&self.path("purges")))
-            .try_filter_map(|object| {
-                let time = object.location.filename().and_then(|name| name.split('-').next()?.parse::<u64>().ok());
-                let old = time.is_some_and(|t| t + (PURGES_KEPT.as_millis() as u64) < now);
-                futures::future::ready(Ok(old.then_some(object.location)))
-            })
-            .try_collect()
-            .await
-            .map_err(store_error)?;
+        let listing = self.inner.bucket.list(Some(&self.path("purges"))).try_filter_map(|object| {
+            let time = object.location.filename().and_then(|name| name.split('-').next()?.parse::<u64>().ok());
+            let old = time.is_some_and(|t| t + (PURGES_KEPT.as_millis() as u64) < now);
+            futures::future::ready(Ok(old.then_some(object.location)))
+        });
+        let old: Vec<Path> = self.call("listing purges", listing.try_collect()).await?.map_err(store_error)?;
         for path in old {
             self.delete("removing an old purge", &path).await?;
         }
@@ -677,7 +671,8 @@ impl S3Store {
         while let Some((key, meta)) = records.try_next().await? {
             named.insert(format!("{}/{}", if key.is_private() { "private" } else { "public" }, meta.sha256));
         }
-        let cutoff = chrono_free_cutoff();
+        // Unix seconds an hour ago.
+        let cutoff = super::unix_now() as i64 - 3600;
         let mut removed = 0;
         for scope in ["public", "private"] {
             let blobs: Vec<object_store::ObjectMeta> = self
@@ -698,11 +693,6 @@ impl S3Store {
         }
         Ok(removed)
     }
-}
-
-/// Unix seconds an hour ago.
-fn chrono_free_cutoff() -> i64 {
-    (super::unix_now() as i64) - 3600
 }
 
 enum ProbeError {
