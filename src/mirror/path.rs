@@ -450,11 +450,12 @@ impl Mirror {
         };
         for &private in scopes {
             let key = CacheKey::new(&target.namespace, resource, private);
-            let meta = match self.inner.store.head(&key).await {
-                Ok(Some(meta)) => meta,
-                _ => continue,
-            };
+            // With a copy in hand, its record alone says whether there is anything newer.
             if let Some(old) = stale.filter(|old| old.private == private) {
+                let meta = match self.inner.store.head(&key).await {
+                    Ok(Some(meta)) => meta,
+                    _ => continue,
+                };
                 if meta.fetched_at <= old.fetched_at {
                     continue;
                 }
