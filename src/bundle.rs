@@ -446,26 +446,33 @@ pub struct Writer<W: Write> {
     next: usize,
 }
 
+/// Every object's kind follows from its key, and the keys are sorted without duplicates: what
+/// the writer promises and the reader checks.
+fn check_objects(objects: &[ObjectInfo]) -> Result<(), BundleError> {
+    for (i, object) in objects.iter().enumerate() {
+        let expected = kind_of(&object.key)?;
+        if object.kind != expected {
+            return Err(BundleError::WrongKind { key: object.key.clone(), expected, found: object.kind.clone() });
+        }
+        if i > 0 {
+            let previous = &objects[i - 1].key;
+            if *previous == object.key {
+                return Err(BundleError::DuplicateKey { key: object.key.clone() });
+            }
+            if *previous > object.key {
+                let reason = format!("objects are not sorted by key: {:?} after {previous:?}", object.key);
+                return Err(BundleError::ManifestInvalid { reason });
+            }
+        }
+    }
+    Ok(())
+}
+
 impl<W: Write> Writer<W> {
     /// Checks `manifest` (keys, kinds, order, base) and writes it as the first member.
     pub fn new(manifest: Manifest, out: W) -> Result<Writer<W>, BundleError> {
         check_base(manifest.base.as_ref())?;
-        for (i, object) in manifest.objects.iter().enumerate() {
-            let expected = kind_of(&object.key)?;
-            if object.kind != expected {
-                return Err(BundleError::WrongKind { key: object.key.clone(), expected, found: object.kind.clone() });
-            }
-            if i > 0 {
-                let previous = &manifest.objects[i - 1].key;
-                if *previous == object.key {
-                    return Err(BundleError::DuplicateKey { key: object.key.clone() });
-                }
-                if *previous > object.key {
-                    let reason = format!("objects are not sorted by key: {:?} after {previous:?}", object.key);
-                    return Err(BundleError::ManifestInvalid { reason });
-                }
-            }
-        }
+        check_objects(&manifest.objects)?;
         let json = canonical_json(&manifest).map_err(|e| BundleError::Write(io::Error::other(e)))?;
         let mut builder = tar::Builder::new(HashingWriter { inner: out, hasher: Sha256::new() });
         append_member(&mut builder, MANIFEST_NAME, &json).map_err(BundleError::Write)?;
@@ -997,20 +1004,8 @@ fn parse_manifest(bytes: &[u8], limits: &Limits) -> Result<Listed, BundleError> 
     }
     let mut total = 0u64;
     let mut index = HashMap::with_capacity(manifest.objects.len());
+    check_objects(&manifest.objects)?;
     for (i, object) in manifest.objects.iter().enumerate() {
-        let expected = kind_of(&object.key)?;
-        if object.kind != expected {
-            return Err(BundleError::WrongKind { key: object.key.clone(), expected, found: object.kind.clone() });
-        }
-        if i > 0 {
-            let previous = &manifest.objects[i - 1].key;
-            if *previous == object.key {
-                return Err(BundleError::DuplicateKey { key: object.key.clone() });
-            }
-            if *previous > object.key {
-                return Err(invalid(format!("objects are not sorted by key: {:?} after {previous:?}", object.key)));
-            }
-        }
         if !is_sha256_hex(&object.sha256) {
             return Err(invalid(format!("sha256 of {:?} is not 64 lowercase hex digits", object.key)));
         }
