@@ -502,9 +502,7 @@ async fn run_async(config: &Path, args: &[&str]) -> Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_list_has_a_header_resource_paths_organizations_by_name_and_is_stable() {
-    let upstream = TestUpstream::start(hexpm_and_acme_files()).await;
-    // The organization's files marked public, so that an anonymous client may have them listed.
-    upstream.state.lock().unwrap().cache_control = Some("public, max-age=3600".into());
+    let upstream = public_hexpm_and_acme().await;
     let site = TestMirror::builder().upstream(&upstream.url());
     let mirror = site.start().await;
     for path in ["/packages/hexdemo_mid", "/tarballs/hexdemo_mid-0.2.0.tar", "/repos/acme/packages/hexdemo_mid"] {
@@ -541,9 +539,7 @@ async fn cache_list_has_a_header_resource_paths_organizations_by_name_and_is_sta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_outputs_of_cache_list_verify_refusals_and_inspect_parse() {
-    let upstream = TestUpstream::start(hexpm_and_acme_files()).await;
-    // The organization's files marked public, so that an anonymous client may have them listed.
-    upstream.state.lock().unwrap().cache_control = Some("public, max-age=3600".into());
+    let upstream = public_hexpm_and_acme().await;
     let site = TestMirror::builder().upstream(&upstream.url());
     let mirror = site.start().await;
     for path in ["/packages/hexdemo_mid", "/tarballs/hexdemo_mid-0.2.0.tar", "/repos/acme/packages/hexdemo_mid"] {

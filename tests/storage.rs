@@ -66,14 +66,6 @@ impl Drop for MountGuard {
     }
 }
 
-/// hex.pm and its organization `acme`, the organization's files marked public so that these
-/// tests' anonymous clients may have them (hex.pm itself marks them private).
-async fn public_upstream() -> TestUpstream {
-    let upstream = TestUpstream::start(hexpm_and_acme_files()).await;
-    upstream.state.lock().unwrap().cache_control = Some("public, max-age=3600".into());
-    upstream
-}
-
 fn site(upstream: &TestUpstream) -> MirrorBuilder {
     TestMirror::builder().upstream(&upstream.url())
 }
@@ -136,7 +128,7 @@ fn blob_of(data: &Path, bytes: &[u8]) -> PathBuf {
 #[tokio::test]
 #[ignore = "needs root to mount a filesystem; .ci/run runs them"]
 async fn a_disk_that_fills_up_degrades_the_store_and_every_client_still_gets_the_right_bytes() {
-    let upstream = public_upstream().await;
+    let upstream = public_hexpm_and_acme().await;
     let site = site(&upstream);
     let data = site.data_dir();
     let _tmpfs = MountGuard::tmpfs(&data, "1m");
@@ -234,7 +226,7 @@ async fn concurrent_clients_cause_one_upstream_fetch_per_object_while_the_disk_i
 #[tokio::test]
 #[ignore = "needs root to mount a filesystem; .ci/run runs them"]
 async fn a_store_on_a_nearly_full_disk_still_starts_and_serves_degraded() {
-    let upstream = public_upstream().await;
+    let upstream = public_hexpm_and_acme().await;
     let site = site(&upstream);
     let data = site.data_dir();
     let _tmpfs = MountGuard::tmpfs(&data, "2m");
@@ -273,7 +265,7 @@ async fn expect_new_objects_from_upstream(mirror: &TestMirror) {
 #[tokio::test]
 #[ignore = "needs root to mount a filesystem; .ci/run runs them"]
 async fn a_read_only_data_dir_serves_what_is_stored_and_the_rest_from_upstream_degraded() {
-    let upstream = public_upstream().await;
+    let upstream = public_hexpm_and_acme().await;
     let site = site(&upstream);
     let data = site.data_dir();
     let mirror = site.start().await;
@@ -315,7 +307,7 @@ async fn an_offline_mirror_on_a_read_only_store_serves_what_is_stored() {
 #[tokio::test]
 #[ignore = "needs root to mount a filesystem; .ci/run runs them"]
 async fn a_data_dir_that_becomes_read_only_while_serving_degrades_and_keeps_serving() {
-    let upstream = public_upstream().await;
+    let upstream = public_hexpm_and_acme().await;
     let site = site(&upstream);
     let data = site.data_dir();
     let mirror = site.start().await;

@@ -56,6 +56,14 @@ pub fn hexpm_and_acme_files() -> HashMap<String, Vec<u8>> {
     files
 }
 
+/// A test upstream serving [`hexpm_and_acme_files`] with every file marked public, for tests
+/// whose anonymous clients fetch the organization's files (hex.pm marks those private).
+pub async fn public_hexpm_and_acme() -> TestUpstream {
+    let upstream = TestUpstream::start(hexpm_and_acme_files()).await;
+    upstream.state.lock().unwrap().cache_control = Some("public, max-age=3600".into());
+    upstream
+}
+
 /// Every path of the hex.pm flavour: its registry records, then its tarballs.
 pub const HEXPM_PATHS: &[&str] = &[
     "/names",
