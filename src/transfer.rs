@@ -298,29 +298,43 @@ where
     R: std::io::Read,
 {
     let open = Arc::new(open);
-    // An incremental bundle needs its base imported first: said before anything is verified.
-    let head = {
-        let open = open.clone();
-        tokio::task::spawn_blocking(move || {
-            let input = open().map_err(|source| BundleError::Read { context: "at its start".into(), source })?;
-            bundle::read_manifest(input, &limits())
-        })
-    };
-    let (head, _) = finish_pass(head).await?;
-    let base = head.base.as_ref().map(|b| b.sha256.clone());
-    if head.base.is_some() {
-        let selected = mirror.store().selected().await?.len() as u64;
-        // What the records it needs say is checked by verification below.
-        if let Some(why) = bundle::missing_base(&head, selected, |_| true) {
-            return Err(TransferError::MissingBase { base: base.unwrap_or_default(), why });
-        }
-    }
     let mut staging = Staging::new(mirror).await?;
     let mut records = HashMap::new();
     let mut signatures: BTreeMap<String, Bytes> = BTreeMap::new();
     #[allow(clippy::result_large_err)]
     fn parse(text: &str) -> Result<CacheKey, TransferError> {
         CacheKey::parse(text).ok_or_else(|| TransferError::NotAKey(text.to_string()))
+    }
+
+    // First read: registry files (each verifies by its own signature), and the signature
+    // files kept for the end.
+    let (mut rx, handle) = read_pass(open.clone(), |key| key.ends_with(".signed") || rank_of(key) == 0);
+    while let Some(object) = rx.recv().await {
+        let key = parse(&object.key)?;
+        if object.key.ends_with(".signed") && rank(&key) != 0 {
+            signatures.insert(object.key, object.bytes);
+            continue;
+        }
+        let entry = mirror
+            .verify_import(&key, object.bytes, None, None, &records)
+            .await
+            .map_err(|reason| TransferError::Refused { key: object.key.clone(), reason })?;
+        staging.stage(key.clone(), &entry).await?;
+        if let Resource::Package(name) = key.resource() {
+            records.insert((key.namespace().to_string(), name.clone()), Arc::new(entry));
+        }
+    }
+    let (manifest, digest) = finish_pass(handle).await?;
+
+    // An incremental bundle needs its base imported first: said before its tarballs and
+    // signatures are checked against records only the base carried.
+    let base = manifest.base.as_ref().map(|b| b.sha256.clone());
+    if let Some(base) = &base {
+        let selected = mirror.store().selected().await?.len() as u64;
+        // What the records it needs say is checked by verification below.
+        if let Some(why) = bundle::missing_base(&manifest, selected, |_| true) {
+            return Err(TransferError::MissingBase { base: base.clone(), why });
+        }
     }
     let refused = |key: &str| {
         let (key, base) = (key.to_string(), base.clone());
@@ -332,23 +346,6 @@ where
             (reason, _) => TransferError::Refused { key, reason },
         }
     };
-
-    // First read: registry files, and the signature files kept for the end.
-    let (mut rx, handle) = read_pass(open.clone(), |key| key.ends_with(".signed") || rank_of(key) == 0);
-    while let Some(object) = rx.recv().await {
-        let key = parse(&object.key)?;
-        if object.key.ends_with(".signed") && rank(&key) != 0 {
-            signatures.insert(object.key, object.bytes);
-            continue;
-        }
-        let entry =
-            mirror.verify_import(&key, object.bytes, None, None, &records).await.map_err(refused(&object.key))?;
-        staging.stage(key.clone(), &entry).await?;
-        if let Resource::Package(name) = key.resource() {
-            records.insert((key.namespace().to_string(), name.clone()), Arc::new(entry));
-        }
-    }
-    let (manifest, digest) = finish_pass(handle).await?;
 
     // Second read: everything else but the signature files.
     let (mut rx, handle) = read_pass(open.clone(), |key| !key.ends_with(".signed") && rank_of(key) != 0);
