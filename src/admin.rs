@@ -35,9 +35,6 @@ use crate::mirror::Mirror;
 use crate::service::{is_operations_path, Service};
 use crate::sync::{self, Event, SyncRequest};
 
-/// The largest request body the admin endpoint reads (an import bundle).
-pub const MAX_ADMIN_BODY: u64 = 8 << 30;
-
 /// What `admin.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Endpoint {
@@ -367,13 +364,15 @@ impl AdminService {
                 stream_sync(mirror.clone(), request)
             }
             (Method::POST, "/_admin/import") => {
-                let body = match read_body(req, MAX_ADMIN_BODY).await {
-                    Ok(body) => body,
-                    Err(resp) => return resp,
+                // On disk as it arrives, then imported as any bundle file: memory does not grow
+                // with the bundle.
+                let spool = match crate::transfer::receive(mirror, req.into_body()).await {
+                    Ok(spool) => spool,
+                    Err(e) => return transfer_error(e),
                 };
-                match crate::transfer::import(mirror, &body).await {
+                match crate::transfer::import_file(mirror, spool.path()).await {
                     Ok(report) => json(StatusCode::OK, &report),
-                    Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
+                    Err(e) => transfer_error(e),
                 }
             }
             (Method::POST, "/_admin/export") => {
@@ -385,14 +384,10 @@ impl AdminService {
                     Ok(request) => request,
                     Err(e) => return text(StatusCode::BAD_REQUEST, &format!("bad export request: {e}")),
                 };
-                match crate::transfer::export(mirror, &request).await {
-                    Ok(bytes) => {
-                        let mut resp = Response::new(full(Bytes::from(bytes)));
-                        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
-                        resp
-                    }
+                match crate::transfer::export_spooled(mirror, &request).await {
+                    Ok((spool, exported)) => send_spool(spool, &exported).await,
                     Err(e @ crate::transfer::TransferError::Nothing(_)) => text(StatusCode::NOT_FOUND, &e.to_string()),
-                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                    Err(e) => transfer_error(e),
                 }
             }
             _ => text(StatusCode::NOT_FOUND, "no such admin route"),
@@ -411,6 +406,52 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for AdminService {
         Box::pin(async move { Ok(service.handle(req).await) })
     }
 }
+
+/// A failed import or export: 422 for a bundle refused (the store is unchanged), 500 otherwise.
+fn transfer_error(e: crate::transfer::TransferError) -> Response<Body> {
+    use crate::transfer::TransferError as E;
+    let status = match &e {
+        E::Malformed(_) | E::NotAKey(_) | E::Refused { .. } | E::MissingBase { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    text(status, &e.to_string())
+}
+
+/// Sends an exported bundle from its spool file, with its length (a download that stops early
+/// is incomplete to the client) and digest; the file is removed once sent.
+async fn send_spool(spool: crate::transfer::Spool, exported: &crate::transfer::Exported) -> Response<Body> {
+    let file = match tokio::fs::File::open(spool.path()).await {
+        Ok(file) => file,
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{}: {e}", spool.path().display())),
+    };
+    let stream = futures::stream::unfold(Some((file, spool)), |state| async move {
+        use tokio::io::AsyncReadExt;
+        let (mut file, spool) = state?;
+        let mut chunk = bytes::BytesMut::with_capacity(256 << 10);
+        match file.read_buf(&mut chunk).await {
+            Ok(n) if n > 0 => {
+                Some((Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk.freeze())), Some((file, spool))))
+            }
+            Ok(_) => None,
+            Err(e) => {
+                // The length sent says what is missing.
+                tracing::error!(file = %spool.path().display(), error = %e, "export: cannot read the bundle being sent");
+                None
+            }
+        }
+    });
+    let mut resp = Response::new(streaming(http_body_util::StreamBody::new(stream)));
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(exported.len));
+    if let Ok(digest) = HeaderValue::from_str(&exported.digest) {
+        headers.insert(BUNDLE_SHA256, digest);
+    }
+    resp
+}
+
+/// The header carrying an exported bundle's sha256.
+const BUNDLE_SHA256: &str = "x-bundle-sha256";
 
 async fn read_body(req: Request<hyper::body::Incoming>, limit: u64) -> Result<Bytes, Response<Body>> {
     let limited = http_body_util::Limited::new(req.into_body(), limit as usize);
@@ -469,8 +510,11 @@ impl AdminError {
 /// The command line's handle on a running server's admin endpoint.
 pub struct AdminClient {
     endpoint: Endpoint,
-    client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, ClientBody>,
 }
+
+/// What the command line sends: a buffer, or a bundle streamed from its files.
+type ClientBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 impl AdminClient {
     /// Finds a running server for this data directory: `Ok(Some(_))` for a trusted `admin.json`
@@ -500,11 +544,20 @@ impl AdminClient {
         path_and_query: &str,
         body: Bytes,
     ) -> Result<Response<hyper::body::Incoming>, AdminError> {
+        self.call_with(method, path_and_query, Full::new(body).map_err(|never| match never {}).boxed()).await
+    }
+
+    async fn call_with(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: ClientBody,
+    ) -> Result<Response<hyper::body::Incoming>, AdminError> {
         let request = Request::builder()
             .method(method)
             .uri(format!("{}{path_and_query}", self.endpoint.url))
             .header(header::AUTHORIZATION, format!("Bearer {}", self.endpoint.token))
-            .body(Full::new(body))
+            .body(body)
             .map_err(AdminError::Request)?;
         self.client
             .request(request)
@@ -519,6 +572,79 @@ impl AdminClient {
             return Err(AdminError::from_answer(resp).await);
         }
         Ok(resp.into_body().collect().await.map_err(AdminError::Body)?.to_bytes())
+    }
+
+    /// Hands a bundle to the server, streamed from its file or volumes (never read whole).
+    pub async fn import(&self, source: &crate::volume::Source) -> Result<crate::transfer::ImportReport, AdminError> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut reader = match source.reader() {
+                Ok(reader) => reader,
+                Err(e) => return drop(tx.blocking_send(Err(e))),
+            };
+            loop {
+                let mut chunk = vec![0u8; 256 << 10];
+                match reader.read(&mut chunk) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        chunk.truncate(n);
+                        if tx.blocking_send(Ok(Bytes::from(chunk))).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => return drop(tx.blocking_send(Err(e))),
+                }
+            }
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk.map(hyper::body::Frame::data), rx))
+        });
+        let resp =
+            self.call_with(Method::POST, "/_admin/import", http_body_util::StreamBody::new(stream).boxed()).await?;
+        if !resp.status().is_success() {
+            return Err(AdminError::from_answer(resp).await);
+        }
+        let body = resp.into_body().collect().await.map_err(AdminError::Body)?.to_bytes();
+        serde_json::from_slice(&body).map_err(|e| AdminError::Status {
+            status: StatusCode::BAD_GATEWAY,
+            message: format!("unreadable import report: {e}"),
+        })
+    }
+
+    /// Has the server export a bundle and writes it, as it arrives, to what `create` opens
+    /// (told the bundle's length). Returns the bundle's length and digest; a bundle that
+    /// arrives shorter or longer than announced is an error.
+    pub async fn export<W: std::io::Write>(
+        &self,
+        request: &crate::transfer::ExportRequest,
+        create: impl FnOnce(u64) -> std::io::Result<W>,
+    ) -> Result<(u64, String), AdminError> {
+        let body = Bytes::from(serde_json::to_vec(request).expect("requests serialize"));
+        let resp = self.call(Method::POST, "/_admin/export", body).await?;
+        if !resp.status().is_success() {
+            return Err(AdminError::from_answer(resp).await);
+        }
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let incomplete = |message: String| AdminError::Status { status: StatusCode::BAD_GATEWAY, message };
+        let len: u64 = header(header::CONTENT_LENGTH.as_str())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| incomplete("the server sent a bundle without its length".into()))?;
+        let digest = header(BUNDLE_SHA256).unwrap_or_default();
+        let mut out = create(len).map_err(|e| incomplete(e.to_string()))?;
+        let mut body = resp.into_body();
+        let mut received = 0u64;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.map_err(AdminError::Body)?.into_data() {
+                received += data.len() as u64;
+                out.write_all(&data).map_err(|e| incomplete(e.to_string()))?;
+            }
+        }
+        if received != len {
+            return Err(incomplete(format!("the bundle arrived incomplete: {received} of {len} bytes")));
+        }
+        out.flush().map_err(|e| incomplete(e.to_string()))?;
+        Ok((len, digest))
     }
 
     /// Runs a sync on the server, passing each event to `on_event` as it arrives.

@@ -517,6 +517,23 @@ impl<W: Write> Writer<W> {
     }
 }
 
+/// The length of the bundle file [`Writer`] makes of `manifest` (known before any object is
+/// read: what volumes and a streamed download are sized by).
+pub fn archive_len(manifest: &Manifest) -> Result<u64, BundleError> {
+    let json = canonical_json(manifest).map_err(|e| BundleError::Write(io::Error::other(e)))?;
+    let padded = |n: u64| n.div_ceil(512) * 512;
+    let member = |path: &str, len: u64| -> Result<u64, BundleError> {
+        let fits = fixed_header(tar::EntryType::Regular, len).map_err(BundleError::Write)?.set_path(path).is_ok();
+        let pax = if fits { 0 } else { 512 + padded(pax_record("path", path).len() as u64) };
+        Ok(pax + 512 + padded(len))
+    };
+    let mut total = member(MANIFEST_NAME, json.len() as u64)? + 1024;
+    for object in &manifest.objects {
+        total += member(&format!("{OBJECTS_DIR}{}", object.key), object.size)?;
+    }
+    Ok(total)
+}
+
 /// The manifest's bytes as every writer produces them (and every reader requires them).
 fn canonical_json(manifest: &Manifest) -> Result<Vec<u8>, serde_json::Error> {
     let mut json = serde_json::to_vec_pretty(manifest)?;
@@ -1925,5 +1942,19 @@ mod tests {
             assert!(text.starts_with(|c: char| c.is_lowercase()), "{text}");
             assert!(!text.ends_with('.'), "{text}");
         }
+    }
+
+    #[test]
+    fn archive_len_is_the_length_the_writer_makes() {
+        let long = format!("public/hexpm/tarballs/a{}-1.0.0-{}.tar", "b".repeat(127), "c".repeat(122));
+        let objects = vec![
+            obj("public/hexpm/names", &b"n".repeat(700), false),
+            obj(&long, &b"t".repeat(513), true),
+            obj("public/hexpm/tarballs/x-1.0.0.tar", &b"x".repeat(512), true),
+        ];
+        let mut out = Vec::new();
+        write(&objects, None, &mut out).unwrap();
+        let manifest = manifest_for(&objects, None);
+        assert_eq!(archive_len(&manifest).unwrap(), out.len() as u64);
     }
 }

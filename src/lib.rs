@@ -52,6 +52,7 @@ pub mod term;
 pub mod transfer;
 pub mod upstream;
 pub mod verify;
+pub mod volume;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -133,6 +134,8 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
     };
     let access_log = config.access_log;
     let mirror = Mirror::open_for_serving(config, metrics).await?;
+    // An import interrupted by a crash is completed (or undone) before anything is served.
+    transfer::recover(&mirror).await;
     // Held until the server has stopped, then dropped: it flushes the access log's last lines.
     let (access_log, access_log_guard) = match access_log {
         true => {

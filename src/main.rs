@@ -117,18 +117,24 @@ enum Command {
         /// Only what sync or import selected.
         #[arg(long)]
         selected: bool,
+        /// Split the bundle into volumes of at most SIZE (e.g. 4GiB, 700MB): FILE.001,
+        /// FILE.002, ..., each with a FILE.NNN.sha256.
+        #[arg(long, value_name = "SIZE")]
+        max_size: Option<String>,
     },
     /// Import a bundle, verifying every object before accepting any.
     Import {
-        /// The bundle (written by `hexmirror export`).
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
+        /// The bundle (written by `hexmirror export`): its file, or all its volumes (in any
+        /// order) or their directory.
+        #[arg(value_name = "FILE", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
     },
     /// Show a bundle's manifest, and what it would change in the configured store.
     Inspect {
-        /// The bundle (written by `hexmirror export`).
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
+        /// The bundle (written by `hexmirror export`): its file, or all its volumes (in any
+        /// order) or their directory.
+        #[arg(value_name = "FILE", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
         /// Print every package release.
         #[arg(long)]
         packages: bool,
@@ -372,9 +378,11 @@ fn main() -> ExitCode {
             Command::Verify { repair, prune, json } => {
                 verify(config, named, hexmirror::audit::Options { repair, prune }, json).await
             }
-            Command::Export { out, base, filter, selected } => export(config, named, out, base, filter, selected).await,
-            Command::Import { file } => import(config, file).await,
-            Command::Inspect { file, packages, json } => inspect(config, named, file, packages, json).await,
+            Command::Export { out, base, filter, selected, max_size } => {
+                export(config, named, out, base, ExportOptions { filter, selected, max_size }).await
+            }
+            Command::Import { files } => import(config, files).await,
+            Command::Inspect { files, packages, json } => inspect(config, named, files, packages, json).await,
             Command::Cache { action } => cache(config, named, action).await,
             Command::Refusals { json } => refusals(config, named, json).await,
             Command::Missing { format, out } => missing(config, named, format, out).await,
@@ -715,84 +723,149 @@ async fn verify(
     Ok(ok_or_failure(report.ok()))
 }
 
+/// `export`'s choices besides where the bundle goes and what it follows.
+struct ExportOptions {
+    filter: Option<String>,
+    selected: bool,
+    max_size: Option<String>,
+}
+
+/// Where an export writes: one file (renamed into place when complete), or volumes.
+enum Sink {
+    File(std::io::BufWriter<std::fs::File>),
+    Volumes(Box<hexmirror::volume::VolumeWriter>),
+}
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::File(file) => file.write(buf),
+            Sink::Volumes(volumes) => volumes.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::File(file) => file.flush(),
+            Sink::Volumes(volumes) => volumes.flush(),
+        }
+    }
+}
+
+/// A bundle named on the command line: one file, or volumes (or their directory).
+fn bundle_source(files: &[PathBuf]) -> Result<hexmirror::volume::Source, Failure> {
+    Ok(hexmirror::volume::Source::open(files).map_err(|e| e.to_string())?)
+}
+
+fn read_manifest(source: &hexmirror::volume::Source) -> Result<(hexmirror::bundle::Manifest, String), Failure> {
+    let reader = source.reader().map_err(|e| format!("{}: {e}", source.describe()))?;
+    Ok(hexmirror::bundle::read_manifest(reader, &hexmirror::transfer::limits())
+        .map_err(|e| format!("{}: {e}", source.describe()))?)
+}
+
 async fn export(
     config: Config,
     named: bool,
     out: PathBuf,
     base: Option<PathBuf>,
-    filter: Option<String>,
-    selected: bool,
+    options: ExportOptions,
 ) -> Result<ExitCode, Failure> {
-    let mut request = ExportRequest { filter, selected_only: selected, ..Default::default() };
+    let max_size = match &options.max_size {
+        Some(text) => Some(
+            hexmirror::config::parse_size(text).map_err(|e| Failure::Config(format!("--max-size: {e}"))).and_then(
+                |size| match size < hexmirror::volume::MIN_VOLUME {
+                    true => Err(Failure::Config(format!(
+                        "--max-size: {text} is below the smallest volume ({} bytes)",
+                        hexmirror::volume::MIN_VOLUME
+                    ))),
+                    false => Ok(size),
+                },
+            )?,
+        ),
+        None => None,
+    };
+    let mut request = ExportRequest { filter: options.filter, selected_only: options.selected, ..Default::default() };
     if let Some(base) = base {
-        let file = std::fs::File::open(&base).map_err(|e| format!("{}: {e}", base.display()))?;
-        let (manifest, digest) =
-            hexmirror::bundle::read_manifest(std::io::BufReader::new(file), &hexmirror::transfer::limits())
-                .map_err(|e| format!("{}: {e}", base.display()))?;
+        let (manifest, digest) = read_manifest(&bundle_source(&[base])?)?;
         request.base = Some(manifest);
         request.base_digest = Some(digest);
     }
     let tmp = out.with_extension("partial");
-    let create = || -> std::io::Result<std::io::BufWriter<std::fs::File>> {
+    let create = |len: u64| -> std::io::Result<Sink> {
+        if let Some(max_size) = max_size {
+            return hexmirror::volume::VolumeWriter::create(&out, max_size, len).map(|v| Sink::Volumes(Box::new(v)));
+        }
         let file = std::fs::File::create(&tmp)
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", tmp.display())))?;
-        Ok(std::io::BufWriter::new(file))
+        Ok(Sink::File(std::io::BufWriter::new(file)))
     };
-    let mut created = None;
+    let mut created: Option<Sink> = None;
     let written: Result<(), Failure> = async {
         match open(config, Need::Existing { named }).await? {
+            // Streamed from the server to the file or volumes as it arrives.
             Store::Remote(admin) => {
-                let body = Bytes::from(serde_json::to_vec(&request).map_err(|e| e.to_string())?);
-                let bytes = admin.call_bytes(Method::POST, "/_admin/export", body).await?;
-                let writer = created.insert(create().map_err(|e| e.to_string())?);
-                std::io::Write::write_all(writer, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+                admin.export(&request, |len| Ok(created.insert(create(len)?))).await?;
             }
             // Streamed to the file: one object in memory at a time, whatever the bundle's size.
             Store::Local(mirror) => {
-                hexmirror::transfer::export_to(&mirror, &request, || Ok(created.insert(create()?))).await?;
+                hexmirror::transfer::export_to(&mirror, &request, |len| Ok(created.insert(create(len)?))).await?;
             }
         }
         Ok(())
     }
     .await;
     if let Err(e) = written {
+        drop(created);
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    let writer = created.ok_or("export: nothing written")?;
-    let file = writer.into_inner().map_err(|e| format!("{}: {e}", tmp.display()))?;
-    file.sync_all().map_err(|e| format!("{}: {e}", tmp.display()))?;
-    drop(file);
-    std::fs::rename(&tmp, &out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let reader = std::fs::File::open(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let size = reader.metadata().map_err(|e| format!("{}: {e}", out.display()))?.len();
-    let (manifest, digest) =
-        hexmirror::bundle::read_manifest(std::io::BufReader::new(reader), &hexmirror::transfer::limits())
-            .map_err(|e| e.to_string())?;
-    // FILE.sha256 beside FILE, in `sha256sum -c` form: checkable wherever both are carried.
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut sums = out.clone().into_os_string();
-    sums.push(".sha256");
-    std::fs::write(&sums, format!("{digest}  {name}\n")).map_err(|e| e.to_string())?;
+    let source = match created.ok_or("export: nothing written")? {
+        Sink::File(writer) => {
+            let file = writer.into_inner().map_err(|e| format!("{}: {e}", tmp.display()))?;
+            file.sync_all().map_err(|e| format!("{}: {e}", tmp.display()))?;
+            drop(file);
+            std::fs::rename(&tmp, &out).map_err(|e| format!("{}: {e}", out.display()))?;
+            hexmirror::volume::Source::File(out.clone())
+        }
+        Sink::Volumes(volumes) => {
+            let paths = volumes.finish().map_err(|e| format!("{}: {e}", out.display()))?;
+            bundle_source(&paths)?
+        }
+    };
+    let size = source.len().map_err(|e| format!("{}: {e}", out.display()))?;
+    let (manifest, digest) = read_manifest(&source)?;
+    let place = match &source {
+        hexmirror::volume::Source::File(path) => {
+            // FILE.sha256 beside FILE, in `sha256sum -c` form: checkable wherever both are carried.
+            let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let mut sums = path.clone().into_os_string();
+            sums.push(".sha256");
+            std::fs::write(&sums, format!("{digest}  {name}\n")).map_err(|e| e.to_string())?;
+            out.display().to_string()
+        }
+        hexmirror::volume::Source::Volumes(volumes) => format!(
+            "{} volumes, {} to {} (each with its .sha256)",
+            volumes.len(),
+            volumes[0].0.display(),
+            volumes[volumes.len() - 1].0.display()
+        ),
+    };
     println!(
-        "export: {} objects ({} packages, {} bytes) to {}\nsha256: {digest}",
+        "export: {} objects ({} packages, {} bytes) to {place}\nsha256: {digest}",
         manifest.objects.len(),
         manifest.packages.len(),
         size,
-        out.display()
     );
     Ok(ExitCode::SUCCESS)
 }
 
-async fn import(config: Config, file: PathBuf) -> Result<ExitCode, Failure> {
+async fn import(config: Config, files: Vec<PathBuf>) -> Result<ExitCode, Failure> {
+    let source = bundle_source(&files)?;
     let report: ImportReport = match open(config, Need::Create).await? {
-        Store::Remote(admin) => {
-            let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-            serde_json::from_slice(&admin.call_bytes(Method::POST, "/_admin/import", Bytes::from(bytes)).await?)
-                .map_err(|e| e.to_string())?
-        }
+        // Streamed to the server, which holds it on disk while verifying.
+        Store::Remote(admin) => admin.import(&source).await?,
         // Read as a stream: memory does not grow with the bundle.
-        Store::Local(mirror) => hexmirror::transfer::import_file(&mirror, &file).await?,
+        Store::Local(mirror) => hexmirror::transfer::import_source(&mirror, &source).await?,
     };
     println!(
         "import: {} objects verified; {} new, {} already present\nsha256: {}",
@@ -801,13 +874,18 @@ async fn import(config: Config, file: PathBuf) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn inspect(config: Config, named: bool, file: PathBuf, packages: bool, json: bool) -> Result<ExitCode, Failure> {
-    let reader = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let (manifest, digest) =
-        hexmirror::bundle::read_manifest(std::io::BufReader::new(reader), &hexmirror::transfer::limits())
-            .map_err(|e| format!("{}: {e}", file.display()))?;
+async fn inspect(
+    config: Config,
+    named: bool,
+    files: Vec<PathBuf>,
+    packages: bool,
+    json: bool,
+) -> Result<ExitCode, Failure> {
+    let source = bundle_source(&files)?;
+    let (manifest, digest) = read_manifest(&source)?;
+    let file = source.describe();
     if !json {
-        println!("bundle: {}\nsha256: {digest}", file.display());
+        println!("bundle: {file}\nsha256: {digest}");
         let totals = &manifest.totals;
         println!("holds: {} objects, {} packages, {} bytes", totals.objects, totals.packages, totals.bytes);
         if let Some(base) = &manifest.base {

@@ -8,6 +8,9 @@
 //! is left exactly as it was. Failures are [`TransferError`]s; the `bundle refused` ones are
 //! those that leave the store untouched.
 
+// A failed transfer names the key it failed on: the error is large, and rare.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -81,17 +84,19 @@ pub struct Exported {
     /// sha256 of the bundle, lowercase hex.
     pub digest: String,
     pub totals: bundle::Totals,
+    /// The bundle's length in bytes.
+    pub len: u64,
 }
 
 /// Builds a bundle of the store's verified entries in memory (see [`export_to`]).
 pub async fn export(mirror: &Mirror, request: &ExportRequest) -> Result<Vec<u8>, TransferError> {
     let mut out = Vec::new();
-    export_to(mirror, request, || Ok(&mut out)).await?;
+    export_to(mirror, request, |_| Ok(&mut out)).await?;
     Ok(out)
 }
 
 /// Writes a bundle of the store's verified entries to what `create` opens (only once there is
-/// something to write), one object in memory at a time.
+/// something to write, and told the bundle's length in bytes), one object in memory at a time.
 ///
 /// Format 1 puts the manifest, with every object's digest, first: a first pass over the store
 /// verifies each entry, describes it and drops its bytes; a second pass reads each entry again
@@ -100,7 +105,7 @@ pub async fn export(mirror: &Mirror, request: &ExportRequest) -> Result<Vec<u8>,
 pub async fn export_to<W: std::io::Write>(
     mirror: &Mirror,
     request: &ExportRequest,
-    create: impl FnOnce() -> std::io::Result<W>,
+    create: impl FnOnce(u64) -> std::io::Result<W>,
 ) -> Result<Exported, TransferError> {
     // Entries answered moments ago may still be on their way to disk.
     mirror.settle_writes().await;
@@ -159,7 +164,8 @@ pub async fn export_to<W: std::io::Write>(
     let manifest = bundle::manifest_of(described, base.as_ref(), bundle::CREATED_BY);
     let totals = manifest.totals;
     let keys: Vec<String> = manifest.objects.iter().map(|o| o.key.clone()).collect();
-    let out = create().map_err(|e| TransferError::Bundle(BundleError::Write(e)))?;
+    let len = bundle::archive_len(&manifest).map_err(TransferError::Bundle)?;
+    let out = create(len).map_err(|e| TransferError::Bundle(BundleError::Write(e)))?;
     let mut writer = bundle::Writer::new(manifest, out).map_err(TransferError::Bundle)?;
     for key_text in keys {
         let key = CacheKey::parse(&key_text).ok_or_else(|| TransferError::NotAKey(key_text.clone()))?;
@@ -173,7 +179,70 @@ pub async fn export_to<W: std::io::Write>(
         })?;
     }
     let digest = writer.finish().map_err(TransferError::Bundle)?;
-    Ok(Exported { digest, totals })
+    Ok(Exported { digest, totals, len })
+}
+
+/// A file under the import staging directory that belongs to this process while it lives
+/// (a bundle received by the admin endpoint, or one written for it to send), removed on drop.
+pub struct Spool {
+    path: PathBuf,
+}
+
+impl Spool {
+    pub fn new(mirror: &Mirror, prefix: &str) -> Result<Spool, TransferError> {
+        let root = staging_root(&mirror.config().data_dir);
+        std::fs::create_dir_all(&root).map_err(|e| TransferError::Staging(format!("{}: {e}", root.display())))?;
+        let path = root.join(unique_name(prefix));
+        LIVE.lock().unwrap_or_else(|p| p.into_inner()).push(path.clone());
+        Ok(Spool { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        LIVE.lock().unwrap_or_else(|p| p.into_inner()).retain(|d| d != &self.path);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Writes a request body to a [`Spool`] as it arrives: a bundle handed to the admin endpoint
+/// is held on disk, never in memory, whatever its size.
+pub async fn receive<B>(mirror: &Mirror, mut body: B) -> Result<Spool, TransferError>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    let spool = Spool::new(mirror, "upload-")?;
+    let fail = |e: std::io::Error| TransferError::Staging(format!("{}: {e}", spool.path().display()));
+    let mut file = tokio::fs::File::create(spool.path()).await.map_err(fail)?;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            TransferError::Malformed(BundleError::Read {
+                context: "while receiving it".into(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        })?;
+        if let Ok(data) = frame.into_data() {
+            file.write_all(&data).await.map_err(fail)?;
+        }
+    }
+    file.flush().await.map_err(fail)?;
+    Ok(spool)
+}
+
+/// Writes a bundle to a [`Spool`] for the admin endpoint to send (sized, so a download that
+/// stops early is seen as incomplete).
+pub async fn export_spooled(mirror: &Mirror, request: &ExportRequest) -> Result<(Spool, Exported), TransferError> {
+    let spool = Spool::new(mirror, "export-")?;
+    let path = spool.path().to_path_buf();
+    let exported = export_to(mirror, request, |_| std::fs::File::create(&path).map(std::io::BufWriter::new)).await?;
+    Ok((spool, exported))
 }
 
 /// Default limits for a bundle read on import.
@@ -193,6 +262,13 @@ pub async fn import(mirror: &Mirror, bytes: &[u8]) -> Result<ImportReport, Trans
 pub async fn import_file(mirror: &Mirror, path: &Path) -> Result<ImportReport, TransferError> {
     let path = path.to_path_buf();
     import_from(mirror, move || std::fs::File::open(&path).map(std::io::BufReader::new)).await
+}
+
+/// Verifies every object of the bundle `source` names (one file or a set of volumes), then
+/// stores them all (pinned and selected), or nothing; read as a stream, never whole.
+pub async fn import_source(mirror: &Mirror, source: &crate::volume::Source) -> Result<ImportReport, TransferError> {
+    let source = source.clone();
+    import_from(mirror, move || source.reader()).await
 }
 
 /// The order objects are verified in: registry files first (their verified records vouch for
@@ -245,43 +321,201 @@ async fn finish_pass(
     }
 }
 
-/// Verified objects waiting in files under the data directory until the whole bundle has
-/// verified; the directory is removed when this is dropped, committed or not.
+/// Where imports stage verified objects, under the data directory.
+pub fn staging_root(data_dir: &Path) -> PathBuf {
+    data_dir.join("import-staging")
+}
+
+/// Staging directories of imports running in this process: [`recover`] leaves them alone.
+static LIVE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn unique_name(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let mut random = [0u8; 8];
+    let _ = getrandom::getrandom(&mut random);
+    format!("{prefix}{nanos}-{}", hex::encode(random))
+}
+
+/// One staged object: where its verified bytes are in the staging file, what it is stored as,
+/// and whether the store already held exactly these bytes when the import was committed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StagedObject {
+    key: String,
+    meta: StoredMeta,
+    offset: u64,
+    len: u64,
+    #[serde(default)]
+    present: bool,
+}
+
+/// What a committing import writes before it changes the store: with it, an import interrupted
+/// half-way through its commit is completed (or undone) by the next import or server start.
+#[derive(Debug, Serialize, Deserialize)]
+struct Journal {
+    digest: String,
+    objects: Vec<StagedObject>,
+}
+
+const JOURNAL: &str = "journal.json";
+const STAGED: &str = "objects";
+
+/// Verified objects waiting in one file under the data directory until the whole bundle has
+/// verified. The directory is removed when this is dropped, unless a commit was interrupted
+/// after its journal was written (see [`recover`]).
 struct Staging {
     dir: PathBuf,
-    staged: BTreeMap<String, (CacheKey, StoredMeta, PathBuf)>,
+    file: std::fs::File,
+    written: u64,
+    staged: BTreeMap<String, (CacheKey, StagedObject)>,
+    keep: bool,
 }
 
 impl Staging {
     async fn new(mirror: &Mirror) -> Result<Staging, TransferError> {
-        let parent = mirror.config().data_dir.join("import-staging");
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        let dir = parent.join(format!("{}-{nanos}", std::process::id()));
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| TransferError::Staging(format!("{}: {e}", dir.display())))?;
-        Ok(Staging { dir, staged: BTreeMap::new() })
+        let dir = staging_root(&mirror.config().data_dir).join(unique_name(""));
+        let fail = |e: std::io::Error| TransferError::Staging(format!("{}: {e}", dir.display()));
+        tokio::fs::create_dir_all(&dir).await.map_err(fail)?;
+        LIVE.lock().unwrap_or_else(|p| p.into_inner()).push(dir.clone());
+        let file = std::fs::OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .append(true)
+            .open(dir.join(STAGED))
+            .map_err(fail)?;
+        Ok(Staging { dir, file, written: 0, staged: BTreeMap::new(), keep: false })
+    }
+
+    fn fail(&self, e: std::io::Error) -> TransferError {
+        TransferError::Staging(format!("{}: {e}", self.dir.join(STAGED).display()))
     }
 
     async fn stage(&mut self, key: CacheKey, entry: &Entry) -> Result<(), TransferError> {
-        let path = self.dir.join(self.staged.len().to_string());
-        tokio::fs::write(&path, entry.bytes())
-            .await
-            .map_err(|e| TransferError::Staging(format!("{}: {e}", path.display())))?;
-        self.staged.insert(key.to_string(), (key, entry.stored_meta(), path));
+        use std::io::Write;
+        let bytes = entry.bytes();
+        self.file.write_all(bytes).map_err(|e| self.fail(e))?;
+        let object = StagedObject {
+            key: key.to_string(),
+            meta: entry.stored_meta(),
+            offset: self.written,
+            len: bytes.len() as u64,
+            present: false,
+        };
+        self.written += bytes.len() as u64;
+        self.staged.insert(object.key.clone(), (key, object));
         Ok(())
     }
 
-    async fn bytes(&self, path: &Path) -> Result<Bytes, TransferError> {
-        tokio::fs::read(path)
-            .await
-            .map(Bytes::from)
-            .map_err(|e| TransferError::Staging(format!("{}: {e}", path.display())))
+    fn bytes(&self, object: &StagedObject) -> Result<Bytes, TransferError> {
+        read_staged(&self.file, object).map_err(|e| self.fail(e))
+    }
+
+    /// Makes the staged bytes durable and writes the journal: from here on the import is
+    /// completed even if this process dies.
+    fn write_journal(&mut self, digest: &str) -> Result<(), TransferError> {
+        self.file.sync_all().map_err(|e| self.fail(e))?;
+        let journal =
+            Journal { digest: digest.to_string(), objects: self.staged.values().map(|(_, o)| o.clone()).collect() };
+        let text = serde_json::to_vec(&journal).map_err(|e| TransferError::Staging(e.to_string()))?;
+        let tmp = self.dir.join("journal.partial");
+        let fail = |e: std::io::Error| TransferError::Staging(format!("{}: {e}", tmp.display()));
+        let mut file = std::fs::File::create(&tmp).map_err(fail)?;
+        std::io::Write::write_all(&mut file, &text).map_err(fail)?;
+        file.sync_all().map_err(fail)?;
+        std::fs::rename(&tmp, self.dir.join(JOURNAL)).map_err(fail)?;
+        if let Ok(dir) = std::fs::File::open(&self.dir) {
+            let _ = dir.sync_all();
+        }
+        self.keep = true;
+        Ok(())
     }
 }
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        LIVE.lock().unwrap_or_else(|p| p.into_inner()).retain(|d| d != &self.dir);
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
+}
+
+fn read_staged(file: &std::fs::File, object: &StagedObject) -> std::io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = vec![0u8; object.len as usize];
+    file.read_exact_at(&mut bytes, object.offset)?;
+    Ok(Bytes::from(bytes))
+}
+
+/// Writes a journal's objects to the store. On a failure (a full disk, say) the objects this
+/// commit added are removed again, so the store is left as it was, and the error returned.
+async fn commit(mirror: &Mirror, file: &std::fs::File, journal: &Journal) -> Result<(), TransferError> {
+    let mut added: Vec<CacheKey> = Vec::new();
+    let result: Result<(), TransferError> = async {
+        let mut selected = Vec::with_capacity(journal.objects.len());
+        for object in &journal.objects {
+            let key = CacheKey::parse(&object.key).ok_or_else(|| TransferError::NotAKey(object.key.clone()))?;
+            if object.present {
+                mirror.pin(&key).await?;
+            } else {
+                let bytes = read_staged(file, object).map_err(|e| TransferError::Staging(e.to_string()))?;
+                // Staged bytes are checked again: the journal vouches only for what it describes.
+                if hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)) != object.meta.sha256 {
+                    return Err(TransferError::Staging(format!("{}: the staged copy changed", object.key)));
+                }
+                added.push(key.clone());
+                if let Err(source) = mirror.store_imported_bytes(&key, &object.meta, bytes).await {
+                    return Err(TransferError::Write { key, source });
+                }
+            }
+            selected.push(object.key.clone());
+        }
+        mirror.store().select(selected).await?;
+        mirror.store().flush().await?;
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        for key in &added {
+            if let Err(e) = mirror.remove(key).await {
+                tracing::error!(key = %key, error = %e, "import: cannot undo a partly committed import");
+            }
+        }
+    }
+    result
+}
+
+/// Finishes what interrupted imports left under the data directory: a commit whose journal was
+/// written is completed (an import whose staged bytes no longer match is undone instead), and
+/// staging that never reached its journal (the store was not touched) is removed. Called before
+/// every import and when the server starts. Returns the number of imports completed.
+pub async fn recover(mirror: &Mirror) -> usize {
+    let root = staging_root(&mirror.config().data_dir);
+    let Ok(entries) = std::fs::read_dir(&root) else { return 0 };
+    let live: Vec<PathBuf> = LIVE.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut completed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if live.contains(&path) {
+            continue;
+        }
+        let journal = std::fs::read(path.join(JOURNAL)).ok().and_then(|t| serde_json::from_slice::<Journal>(&t).ok());
+        match (journal, std::fs::File::open(path.join(STAGED))) {
+            (Some(journal), Ok(file)) => match commit(mirror, &file, &journal).await {
+                Ok(()) => {
+                    completed += 1;
+                    tracing::info!(sha256 = %journal.digest, objects = journal.objects.len(), "import: completed an interrupted import");
+                }
+                Err(e) => {
+                    tracing::error!(sha256 = %journal.digest, error = %e, "import: an interrupted import cannot be completed; undone, import the bundle again")
+                }
+            },
+            _ => {
+                tracing::info!(dir = %path.display(), "import: removing an unfinished import's staging (nothing of it was stored)")
+            }
+        }
+        let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+    }
+    completed
 }
 
 /// Verifies every object of the bundle `open` reads (each call reads it again from its start),
@@ -298,10 +532,10 @@ where
     R: std::io::Read,
 {
     let open = Arc::new(open);
+    recover(mirror).await;
     let mut staging = Staging::new(mirror).await?;
     let mut records = HashMap::new();
     let mut signatures: BTreeMap<String, Bytes> = BTreeMap::new();
-    #[allow(clippy::result_large_err)]
     fn parse(text: &str) -> Result<CacheKey, TransferError> {
         CacheKey::parse(text).ok_or_else(|| TransferError::NotAKey(text.to_string()))
     }
@@ -372,7 +606,7 @@ where
     for (key_text, bytes) in std::mem::take(&mut signatures) {
         let key = parse(&key_text)?;
         let signs = match key_text.strip_suffix(".signed").and_then(|signed| staging.staged.get(signed)) {
-            Some((_, _, path)) => Some(staging.bytes(path).await?),
+            Some((_, object)) => Some(staging.bytes(object)?),
             None => None,
         };
         let entry =
@@ -380,27 +614,28 @@ where
         staging.stage(key, &entry).await?;
     }
 
-    // Everything verified: now write, one object at a time.
+    // Everything verified: note what the store already holds, write the journal, then write
+    // the store one object at a time.
     let mut report = ImportReport { digest, objects: staging.staged.len(), ..Default::default() };
     debug_assert_eq!(report.objects as u64, manifest.totals.objects);
-    let mut selected = Vec::new();
-    for (key_text, (key, meta, path)) in &staging.staged {
+    for (key, object) in staging.staged.values_mut() {
         // Read whole (not just the record): a damaged stored copy is replaced by the import.
         let existing = mirror.store().get(key).await.ok().flatten().map(|(meta, _)| meta.sha256);
-        if existing.as_deref() == Some(meta.sha256.as_str()) {
-            report.unchanged += 1;
-            mirror.pin(key).await?;
-        } else {
-            report.new += 1;
-            let bytes = staging.bytes(path).await?;
-            if let Err(source) = mirror.store_imported_bytes(key, meta, bytes).await {
-                return Err(TransferError::Write { key: key.clone(), source });
-            }
+        object.present = existing.as_deref() == Some(object.meta.sha256.as_str());
+        match object.present {
+            true => report.unchanged += 1,
+            false => report.new += 1,
         }
-        selected.push(key_text.clone());
     }
-    mirror.store().select(selected).await?;
-    mirror.store().flush().await?;
+    staging.write_journal(&report.digest)?;
+    let journal = Journal {
+        digest: report.digest.clone(),
+        objects: std::mem::take(&mut staging.staged).into_values().map(|(_, o)| o).collect(),
+    };
+    let committed = commit(mirror, &staging.file, &journal).await;
+    // Committed, or undone: either way nothing is left to recover.
+    staging.keep = false;
+    committed?;
     mirror.metrics().sync_last_success.set(crate::cache::unix_now() as f64);
     Ok(report)
 }
