@@ -564,3 +564,41 @@ async fn purge_also_removes_entries_that_only_the_memory_tier_holds() {
     );
     mirror.stop().await;
 }
+
+// ------------------------------------------------------------------------------------------
+// An import that fills the disk
+// ------------------------------------------------------------------------------------------
+
+/// An import needs room twice: for its staged objects, then for the store's copies. A disk
+/// that fills up at either step aborts the import with the store exactly as it was and the
+/// space given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root to mount a filesystem; .ci/run runs them"]
+async fn an_import_that_fills_the_disk_is_aborted_with_the_store_unchanged() {
+    let bundle = large_bundle();
+    // 64m: the staging cannot hold the bundle; 200m: it can, and the commit cannot.
+    for size in ["64m", "200m"] {
+        let site = TestMirror::builder().upstream("http://127.0.0.1:9").offline().set("memory_cache_bytes", "1MiB");
+        let data = site.data_dir();
+        let _tmpfs = MountGuard::tmpfs(&data, size);
+        let file = site.dir().join("large.hxb");
+        std::fs::write(&file, &bundle).unwrap();
+        let mirror = site.start().await;
+        let free = free_bytes(&data);
+        let err = hexmirror::transfer::import_file(&mirror.mirror, &file).await.unwrap_err().to_string();
+        eprintln!("{size}: {err}");
+        let expected = match size {
+            "64m" => "cannot stage the import",
+            _ => "cannot store",
+        };
+        assert!(err.contains(expected), "{size}: {err}");
+        mirror.mirror.settle_writes().await;
+        assert!(mirror.stored().await.is_empty(), "{size}: nothing of the import is stored");
+        assert!(mirror.mirror.store().selected().await.unwrap().is_empty(), "{size}: nothing is selected");
+        let staging = data.join("import-staging");
+        assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0, "{size}: the staging is removed");
+        let back = free_bytes(&data);
+        assert!(back + (1 << 20) >= free, "{size}: the space is given back ({free} free before, {back} after)");
+        mirror.stop().await;
+    }
+}
