@@ -532,6 +532,53 @@ struct Progress {
     bar: Option<indicatif::ProgressBar>,
     /// Items before the plan (records, lockfiles, skipped dependencies).
     resolved: std::sync::atomic::AtomicU64,
+    counts: std::sync::Mutex<Counts>,
+}
+
+/// What a sync has done so far, for the counts, bytes and ETA every progress line shows.
+#[derive(Default)]
+struct Counts {
+    /// Releases planned, and when the plan was made.
+    planned: Option<(u64, std::time::Instant)>,
+    /// Releases done (fetched, present or failed) since the plan.
+    done: u64,
+    /// Bytes of what was fetched or found stored, from the start.
+    bytes: u64,
+    items: u64,
+}
+
+impl Counts {
+    fn note(&mut self, bytes: Option<u64>) {
+        self.items += 1;
+        self.bytes += bytes.unwrap_or(0);
+        if let Some((planned, _)) = self.planned {
+            self.done = (self.done + 1).min(planned);
+        }
+    }
+
+    /// `[12/1000 releases, 3.2 MiB, 0.8 MiB/s, ETA 2m 3s]`, or `[34 resolved, 1.1 MiB]`
+    /// before the plan.
+    fn line(&self) -> String {
+        let bytes = mib_or_gib(self.bytes);
+        match self.planned {
+            None => format!("[{} resolved, {bytes}]", self.items),
+            Some((planned, since)) => {
+                let elapsed = since.elapsed().as_secs_f64();
+                let rate = if elapsed > 0.0 { self.bytes as f64 / elapsed } else { 0.0 };
+                let eta = match self.done {
+                    0 => "ETA unknown".to_string(),
+                    done => {
+                        let left = elapsed / done as f64 * (planned - done) as f64;
+                        format!(
+                            "ETA {}",
+                            humantime::format_duration(std::time::Duration::from_secs(left.round() as u64))
+                        )
+                    }
+                };
+                format!("[{}/{planned} releases, {bytes}, {}/s, {eta}]", self.done, mib_or_gib(rate as u64))
+            }
+        }
+    }
 }
 
 impl Progress {
@@ -550,10 +597,19 @@ impl Progress {
             );
             bar.set_message("resolving");
         }
-        Progress { bar, resolved: Default::default() }
+        Progress { bar, resolved: Default::default(), counts: Default::default() }
     }
 
     fn event(&self, event: &Event) {
+        let counted = {
+            let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            match event {
+                Event::Planned { releases, .. } => counts.planned = Some((*releases as u64, std::time::Instant::now())),
+                Event::Item { bytes, .. } => counts.note(*bytes),
+                _ => {}
+            }
+            counts.line()
+        };
         match (event, &self.bar) {
             (Event::Estimate { packages, releases, approx_bytes }, bar) => {
                 let line = format!(
@@ -567,10 +623,8 @@ impl Progress {
             }
             (Event::Planned { releases, packages }, Some(bar)) => {
                 bar.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} releases {msg}",
-                    )
-                    .expect("valid template"),
+                    indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {msg}")
+                        .expect("valid template"),
                 );
                 bar.set_length(*releases as u64);
                 bar.set_position(0);
@@ -579,14 +633,17 @@ impl Progress {
             (Event::Planned { releases, packages }, None) => {
                 eprintln!("planned: {packages} package records, {releases} releases")
             }
-            (Event::Item { resource, outcome, detail }, Some(bar)) => {
+            (Event::Item { resource, outcome, detail, .. }, Some(bar)) => {
                 match bar.length() {
                     // Past the plan (the selection's own steps): the bar is full already.
-                    Some(length) if bar.position() < length => bar.inc(1),
+                    Some(length) if bar.position() < length => {
+                        bar.inc(1);
+                        bar.set_message(counted);
+                    }
                     Some(_) => {}
                     None => {
                         let resolved = self.resolved.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                        bar.set_message(format!("resolving: {resolved} done"));
+                        bar.set_message(format!("resolving: {resolved} done {counted}"));
                         bar.tick();
                     }
                 }
@@ -594,7 +651,7 @@ impl Progress {
                     bar.println(format!("failed  {resource}: {}", detail.clone().unwrap_or_default()));
                 }
             }
-            (Event::Item { resource, outcome, detail }, None) => {
+            (Event::Item { resource, outcome, detail, .. }, None) => {
                 let word = match outcome {
                     Outcome::Fetched => "fetched",
                     Outcome::Present => "present",
@@ -602,8 +659,8 @@ impl Progress {
                     Outcome::Failed => "FAILED ",
                 };
                 match detail {
-                    Some(detail) => eprintln!("{word} {resource}: {detail}"),
-                    None => eprintln!("{word} {resource}"),
+                    Some(detail) => eprintln!("{word} {resource} {counted}: {detail}"),
+                    None => eprintln!("{word} {resource} {counted}"),
                 }
             }
             (Event::Finished { .. }, Some(bar)) => {
@@ -1266,7 +1323,7 @@ mod tests {
     fn the_progress_bar_never_counts_past_its_length() {
         let bar = indicatif::ProgressBar::hidden();
         let progress = Progress::with_bar(Some(bar.clone()));
-        let item = |outcome| Event::Item { resource: "r".into(), outcome, detail: None };
+        let item = |outcome| Event::Item { resource: "r".into(), outcome, detail: None, bytes: Some(1 << 20) };
         // Records, a skipped dependency and a failure before the plan; then the releases, and
         // the selection's own steps after them.
         for outcome in [Outcome::Fetched, Outcome::Present, Outcome::Skipped, Outcome::Failed] {
@@ -1279,6 +1336,22 @@ mod tests {
             assert!(bar.position() <= bar.length().unwrap(), "{}/{:?}", bar.position(), bar.length());
         }
         assert_eq!((bar.position(), bar.length()), (8, Some(8)));
+        let line = progress.counts.lock().unwrap().line();
+        assert!(line.starts_with("[8/8 releases, 16.0 MiB, "), "{line}");
+        assert!(line.ends_with("ETA 0s]"), "{line}");
+    }
+
+    #[test]
+    fn progress_lines_count_releases_and_bytes_and_estimate_what_is_left() {
+        let mut counts = Counts::default();
+        counts.note(Some(512 << 10));
+        assert_eq!(counts.line(), "[1 resolved, 0.5 MiB]");
+        counts.planned = Some((4, std::time::Instant::now() - std::time::Duration::from_secs(10)));
+        assert!(counts.line().ends_with("ETA unknown]"), "{}", counts.line());
+        counts.note(Some(1 << 20));
+        // One of four releases took 10 s: three more take about 30 s.
+        let line = counts.line();
+        assert!(line.starts_with("[1/4 releases, 1.5 MiB, 0.1 MiB/s, ETA 30s"), "{line}");
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub enum Event {
         resource: String,
         outcome: Outcome,
         detail: Option<String>,
+        /// The object's size, when it was fetched or found stored.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bytes: Option<u64>,
     },
     Finished {
         summary: Summary,
@@ -152,6 +155,10 @@ struct Planner<'a> {
 
 impl Planner<'_> {
     fn item(&mut self, resource: String, outcome: Outcome, detail: Option<String>) {
+        self.item_of(resource, outcome, detail, None);
+    }
+
+    fn item_of(&mut self, resource: String, outcome: Outcome, detail: Option<String>, bytes: Option<u64>) {
         match outcome {
             Outcome::Fetched => self.summary.fetched += 1,
             Outcome::Present => self.summary.present += 1,
@@ -161,7 +168,7 @@ impl Planner<'_> {
                 self.summary.failures.push(format!("{resource}: {}", detail.clone().unwrap_or_default()));
             }
         }
-        (self.events)(Event::Item { resource, outcome, detail });
+        (self.events)(Event::Item { resource, outcome, detail, bytes });
     }
 
     /// Fetches (with retries) and records one resource; returns the reply, whose facts are what
@@ -185,7 +192,7 @@ impl Planner<'_> {
                 let key = self.mirror.key_for(&target, resource, reply.private);
                 self.selected.insert(key.to_string());
                 let outcome = if reply.status == CacheStatus::Miss { Outcome::Fetched } else { Outcome::Present };
-                self.item(label, outcome, None);
+                self.item_of(label, outcome, None, Some(reply.body.len() as u64));
                 Some(reply)
             }
             Err(e) => {
@@ -263,7 +270,7 @@ async fn fetch_one(
 /// How a planned tarball was had: fetched through the mirror, or found already synced.
 enum Landed {
     Fetched(Result<Reply, MirrorError>),
-    Stored(crate::cache::CacheKey),
+    Stored((crate::cache::CacheKey, u64)),
 }
 
 /// The key under which the store holds `resource` pinned with exactly the bytes `checksum`
@@ -274,14 +281,14 @@ async fn already_synced(
     repo: &Option<String>,
     resource: &Resource,
     checksum: Option<[u8; 32]>,
-) -> Option<crate::cache::CacheKey> {
+) -> Option<(crate::cache::CacheKey, u64)> {
     let checksum = hex::encode(checksum?);
     let target = mirror.target(repo.as_deref());
     for private in [false, true] {
         let key = mirror.key_for(&target, resource, private);
         if let Ok(Some(meta)) = mirror.store().head(&key).await {
             if meta.pinned && meta.sha256 == checksum {
-                return Some(key);
+                return Some((key, meta.len));
             }
         }
     }
@@ -565,9 +572,9 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
                 planner.note(&repo, &resource, result);
             }
             // Present and pinned with the bytes the record names: selected as it is.
-            Landed::Stored(key) => {
+            Landed::Stored((key, len)) => {
                 planner.selected.insert(key.to_string());
-                planner.item(label_of(&repo, &resource), Outcome::Present, None);
+                planner.item_of(label_of(&repo, &resource), Outcome::Present, None, Some(len));
             }
         }
     }
