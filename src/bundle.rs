@@ -74,8 +74,17 @@
 //!   bundle's object count. An incremental bundle carries only the objects that are new or
 //!   changed (bytes or pin) since its base; it never removes anything.
 //!
-//! A bundle's digest is the sha256 of the whole file. Readers refuse any `format` other than 1;
-//! a change to anything above is a new format number.
+//! A bundle's digest is the sha256 of the whole file. A change to anything above is a new format
+//! number; readers refuse any format but 1 and 2, naming it.
+//!
+//! # Format 2
+//!
+//! Format 1 plus `first_seen` in the manifest (between `created_by` and `format`): when the
+//! writing store first saw each release listed in a verified package record, as
+//! `"NAMESPACE/NAME/VERSION": UNIX_SECONDS`, for the importing site's policy cooldown. A manifest
+//! carries `first_seen` exactly when its format is 2; without first-seen times a writer makes
+//! format 1, byte for byte. The times are not signed: they say what the bundle's writer says.
+//! A bundle of either format may be carried as volumes (`crate::volume`).
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
@@ -90,8 +99,12 @@ use crate::cache::CacheKey;
 use crate::hex_tarball;
 use crate::route::{self, Kind, Resource};
 
-/// The bundle format this module writes and the only one it reads.
+/// The bundle format this module writes for a manifest without first-seen times.
 pub const FORMAT: u32 = 1;
+/// The format of a manifest that carries first-seen times (otherwise the same as format 1).
+pub const FORMAT_FIRST_SEEN: u32 = 2;
+/// Most first-seen times a manifest may carry.
+pub const MAX_FIRST_SEEN: usize = 2_000_000;
 
 /// The name of the manifest member, the first in every bundle.
 pub const MANIFEST_NAME: &str = "MANIFEST.json";
@@ -152,7 +165,11 @@ pub struct Manifest {
     pub base: Option<BaseInfo>,
     /// `hexmirror VERSION` of the writer.
     pub created_by: String,
-    /// Always [`FORMAT`].
+    /// Format 2: when the writing store first saw each release listed in a verified package
+    /// record (`NAMESPACE/NAME/VERSION` to Unix seconds), for the importing site's cooldown.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub first_seen: BTreeMap<String, u64>,
+    /// [`FORMAT`], or [`FORMAT_FIRST_SEEN`] when `first_seen` is not empty.
     pub format: u32,
     /// Every object, sorted by key.
     pub objects: Vec<ObjectInfo>,
@@ -277,7 +294,7 @@ pub enum BundleError {
     ManifestNotFirst { found: String },
     #[error("invalid {MANIFEST_NAME}: {reason}")]
     ManifestInvalid { reason: String },
-    #[error("unsupported bundle format {found} (this hexmirror reads format {FORMAT})")]
+    #[error("unsupported bundle format {found} (this hexmirror reads formats {FORMAT} and {FORMAT_FIRST_SEEN})")]
     UnsupportedFormat { found: u64 },
     #[error("base bundle digest {sha256:?} is not a sha256 (64 lowercase hex digits)")]
     InvalidBase { sha256: String },
@@ -398,6 +415,7 @@ pub fn manifest_of(
     Manifest {
         base: base.cloned(),
         created_by: created_by.to_string(),
+        first_seen: BTreeMap::new(),
         format: FORMAT,
         objects: infos,
         packages,
@@ -472,6 +490,7 @@ impl<W: Write> Writer<W> {
     /// Checks `manifest` (keys, kinds, order, base) and writes it as the first member.
     pub fn new(manifest: Manifest, out: W) -> Result<Writer<W>, BundleError> {
         check_base(manifest.base.as_ref())?;
+        check_first_seen(&manifest).map_err(|reason| BundleError::ManifestInvalid { reason })?;
         check_objects(&manifest.objects)?;
         let json = canonical_json(&manifest).map_err(|e| BundleError::Write(io::Error::other(e)))?;
         let mut builder = tar::Builder::new(HashingWriter { inner: out, hasher: Sha256::new() });
@@ -988,6 +1007,39 @@ fn describe(entry_type: tar::EntryType) -> String {
     }
 }
 
+impl Manifest {
+    /// The manifest with `first_seen` times (format 2 when there are any).
+    pub fn with_first_seen(mut self, first_seen: BTreeMap<String, u64>) -> Manifest {
+        self.format = if first_seen.is_empty() { FORMAT } else { FORMAT_FIRST_SEEN };
+        self.first_seen = first_seen;
+        self
+    }
+}
+
+/// First-seen times are in a format 2 manifest only, at most [`MAX_FIRST_SEEN`], each keyed
+/// `NAMESPACE/NAME/VERSION` with a namespace, a package name and a version a key could hold.
+fn check_first_seen(manifest: &Manifest) -> Result<(), String> {
+    match (manifest.format, manifest.first_seen.is_empty()) {
+        (FORMAT, false) => return Err("format 1 carries no `first_seen`".into()),
+        (FORMAT_FIRST_SEEN, true) => return Err("format 2 without `first_seen`".into()),
+        _ => {}
+    }
+    if manifest.first_seen.len() > MAX_FIRST_SEEN {
+        return Err(format!("`first_seen` has {} entries, at most {MAX_FIRST_SEEN}", manifest.first_seen.len()));
+    }
+    for release in manifest.first_seen.keys() {
+        let mut parts = release.splitn(3, '/');
+        let (Some(namespace), Some(name), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!("`first_seen` key {release:?} is not NAMESPACE/NAME/VERSION"));
+        };
+        let key = format!("public/{namespace}/tarballs/{name}-{version}.tar");
+        if kind_of(&key).is_err() || crate::route::package_name(name).is_err() || version.contains('/') {
+            return Err(format!("`first_seen` key {release:?} names no release"));
+        }
+    }
+    Ok(())
+}
+
 /// Parses and checks the manifest against itself and the limits, before any object is read.
 fn parse_manifest(bytes: &[u8], limits: &Limits) -> Result<Listed, BundleError> {
     let invalid = |reason: String| BundleError::ManifestInvalid { reason };
@@ -999,7 +1051,7 @@ fn parse_manifest(bytes: &[u8], limits: &Limits) -> Result<Listed, BundleError> 
     match probe.format {
         None => return Err(invalid("missing field `format`".into())),
         Some(value) => match value.as_u64() {
-            Some(found) if found == u64::from(FORMAT) => {}
+            Some(found) if found == u64::from(FORMAT) || found == u64::from(FORMAT_FIRST_SEEN) => {}
             Some(found) => return Err(BundleError::UnsupportedFormat { found }),
             None => return Err(invalid(format!("`format` is {value}, not a number"))),
         },
@@ -1015,6 +1067,7 @@ fn parse_manifest(bytes: &[u8], limits: &Limits) -> Result<Listed, BundleError> 
         return Err(invalid("`created_by` must be 1 to 128 printable characters".into()));
     }
     check_base(manifest.base.as_ref())?;
+    check_first_seen(&manifest).map_err(invalid)?;
     let count = manifest.objects.len() as u64;
     if count > limits.max_objects {
         return Err(BundleError::TooManyObjects { count, limit: limits.max_objects });
@@ -1722,11 +1775,15 @@ mod tests {
         let object_member = ("objects/public/hexpm/names".to_string(), NAMES.to_vec());
         let with_manifest = |text: Vec<u8>| tar_of_owned(&[(MANIFEST_NAME.to_string(), text), object_member.clone()]);
         let mut manifest = manifest_for(&objects, None);
+        manifest.format = 3;
+        assert!(matches!(read_err(&with_manifest(json(&manifest))), BundleError::UnsupportedFormat { found: 3 }));
+        // Format 2 is format 1 with first-seen times: without them it is not canonical.
         manifest.format = 2;
-        assert!(matches!(read_err(&with_manifest(json(&manifest))), BundleError::UnsupportedFormat { found: 2 }));
+        let err = read_err(&with_manifest(json(&manifest))).to_string();
+        assert!(err.contains("format 2 without `first_seen`"), "{err}");
         assert_eq!(
             read_err(&with_manifest(b"{\"format\": 7, \"anything\": []}".to_vec())).to_string(),
-            "unsupported bundle format 7 (this hexmirror reads format 1)"
+            "unsupported bundle format 7 (this hexmirror reads formats 1 and 2)"
         );
         let text = String::from_utf8(json(&manifest_for(&objects, None))).unwrap();
         for bad in [
@@ -1956,5 +2013,53 @@ mod tests {
         write(&objects, None, &mut out).unwrap();
         let manifest = manifest_for(&objects, None);
         assert_eq!(archive_len(&manifest).unwrap(), out.len() as u64);
+    }
+
+    fn written_with(objects: &[Object], manifest: Manifest) -> Vec<u8> {
+        let mut sorted: Vec<&Object> = objects.iter().collect();
+        sorted.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut out = Vec::new();
+        let mut writer = Writer::new(manifest, &mut out).unwrap();
+        for object in sorted {
+            writer.append(&object.key, &object.bytes).unwrap();
+        }
+        writer.finish().unwrap();
+        out
+    }
+
+    #[test]
+    fn first_seen_times_travel_in_a_format_2_manifest_and_bad_ones_are_refused() {
+        let objects = demo_objects();
+        let times = BTreeMap::from([
+            ("hexpm/hexdemo_base/1.0.0".to_string(), 1_700_000_000u64),
+            ("hexpm~acme/billing/0.1.0".to_string(), 1_700_000_100u64),
+        ]);
+        let manifest = manifest_for(&objects, None).with_first_seen(times.clone());
+        assert_eq!(manifest.format, FORMAT_FIRST_SEEN);
+        let bytes = written_with(&objects, manifest);
+        let bundle = read(&bytes[..], &Limits::default()).unwrap();
+        assert_eq!(bundle.manifest.first_seen, times);
+        assert_eq!(bundle.manifest.format, 2);
+        // Without times, the same objects make the format 1 bundle, byte for byte.
+        let mut plain = Vec::new();
+        write(&objects, None, &mut plain).unwrap();
+        assert!(written_with(&objects, manifest_for(&objects, None).with_first_seen(BTreeMap::new())) == plain);
+
+        let mut format_1 = manifest_for(&objects, None);
+        format_1.first_seen = times.clone();
+        let err = Writer::new(format_1, Vec::new()).err().unwrap().to_string();
+        assert!(err.contains("format 1 carries no `first_seen`"), "{err}");
+        for bad in ["hexpm/hexdemo_base", "hexpm/../x/1.0.0", "hex pm/a/1.0.0", "hexpm/a/1.0.0/../b"] {
+            let manifest = manifest_for(&objects, None).with_first_seen(BTreeMap::from([(bad.to_string(), 1)]));
+            let err = Writer::new(manifest, Vec::new()).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("first_seen"), "{bad:?}: {err}");
+        }
+        // A reader refuses what a writer would not write: times in a format 1 manifest.
+        let text = String::from_utf8_lossy(&bytes).replacen("\"format\": 2", "\"format\": 1", 1);
+        let err = read(text.as_bytes(), &Limits::default()).unwrap_err().to_string();
+        assert!(err.contains("format 1 carries no `first_seen`"), "{err}");
+        let text = String::from_utf8_lossy(&bytes).replacen("\"format\": 2", "\"format\": 7", 1);
+        let err = read(text.as_bytes(), &Limits::default()).unwrap_err().to_string();
+        assert_eq!(err, "unsupported bundle format 7 (this hexmirror reads formats 1 and 2)");
     }
 }
