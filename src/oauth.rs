@@ -44,6 +44,27 @@ pub enum OAuthError {
     NoScope(String),
     #[error("the token endpoint returned a token that is not a header value")]
     NotAHeaderValue,
+    /// An exchange failed moments ago: the endpoint is not asked again until the back-off ends.
+    #[error("{last} (not asked again for {}s)", retry_in.as_millis().div_ceil(1000).max(1))]
+    BackingOff { last: String, retry_in: Duration },
+}
+
+/// The wait after the first failed exchange; it doubles with each failure in a row.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between two exchanges while they fail.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The wait after `failures` failed exchanges in a row.
+pub fn backoff(failures: u32) -> Duration {
+    FIRST_BACKOFF.saturating_mul(1u32 << failures.saturating_sub(1).min(16)).min(MAX_BACKOFF)
+}
+
+/// The last failed exchange: its reason, how many failed in a row, and when to try again.
+#[derive(Debug)]
+struct Failed {
+    last: String,
+    failures: u32,
+    until: Instant,
 }
 
 /// The token endpoint's error answer (RFC 6749 §5.2): its status, and its `error` and
@@ -77,6 +98,7 @@ pub struct TokenSource {
     scope: String,
     allow_http: bool,
     current: Mutex<Option<(Secret, Instant)>>,
+    failed: std::sync::Mutex<Option<Failed>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -117,6 +139,7 @@ impl TokenSource {
             scope: repo.oauth_scope.clone(),
             allow_http: repo.allow_http,
             current: Mutex::new(None),
+            failed: std::sync::Mutex::new(None),
         })
     }
 
@@ -152,7 +175,25 @@ impl TokenSource {
         upstream: &Upstream,
         current: &mut Option<(Secret, Instant)>,
     ) -> Result<HeaderValue, OAuthError> {
-        match self.request(upstream).await {
+        // A failing endpoint is asked at most once per back-off, however many requests wait.
+        if let Some(failed) = self.failed.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let now = Instant::now();
+            if now < failed.until {
+                return Err(OAuthError::BackingOff { last: failed.last.clone(), retry_in: failed.until - now });
+            }
+        }
+        let result = self.request(upstream).await;
+        {
+            let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            match &result {
+                Ok(_) => *failed = None,
+                Err(e) => {
+                    let failures = failed.as_ref().map_or(0, |f| f.failures) + 1;
+                    *failed = Some(Failed { last: e.to_string(), failures, until: Instant::now() + backoff(failures) });
+                }
+            }
+        }
+        match result {
             Ok((token, lifetime, scope)) => {
                 let value = bearer(&token)?;
                 tracing::debug!(repo = %self.repo, lifetime_seconds = lifetime.as_secs(), scope = %scope, "upstream token obtained");
@@ -264,6 +305,7 @@ mod tests {
             scope: "repositories".into(),
             allow_http: false,
             current: Mutex::new(None),
+            failed: std::sync::Mutex::new(None),
         }
     }
 
@@ -302,5 +344,12 @@ mod tests {
         );
         let bare = Refusal { status: StatusCode::BAD_GATEWAY, error: None, description: None };
         assert_eq!(bare.to_string(), "HTTP 502");
+    }
+
+    #[test]
+    fn the_backoff_doubles_from_one_second_up_to_a_minute() {
+        let waits: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
     }
 }

@@ -400,6 +400,7 @@ mod tests {
     fn every_error() -> Vec<MirrorError> {
         let upstream = vec![
             UpstreamError::Unreachable("connection refused".into()),
+            UpstreamError::NoToken("the token endpoint refused hexmirror's key (HTTP 401)".into()),
             UpstreamError::Timeout,
             UpstreamError::TooLarge { limit: 1 },
             UpstreamError::Status(304),
@@ -412,6 +413,7 @@ mod tests {
         for e in &upstream {
             match e {
                 UpstreamError::Unreachable(_)
+                | UpstreamError::NoToken(_)
                 | UpstreamError::Timeout
                 | UpstreamError::TooLarge { .. }
                 | UpstreamError::Status(_)

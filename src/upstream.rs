@@ -44,6 +44,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum UpstreamError {
     #[error("upstream unreachable: {0}")]
     Unreachable(String),
+    /// hexmirror's own key could not be exchanged for a token: the repository was not asked.
+    #[error("no upstream token: {0}")]
+    NoToken(String),
     #[error("upstream timed out")]
     Timeout,
     #[error("upstream body exceeds the size limit of {limit} bytes")]

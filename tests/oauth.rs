@@ -255,3 +255,29 @@ async fn concurrent_requests_refused_with_one_token_share_one_new_exchange() {
 async fn fetch(url: String) -> u16 {
     get(&url, &[]).await.status
 }
+
+#[tokio::test]
+async fn a_failing_token_endpoint_is_asked_once_per_backoff_however_many_requests_come() {
+    let upstream = acme_upstream().await;
+    let mirror = mirror_of("wrongkey", exchanging(&upstream, "not-a-key-9d3b")).await;
+    let mut bodies = Vec::new();
+    for _ in 0..10 {
+        let got = mirror.get("/repos/wrongkey/packages/hexdemo_mid").await;
+        assert_eq!(got.status, 502);
+        bodies.push(String::from_utf8_lossy(&got.body).to_string());
+    }
+    assert_eq!(upstream.token_forms().len(), 1, "one exchange for ten requests within the first back-off");
+    assert!(bodies[0].contains("invalid_client: Invalid API key"), "{}", bodies[0]);
+    let last = bodies.last().unwrap();
+    assert!(last.contains("invalid_client: Invalid API key") && last.contains("not asked again for 1s"), "{last}");
+    // Once the back-off is over the endpoint is asked again; the next wait is twice as long.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let got = mirror.get("/repos/wrongkey/packages/hexdemo_mid").await;
+    assert_eq!(got.status, 502);
+    assert_eq!(upstream.token_forms().len(), 2);
+    let got = mirror.get("/repos/wrongkey/packages/hexdemo_mid").await;
+    let body = String::from_utf8_lossy(&got.body).to_string();
+    assert!(body.contains("not asked again for 2s"), "{body}");
+    assert_eq!(upstream.token_forms().len(), 2);
+    mirror.stop().await;
+}

@@ -181,7 +181,7 @@ impl Mirror {
 /// A failed token exchange as the client sees it: a 502 whose reason is the endpoint's own
 /// (never the key or a token: [`OAuthError`] holds neither).
 fn no_token(e: OAuthError) -> MirrorError {
-    MirrorError::Upstream(UpstreamError::Unreachable(e.to_string()))
+    MirrorError::Upstream(UpstreamError::NoToken(e.to_string()))
 }
 
 pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> subtle::Choice {
