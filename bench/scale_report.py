@@ -64,7 +64,8 @@ for size, steps in rows.items():
         n = notes[(size, step)]
         moved = bundle if step.startswith(('export', 'import')) and bundle else int(nbytes or 0)
         rate = f'{total / w:,.0f}' if w and step not in ('offline start',) else ''
-        mibs = f'{moved / 2**20 / w:,.1f}' if w and step not in ('offline start',) else ''
+        # A re-sync moves no tarball: its rate is releases checked a second, no MiB/s.
+        mibs = f'{moved / 2**20 / w:,.1f}' if w and step != 'offline start' and not step.startswith('re-sync') else ''
         failed = '' if status in ('0', '-') else f'exit status {status}; '
         if step == 'generate':
             print(f'| generate (escript, not hexmirror) | {w:.1f} | {rate} | {mibs} | | | | | |')
