@@ -42,6 +42,7 @@ pub mod lockfile;
 pub mod metrics;
 pub mod mirror;
 pub mod oauth;
+pub mod policy;
 pub mod registry;
 pub mod requirement;
 pub mod route;

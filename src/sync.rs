@@ -641,6 +641,7 @@ mod tests {
             inner_checksum: vec![inner; 32].into(),
             outer_checksum: outer.map(|o| [o; 32]),
             retired: false,
+            retirement: None,
             dependencies: Arc::from([]),
         }
     }
