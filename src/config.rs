@@ -1325,18 +1325,41 @@ public_key = "/nonexistent/key.pem"
             })
         };
         let mut missing = Vec::new();
-        for table in [Table::Root, Table::Repo, Table::Access, Table::Store] {
+        for table in [Table::Root, Table::Repo, Table::Access, Table::Store, Table::Policy] {
             for key in known_keys(table) {
-                let opens_a_table = matches!((table, *key), (Table::Root, "repos" | "store") | (Table::Repo, "access"));
+                let opens_a_table = matches!(
+                    (table, *key),
+                    (Table::Root, "repos" | "store" | "policy") | (Table::Repo, "access" | "policy")
+                );
                 if !opens_a_table && !named(key) {
                     missing.push(format!("{table:?}: {key}"));
                 }
             }
         }
         assert!(text.contains("[repos.hexpm]") && text.contains(".access]") && text.contains("[store]"));
+        assert!(text.contains("# [policy]") && text.contains(".policy]"));
         assert!(missing.is_empty(), "keys missing from config/hexmirror.toml: {missing:?}");
         // The example itself is valid, with nothing unknown.
         assert!(file_mistakes(Path::new("hexmirror.toml"), text).is_empty());
+    }
+
+    #[test]
+    fn policy_tables_load_and_their_mistakes_name_the_key() {
+        let key = include_str!("../tests/fixtures/demo-repo/keys/pub.pem").replace('\n', "\\n");
+        let corp = format!("[repos.corp]\nupstream = \"https://corp.example\"\npublic_key = \"{key}\"\n");
+        let config = from_toml(&format!(
+            "policy_rescan = \"5s\"\n[policy]\ndeny = [\"plug < 1.5.0\"]\ncooldown = \"1d\"\n{corp}[repos.corp.policy]\nenforce = false\n"
+        ))
+        .unwrap();
+        assert_eq!(config.policy_rescan, Duration::from_secs(5));
+        assert!(!config.policy.is_empty());
+        assert!(Config::defaults().policy.is_empty());
+        let errors = errors_of(&format!(
+            "[policy]\ndeny = [\"plug >>\"]\nblock_retired = [\"old\"]\n{corp}[repos.corp.policy]\nadvisories = \"/nonexistent/advisories\"\n"
+        ));
+        assert!(errors.contains("policy.deny: \"plug >>\""), "{errors}");
+        assert!(errors.contains("policy.block_retired: \"old\""), "{errors}");
+        assert!(errors.contains("advisories /nonexistent/advisories"), "{errors}");
     }
 
     #[test]
@@ -1354,6 +1377,11 @@ public_key = "/nonexistent/key.pem"
                 &["line 2: unknown key `repos.corp.access.token`; did you mean `tokens`?"],
             ),
             ("zzzz = 1\n", &["line 1: unknown key `zzzz`"]),
+            ("[policy]\ndenny = []\n", &["line 2: unknown key `policy.denny`; did you mean `deny`?"]),
+            (
+                "[repos.corp.policy]\ncooldwn = 1\n",
+                &["line 2: unknown key `repos.corp.policy.cooldwn`; did you mean `cooldown`?"],
+            ),
             ("listen = \"127.0.0.1:1\"\noffline = true\n", &[]),
             ("listen = \n", &["config file f.toml, line 1: "]),
         ];
