@@ -72,6 +72,15 @@ impl SeenLog {
         changed
     }
 
+    /// Like [`SeenLog::merge_earlier`] for times read from the store itself: nothing to save.
+    pub fn merge_saved(&self, map: BTreeMap<String, u64>) {
+        let mut times = self.times();
+        for (key, time) in map {
+            let held = times.entry(key).or_insert(time);
+            *held = (*held).min(time);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.times().len()
     }
