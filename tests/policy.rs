@@ -313,3 +313,74 @@ fn policy_of(table: &str) -> std::sync::Arc<hexmirror::policy::Policy> {
     let repos = BTreeMap::from([("hexpm".to_string(), None)]);
     std::sync::Arc::new(hexmirror::policy::Policy::from_raw(&raw, &repos).unwrap())
 }
+
+fn sync_request(packages: &[&str]) -> hexmirror::sync::SyncRequest {
+    hexmirror::sync::SyncRequest {
+        packages: packages.iter().map(|p| p.to_string()).collect(),
+        dependencies: true,
+        include_optional: true,
+        concurrency: 4,
+        ..Default::default()
+    }
+}
+
+async fn sync(mirror: &TestMirror, request: &hexmirror::sync::SyncRequest) -> hexmirror::sync::Summary {
+    let (_events, sink) = hexmirror::sync::collect_events();
+    hexmirror::sync::run(&mirror.mirror, request, &sink).await
+}
+
+#[tokio::test]
+async fn sync_never_selects_a_blocked_release_and_fails_when_asked_for_one() {
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    let mirror = site(&upstream, r#"deny = ["hexdemo_mid == 0.1.0", "hexdemo_base == 1.1.0"]"#).start().await;
+
+    // Every release of hexdemo_mid: the blocked one is left out, and said so.
+    let summary = sync(&mirror, &sync_request(&["hexdemo_mid"])).await;
+    assert_eq!(upstream.requests_for("/tarballs/hexdemo_mid-0.1.0.tar"), 0, "never fetched");
+    assert_eq!(upstream.requests_for("/tarballs/hexdemo_mid-0.2.0.tar"), 1);
+    assert!(summary.skipped >= 1, "{summary:?}");
+    // hexdemo_mid 0.2.0 needs hexdemo_base; its only unretired match is blocked: a failure
+    // naming the rule, and the blocked release is not fetched.
+    assert!(!summary.ok());
+    assert!(
+        summary.failures.iter().any(|f| f.contains("hexdemo_base 1.1.0 is blocked by policy (deny)")),
+        "{:?}",
+        summary.failures
+    );
+    assert_eq!(upstream.requests_for(BASE_NEW), 0);
+
+    // Asked for by name: fails, naming the rule.
+    let summary = sync(&mirror, &sync_request(&["hexdemo_base == 1.1.0"])).await;
+    assert!(!summary.ok());
+    assert!(summary.failures[0].starts_with("hexdemo_base == 1.1.0: only blocked releases match"), "{summary:?}");
+
+    // A lockfile asking for it: fails, naming the rule.
+    let lock = "{\"1.2.0\",\n[{<<\"hexdemo_base\">>,{pkg,<<\"hexdemo_base\">>,<<\"1.1.0\">>},0}]}.\n[].\n";
+    let request =
+        hexmirror::sync::SyncRequest { lockfiles: vec![("rebar.lock".into(), lock.into())], ..sync_request(&[]) };
+    let summary = sync(&mirror, &request).await;
+    assert!(!summary.ok());
+    assert!(
+        summary
+            .failures
+            .iter()
+            .any(|f| f.contains("hexdemo_base 1.1.0: hexdemo_base 1.1.0 is blocked by policy (deny)")),
+        "{:?}",
+        summary.failures
+    );
+    assert_eq!(upstream.requests_for(BASE_NEW), 0, "nothing blocked was fetched");
+    mirror.stop().await;
+}
+
+#[tokio::test]
+async fn sync_fails_on_a_licence_only_the_tarball_tells_and_does_not_pin_it() {
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    let mirror = site(&upstream, r#"licenses_allowed = ["MIT"]"#).start().await;
+    let summary =
+        sync(&mirror, &hexmirror::sync::SyncRequest { dependencies: false, ..sync_request(&["hexdemo_base"]) }).await;
+    assert!(!summary.ok());
+    assert!(summary.failures.iter().any(|f| f.contains("(license): licence not allowed: Apache-2.0")), "{summary:?}");
+    let selected = mirror.mirror.store().selected().await.unwrap();
+    assert!(!selected.iter().any(|k| k.ends_with("hexdemo_base-1.1.0.tar")), "{selected:?}");
+    mirror.stop().await;
+}
