@@ -798,6 +798,9 @@ async fn import(config: Config, file: PathBuf) -> Result<ExitCode, Failure> {
         "import: {} objects verified; {} new, {} already present\nsha256: {}",
         report.objects, report.new, report.unchanged, report.digest
     );
+    for blocked in &report.blocked {
+        println!("  left out, blocked by policy: {blocked}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

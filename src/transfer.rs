@@ -73,6 +73,9 @@ pub struct ImportReport {
     pub objects: usize,
     pub new: usize,
     pub unchanged: usize,
+    /// Releases left out because this site's policy blocks them: `KEY: rule: reason`.
+    #[serde(default)]
+    pub blocked: Vec<String>,
 }
 
 /// What [`export_to`] wrote.
@@ -81,6 +84,8 @@ pub struct Exported {
     /// sha256 of the bundle, lowercase hex.
     pub digest: String,
     pub totals: bundle::Totals,
+    /// Stored releases left out because the policy blocks them: `KEY: rule: reason`.
+    pub blocked: Vec<String>,
 }
 
 /// Builds a bundle of the store's verified entries in memory (see [`export_to`]).
@@ -113,6 +118,7 @@ pub async fn export_to<W: std::io::Write>(
     };
     let mut described = Vec::new();
     let mut verified = 0usize;
+    let mut blocked = Vec::new();
     for (key, meta) in listed {
         if request.filter.as_deref().is_some_and(|f| !key.as_str().contains(f)) {
             continue;
@@ -130,6 +136,12 @@ pub async fn export_to<W: std::io::Write>(
         }
         let Ok(Some((meta, body))) = store.get(&key).await else { continue };
         verified += 1;
+        // The supply-chain policy: a release it blocks is not carried.
+        if let Some(decision) = mirror.blocked_tarball(&key, &body, &HashMap::new()).await {
+            tracing::warn!(key = %key, rule = decision.rule.as_str(), reason = %decision.reason, "export: left out, blocked by policy");
+            blocked.push(format!("{key}: {}: {}", decision.rule.as_str(), decision.reason));
+            continue;
+        }
         let (info, package) = bundle::describe_object(key.as_str(), &meta.kind, meta.pinned, &body);
         drop(body);
         // An incremental bundle carries what is new, or changed in its bytes or its pin.
@@ -173,7 +185,7 @@ pub async fn export_to<W: std::io::Write>(
         })?;
     }
     let digest = writer.finish().map_err(TransferError::Bundle)?;
-    Ok(Exported { digest, totals })
+    Ok(Exported { digest, totals, blocked })
 }
 
 /// Default limits for a bundle read on import.
@@ -301,6 +313,7 @@ where
     let mut staging = Staging::new(mirror).await?;
     let mut records = HashMap::new();
     let mut signatures: BTreeMap<String, Bytes> = BTreeMap::new();
+    let mut blocked = Vec::new();
     #[allow(clippy::result_large_err)]
     fn parse(text: &str) -> Result<CacheKey, TransferError> {
         CacheKey::parse(text).ok_or_else(|| TransferError::NotAKey(text.to_string()))
@@ -355,6 +368,11 @@ where
             signatures.get(&format!("{}.signed", object.key)).and_then(|s| String::from_utf8(s.to_vec()).ok());
         let entry =
             mirror.verify_import(&key, object.bytes, signature, None, &records).await.map_err(refused(&object.key))?;
+        // This site's policy: a release it blocks is left out, and listed.
+        if let Some(decision) = mirror.blocked_tarball(&key, entry.bytes(), &records).await {
+            blocked.push(format!("{}: {}: {}", object.key, decision.rule.as_str(), decision.reason));
+            continue;
+        }
         staging.stage(key, &entry).await?;
     }
     let (_, again) = finish_pass(handle).await?;
@@ -381,8 +399,8 @@ where
     }
 
     // Everything verified: now write, one object at a time.
-    let mut report = ImportReport { digest, objects: staging.staged.len(), ..Default::default() };
-    debug_assert_eq!(report.objects as u64, manifest.totals.objects);
+    let mut report = ImportReport { digest, objects: staging.staged.len(), blocked, ..Default::default() };
+    debug_assert_eq!((report.objects + report.blocked.len()) as u64, manifest.totals.objects);
     let mut selected = Vec::new();
     for (key_text, (key, meta, path)) in &staging.staged {
         // Read whole (not just the record): a damaged stored copy is replaced by the import.
@@ -400,6 +418,7 @@ where
         selected.push(key_text.clone());
     }
     mirror.store().select(selected).await?;
+    mirror.save_seen().await;
     mirror.store().flush().await?;
     mirror.metrics().sync_last_success.set(crate::cache::unix_now() as f64);
     Ok(report)

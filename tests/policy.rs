@@ -384,3 +384,40 @@ async fn sync_fails_on_a_licence_only_the_tarball_tells_and_does_not_pin_it() {
     assert!(!selected.iter().any(|k| k.ends_with("hexdemo_base-1.1.0.tar")), "{selected:?}");
     mirror.stop().await;
 }
+
+#[tokio::test]
+async fn export_leaves_blocked_releases_out_and_import_applies_its_own_policy() {
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    let open = TestMirror::builder().upstream(&upstream.url());
+    let mirror = open.start().await;
+    assert!(sync(&mirror, &sync_request(&["hexdemo_top"])).await.ok());
+    let mut full = Vec::new();
+    hexmirror::transfer::export_to(&mirror.mirror, &Default::default(), || Ok(&mut full)).await.unwrap();
+    mirror.stop().await;
+
+    // Export under a rule: the blocked release is not carried, and is named.
+    let mirror = open.clone().append("[policy]\ndeny = [\"hexdemo_base\"]").start().await;
+    let mut bundle = Vec::new();
+    let exported =
+        hexmirror::transfer::export_to(&mirror.mirror, &Default::default(), || Ok(&mut bundle)).await.unwrap();
+    assert_eq!(exported.blocked.len(), 1, "{:?}", exported.blocked);
+    assert!(exported.blocked[0].starts_with("public/hexpm/tarballs/hexdemo_base-1.1.0.tar: deny: "));
+    let (manifest, _) = hexmirror::bundle::read_manifest(&bundle[..], &hexmirror::transfer::limits()).unwrap();
+    let keys: Vec<&str> = manifest.objects.iter().map(|o| o.key.as_str()).collect();
+    assert!(!keys.iter().any(|k| k.ends_with("hexdemo_base-1.1.0.tar")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.ends_with("packages/hexdemo_base")), "the registry file is carried unchanged");
+    assert!(keys.iter().any(|k| k.ends_with("hexdemo_top-2.0.1.tar")));
+    mirror.stop().await;
+
+    // Import of the full bundle at a site whose policy blocks hexdemo_mid: left out, listed.
+    let other =
+        TestMirror::builder().upstream(&upstream.url()).append("[policy]\ndeny = [\"hexdemo_mid\"]").start().await;
+    let report = hexmirror::transfer::import(&other.mirror, &full).await.unwrap();
+    assert_eq!(report.blocked.len(), 1, "{report:?}");
+    assert!(report.blocked[0].starts_with("public/hexpm/tarballs/hexdemo_mid-0.2.0.tar: deny: denied"), "{report:?}");
+    let stored: Vec<String> = other.stored().await.into_iter().map(|(k, _)| k.to_string()).collect();
+    assert!(!stored.iter().any(|k| k.ends_with("hexdemo_mid-0.2.0.tar")), "{stored:?}");
+    assert!(stored.iter().any(|k| k.ends_with("hexdemo_base-1.1.0.tar")));
+    assert!(other.mirror.seen_export().contains_key("hexpm/hexdemo_mid/0.2.0"), "the import noted what it saw");
+    other.stop().await;
+}

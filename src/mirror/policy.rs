@@ -227,3 +227,52 @@ impl Mirror {
         });
     }
 }
+
+impl Mirror {
+    /// The verdict on a stored or bundled tarball (`key`, its verified `tarball` bytes) for
+    /// `export` and `import`: the release as `records` (package records verified from a
+    /// bundle, by namespace and name) or else the store's verified record lists it. `None`
+    /// when nothing blocks it, it is not a tarball, or no verified record lists it (then
+    /// verification has refused it already).
+    pub async fn blocked_tarball(
+        &self,
+        key: &crate::cache::CacheKey,
+        tarball: &[u8],
+        records: &std::collections::HashMap<(String, String), Arc<Entry>>,
+    ) -> Option<Decision> {
+        use crate::route::Resource;
+        use crate::verify::Facts;
+        let Resource::Tarball { name, version } = key.resource() else { return None };
+        if self.policy().is_empty() {
+            return None;
+        }
+        let namespace = key.namespace().to_string();
+        let record = match records.get(&(namespace.clone(), name.clone())) {
+            Some(entry) => {
+                if let Facts::Releases(releases) = entry.content.facts() {
+                    // A bundle's record is seen when it is imported.
+                    self.note_listed(&namespace, name, releases);
+                }
+                Some(entry.clone())
+            }
+            None => {
+                let target = self.target_of_namespace(&namespace);
+                let package = Resource::Package(name.clone());
+                let check = super::freshness::Check::Ttl(None);
+                let mut found = None;
+                for private in [false, true] {
+                    let record_key = crate::cache::CacheKey::new(&namespace, &package, private);
+                    if let Some(entry) = self.lookup(&target, &record_key, &package, &check).await {
+                        found = Some(entry);
+                        break;
+                    }
+                }
+                found
+            }
+        };
+        let record = record?;
+        let Facts::Releases(releases) = record.content.facts() else { return None };
+        let release = releases.release(version)?;
+        self.decide(&namespace, name, release, Some(tarball)).filter(|d| d.enforced)
+    }
+}
