@@ -421,3 +421,50 @@ async fn export_leaves_blocked_releases_out_and_import_applies_its_own_policy() 
     assert!(other.mirror.seen_export().contains_key("hexpm/hexdemo_mid/0.2.0"), "the import noted what it saw");
     other.stop().await;
 }
+
+#[tokio::test]
+async fn policy_check_explain_and_baseline_on_the_command_line() {
+    let upstream = upstream_with_retired(2, "use 1.1.0").await;
+    let open = TestMirror::builder().upstream(&upstream.url());
+    let mirror = open.start().await;
+    for path in [BASE_OLD, BASE_NEW, "/tarballs/hexdemo_mid-0.2.0.tar"] {
+        assert_eq!(mirror.get(path).await.status, 200);
+    }
+    mirror.stop().await;
+
+    let ruled =
+        open.clone().append("[policy]\nblock_retired = [\"security\"]\ncooldown = \"1d\"\nexempt = [\"hexdemo_mid\"]");
+    let config = ruled.write_config();
+    let check = run_hexmirror(&config, &["policy", "check"]);
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{out}");
+    assert!(out.contains("blocked: hexpm/hexdemo_base 1.0.0: retired: retired (security): use 1.1.0"), "{out}");
+    assert!(out.contains("blocked: hexpm/hexdemo_base 1.1.0: cooldown: "), "{out}");
+    assert!(!out.contains("hexdemo_mid"), "exempt: {out}");
+    assert!(out.contains("policy check: 3 releases checked, 2 blocked"), "{out}");
+
+    let json = run_hexmirror(&config, &["policy", "check", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["blocked"][0]["decision"]["rule"], "retired");
+
+    let explain = run_hexmirror(&config, &["policy", "explain", "hexdemo_base", "1.0.0"]);
+    let out = String::from_utf8_lossy(&explain.stdout);
+    assert!(explain.status.success(), "{out}");
+    assert!(out.contains("decides: retired: retired (security): use 1.1.0"), "{out}");
+    assert!(out.contains("deny: no rule matches"), "{out}");
+
+    // Baseline: what is listed now is old news; only the retirement still blocks.
+    let baseline = run_hexmirror(&config, &["policy", "baseline"]);
+    assert!(baseline.status.success(), "{}", String::from_utf8_lossy(&baseline.stderr));
+    let check = run_hexmirror(&config, &["policy", "check"]);
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(out.contains("3 releases checked, 1 blocked") && !out.contains("cooldown"), "{out}");
+    let explain = run_hexmirror(&config, &["policy", "explain", "hexdemo_base", "1.1.0", "--json"]);
+    let verdict: serde_json::Value = serde_json::from_slice(&explain.stdout).unwrap();
+    assert_eq!(verdict["blocked"], false, "{verdict}");
+
+    // Lifted: nothing blocks, exit 0.
+    let lifted = open.write_config();
+    assert_eq!(run_hexmirror(&lifted, &["policy", "check"]).status.code(), Some(0));
+}

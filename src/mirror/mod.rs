@@ -56,6 +56,7 @@ use http::StatusCode;
 
 pub use access::ClientCredentials;
 use flights::Flights;
+pub use policy::{CheckedRelease, PolicyCheck};
 pub use store::{key_names_package, CheckError};
 
 use crate::cache::{CacheKey, Class, DiskStore, Entry, MemoryTier, S3Store, Store, StoreError};

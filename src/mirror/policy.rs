@@ -275,4 +275,154 @@ impl Mirror {
         let release = releases.release(version)?;
         self.decide(&namespace, name, release, Some(tarball)).filter(|d| d.enforced)
     }
+
+    /// The verified package record of `name` in `namespace` the store holds, if any.
+    async fn stored_record(&self, namespace: &str, name: &str) -> Option<Arc<Releases>> {
+        use crate::route::Resource;
+        let target = self.target_of_namespace(namespace);
+        let package = Resource::Package(name.to_string());
+        for private in [false, true] {
+            let key = crate::cache::CacheKey::new(namespace, &package, private);
+            let check = super::freshness::Check::Ttl(None);
+            if let Some(entry) = self.lookup(&target, &key, &package, &check).await {
+                if let crate::verify::Facts::Releases(releases) = entry.content.facts() {
+                    return Some(releases.clone());
+                }
+            }
+        }
+        None
+    }
+
+    /// `hexmirror policy check`: every release the store holds a tarball of, or that sync or
+    /// import selected, that the policy blocks now (under `enforce = false`, would block), in
+    /// key order. Licences are read from the stored tarball where there is one.
+    pub async fn policy_check(&self) -> Result<PolicyCheck, crate::cache::StoreError> {
+        use crate::route::Resource;
+        self.settle_writes().await;
+        let mut keys: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        for (key, _) in self.inner.store.list_all("").await? {
+            if matches!(key.resource(), Resource::Tarball { .. }) {
+                keys.insert(key.to_string());
+            }
+        }
+        for key in self.inner.store.selected().await? {
+            if let Some(parsed) = crate::cache::CacheKey::parse(&key) {
+                if matches!(parsed.resource(), Resource::Tarball { .. }) {
+                    keys.insert(parsed.to_string());
+                }
+            }
+        }
+        let mut report = PolicyCheck::default();
+        for text in keys {
+            let Some(key) = crate::cache::CacheKey::parse(&text) else { continue };
+            let Resource::Tarball { name, version } = key.resource() else { continue };
+            report.checked += 1;
+            let Some(releases) = self.stored_record(key.namespace(), name).await else {
+                report.unlisted.push(text);
+                continue;
+            };
+            let Some(release) = releases.release(version) else {
+                report.unlisted.push(text);
+                continue;
+            };
+            let tarball = match self.inner.store.get(&key).await {
+                Ok(Some((_, bytes))) => Some(bytes),
+                _ => None,
+            };
+            if let Some(decision) = self.decide(key.namespace(), name, release, tarball.as_deref()) {
+                report.blocked.push(CheckedRelease {
+                    key: text,
+                    repo: key.namespace().to_string(),
+                    name: name.clone(),
+                    version: version.clone(),
+                    decision,
+                });
+            }
+        }
+        self.save_seen().await;
+        Ok(report)
+    }
+
+    /// `hexmirror policy explain`: every rule's verdict on `name` `version` in `target`, from
+    /// the verified record (stored, else fetched) and the stored tarball when there is one.
+    pub async fn policy_explain(
+        &self,
+        target: &Target,
+        name: &str,
+        version: &str,
+    ) -> Result<crate::policy::Explanation, MirrorError> {
+        use crate::route::Resource;
+        let releases = match self.stored_record(&target.namespace, name).await {
+            Some(releases) => releases,
+            None => match self.fetch_internal(target, &Resource::Package(name.to_string())).await?.facts {
+                crate::verify::Facts::Releases(releases) => releases,
+                _ => return Err(MirrorError::Internal("a package record without releases".into())),
+            },
+        };
+        let release = releases.release(version).ok_or_else(|| {
+            MirrorError::NotFound(format!("release {name} {version} is not in the verified registry record"))
+        })?;
+        let resource = Resource::Tarball { name: name.to_string(), version: version.to_string() };
+        let mut tarball = None;
+        for private in [false, true] {
+            let key = crate::cache::CacheKey::new(&target.namespace, &resource, private);
+            if let Ok(Some((_, bytes))) = self.inner.store.get(&key).await {
+                tarball = Some(bytes);
+                break;
+            }
+        }
+        let policy = self.policy();
+        let declared = tarball.as_deref().map(crate::hex_tarball::licenses);
+        let subject = Subject {
+            namespace: &target.namespace,
+            name,
+            version,
+            retirement: release.retirement.as_ref(),
+            licenses: declared.as_deref().map_or(Licenses::Unread, Licenses::Declared),
+            first_seen: Some(self.first_seen(&target.namespace, name, version)),
+        };
+        let explanation = policy.explain(&subject, unix_now());
+        self.save_seen().await;
+        Ok(explanation)
+    }
+
+    /// `hexmirror policy baseline`: every release the stored package records list is marked as
+    /// first seen at `at` (Unix seconds; long ago), unless it was seen earlier. Returns how
+    /// many releases it covered and how many times changed.
+    pub async fn policy_baseline(&self, at: u64) -> Result<(usize, usize), crate::cache::StoreError> {
+        use crate::route::Resource;
+        let mut times = BTreeMap::new();
+        for (key, _) in self.inner.store.list_all("").await? {
+            let Resource::Package(name) = key.resource() else { continue };
+            if let Some(releases) = self.stored_record(key.namespace(), name).await {
+                for release in releases.iter() {
+                    times.insert(seen::key(key.namespace(), name, &release.version), at);
+                }
+            }
+        }
+        let covered = times.len();
+        let changed = self.seen_merge_earlier(times);
+        self.save_seen().await;
+        self.inner.store.flush().await?;
+        Ok((covered, changed))
+    }
+}
+
+/// What `hexmirror policy check` found.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct PolicyCheck {
+    /// Releases looked at: stored tarballs and selected ones.
+    pub checked: usize,
+    pub blocked: Vec<CheckedRelease>,
+    /// Keys no verified stored record lists (nothing to decide on).
+    pub unlisted: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CheckedRelease {
+    pub key: String,
+    pub repo: String,
+    pub name: String,
+    pub version: String,
+    pub decision: Decision,
 }
