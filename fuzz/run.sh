@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export RUSTC_BOOTSTRAP=1
 seconds=${FUZZ_SECONDS:-30}
-read -r -a targets <<<"${FUZZ_TARGETS:-route registry tarball lockfile term requirement config bundle}"
+read -r -a targets <<<"${FUZZ_TARGETS:-route registry tarball lockfile term requirement config bundle osv policy_rules}"
 
 # Longest input per target: a little above the largest seed that matters for it.
 declare -A max_len=(
@@ -24,6 +24,8 @@ declare -A max_len=(
   [requirement]=512
   [config]=16384
   [bundle]=65536
+  [osv]=16384
+  [policy_rules]=512
 )
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

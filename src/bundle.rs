@@ -1028,16 +1028,22 @@ fn check_first_seen(manifest: &Manifest) -> Result<(), String> {
         return Err(format!("`first_seen` has {} entries, at most {MAX_FIRST_SEEN}", manifest.first_seen.len()));
     }
     for release in manifest.first_seen.keys() {
-        let mut parts = release.splitn(3, '/');
-        let (Some(namespace), Some(name), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(format!("`first_seen` key {release:?} is not NAMESPACE/NAME/VERSION"));
-        };
-        let key = format!("public/{namespace}/tarballs/{name}-{version}.tar");
-        if kind_of(&key).is_err() || crate::route::package_name(name).is_err() || version.contains('/') {
-            return Err(format!("`first_seen` key {release:?} names no release"));
+        if !is_release_key(release) {
+            return Err(format!("`first_seen` key {release:?} is not NAMESPACE/NAME/VERSION of a release"));
         }
     }
     Ok(())
+}
+
+/// Whether `release` is `NAMESPACE/NAME/VERSION` with a namespace, a package name and a version
+/// a cache key could hold (what a manifest's `first_seen` is keyed by).
+pub fn is_release_key(release: &str) -> bool {
+    let mut parts = release.splitn(3, '/');
+    let (Some(namespace), Some(name), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let key = format!("public/{namespace}/tarballs/{name}-{version}.tar");
+    kind_of(&key).is_ok() && crate::route::package_name(name).is_ok() && !version.contains('/')
 }
 
 /// Parses and checks the manifest against itself and the limits, before any object is read.

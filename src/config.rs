@@ -132,6 +132,12 @@ pub struct RawConfig {
     /// Where the persistent tier lives: `data_dir` (the default) or a shared bucket.
     #[serde(default)]
     pub store: RawStore,
+    /// The supply-chain policy every repository follows (see `policy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::RawPolicy>,
+    /// How often a server reads the policy (this file's `[policy]` tables and the advisories)
+    /// again; 0 turns the periodic rescan off (SIGHUP still rescans).
+    pub policy_rescan: RawDuration,
     pub repos: BTreeMap<String, RawRepo>,
 }
 
@@ -200,6 +206,9 @@ pub struct RawRepo {
     pub strip_headers: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access: Option<RawAccess>,
+    /// This repository's policy: extends `[policy]` (lists add up, single values override).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::RawPolicy>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -284,6 +293,7 @@ fn known_keys(table: Table) -> &'static [&'static str] {
         Table::Repo => serde_introspect::<RawRepo>(),
         Table::Access => serde_introspect::<RawAccess>(),
         Table::Store => serde_introspect::<RawStore>(),
+        Table::Policy => serde_introspect::<crate::policy::RawPolicy>(),
     }
 }
 
@@ -293,6 +303,7 @@ enum Table {
     Repo,
     Access,
     Store,
+    Policy,
 }
 
 impl Table {
@@ -301,6 +312,7 @@ impl Table {
         match (self, key) {
             (Table::Repo, "access") => Some(Table::Access),
             (Table::Root, "store") => Some(Table::Store),
+            (Table::Root | Table::Repo, "policy") => Some(Table::Policy),
             _ => None,
         }
     }
@@ -346,12 +358,18 @@ fn file_mistakes(path: &Path, text: &str) -> Vec<String> {
     if let Some(store) = root.get("store").and_then(|s| s.as_table()) {
         check(Table::Store, "store.", store, &mut mistakes);
     }
+    if let Some(policy) = root.get("policy").and_then(|p| p.as_table()) {
+        check(Table::Policy, "policy.", policy, &mut mistakes);
+    }
     if let Some(repos) = root.get("repos").and_then(|r| r.as_table_like()) {
         for (name, repo) in repos.iter() {
             let Some(repo) = repo.as_table() else { continue };
             check(Table::Repo, &format!("repos.{name}."), repo, &mut mistakes);
             if let Some(access) = repo.get("access").and_then(|a| a.as_table()) {
                 check(Table::Access, &format!("repos.{name}.access."), access, &mut mistakes);
+            }
+            if let Some(policy) = repo.get("policy").and_then(|p| p.as_table()) {
+                check(Table::Policy, &format!("repos.{name}.policy."), policy, &mut mistakes);
             }
         }
     }
@@ -434,6 +452,8 @@ impl Default for RawConfig {
             admin_token: None,
             admin_token_file: None,
             store: RawStore::default(),
+            policy: None,
+            policy_rescan: RawDuration::Text("30s".into()),
             repos,
         }
     }
@@ -490,6 +510,11 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     pub store: StoreConfig,
     pub repos: BTreeMap<String, RepoConfig>,
+    /// The supply-chain policy, loaded (advisories read).
+    pub policy: std::sync::Arc<crate::policy::Policy>,
+    pub policy_rescan: Duration,
+    /// The configuration file it was loaded from, read again to rescan the policy.
+    pub source: Option<PathBuf>,
 }
 
 /// Where the persistent tier lives.
@@ -567,12 +592,23 @@ fn environment() -> Env {
 
 /// Loads the configuration: defaults < `file` (when given) < `HEXMIRROR_*` variables.
 pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-    load_raw(file, environment(), true).and_then(validate)
+    let mut config = load_raw(file, environment(), true).and_then(validate)?;
+    config.source = file.map(Path::to_path_buf);
+    Ok(config)
 }
 
 /// Like [`load`], with the environment layer given (tests pass a fixed one).
 pub fn load_from(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
-    load_raw(file, env, false).and_then(validate)
+    let mut config = load_raw(file, env, false).and_then(validate)?;
+    config.source = file.map(Path::to_path_buf);
+    Ok(config)
+}
+
+/// The policy of the configuration file `file` as it is now (with the same environment layer
+/// [`load`] reads), for a server's rescan. Only what `[policy]` and `[repos.NAME.policy]` say
+/// (and the advisories they name) is taken; the rest of the configuration must still be valid.
+pub fn load_policy(file: Option<&Path>) -> Result<std::sync::Arc<crate::policy::Policy>, ConfigError> {
+    load_raw(file, environment(), false).and_then(validate).map(|config| config.policy)
 }
 
 /// The configuration as `hexmirror check-config` prints it: every key with its effective
@@ -962,6 +998,15 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if !raw.repos.contains_key(HEXPM) {
         errors.push("repos.hexpm: the hexpm repository must stay configured".into());
     }
+    let policy_rescan = duration("policy_rescan", &raw.policy_rescan, &mut errors);
+    let repo_policies = raw.repos.iter().map(|(name, repo)| (name.clone(), repo.policy.clone())).collect();
+    let policy = match crate::policy::Policy::from_raw(&raw.policy.clone().unwrap_or_default(), &repo_policies) {
+        Ok(policy) => std::sync::Arc::new(policy),
+        Err(e) => {
+            errors.extend(e.0);
+            Default::default()
+        }
+    };
     if !errors.is_empty() {
         return Err(ConfigError(errors));
     }
@@ -992,6 +1037,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         admin_token,
         store,
         repos,
+        policy,
+        policy_rescan,
+        source: None,
     })
 }
 
@@ -1277,18 +1325,41 @@ public_key = "/nonexistent/key.pem"
             })
         };
         let mut missing = Vec::new();
-        for table in [Table::Root, Table::Repo, Table::Access, Table::Store] {
+        for table in [Table::Root, Table::Repo, Table::Access, Table::Store, Table::Policy] {
             for key in known_keys(table) {
-                let opens_a_table = matches!((table, *key), (Table::Root, "repos" | "store") | (Table::Repo, "access"));
+                let opens_a_table = matches!(
+                    (table, *key),
+                    (Table::Root, "repos" | "store" | "policy") | (Table::Repo, "access" | "policy")
+                );
                 if !opens_a_table && !named(key) {
                     missing.push(format!("{table:?}: {key}"));
                 }
             }
         }
         assert!(text.contains("[repos.hexpm]") && text.contains(".access]") && text.contains("[store]"));
+        assert!(text.contains("# [policy]") && text.contains(".policy]"));
         assert!(missing.is_empty(), "keys missing from config/hexmirror.toml: {missing:?}");
         // The example itself is valid, with nothing unknown.
         assert!(file_mistakes(Path::new("hexmirror.toml"), text).is_empty());
+    }
+
+    #[test]
+    fn policy_tables_load_and_their_mistakes_name_the_key() {
+        let key = include_str!("../tests/fixtures/demo-repo/keys/pub.pem").replace('\n', "\\n");
+        let corp = format!("[repos.corp]\nupstream = \"https://corp.example\"\npublic_key = \"{key}\"\n");
+        let config = from_toml(&format!(
+            "policy_rescan = \"5s\"\n[policy]\ndeny = [\"plug < 1.5.0\"]\ncooldown = \"1d\"\n{corp}[repos.corp.policy]\nenforce = false\n"
+        ))
+        .unwrap();
+        assert_eq!(config.policy_rescan, Duration::from_secs(5));
+        assert!(!config.policy.is_empty());
+        assert!(Config::defaults().policy.is_empty());
+        let errors = errors_of(&format!(
+            "[policy]\ndeny = [\"plug >>\"]\nblock_retired = [\"old\"]\n{corp}[repos.corp.policy]\nadvisories = \"/nonexistent/advisories\"\n"
+        ));
+        assert!(errors.contains("policy.deny: \"plug >>\""), "{errors}");
+        assert!(errors.contains("policy.block_retired: \"old\""), "{errors}");
+        assert!(errors.contains("advisories /nonexistent/advisories"), "{errors}");
     }
 
     #[test]
@@ -1306,6 +1377,11 @@ public_key = "/nonexistent/key.pem"
                 &["line 2: unknown key `repos.corp.access.token`; did you mean `tokens`?"],
             ),
             ("zzzz = 1\n", &["line 1: unknown key `zzzz`"]),
+            ("[policy]\ndenny = []\n", &["line 2: unknown key `policy.denny`; did you mean `deny`?"]),
+            (
+                "[repos.corp.policy]\ncooldwn = 1\n",
+                &["line 2: unknown key `repos.corp.policy.cooldwn`; did you mean `cooldown`?"],
+            ),
             ("listen = \"127.0.0.1:1\"\noffline = true\n", &[]),
             ("listen = \n", &["config file f.toml, line 1: "]),
         ];

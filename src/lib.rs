@@ -42,6 +42,7 @@ pub mod lockfile;
 pub mod metrics;
 pub mod mirror;
 pub mod oauth;
+pub mod policy;
 pub mod registry;
 pub mod requirement;
 pub mod route;
@@ -213,6 +214,7 @@ pub async fn start(config: Config, shutdown: impl Future<Output = ()> + Send + '
         // Entries answered from memory may still be on their way to disk.
         writes_mirror.settle_writes().await;
         writes_mirror.save_missing().await;
+        writes_mirror.save_seen().await;
         if let Err(e) = writes_mirror.store().flush().await {
             tracing::error!(error = %e, "store: final flush failed");
         }

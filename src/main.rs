@@ -167,6 +167,38 @@ enum Command {
     /// Validate the configuration and print it with every effective value, secrets redacted
     /// (exit 0), or print every mistake (exit 64).
     CheckConfig,
+    /// The supply-chain policy: what it blocks in the store, and why.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// List every stored or selected release the current rules block, with the rule (exit 1
+    /// when any).
+    Check {
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Say which rule decides on one release, and why.
+    Explain {
+        /// The package name.
+        name: String,
+        /// The release's version.
+        version: String,
+        /// A repository or organization served at /repos/NAME (default: hexpm).
+        #[arg(long)]
+        repo: Option<String>,
+        /// Print the explanation as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark every release the stored package records list as first seen long ago, so that a
+    /// new `cooldown` holds back only what is listed from now on.
+    Baseline,
 }
 
 #[derive(Subcommand)]
@@ -386,6 +418,7 @@ fn main() -> ExitCode {
             Command::Cache { action } => cache(config, named, action).await,
             Command::Refusals { json } => refusals(config, named, json).await,
             Command::Missing { format, out } => missing(config, named, format, out).await,
+            Command::Policy { action } => policy(config, named, action).await,
             Command::CheckConfig => unreachable!("answered before the configuration is loaded"),
         }
     });
@@ -399,6 +432,85 @@ fn main() -> ExitCode {
                 Failure::CantCreate(_) => ExitCode::from(EXIT_CANTCREAT),
                 Failure::Other(_) => ExitCode::FAILURE,
             }
+        }
+    }
+}
+
+/// `hexmirror policy ...`, on the store itself (a running server holds it: stop it first).
+async fn policy(config: Config, named: bool, action: PolicyAction) -> Result<ExitCode, Failure> {
+    let need = match action {
+        PolicyAction::Baseline => Need::Create,
+        _ => Need::Existing { named },
+    };
+    let mirror = match open(config, need).await? {
+        Store::Local(mirror) => mirror,
+        Store::Remote(_) => {
+            return Err(
+                "policy: a running hexmirror holds this store; run this command where it serves, or stop it".into()
+            )
+        }
+    };
+    match action {
+        PolicyAction::Check { json } => {
+            let report = mirror.policy_check().await.map_err(|e| e.to_string())?;
+            let any = !report.blocked.is_empty();
+            if json {
+                print_json(&serde_json::json!({
+                    "ok": !any,
+                    "checked": report.checked,
+                    "blocked": report.blocked,
+                    "unlisted": report.unlisted,
+                }))?;
+                return Ok(ok_or_failure(!any));
+            }
+            for row in &report.blocked {
+                let enforced = if row.decision.enforced { "" } else { " (enforce = false: served)" };
+                println!(
+                    "blocked: {}/{} {}: {}: {}{enforced}",
+                    row.repo,
+                    row.name,
+                    row.version,
+                    row.decision.rule.as_str(),
+                    row.decision.reason
+                );
+            }
+            for key in &report.unlisted {
+                println!("  not listed in a stored verified record (not decided): {key}");
+            }
+            println!("policy check: {} releases checked, {} blocked", report.checked, report.blocked.len());
+            Ok(ok_or_failure(!any))
+        }
+        PolicyAction::Explain { name, version, repo, json } => {
+            let target = mirror.target(repo.as_deref());
+            let explanation = mirror.policy_explain(&target, &name, &version).await.map_err(|e| e.to_string())?;
+            let decides = explanation.blocking.first();
+            if json {
+                print_json(&serde_json::json!({
+                    "repo": target.namespace,
+                    "name": name,
+                    "version": version,
+                    "blocked": decides.is_some_and(|d| d.enforced),
+                    "decision": decides,
+                    "exempt": explanation.exempt,
+                    "checks": explanation.checks,
+                }))?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("{}/{name} {version}", target.namespace);
+            for line in &explanation.checks {
+                println!("  {line}");
+            }
+            match decides {
+                Some(d) if d.enforced => println!("decides: {}: {}", d.rule.as_str(), d.reason),
+                Some(d) => println!("decides: {}: {} (enforce = false: served)", d.rule.as_str(), d.reason),
+                None => println!("decides: nothing blocks it"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyAction::Baseline => {
+            let (covered, changed) = mirror.policy_baseline(0).await.map_err(|e| e.to_string())?;
+            println!("policy baseline: {covered} listed releases marked as seen long ago ({changed} changed)");
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -857,6 +969,7 @@ async fn export(
         Ok(Sink::File(std::io::BufWriter::new(file)))
     };
     let mut created: Option<Sink> = None;
+    let mut blocked = Vec::new();
     let written: Result<(), Failure> = async {
         match open(config, Need::Existing { named }).await? {
             // Streamed from the server to the file or volumes as it arrives.
@@ -865,7 +978,9 @@ async fn export(
             }
             // Streamed to the file: one object in memory at a time, whatever the bundle's size.
             Store::Local(mirror) => {
-                hexmirror::transfer::export_to(&mirror, &request, |len| Ok(created.insert(create(len)?))).await?;
+                let exported =
+                    hexmirror::transfer::export_to(&mirror, &request, |len| Ok(created.insert(create(len)?))).await?;
+                blocked = exported.blocked;
             }
         }
         Ok(())
@@ -913,6 +1028,9 @@ async fn export(
         manifest.packages.len(),
         size,
     );
+    for blocked in &blocked {
+        println!("  left out, blocked by policy: {blocked}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -928,6 +1046,9 @@ async fn import(config: Config, files: Vec<PathBuf>) -> Result<ExitCode, Failure
         "import: {} objects verified; {} new, {} already present\nsha256: {}",
         report.objects, report.new, report.unchanged, report.digest
     );
+    for blocked in &report.blocked {
+        println!("  left out, blocked by policy: {blocked}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

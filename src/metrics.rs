@@ -43,12 +43,14 @@ pub enum CacheStatus {
     Local,
     /// The client was not authorized for private content.
     Denied,
+    /// The supply-chain policy blocks the release (403).
+    Blocked,
     /// Not a repository request (bad path, method, operations endpoints).
     None,
 }
 
 impl CacheStatus {
-    pub const ALL: [CacheStatus; 10] = [
+    pub const ALL: [CacheStatus; 11] = [
         CacheStatus::Hit,
         CacheStatus::Miss,
         CacheStatus::Revalidated,
@@ -58,6 +60,7 @@ impl CacheStatus {
         CacheStatus::Error,
         CacheStatus::Local,
         CacheStatus::Denied,
+        CacheStatus::Blocked,
         CacheStatus::None,
     ];
 
@@ -72,6 +75,7 @@ impl CacheStatus {
             CacheStatus::Error => "error",
             CacheStatus::Local => "local",
             CacheStatus::Denied => "denied",
+            CacheStatus::Blocked => "blocked",
             CacheStatus::None => "none",
         }
     }
@@ -92,6 +96,8 @@ pub fn possible(cache: CacheStatus, class: &str) -> bool {
         CacheStatus::Negative => class == "4xx",
         // 401.
         CacheStatus::Denied => class == "4xx",
+        // 403.
+        CacheStatus::Blocked => class == "4xx",
         // 502.
         CacheStatus::Refused => class == "5xx",
         // 500, 502, 503, 504.
@@ -131,6 +137,7 @@ pub fn outcomes(kind: Option<Kind>) -> &'static [CacheStatus] {
             CacheStatus::Denied,
         ],
         // A tarball is valid exactly while it matches its verified record: never served stale.
+        // The only resource the supply-chain policy blocks.
         Some(Kind::Tarball) => &[
             CacheStatus::Hit,
             CacheStatus::Miss,
@@ -139,6 +146,7 @@ pub fn outcomes(kind: Option<Kind>) -> &'static [CacheStatus] {
             CacheStatus::Refused,
             CacheStatus::Error,
             CacheStatus::Denied,
+            CacheStatus::Blocked,
         ],
         Some(_) => FETCHED,
     }
@@ -250,6 +258,9 @@ pub struct Metrics {
     pub shared_waits: IntCounter,
     pub disk_pinned_over_budget: IntGauge,
     pub offline_missing: IntCounterVec,
+    pub policy_blocks: IntCounterVec,
+    pub policy_reported: IntCounterVec,
+    pub policy_reload_errors: IntCounter,
     pub sync_last_success: Gauge,
     pub sync_items: IntGaugeVec,
     pub build_info: IntGaugeVec,
@@ -425,6 +436,26 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let policy_blocks = counter_vec(
+            &registry,
+            "hexmirror_policy_blocks_total",
+            "Tarballs refused (403) because the supply-chain policy blocks the release, by repository and rule.",
+            &["repo", "rule"],
+        );
+        let policy_reported = counter_vec(
+            &registry,
+            "hexmirror_policy_reported_total",
+            "Tarballs served that the policy would block under enforce = true, by repository and rule.",
+            &["repo", "rule"],
+        );
+        let policy_reload_errors = register(
+            &registry,
+            IntCounter::new(
+                "hexmirror_policy_reload_errors_total",
+                "Policy rescans that failed (a bad rule or advisory file); the previous policy stays.",
+            )
+            .expect("valid metric"),
+        );
         let offline_missing = counter_vec(
             &registry,
             "hexmirror_offline_missing_total",
@@ -476,6 +507,9 @@ impl Metrics {
             shared_waits,
             disk_pinned_over_budget,
             offline_missing,
+            policy_blocks,
+            policy_reported,
+            policy_reload_errors,
             sync_last_success,
             sync_items,
             build_info,
@@ -515,6 +549,10 @@ impl Metrics {
         for repo in repos {
             self.upstream_duration.with_label_values(&[repo]);
             self.offline_missing.with_label_values(&[repo]);
+            // `policy_reported` (enforce = false, a trial) adds its series at first use.
+            for rule in crate::policy::RuleKind::ALL {
+                self.policy_blocks.with_label_values(&[repo, rule.as_str()]);
+            }
             for reason in STALE_REASONS {
                 self.stale_served.with_label_values(&[repo, reason]);
             }

@@ -428,6 +428,14 @@ mod tests {
             MirrorError::NotFoundUpstream("packages/none".into()),
             MirrorError::Refused(VerifyError::BadSignature),
             MirrorError::Unauthorized,
+            MirrorError::Blocked {
+                release: "plug 1.0.0".into(),
+                decision: crate::policy::Decision {
+                    rule: crate::policy::RuleKind::Retired,
+                    reason: "retired (security): use 1.1.0".into(),
+                    enforced: true,
+                },
+            },
             MirrorError::Unavailable("busy".into()),
             MirrorError::Busy { pending: 2048 },
             MirrorError::Internal("bug".into()),
@@ -440,6 +448,7 @@ mod tests {
                 | MirrorError::Refused(_)
                 | MirrorError::Upstream(_)
                 | MirrorError::Unauthorized
+                | MirrorError::Blocked { .. }
                 | MirrorError::Unavailable(_)
                 | MirrorError::Busy { .. }
                 | MirrorError::Internal(_) => {}
@@ -470,7 +479,9 @@ mod tests {
     async fn every_answer_is_counted_under_labels_that_can_occur() {
         for e in every_error() {
             let class = status_class(e.status().as_u16());
-            assert!(can_occur("hexpm", "package", class, e.cache_status()), "{e:?}: {class} as {:?}", e.cache_status());
+            // Only a tarball is ever blocked by the policy.
+            let resource = if matches!(e, MirrorError::Blocked { .. }) { "tarball" } else { "package" };
+            assert!(can_occur("hexpm", resource, class, e.cache_status()), "{e:?}: {class} as {:?}", e.cache_status());
         }
 
         let service = service();

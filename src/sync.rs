@@ -435,6 +435,8 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
     // In waves: the records a wave needs are fetched at once (bounded), then its wants are
     // resolved from them, queueing the dependencies they declare for the next wave.
     let mut visited: BTreeSet<(Option<String>, String, String)> = BTreeSet::new();
+    // What a spec or a lockfile asked for by name: blocked when fetched, the sync fails.
+    let mut explicit_releases: BTreeSet<(Option<String>, String, String)> = BTreeSet::new();
     while !queue.is_empty() {
         let wanted = queue.iter().map(|w| (w.repo.clone(), w.name.clone())).collect();
         planner.fetch_records(wanted, concurrency).await;
@@ -457,22 +459,53 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
             let eligible = |(v, r): &(semver::Version, &Release)| {
                 (request.include_prereleases || v.pre.is_empty()) && (request.include_retired || !r.retired)
             };
+            // The supply-chain policy: a blocked release is never selected (the licence rule,
+            // which needs the tarball, is applied when it is fetched).
+            let namespace = mirror.target(want.repo.as_deref()).namespace;
+            let verdict = |r: &Release| mirror.decide(&namespace, &want.name, r, None).filter(|d| d.enforced);
+            let passes = |pair: &&(semver::Version, &Release)| verdict(pair.1).is_none();
+            let blocked_text = |r: &Release| {
+                verdict(r).map(|d| {
+                    format!("{} {} is blocked by policy ({}): {}", want.name, r.version, d.rule.as_str(), d.reason)
+                })
+            };
+            // What the policy alone kept from being chosen, reported by name.
+            let mut held_back: Vec<String> = Vec::new();
             let chosen: Vec<&Release> = match &want.pick {
-                Pick::All(req) => releases
-                    .iter()
-                    .filter(|pair| eligible(pair))
-                    .filter(|(v, _)| req.as_ref().is_none_or(|req| req.matches(v, request.include_prereleases)))
-                    .map(|(_, r)| *r)
-                    .collect(),
-                Pick::Highest(req) => releases
-                    .iter()
-                    .rev()
-                    .filter(|pair| eligible(pair))
-                    .find(|(v, _)| req.matches(v, request.include_prereleases))
-                    .or_else(|| releases.iter().rev().find(|(v, _)| req.matches(v, true)))
-                    .map(|(_, r)| vec![*r])
-                    .unwrap_or_default(),
+                Pick::All(req) => {
+                    let matching: Vec<&(semver::Version, &Release)> = releases
+                        .iter()
+                        .filter(|pair| eligible(pair))
+                        .filter(|(v, _)| req.as_ref().is_none_or(|req| req.matches(v, request.include_prereleases)))
+                        .collect();
+                    held_back.extend(matching.iter().filter_map(|(_, r)| blocked_text(r)));
+                    matching.into_iter().filter(passes).map(|(_, r)| *r).collect()
+                }
+                Pick::Highest(req) => {
+                    let highest = releases
+                        .iter()
+                        .rev()
+                        .filter(|pair| eligible(pair))
+                        .find(|(v, _)| req.matches(v, request.include_prereleases))
+                        .or_else(|| releases.iter().rev().find(|(v, _)| req.matches(v, true)));
+                    let allowed = releases
+                        .iter()
+                        .rev()
+                        .filter(|pair| eligible(pair) && passes(pair))
+                        .find(|(v, _)| req.matches(v, request.include_prereleases))
+                        .or_else(|| releases.iter().rev().filter(passes).find(|(v, _)| req.matches(v, true)));
+                    if let (Some((_, wanted)), None) = (highest, allowed) {
+                        held_back.extend(blocked_text(wanted));
+                    }
+                    allowed.map(|(_, r)| vec![*r]).unwrap_or_default()
+                }
                 Pick::Locked(locked) => match releases.iter().find(|(_, r)| r.version == locked.version) {
+                    Some((_, release)) if verdict(release).is_some() => {
+                        // A lockfile asks for exactly this release: the sync fails, naming the rule.
+                        let why = blocked_text(release).unwrap_or_default();
+                        planner.item(format!("{} {}", locked.name, locked.version), Outcome::Failed, Some(why));
+                        vec![]
+                    }
                     Some((_, release)) => match lock_mismatch(locked, release) {
                         None => vec![*release],
                         Some(why) => {
@@ -490,7 +523,18 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
                     }
                 },
             };
-            if chosen.is_empty() && matches!(want.pick, Pick::All(_) | Pick::Highest(_)) {
+            let explicit = want.requested.is_some() || matches!(want.pick, Pick::Locked(_));
+            if chosen.is_empty() && !held_back.is_empty() && (explicit || matches!(want.pick, Pick::Highest(_))) {
+                // Asked for by name, or needed as a dependency, and only blocked releases match.
+                let newest = held_back.last().cloned().unwrap_or_default();
+                let label = want.requested.clone().unwrap_or_else(|| want.name.clone());
+                planner.item(label, Outcome::Failed, Some(format!("only blocked releases match; {newest}")));
+            } else if !held_back.is_empty() {
+                for text in &held_back {
+                    planner.item(want.name.clone(), Outcome::Skipped, Some(text.clone()));
+                }
+            }
+            if chosen.is_empty() && held_back.is_empty() && matches!(want.pick, Pick::All(_) | Pick::Highest(_)) {
                 match &want.requested {
                     // What the operator asked for by name matched nothing: a failure, not a skip.
                     Some(spec) => {
@@ -512,6 +556,9 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
             }
             for release in chosen {
                 let id = (want.repo.clone(), want.name.clone(), release.version.clone());
+                if explicit {
+                    explicit_releases.insert(id.clone());
+                }
                 if !visited.insert(id.clone()) {
                     continue;
                 }
@@ -568,6 +615,18 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
     .buffer_unordered(concurrency);
     while let Some((repo, resource, result)) = landing.next().await {
         match result {
+            // Blocked when its tarball was read (the licence rule): a failure when asked for by
+            // name, otherwise left out like any release the policy blocks.
+            Landed::Fetched(Err(MirrorError::Blocked { release, decision }))
+                if !explicit_releases.contains(&(
+                    repo.clone(),
+                    resource_name(&resource),
+                    resource_version(&resource),
+                )) =>
+            {
+                let why = format!("{release} is blocked by policy ({}): {}", decision.rule.as_str(), decision.reason);
+                planner.item(label_of(&repo, &resource), Outcome::Skipped, Some(why));
+            }
             Landed::Fetched(result) => {
                 planner.note(&repo, &resource, result);
             }
@@ -580,6 +639,7 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
     }
 
     // Every selected entry was pinned, durable, when it was fetched.
+    mirror.save_seen().await;
     let selected = std::mem::take(&mut planner.selected);
     if let Err(e) = mirror.store().select(selected.into_iter().collect()).await {
         planner.item("store: selection".into(), Outcome::Failed, Some(e.to_string()));
@@ -597,6 +657,21 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
     }
     (planner.events)(Event::Finished { summary: summary.clone() });
     summary
+}
+
+/// A tarball's package name and version (empty for other resources).
+fn resource_name(resource: &Resource) -> String {
+    match resource {
+        Resource::Tarball { name, .. } => name.clone(),
+        _ => String::new(),
+    }
+}
+
+fn resource_version(resource: &Resource) -> String {
+    match resource {
+        Resource::Tarball { version, .. } => version.clone(),
+        _ => String::new(),
+    }
 }
 
 /// Why a lockfile entry disagrees with the verified registry, if it does.
@@ -648,6 +723,7 @@ mod tests {
             inner_checksum: vec![inner; 32].into(),
             outer_checksum: outer.map(|o| [o; 32]),
             retired: false,
+            retirement: None,
             dependencies: Arc::from([]),
         }
     }

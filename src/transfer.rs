@@ -76,6 +76,9 @@ pub struct ImportReport {
     pub objects: usize,
     pub new: usize,
     pub unchanged: usize,
+    /// Releases left out because this site's policy blocks them: `KEY: rule: reason`.
+    #[serde(default)]
+    pub blocked: Vec<String>,
 }
 
 /// What [`export_to`] wrote.
@@ -86,6 +89,8 @@ pub struct Exported {
     pub totals: bundle::Totals,
     /// The bundle's length in bytes.
     pub len: u64,
+    /// Stored releases left out because the policy blocks them: `KEY: rule: reason`.
+    pub blocked: Vec<String>,
 }
 
 /// Builds a bundle of the store's verified entries in memory (see [`export_to`]).
@@ -118,6 +123,7 @@ pub async fn export_to<W: std::io::Write>(
     };
     let mut described = Vec::new();
     let mut verified = 0usize;
+    let mut blocked = Vec::new();
     for (key, meta) in listed {
         if request.filter.as_deref().is_some_and(|f| !key.as_str().contains(f)) {
             continue;
@@ -135,6 +141,12 @@ pub async fn export_to<W: std::io::Write>(
         }
         let Ok(Some((meta, body))) = store.get(&key).await else { continue };
         verified += 1;
+        // The supply-chain policy: a release it blocks is not carried.
+        if let Some(decision) = mirror.blocked_tarball(&key, &body, &HashMap::new()).await {
+            tracing::warn!(key = %key, rule = decision.rule.as_str(), reason = %decision.reason, "export: left out, blocked by policy");
+            blocked.push(format!("{key}: {}: {}", decision.rule.as_str(), decision.reason));
+            continue;
+        }
         let (info, package) = bundle::describe_object(key.as_str(), &meta.kind, meta.pinned, &body);
         drop(body);
         // An incremental bundle carries what is new, or changed in its bytes or its pin.
@@ -162,6 +174,26 @@ pub async fn export_to<W: std::io::Write>(
         .as_ref()
         .map(|manifest| bundle::BaseInfo::of(manifest, request.base_digest.as_deref().unwrap_or_default()));
     let manifest = bundle::manifest_of(described, base.as_ref(), bundle::CREATED_BY);
+    // When this store first saw the releases of the packages the bundle carries (format 2), so
+    // that the importing site's cooldown counts from then.
+    let packages: std::collections::HashSet<String> = manifest
+        .objects
+        .iter()
+        .filter_map(|o| CacheKey::parse(&o.key))
+        .filter_map(|key| match key.resource() {
+            Resource::Package(name) | Resource::Tarball { name, .. } => Some(format!("{}/{name}/", key.namespace())),
+            _ => None,
+        })
+        .collect();
+    let first_seen: BTreeMap<String, u64> = mirror
+        .seen_export()
+        .into_iter()
+        .filter(|(release, _)| {
+            let package = release.rsplit_once('/').map(|(package, _)| format!("{package}/"));
+            package.is_some_and(|p| packages.contains(&p)) && bundle::is_release_key(release)
+        })
+        .collect();
+    let manifest = manifest.with_first_seen(first_seen);
     let totals = manifest.totals;
     let keys: Vec<String> = manifest.objects.iter().map(|o| o.key.clone()).collect();
     let len = bundle::archive_len(&manifest).map_err(TransferError::Bundle)?;
@@ -179,7 +211,7 @@ pub async fn export_to<W: std::io::Write>(
         })?;
     }
     let digest = writer.finish().map_err(TransferError::Bundle)?;
-    Ok(Exported { digest, totals, len })
+    Ok(Exported { digest, totals, len, blocked })
 }
 
 /// A file under the import staging directory that belongs to this process while it lives
@@ -536,6 +568,7 @@ where
     let mut staging = Staging::new(mirror).await?;
     let mut records = HashMap::new();
     let mut signatures: BTreeMap<String, Bytes> = BTreeMap::new();
+    let mut blocked = Vec::new();
     fn parse(text: &str) -> Result<CacheKey, TransferError> {
         CacheKey::parse(text).ok_or_else(|| TransferError::NotAKey(text.to_string()))
     }
@@ -570,6 +603,10 @@ where
             return Err(TransferError::MissingBase { base: base.clone(), why });
         }
     }
+    // When the bundle's writer first saw its releases (unsigned, like the rest of the manifest:
+    // as trustworthy as whoever wrote the bundle): this store keeps the earlier time, before its
+    // cooldown judges the tarballs below.
+    mirror.seen_merge_earlier(manifest.first_seen.clone());
     let refused = |key: &str| {
         let (key, base) = (key.to_string(), base.clone());
         move |reason| match (reason, base) {
@@ -589,6 +626,11 @@ where
             signatures.get(&format!("{}.signed", object.key)).and_then(|s| String::from_utf8(s.to_vec()).ok());
         let entry =
             mirror.verify_import(&key, object.bytes, signature, None, &records).await.map_err(refused(&object.key))?;
+        // This site's policy: a release it blocks is left out, and listed.
+        if let Some(decision) = mirror.blocked_tarball(&key, entry.bytes(), &records).await {
+            blocked.push(format!("{}: {}: {}", object.key, decision.rule.as_str(), decision.reason));
+            continue;
+        }
         staging.stage(key, &entry).await?;
     }
     let (_, again) = finish_pass(handle).await?;
@@ -616,8 +658,8 @@ where
 
     // Everything verified: note what the store already holds, write the journal, then write
     // the store one object at a time.
-    let mut report = ImportReport { digest, objects: staging.staged.len(), ..Default::default() };
-    debug_assert_eq!(report.objects as u64, manifest.totals.objects);
+    let mut report = ImportReport { digest, objects: staging.staged.len(), blocked, ..Default::default() };
+    debug_assert_eq!((report.objects + report.blocked.len()) as u64, manifest.totals.objects);
     for (key, object) in staging.staged.values_mut() {
         // Read whole (not just the record): a damaged stored copy is replaced by the import.
         let existing = mirror.store().get(key).await.ok().flatten().map(|(meta, _)| meta.sha256);
@@ -636,6 +678,7 @@ where
     // Committed, or undone: either way nothing is left to recover.
     staging.keep = false;
     committed?;
+    mirror.save_seen().await;
     mirror.metrics().sync_last_success.set(crate::cache::unix_now() as f64);
     Ok(report)
 }

@@ -270,8 +270,64 @@ pub struct Release {
     pub inner_checksum: Box<[u8]>,
     pub outer_checksum: Option<[u8; 32]>,
     pub retired: bool,
+    /// Why and how it was retired, when it was (the record's `RetirementStatus`).
+    pub retirement: Option<Retirement>,
     /// Shared with the other releases of the record that declare the same list.
     pub dependencies: Arc<[Dependency]>,
+}
+
+/// A release's retirement, as its verified record states it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retirement {
+    pub reason: RetirementReason,
+    /// The publisher's message (`use 1.1.0`), when there is one.
+    pub message: Option<String>,
+}
+
+/// `RetirementReason` of the registry's `RetirementStatus` (an unknown value counts as `other`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RetirementReason {
+    Other,
+    Invalid,
+    Security,
+    Deprecated,
+    Renamed,
+}
+
+impl RetirementReason {
+    pub const ALL: [RetirementReason; 5] = [
+        RetirementReason::Other,
+        RetirementReason::Invalid,
+        RetirementReason::Security,
+        RetirementReason::Deprecated,
+        RetirementReason::Renamed,
+    ];
+
+    /// The registry's enum value: `RETIRED_OTHER` = 0 ... `RETIRED_RENAMED` = 4.
+    pub fn from_proto(value: i32) -> RetirementReason {
+        match value {
+            1 => RetirementReason::Invalid,
+            2 => RetirementReason::Security,
+            3 => RetirementReason::Deprecated,
+            4 => RetirementReason::Renamed,
+            _ => RetirementReason::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetirementReason::Other => "other",
+            RetirementReason::Invalid => "invalid",
+            RetirementReason::Security => "security",
+            RetirementReason::Deprecated => "deprecated",
+            RetirementReason::Renamed => "renamed",
+        }
+    }
+
+    /// `security`, `invalid`, ... as `hexmirror`'s configuration names them.
+    pub fn parse(text: &str) -> Option<RetirementReason> {
+        RetirementReason::ALL.into_iter().find(|r| r.as_str() == text)
+    }
 }
 
 /// A dependency a release declares.
@@ -469,6 +525,10 @@ fn releases_of(package: &Package) -> Result<Releases, VerifyError> {
             inner_checksum: release.inner_checksum.clone().into_boxed_slice(),
             outer_checksum,
             retired: release.retired.is_some(),
+            retirement: release.retired.as_ref().map(|status| Retirement {
+                reason: RetirementReason::from_proto(status.reason),
+                message: status.message.clone().filter(|m| !m.is_empty()),
+            }),
             dependencies,
         });
     }

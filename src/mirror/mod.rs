@@ -43,6 +43,7 @@ mod flights;
 mod freshness;
 pub mod missing;
 mod path;
+mod policy;
 mod store;
 mod writes;
 
@@ -55,6 +56,7 @@ use http::StatusCode;
 
 pub use access::ClientCredentials;
 use flights::Flights;
+pub use policy::{CheckedRelease, PolicyCheck};
 pub use store::{key_names_package, CheckError};
 
 use crate::cache::{CacheKey, Class, DiskStore, Entry, MemoryTier, S3Store, Store, StoreError};
@@ -133,6 +135,10 @@ pub enum MirrorError {
     Upstream(#[from] UpstreamError),
     #[error("authentication required")]
     Unauthorized,
+    /// The supply-chain policy blocks this release (`policy`): one line naming the rule and
+    /// its cause.
+    #[error("{release} is blocked by policy ({}): {}", .decision.rule.as_str(), .decision.reason)]
+    Blocked { release: String, decision: crate::policy::Decision },
     #[error("service unavailable: {0}")]
     Unavailable(String),
     /// `max_pending_fetches` upstream fetches are pending: a cold miss is not queued.
@@ -151,6 +157,7 @@ impl MirrorError {
             MirrorError::Upstream(UpstreamError::RateLimited(_)) => StatusCode::SERVICE_UNAVAILABLE,
             MirrorError::Upstream(_) => StatusCode::BAD_GATEWAY,
             MirrorError::Unauthorized => StatusCode::UNAUTHORIZED,
+            MirrorError::Blocked { .. } => StatusCode::FORBIDDEN,
             MirrorError::Unavailable(_) | MirrorError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             MirrorError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -162,6 +169,7 @@ impl MirrorError {
             MirrorError::NotFoundUpstream(_) => CacheStatus::Miss,
             MirrorError::Refused(_) => CacheStatus::Refused,
             MirrorError::Unauthorized => CacheStatus::Denied,
+            MirrorError::Blocked { .. } => CacheStatus::Blocked,
             _ => CacheStatus::Error,
         }
     }
@@ -248,6 +256,10 @@ struct Inner {
     early: Mutex<HashMap<String, futures::future::WeakShared<BoxFutureEarly>>>,
     /// What clients asked an offline mirror for that it lacked (`missing.rs`).
     missing: missing::MissingLog,
+    /// The supply-chain policy in force, swapped whole by a rescan (`policy.rs`).
+    policy: std::sync::RwLock<Arc<crate::policy::Policy>>,
+    /// When this store first saw each release listed (`policy::seen`).
+    seen: crate::policy::seen::SeenLog,
 }
 
 type BoxFutureEarly = futures::future::BoxFuture<
@@ -264,14 +276,17 @@ pub struct Mirror {
 impl Mirror {
     /// Opens the persistent tier under `data_dir` and builds the mirror.
     pub async fn open(config: Config, metrics: Metrics) -> Result<Mirror, OpenError> {
-        if let crate::config::StoreConfig::S3(s3) = &config.store {
+        let mirror = if let crate::config::StoreConfig::S3(s3) = &config.store {
             let store = S3Store::open(s3, config.ca_file.as_deref(), Some(metrics.store_degraded.clone())).await?;
-            return Self::with_store(config, metrics, Arc::new(store));
-        }
-        let opened = DiskStore::open(&config.data_dir)
-            .await
-            .map_err(|source| OpenError::Store { data_dir: config.data_dir.clone(), source })?;
-        Self::from_disk(config, metrics, opened)
+            Self::with_store(config, metrics, Arc::new(store))?
+        } else {
+            let opened = DiskStore::open(&config.data_dir)
+                .await
+                .map_err(|source| OpenError::Store { data_dir: config.data_dir.clone(), source })?;
+            Self::from_disk(config, metrics, opened)?
+        };
+        mirror.load_seen().await;
+        Ok(mirror)
     }
 
     /// Like [`Mirror::open`] for the commands that read or maintain a store (`verify`, `cache`,
@@ -322,6 +337,8 @@ impl Mirror {
             let mirror = Self::with_store(config, metrics, Arc::new(store))?;
             mirror.watch_purges();
             mirror.keep_missing_log().await;
+            mirror.load_seen().await;
+            mirror.watch_policy();
             return Ok(mirror);
         }
         let mirror = match DiskStore::open(&config.data_dir).await {
@@ -353,6 +370,8 @@ impl Mirror {
         }
         mirror.keep_missing_log().await;
         mirror.load_refusals().await;
+        mirror.load_seen().await;
+        mirror.watch_policy();
         Ok(mirror)
     }
 
@@ -394,6 +413,10 @@ impl Mirror {
             .collect();
         let verifying = crate::budget::Budget::for_registry_files(config.max_registry_bytes);
         let flights = Flights::new(config.max_pending_fetches);
+        let policy = std::sync::RwLock::new(config.policy.clone());
+        if !config.policy.is_empty() {
+            tracing::info!(advisories = config.policy.advisory_count, "policy: in force");
+        }
         let mirror = Mirror {
             inner: Arc::new(Inner {
                 verifying,
@@ -413,6 +436,8 @@ impl Mirror {
                 pinning,
                 early: Mutex::default(),
                 missing: missing::MissingLog::default(),
+                policy,
+                seen: Default::default(),
             }),
         };
         mirror.update_gauges();

@@ -16,7 +16,7 @@ use crate::config::HEXPM;
 use crate::metrics::CacheStatus;
 use crate::route::{Kind, Resource};
 use crate::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
-use crate::verify::{self, Facts, RegistryFile, ReleaseChecksum, VerifyError};
+use crate::verify::{self, Facts, RegistryFile, VerifyError};
 
 impl Mirror {
     /// Answers a repository request. See the module docs for the steps. What an offline
@@ -69,8 +69,8 @@ impl Mirror {
                 // With the record cold too, the tarball is asked for at the same time as the
                 // record (one round trip instead of two) and verified once both are here.
                 let early = self.early_tarball(target, name, resource, client);
-                let record = self.release_checksum(target, name, version, client);
-                let checksum = match early.clone() {
+                let record = self.listed_release(target, name, version, client);
+                let release = match early.clone() {
                     None => record.await?,
                     Some(mut tarball) => {
                         futures::pin_mut!(record);
@@ -81,8 +81,11 @@ impl Mirror {
                         }
                     }
                 };
-                let (entry, status) =
-                    self.resolve_entry_with(target, resource, client, Check::Tarball(checksum), early).await?;
+                let check = Check::Tarball(release.checksum);
+                let (entry, status) = self.resolve_entry_with(target, resource, client, check, early).await?;
+                // The supply-chain policy decides here, on the verified bytes about to be
+                // handed out, whichever tier or flight they came from.
+                self.enforce_on_tarball(target, name, &release, &entry)?;
                 Ok(Reply::from_entry(&entry, status))
             }
             Resource::Installer { .. } => {
@@ -113,15 +116,16 @@ impl Mirror {
         freshness::is_fresh(entry, check, unix_now(), self.ttl())
     }
 
-    /// The checksum a tarball must have, from the verified package record. A cached record of
-    /// any age will do while it lists the release; otherwise the record is refreshed once.
-    pub(super) async fn release_checksum(
+    /// The release as the verified package record lists it: the checksum its tarball must
+    /// have, its retirement. A cached record of any age will do while it lists the release;
+    /// otherwise the record is refreshed once.
+    pub(super) async fn listed_release(
         &self,
         target: &Target,
         name: &str,
         version: &str,
         client: &ClientCredentials,
-    ) -> Result<ReleaseChecksum, MirrorError> {
+    ) -> Result<verify::Release, MirrorError> {
         let package = Resource::Package(name.to_string());
         // Any verified record held lists the release: its checksum decides. A record that does
         // not list it is asked again only when it is older than `registry_ttl` (a release
@@ -129,8 +133,8 @@ impl Mirror {
         for check in [Check::Ttl(None), Check::Ttl(Some(0))] {
             let (record, status) = self.resolve_entry(target, &package, client, check).await?;
             if let Facts::Releases(releases) = record.content.facts() {
-                if let Some(checksum) = releases.get(version) {
-                    return Ok(*checksum);
+                if let Some(release) = releases.release(version) {
+                    return Ok(release.clone());
                 }
             }
             let confirmed_now = matches!(status, CacheStatus::Miss | CacheStatus::Revalidated);
@@ -843,6 +847,10 @@ impl Mirror {
     /// replaces or hides a public one (nor the other way round): a lookup prefers the public
     /// copy, which serves everyone.
     pub(super) async fn persist(&self, target: &Target, resource: &Resource, entry: Arc<Entry>) {
+        if let (Resource::Package(name), Facts::Releases(releases)) = (resource, entry.content.facts()) {
+            // What `cooldown` counts from: when this store first saw each release listed.
+            self.note_listed(&target.namespace, name, releases);
+        }
         let key = CacheKey::new(&target.namespace, resource, entry.private);
         self.inner.memory.insert(key.clone(), entry.clone());
         let (this, disk_key) = (self.clone(), key.clone());

@@ -645,13 +645,15 @@ pub struct MirrorBuilder {
     settings: Vec<(String, String)>,
     /// `hexpm` (set by [`MirrorBuilder::upstream`]) first, then the others in the order added.
     repos: Vec<(String, RepoSpec)>,
+    /// TOML written after everything else (tables such as `[policy]`), as given.
+    tail: Vec<String>,
 }
 
 impl Default for MirrorBuilder {
     fn default() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let site = MirrorBuilder { dir: Arc::new(dir), settings: Vec::new(), repos: Vec::new() };
+        let site = MirrorBuilder { dir: Arc::new(dir), settings: Vec::new(), repos: Vec::new(), tail: Vec::new() };
         site.set("listen", "127.0.0.1:0")
             .set("data_dir", data)
             .registry_ttl("1h")
@@ -684,6 +686,13 @@ impl MirrorBuilder {
             Some((_, existing)) => *existing = value,
             None => self.settings.push((key.into(), value)),
         }
+        self
+    }
+
+    /// Appends TOML (whole tables, such as `[policy]` or `[repos.hexpm.policy]`) after the
+    /// repositories.
+    pub fn append(mut self, toml: &str) -> Self {
+        self.tail.push(toml.to_string());
         self
     }
 
@@ -722,6 +731,11 @@ impl MirrorBuilder {
         }
         for (name, spec) in &self.repos {
             spec.render(name, &mut out);
+        }
+        for tail in &self.tail {
+            out.push('\n');
+            out.push_str(tail);
+            out.push('\n');
         }
         out
     }
