@@ -16,6 +16,8 @@
 #                   and must never have seen tampered bytes (no signature/origin/checksum error)
 #   HEXCORE=1    also walk names/versions/packages/tarballs with hex_core (EXPECT=ok only)
 #   WORK=dir     scratch dir (required; a fresh HOME and app are made inside it)
+#   REUSE=1      keep the HOME and app an earlier run left in WORK (rebar3's cache included:
+#                the caller removes what it wants fetched again); _build and rebar.lock go
 # Prints one summary line; exit 0 when the expectation holds. Logs stay in WORK.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -30,7 +32,7 @@ work=${WORK:?WORK must be set}
 fail() { echo "$*"; exit 1; }
 
 home=$work/home app=$work/app
-rm -rf "$home" "$app"
+if [ "${REUSE:-0}" = 1 ]; then rm -rf "$app/_build" "$app/rebar.lock"; else rm -rf "$home" "$app"; fi
 mkdir -p "$home/.config/rebar3" "$app/src"
 pem=$(cat "$pub")
 cat > "$app/src/hcapp.app.src" <<'APP'

@@ -358,4 +358,70 @@ if ag_serve inside; then
   stop_pid "$AG_PID"
 else fail airgap_inside_server "did not start"; fi
 
+
+# =============================================================================================
+# g. supply-chain policy: a denied release's tarball is refused (403, x-cache: blocked) and the
+#    real rebar3 build fails on it, saying so; lifting the rule in the configuration file and
+#    sending SIGHUP (the periodic rescan is off) lets the same build through, no restart
+# =============================================================================================
+ngx_point up_th hexpm
+denied=hexdemo_base-1.1.0   # the project's hexdemo_top 2.0.1 -> hexdemo_mid 0.2.0 -> hexdemo_base 1.1.0
+pol_cfg="policy_rescan = \"0\"
+
+[policy]
+deny = [\"hexdemo_base\"]
+
+$(repo_toml hexpm "$(ngx_url up_th)")"
+if mirror_start pol "$pol_cfg"; then
+  P=$(mirror_url pol) pcfg=$work/mirror/pol/config.toml
+  runs=$((runs + 1)); pw=$work/client/$runs-policy
+  mkdir -p "$pw"
+  # the build fails on the denied tarball (client.sh runs rebar3 with DEBUG=1) ...
+  if out=$(MODE=cdn EXPECT=refused WORK="$pw" "$here/client.sh" "$P" "$pub" hexpm); then
+    pass policy_deny_rebar3_fails "$out"
+  else fail policy_deny_rebar3_fails "$out"; mirror_log pol; fi
+  # ... and rebar3 says which request the mirror refused, and why the dep is missing
+  want1="===> Request for package $denied failed: status code 403"
+  want2="===> Failed to fetch and copy dep: $denied"
+  if grep -qxF "$want1" "$pw/get-deps.log" && grep -qxF "$want2" "$pw/get-deps.log"; then
+    pass policy_deny_rebar3_message "rebar3 printed \"$want1\" and \"$want2\""
+  else fail policy_deny_rebar3_message "rebar3 printed: $(grep -E '^===> (Request|Failed)' "$pw/get-deps.log" | tr '\n' ' ' | cut -c1-300)"; fi
+  # without DEBUG (what a user sees), the same HOME and app: only the dep line, and exit 1
+  rm -rf "$pw/app/_build"
+  (cd "$pw/app" && env -u REBAR_CACHE_DIR -u REBAR_GLOBAL_CONFIG_DIR -u HEX_MIRROR -u DEBUG \
+     HOME="$pw/home" HEX_CDN="$P" rebar3 get-deps) > "$pw/get-deps-quiet.log" 2>&1
+  rc=$?
+  sed -i 's/\x1b\[[0-9;]*m//g' "$pw/get-deps-quiet.log"
+  if [ $rc -ne 0 ] && grep -qxF "$want2" "$pw/get-deps-quiet.log"; then
+    pass policy_deny_rebar3_plain_message "rc=$rc, \"$want2\""
+  else fail policy_deny_rebar3_plain_message "rc=$rc: $(tail -n 3 "$pw/get-deps-quiet.log" | tr '\n' ' ' | cut -c1-300)"; fi
+  # hexmirror's side: 403, x-cache: blocked, the rule in the body and in `hexmirror refusals`
+  fetch "$P/tarballs/$denied.tar"
+  if [ "$STATUS" = 403 ] && [ "$(hdr x-cache)" = blocked ] && grep -q 'blocked by policy (deny)' "$BODY"; then
+    pass policy_deny_403_blocked "403, x-cache: blocked, $(head -c 200 "$BODY")"
+  else fail policy_deny_403_blocked "status $STATUS, x-cache: '$(hdr x-cache)', body: $(head -c 200 "$BODY")"; fi
+  out=$(RUST_LOG=warn "$bin" refusals --config "$pcfg" 2>&1)
+  if echo "$out" | grep -q "tarballs/$denied.tar from policy (deny): denied: matches deny rule \"hexdemo_base\""; then
+    pass policy_deny_refusals "$(echo "$out" | grep -m 1 "tarballs/$denied.tar" | cut -c1-200)"
+  else fail policy_deny_refusals "$(echo "$out" | tail -n 3 | tr '\n' ' ' | cut -c1-300)"; fi
+
+  # lift the rule: the file is rewritten without the deny, then SIGHUP; no restart
+  grep -vxF 'deny = ["hexdemo_base"]' "$pcfg" > "$pcfg.new" && mv "$pcfg.new" "$pcfg"
+  kill -HUP "${MPID[pol]}"
+  for _ in $(seq 50); do
+    fetch "$P/tarballs/$denied.tar"; [ "$STATUS" = 200 ] && break; sleep 0.2
+  done
+  if [ "$STATUS" = 200 ] && cmp -s "$BODY" "$fixtures/hexpm/tarballs/$denied.tar" && kill -0 "${MPID[pol]}" 2>/dev/null; then
+    pass policy_lifted_by_sighup "GET /tarballs/$denied.tar -> 200 (x-cache: $(hdr x-cache)), same process"
+  else fail policy_lifted_by_sighup "GET /tarballs/$denied.tar -> $STATUS, x-cache: '$(hdr x-cache)'"; mirror_log pol; fi
+  # the same project and HOME, rebar3's package cache cleared: the same build now succeeds
+  rm -rf "$pw/home/.cache/rebar3/hex"
+  if out=$(REUSE=1 WARM=0 HEXCORE=0 MODE=cdn EXPECT=ok WORK="$pw" "$here/client.sh" "$P" "$pub" hexpm); then
+    pass policy_lifted_rebar3_builds "$out"
+  else fail policy_lifted_rebar3_builds "$out"; mirror_log pol; fi
+  mirror_stop pol
+else
+  fail "policy mirror starts"
+fi
+
 finish
