@@ -390,6 +390,27 @@ impl AdminService {
                     Err(e) => transfer_error(e),
                 }
             }
+            (Method::GET, "/_admin/policy/check") => match mirror.policy_check().await {
+                Ok(report) => json(StatusCode::OK, &report),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            },
+            (Method::GET, "/_admin/policy/explain") => {
+                let (Some(name), Some(version)) = (query(&req, "name"), query(&req, "version")) else {
+                    return text(StatusCode::BAD_REQUEST, "explain needs ?name=NAME&version=VERSION");
+                };
+                let repo = query(&req, "repo").filter(|r| !r.is_empty());
+                let target = mirror.target(repo.as_deref());
+                match mirror.policy_explain(&target, &name, &version).await {
+                    Ok(explanation) => {
+                        json(StatusCode::OK, &PolicyExplained { repo: target.namespace.clone(), explanation })
+                    }
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                }
+            }
+            (Method::POST, "/_admin/policy/baseline") => match mirror.policy_baseline(0).await {
+                Ok((covered, changed)) => json(StatusCode::OK, &PolicyBaseline { covered, changed }),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            },
             _ => text(StatusCode::NOT_FOUND, "no such admin route"),
         }
     }
@@ -405,6 +426,20 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for AdminService {
         let service = self.clone();
         Box::pin(async move { Ok(service.handle(req).await) })
     }
+}
+
+/// `policy explain` through the admin endpoint: the repository's namespace and every rule's verdict.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyExplained {
+    pub repo: String,
+    pub explanation: crate::policy::Explanation,
+}
+
+/// `policy baseline` through the admin endpoint: listed releases covered, times changed.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct PolicyBaseline {
+    pub covered: usize,
+    pub changed: usize,
 }
 
 /// A failed import or export: 422 for a bundle refused (the store is unchanged), 500 otherwise.

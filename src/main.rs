@@ -436,23 +436,25 @@ fn main() -> ExitCode {
     }
 }
 
-/// `hexmirror policy ...`, on the store itself (a running server holds it: stop it first).
+/// `hexmirror policy ...`: through a running server's admin endpoint, or on the store itself.
 async fn policy(config: Config, named: bool, action: PolicyAction) -> Result<ExitCode, Failure> {
     let need = match action {
         PolicyAction::Baseline => Need::Create,
         _ => Need::Existing { named },
     };
-    let mirror = match open(config, need).await? {
-        Store::Local(mirror) => mirror,
-        Store::Remote(_) => {
-            return Err(
-                "policy: a running hexmirror holds this store; run this command where it serves, or stop it".into()
-            )
-        }
+    let store = open(config, need).await?;
+    let from_json = |bytes: Bytes| -> Result<serde_json::Value, Failure> {
+        Ok(serde_json::from_slice(&bytes).map_err(|e| format!("unreadable answer: {e}"))?)
     };
     match action {
         PolicyAction::Check { json } => {
-            let report = mirror.policy_check().await.map_err(|e| e.to_string())?;
+            let report: hexmirror::mirror::PolicyCheck = match &store {
+                Store::Remote(admin) => serde_json::from_value(from_json(
+                    admin.call_bytes(Method::GET, "/_admin/policy/check", Bytes::new()).await?,
+                )?)
+                .map_err(|e| e.to_string())?,
+                Store::Local(mirror) => mirror.policy_check().await.map_err(|e| e.to_string())?,
+            };
             let any = !report.blocked.is_empty();
             if json {
                 print_json(&serde_json::json!({
@@ -481,12 +483,27 @@ async fn policy(config: Config, named: bool, action: PolicyAction) -> Result<Exi
             Ok(ok_or_failure(!any))
         }
         PolicyAction::Explain { name, version, repo, json } => {
-            let target = mirror.target(repo.as_deref());
-            let explanation = mirror.policy_explain(&target, &name, &version).await.map_err(|e| e.to_string())?;
+            let explained: hexmirror::admin::PolicyExplained = match &store {
+                Store::Remote(admin) => {
+                    let path = hexmirror::admin::request_path(
+                        "/_admin/policy/explain",
+                        &[("name", &name), ("version", &version), ("repo", repo.as_deref().unwrap_or(""))],
+                    );
+                    serde_json::from_value(from_json(admin.call_bytes(Method::GET, &path, Bytes::new()).await?)?)
+                        .map_err(|e| e.to_string())?
+                }
+                Store::Local(mirror) => {
+                    let target = mirror.target(repo.as_deref());
+                    let explanation =
+                        mirror.policy_explain(&target, &name, &version).await.map_err(|e| e.to_string())?;
+                    hexmirror::admin::PolicyExplained { repo: target.namespace.clone(), explanation }
+                }
+            };
+            let (namespace, explanation) = (explained.repo, explained.explanation);
             let decides = explanation.blocking.first();
             if json {
                 print_json(&serde_json::json!({
-                    "repo": target.namespace,
+                    "repo": namespace,
                     "name": name,
                     "version": version,
                     "blocked": decides.is_some_and(|d| d.enforced),
@@ -496,7 +513,7 @@ async fn policy(config: Config, named: bool, action: PolicyAction) -> Result<Exi
                 }))?;
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("{}/{name} {version}", target.namespace);
+            println!("{namespace}/{name} {version}");
             for line in &explanation.checks {
                 println!("  {line}");
             }
@@ -508,7 +525,16 @@ async fn policy(config: Config, named: bool, action: PolicyAction) -> Result<Exi
             Ok(ExitCode::SUCCESS)
         }
         PolicyAction::Baseline => {
-            let (covered, changed) = mirror.policy_baseline(0).await.map_err(|e| e.to_string())?;
+            let (covered, changed) = match &store {
+                Store::Remote(admin) => {
+                    let answer: hexmirror::admin::PolicyBaseline = serde_json::from_value(from_json(
+                        admin.call_bytes(Method::POST, "/_admin/policy/baseline", Bytes::new()).await?,
+                    )?)
+                    .map_err(|e| e.to_string())?;
+                    (answer.covered, answer.changed)
+                }
+                Store::Local(mirror) => mirror.policy_baseline(0).await.map_err(|e| e.to_string())?,
+            };
             println!("policy baseline: {covered} listed releases marked as seen long ago ({changed} changed)");
             Ok(ExitCode::SUCCESS)
         }

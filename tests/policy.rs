@@ -422,7 +422,7 @@ async fn export_leaves_blocked_releases_out_and_import_applies_its_own_policy() 
     other.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_check_explain_and_baseline_on_the_command_line() {
     let upstream = upstream_with_retired(2, "use 1.1.0").await;
     let open = TestMirror::builder().upstream(&upstream.url());
@@ -435,6 +435,37 @@ async fn policy_check_explain_and_baseline_on_the_command_line() {
     let ruled =
         open.clone().append("[policy]\nblock_retired = [\"security\"]\ncooldown = \"1d\"\nexempt = [\"hexdemo_mid\"]");
     let config = ruled.write_config();
+    // Through a running server first (its admin endpoint), then on the same store itself.
+    let snapshot = tempfile::tempdir().unwrap();
+    copy_dir(&ruled.data_dir(), snapshot.path());
+    let served = tokio::task::block_in_place(|| ruled.serve_binary("warn", std::process::Stdio::null()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !ruled.data_dir().join("admin.json").exists() {
+        assert!(std::time::Instant::now() < deadline, "the server wrote no admin.json");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    tokio::task::block_in_place(|| check_explain_and_baseline(&config));
+    served.stop();
+    std::fs::remove_dir_all(ruled.data_dir()).unwrap();
+    copy_dir(snapshot.path(), &ruled.data_dir());
+    check_explain_and_baseline(&config);
+
+    // Lifted: nothing blocks, exit 0.
+    let lifted = open.write_config();
+    assert_eq!(run_hexmirror(&lifted, &["policy", "check"]).status.code(), Some(0));
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    let status = std::process::Command::new("cp").arg("-a").arg(format!("{}/.", from.display())).arg(to).status();
+    std::fs::create_dir_all(to).unwrap();
+    assert!(status.unwrap().success());
+}
+
+/// `policy check`, `explain` and `baseline` on the command line, with the rules of
+/// `policy_check_explain_and_baseline_on_the_command_line` and a store that has seen everything
+/// just now.
+fn check_explain_and_baseline(config: &std::path::Path) {
+    let config = config.to_path_buf();
     let check = run_hexmirror(&config, &["policy", "check"]);
     let out = String::from_utf8_lossy(&check.stdout);
     assert_eq!(check.status.code(), Some(1), "{out}");
@@ -463,10 +494,7 @@ async fn policy_check_explain_and_baseline_on_the_command_line() {
     let explain = run_hexmirror(&config, &["policy", "explain", "hexdemo_base", "1.1.0", "--json"]);
     let verdict: serde_json::Value = serde_json::from_slice(&explain.stdout).unwrap();
     assert_eq!(verdict["blocked"], false, "{verdict}");
-
-    // Lifted: nothing blocks, exit 0.
-    let lifted = open.write_config();
-    assert_eq!(run_hexmirror(&lifted, &["policy", "check"]).status.code(), Some(0));
+    assert_eq!(verdict["repo"], "hexpm", "{verdict}");
 }
 
 #[tokio::test]
