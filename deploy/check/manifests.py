@@ -63,12 +63,15 @@ TOP_KEYS = {"listen", "metrics_listen", "data_dir", "memory_cache_bytes", "disk_
             "shutdown_grace", "max_upstream_requests", "max_pending_fetches", "breaker_failures",
             "breaker_backoff", "breaker_max_backoff", "max_connections", "client_header_timeout",
             "offline", "access_log", "installs_public_key", "ca_file", "tls_cert", "tls_key",
-            "admin_listen", "admin_token", "admin_token_file", "store", "repos"}
+            "admin_listen", "admin_token", "admin_token_file", "store", "repos", "policy",
+            "policy_rescan"}
 REPO_KEYS = {"upstream", "public_key", "repository", "trusted", "allow_http", "auth_key",
              "auth_key_file", "oauth_token_url", "oauth_client_id", "oauth_scope", "strip_headers",
-             "access"}
+             "access", "policy"}
 ACCESS_KEYS = {"tokens", "tokens_file", "allow_all_clients"}
 STORE_KEYS = {"kind", "bucket", "prefix", "endpoint", "region", "allow_http", "timeout"}
+POLICY_KEYS = {"deny", "allow", "exempt", "block_retired", "licenses_allowed", "allow_unknown_licenses",
+               "cooldown", "advisories", "enforce"}
 STORE_KINDS = {"local", "s3"}
 outdir = os.environ.get("CONFIG_OUT")
 
@@ -114,6 +117,9 @@ def check_toml(where, text, files):
         unknown = set(repo.get("access") or {}) - ACCESS_KEYS
         if unknown:
             errors.append(f"{where}: [repos.{name}.access] unknown keys {sorted(unknown)}")
+        unknown = set(repo.get("policy") or {}) - POLICY_KEYS
+        if unknown:
+            errors.append(f"{where}: [repos.{name}.policy] unknown keys {sorted(unknown)}")
         if "upstream" not in repo:
             errors.append(f"{where}: [repos.{name}] has no upstream")
         for key in ("public_key", "auth_key_file"):
@@ -123,6 +129,9 @@ def check_toml(where, text, files):
             if isinstance(path, str) and path.startswith("/etc/hexmirror/") and \
                     path[len("/etc/hexmirror/"):] not in files:
                 errors.append(f"{where}: [repos.{name}] {key} {path} is not provided beside the config")
+    unknown = set(cfg.get("policy") or {}) - POLICY_KEYS
+    if unknown:
+        errors.append(f"{where}: [policy] unknown keys {sorted(unknown)}")
     store = cfg.get("store", {})
     unknown = set(store) - STORE_KEYS
     if unknown:
@@ -188,7 +197,7 @@ def documented(secret, key=None):
 
 def check_documented_keys(path):
     """Every key config/hexmirror.toml sets or shows commented out is one this script knows."""
-    known = {None: TOP_KEYS, "repos": REPO_KEYS, "access": ACCESS_KEYS, "store": STORE_KEYS}
+    known = {None: TOP_KEYS, "repos": REPO_KEYS, "access": ACCESS_KEYS, "store": STORE_KEYS, "policy": POLICY_KEYS}
     table = header = None
     with open(path) as f:
         for n, line in enumerate(f, 1):
@@ -196,7 +205,8 @@ def check_documented_keys(path):
             if m:
                 header = m.group(1)
                 parts = header.split(".")
-                table = {"repos": "access" if parts[-1] == "access" else "repos"}.get(parts[0], parts[0])
+                nested = parts[-1] if parts[-1] in ("access", "policy") and len(parts) > 2 else "repos"
+                table = {"repos": nested}.get(parts[0], parts[0])
                 if table not in known:
                     errors.append(f"{path}:{n}: table [{header}] unknown to deploy/check/manifests.py")
                 continue
