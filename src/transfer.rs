@@ -588,6 +588,10 @@ where
             .map_err(|reason| TransferError::Refused { key: object.key.clone(), reason })?;
         staging.stage(key.clone(), &entry).await?;
         if let Resource::Package(name) = key.resource() {
+            // A bundle's record is seen when it is imported (once, not per tarball).
+            if let crate::verify::Facts::Releases(releases) = entry.content.facts() {
+                mirror.note_listed(key.namespace(), name, releases);
+            }
             records.insert((key.namespace().to_string(), name.clone()), Arc::new(entry));
         }
     }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Mirror, MirrorError, Refusal, Target, REFUSALS_DOC, REFUSALS_KEPT};
+use super::{Mirror, MirrorError, Refusal, Target};
 use crate::cache::{unix_now, Entry};
 use crate::policy::{seen, Decision, Licenses, Policy, Subject};
 use crate::verify::{Release, Releases};
@@ -205,26 +205,7 @@ impl Mirror {
             upstream: format!("policy ({})", decision.rule.as_str()),
             reason: decision.reason.clone(),
         };
-        let saved = {
-            let mut refusals = self.inner.refusals.lock().expect("never poisoned");
-            let repeated = refusals.back().is_some_and(|last| {
-                (&last.repo, &last.resource, &last.reason) == (&refusal.repo, &refusal.resource, &refusal.reason)
-            });
-            if repeated {
-                return;
-            }
-            if refusals.len() == REFUSALS_KEPT {
-                refusals.pop_front();
-            }
-            refusals.push_back(refusal);
-            serde_json::to_vec(&*refusals).expect("refusals serialize")
-        };
-        let store = self.inner.store.clone();
-        tokio::spawn(async move {
-            if let Err(e) = store.write_doc(REFUSALS_DOC, saved.into()).await {
-                tracing::warn!(error = %e, "store: cannot save the refusals");
-            }
-        });
+        self.keep_refusal(refusal, true);
     }
 }
 
@@ -248,13 +229,7 @@ impl Mirror {
         }
         let namespace = key.namespace().to_string();
         let record = match records.get(&(namespace.clone(), name.clone())) {
-            Some(entry) => {
-                if let Facts::Releases(releases) = entry.content.facts() {
-                    // A bundle's record is seen when it is imported.
-                    self.note_listed(&namespace, name, releases);
-                }
-                Some(entry.clone())
-            }
+            Some(entry) => Some(entry.clone()),
             None => {
                 let target = self.target_of_namespace(&namespace);
                 let package = Resource::Package(name.clone());

@@ -362,8 +362,21 @@ impl Mirror {
             upstream: url.to_string(),
             reason: error.to_string(),
         };
+        self.keep_refusal(refusal, false);
+    }
+
+    /// Keeps a refusal (the last [`REFUSALS_KEPT`]) and saves them in the background; with
+    /// `skip_repeat`, one that repeats the newest (same repository, resource and reason) is not
+    /// kept again.
+    pub(super) fn keep_refusal(&self, refusal: Refusal, skip_repeat: bool) {
         let saved = {
             let mut refusals = self.inner.refusals.lock().expect("never poisoned");
+            let repeated = refusals.back().is_some_and(|last| {
+                (&last.repo, &last.resource, &last.reason) == (&refusal.repo, &refusal.resource, &refusal.reason)
+            });
+            if skip_repeat && repeated {
+                return;
+            }
             if refusals.len() == REFUSALS_KEPT {
                 refusals.pop_front();
             }

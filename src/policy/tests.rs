@@ -1,3 +1,7 @@
+//! Unit tests of the policy engine: every rule kind, `exempt` (never lifting `deny`), repository
+//! tables extending the global one, the clock passed in for the cooldown, `explain`, and bad
+//! rules reported with where they are.
+
 use super::*;
 
 const DAY: u64 = 86_400;
