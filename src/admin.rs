@@ -482,11 +482,17 @@ async fn send_spool(spool: crate::transfer::Spool, exported: &crate::transfer::E
     if let Ok(digest) = HeaderValue::from_str(&exported.digest) {
         headers.insert(BUNDLE_SHA256, digest);
     }
+    headers.insert(BUNDLE_OBJECTS, HeaderValue::from(exported.totals.objects));
+    headers.insert(BUNDLE_PACKAGES, HeaderValue::from(exported.totals.packages));
+    headers.insert(BUNDLE_BYTES, HeaderValue::from(exported.totals.bytes));
     resp
 }
 
-/// The header carrying an exported bundle's sha256.
+/// The headers carrying an exported bundle's sha256 and its manifest's totals.
 const BUNDLE_SHA256: &str = "x-bundle-sha256";
+const BUNDLE_OBJECTS: &str = "x-bundle-objects";
+const BUNDLE_PACKAGES: &str = "x-bundle-packages";
+const BUNDLE_BYTES: &str = "x-bundle-bytes";
 
 async fn read_body(req: Request<hyper::body::Incoming>, limit: u64) -> Result<Bytes, Response<Body>> {
     let limited = http_body_util::Limited::new(req.into_body(), limit as usize);
@@ -648,13 +654,14 @@ impl AdminClient {
     }
 
     /// Has the server export a bundle and writes it, as it arrives, to what `create` opens
-    /// (told the bundle's length). Returns the bundle's length and digest; a bundle that
-    /// arrives shorter or longer than announced is an error.
+    /// (told the bundle's length). Returns what the server exported (its digest, totals and
+    /// length; what the policy left out is in the server's log); a bundle that arrives shorter
+    /// or longer than announced is an error.
     pub async fn export<W: std::io::Write>(
         &self,
         request: &crate::transfer::ExportRequest,
         create: impl FnOnce(u64) -> std::io::Result<W>,
-    ) -> Result<(u64, String), AdminError> {
+    ) -> Result<crate::transfer::Exported, AdminError> {
         let body = Bytes::from(serde_json::to_vec(request).expect("requests serialize"));
         let resp = self.call(Method::POST, "/_admin/export", body).await?;
         if !resp.status().is_success() {
@@ -666,12 +673,20 @@ impl AdminClient {
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| incomplete("the server sent a bundle without its length".into()))?;
         let digest = header(BUNDLE_SHA256).unwrap_or_default();
+        let count = |name: &str| header(name).and_then(|v| v.parse::<u64>().ok()).unwrap_or_default();
+        let totals = crate::bundle::Totals {
+            bytes: count(BUNDLE_BYTES),
+            objects: count(BUNDLE_OBJECTS),
+            packages: count(BUNDLE_PACKAGES),
+        };
         let mut out = create(len).map_err(|e| incomplete(e.to_string()))?;
         let mut body = resp.into_body();
         let mut received = 0u64;
+        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame.map_err(AdminError::Body)?.into_data() {
                 received += data.len() as u64;
+                sha2::Digest::update(&mut hasher, &data);
                 out.write_all(&data).map_err(|e| incomplete(e.to_string()))?;
             }
         }
@@ -679,7 +694,12 @@ impl AdminClient {
             return Err(incomplete(format!("the bundle arrived incomplete: {received} of {len} bytes")));
         }
         out.flush().map_err(|e| incomplete(e.to_string()))?;
-        Ok((len, digest))
+        // The bytes written are the bundle the server made, checked as they passed.
+        let written = hex::encode(sha2::Digest::finalize(hasher));
+        if written != digest {
+            return Err(incomplete(format!("the bundle arrived altered: sha256 {written}, the server sent {digest}")));
+        }
+        Ok(crate::transfer::Exported { digest, totals, len, blocked: Vec::new() })
     }
 
     /// Runs a sync on the server, passing each event to `on_event` as it arrives.

@@ -995,18 +995,18 @@ async fn export(
         Ok(Sink::File(std::io::BufWriter::new(file)))
     };
     let mut created: Option<Sink> = None;
-    let mut blocked = Vec::new();
+    let mut exported = None;
     let written: Result<(), Failure> = async {
         match open(config, Need::Existing { named }).await? {
             // Streamed from the server to the file or volumes as it arrives.
             Store::Remote(admin) => {
-                admin.export(&request, |len| Ok(created.insert(create(len)?))).await?;
+                exported = Some(admin.export(&request, |len| Ok(created.insert(create(len)?))).await?);
             }
             // Streamed to the file: one object in memory at a time, whatever the bundle's size.
             Store::Local(mirror) => {
-                let exported =
-                    hexmirror::transfer::export_to(&mirror, &request, |len| Ok(created.insert(create(len)?))).await?;
-                blocked = exported.blocked;
+                exported = Some(
+                    hexmirror::transfer::export_to(&mirror, &request, |len| Ok(created.insert(create(len)?))).await?,
+                );
             }
         }
         Ok(())
@@ -1030,8 +1030,9 @@ async fn export(
             bundle_source(&paths)?
         }
     };
-    let size = source.len().map_err(|e| format!("{}: {e}", out.display()))?;
-    let (manifest, digest) = read_manifest(&source)?;
+    // What was written is known: the bundle is not read again for its digest or counts.
+    let exported = exported.ok_or("export: nothing written")?;
+    let (digest, totals, size) = (&exported.digest, exported.totals, exported.len);
     let place = match &source {
         hexmirror::volume::Source::File(path) => {
             // FILE.sha256 beside FILE, in `sha256sum -c` form: checkable wherever both are carried.
@@ -1050,11 +1051,9 @@ async fn export(
     };
     println!(
         "export: {} objects ({} packages, {} bytes) to {place}\nsha256: {digest}",
-        manifest.objects.len(),
-        manifest.packages.len(),
-        size,
+        totals.objects, totals.packages, size,
     );
-    for blocked in &blocked {
+    for blocked in &exported.blocked {
         println!("  left out, blocked by policy: {blocked}");
     }
     Ok(ExitCode::SUCCESS)
