@@ -97,8 +97,16 @@ pub struct TokenSource {
     client_id: String,
     scope: String,
     allow_http: bool,
-    current: Mutex<Option<(Secret, Instant)>>,
-    failed: std::sync::Mutex<Option<Failed>>,
+    /// The token and the last failed exchange, behind one lock: exchanges never overlap.
+    held: Mutex<Held>,
+}
+
+/// What a [`TokenSource`] holds between requests.
+#[derive(Debug, Default)]
+struct Held {
+    /// The current token, and when to replace it.
+    token: Option<(Secret, Instant)>,
+    failed: Option<Failed>,
 }
 
 #[derive(serde::Deserialize)]
@@ -138,66 +146,58 @@ impl TokenSource {
             client_id: repo.oauth_client_id.clone(),
             scope: repo.oauth_scope.clone(),
             allow_http: repo.allow_http,
-            current: Mutex::new(None),
-            failed: std::sync::Mutex::new(None),
+            held: Mutex::new(Held::default()),
         })
     }
 
     /// The `Authorization` value to send now, exchanging the key when needed.
     pub async fn authorization(&self, upstream: &Upstream) -> Result<HeaderValue, OAuthError> {
-        let mut current = self.current.lock().await;
-        if let Some((token, refresh_at)) = current.as_ref() {
+        let mut held = self.held.lock().await;
+        if let Some((token, refresh_at)) = held.token.as_ref() {
             if Instant::now() < *refresh_at {
                 return bearer(token);
             }
         }
-        self.exchange(upstream, &mut current).await
+        self.exchange(upstream, &mut held).await
     }
 
     /// The `Authorization` value to retry with after the repository answered 401 to `rejected`:
     /// that token is dropped and the key exchanged again, unless another request has already
     /// replaced it (then the replacement, with no exchange of its own).
     pub async fn renew(&self, upstream: &Upstream, rejected: &HeaderValue) -> Result<HeaderValue, OAuthError> {
-        let mut current = self.current.lock().await;
-        if let Some((token, refresh_at)) = current.as_ref() {
+        let mut held = self.held.lock().await;
+        if let Some((token, refresh_at)) = held.token.as_ref() {
             let value = bearer(token)?;
             if value != *rejected && Instant::now() < *refresh_at {
                 return Ok(value);
             }
         }
-        *current = None;
+        held.token = None;
         tracing::info!(repo = %self.repo, "the repository refused hexmirror's token; exchanging the key again");
-        self.exchange(upstream, &mut current).await
+        self.exchange(upstream, &mut held).await
     }
 
-    async fn exchange(
-        &self,
-        upstream: &Upstream,
-        current: &mut Option<(Secret, Instant)>,
-    ) -> Result<HeaderValue, OAuthError> {
+    async fn exchange(&self, upstream: &Upstream, held: &mut Held) -> Result<HeaderValue, OAuthError> {
         // A failing endpoint is asked at most once per back-off, however many requests wait.
-        if let Some(failed) = self.failed.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(failed) = held.failed.as_ref() {
             let now = Instant::now();
             if now < failed.until {
                 return Err(OAuthError::BackingOff { last: failed.last.clone(), retry_in: failed.until - now });
             }
         }
         let result = self.request(upstream).await;
-        {
-            let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-            match &result {
-                Ok(_) => *failed = None,
-                Err(e) => {
-                    let failures = failed.as_ref().map_or(0, |f| f.failures) + 1;
-                    *failed = Some(Failed { last: e.to_string(), failures, until: Instant::now() + backoff(failures) });
-                }
+        match &result {
+            Ok(_) => held.failed = None,
+            Err(e) => {
+                let failures = held.failed.as_ref().map_or(0, |f| f.failures) + 1;
+                held.failed = Some(Failed { last: e.to_string(), failures, until: Instant::now() + backoff(failures) });
             }
         }
         match result {
             Ok((token, lifetime, scope)) => {
                 let value = bearer(&token)?;
                 tracing::debug!(repo = %self.repo, lifetime_seconds = lifetime.as_secs(), scope = %scope, "upstream token obtained");
-                *current = Some((token, Instant::now() + refresh_after(lifetime)));
+                held.token = Some((token, Instant::now() + refresh_after(lifetime)));
                 Ok(value)
             }
             Err(e) => {
@@ -304,8 +304,7 @@ mod tests {
             client_id: crate::config::HEX_CLIENT_ID.into(),
             scope: "repositories".into(),
             allow_http: false,
-            current: Mutex::new(None),
-            failed: std::sync::Mutex::new(None),
+            held: Mutex::new(Held::default()),
         }
     }
 
