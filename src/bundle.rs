@@ -492,9 +492,18 @@ impl<W: Write> Writer<W> {
         check_base(manifest.base.as_ref())?;
         check_first_seen(&manifest).map_err(|reason| BundleError::ManifestInvalid { reason })?;
         check_objects(&manifest.objects)?;
-        let json = canonical_json(&manifest).map_err(|e| BundleError::Write(io::Error::other(e)))?;
         let mut builder = tar::Builder::new(HashingWriter { inner: out, hasher: Sha256::new() });
-        append_member(&mut builder, MANIFEST_NAME, &json).map_err(BundleError::Write)?;
+        // Serialized straight into the archive (twice: once to count its bytes for the member's
+        // header), never held as text: a whole-repository manifest is tens of megabytes.
+        let len = canonical_len(&manifest).map_err(BundleError::Write)?;
+        let mut header = fixed_header(tar::EntryType::Regular, len).map_err(BundleError::Write)?;
+        header.set_path(MANIFEST_NAME).map_err(BundleError::Write)?;
+        header.set_cksum();
+        let inner = builder.get_mut();
+        inner.write_all(header.as_bytes()).map_err(BundleError::Write)?;
+        write_canonical(&manifest, &mut *inner).map_err(BundleError::Write)?;
+        let padding = (BLOCK - len % BLOCK) % BLOCK;
+        inner.write_all(&[0u8; BLOCK as usize][..padding as usize]).map_err(BundleError::Write)?;
         Ok(Writer { builder, manifest, next: 0 })
     }
 
@@ -539,14 +548,14 @@ impl<W: Write> Writer<W> {
 /// The length of the bundle file [`Writer`] makes of `manifest` (known before any object is
 /// read: what volumes and a streamed download are sized by).
 pub fn archive_len(manifest: &Manifest) -> Result<u64, BundleError> {
-    let json = canonical_json(manifest).map_err(|e| BundleError::Write(io::Error::other(e)))?;
+    let json_len = canonical_len(manifest).map_err(BundleError::Write)?;
     let padded = |n: u64| n.div_ceil(512) * 512;
     let member = |path: &str, len: u64| -> Result<u64, BundleError> {
         let fits = fixed_header(tar::EntryType::Regular, len).map_err(BundleError::Write)?.set_path(path).is_ok();
         let pax = if fits { 0 } else { 512 + padded(pax_record("path", path).len() as u64) };
         Ok(pax + 512 + padded(len))
     };
-    let mut total = member(MANIFEST_NAME, json.len() as u64)? + 1024;
+    let mut total = member(MANIFEST_NAME, json_len)? + 1024;
     for object in &manifest.objects {
         total += member(&format!("{OBJECTS_DIR}{}", object.key), object.size)?;
     }
@@ -554,10 +563,64 @@ pub fn archive_len(manifest: &Manifest) -> Result<u64, BundleError> {
 }
 
 /// The manifest's bytes as every writer produces them (and every reader requires them).
+#[cfg(test)]
 fn canonical_json(manifest: &Manifest) -> Result<Vec<u8>, serde_json::Error> {
-    let mut json = serde_json::to_vec_pretty(manifest)?;
-    json.push(b'\n');
+    let mut json = Vec::new();
+    write_canonical(manifest, &mut json).map_err(serde_json::Error::io)?;
     Ok(json)
+}
+
+/// Writes the manifest's canonical bytes (pretty-printed, keys sorted, a final newline).
+fn write_canonical(manifest: &Manifest, out: &mut impl Write) -> io::Result<()> {
+    let mut out = io::BufWriter::with_capacity(64 << 10, out);
+    serde_json::to_writer_pretty(&mut out, manifest).map_err(io::Error::other)?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+/// The length of the manifest's canonical bytes, counted without keeping them.
+fn canonical_len(manifest: &Manifest) -> io::Result<u64> {
+    let mut counter = Counter(0);
+    write_canonical(manifest, &mut counter)?;
+    Ok(counter.0)
+}
+
+/// Whether `bytes` are exactly the manifest's canonical bytes, compared as they are produced.
+fn is_canonical(manifest: &Manifest, bytes: &[u8]) -> bool {
+    let mut compare = Compare { rest: bytes, equal: true };
+    write_canonical(manifest, &mut compare).is_ok() && compare.equal && compare.rest.is_empty()
+}
+
+/// Counts what is written to it.
+struct Counter(u64);
+
+impl Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Compares what is written to it with the bytes it holds, in order.
+struct Compare<'a> {
+    rest: &'a [u8],
+    equal: bool,
+}
+
+impl Write for Compare<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.rest.strip_prefix(buf) {
+            Some(rest) if self.equal => self.rest = rest,
+            _ => self.equal = false,
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fn fixed_header(entry_type: tar::EntryType, size: u64) -> io::Result<tar::Header> {
@@ -735,9 +798,17 @@ impl<W: Write> Write for HashingWriter<W> {
 
 /// The manifest as read, with an index from key to position in its object list.
 struct Listed {
+    /// Its objects sorted by key (checked), so a member is found by binary search.
     manifest: Manifest,
-    index: HashMap<String, usize>,
     seen: Vec<bool>,
+    /// Which of the manifest's packages (sorted by key, checked) a tarball matched.
+    packages_seen: Vec<bool>,
+}
+
+impl Listed {
+    fn index(&self, key: &str) -> Option<usize> {
+        self.manifest.objects.binary_search_by(|o| o.key.as_str().cmp(key)).ok()
+    }
 }
 
 fn scan(
@@ -750,7 +821,6 @@ fn scan(
     let reader = HashingReader { inner: input, hasher: Sha256::new(), position: position.clone() };
     let mut archive = tar::Archive::new(reader);
     let mut listed: Option<Listed> = None;
-    let mut packages: BTreeMap<String, PackageInfo> = BTreeMap::new();
     // The last complete member, for error messages, and where its data (padded) ends.
     let mut last: Option<String> = None;
     let mut last_end = 0u64;
@@ -811,7 +881,7 @@ fn scan(
                         return Err(BundleError::UnexpectedMember { member: path });
                     };
                     let kind = kind_of(key)?;
-                    let Some(&i) = listed.index.get(key) else {
+                    let Some(i) = listed.index(key) else {
                         return Err(BundleError::Unlisted { member: path });
                     };
                     if listed.seen[i] {
@@ -841,7 +911,16 @@ fn scan(
                         let bytes = Bytes::from(bytes);
                         if is_tarball {
                             if let Some(package) = package_for(key, &sha256, &bytes) {
-                                packages.insert(key.to_string(), package);
+                                // Each derived entry is compared with the listed one as it is
+                                // made: none is kept.
+                                let listed_at =
+                                    listed.manifest.packages.binary_search_by(|p| p.key.as_str().cmp(key)).ok();
+                                match listed_at {
+                                    Some(at) if listed.manifest.packages[at] == package => {
+                                        listed.packages_seen[at] = true;
+                                    }
+                                    _ => return Err(package_mismatch(&package.key)),
+                                }
                             }
                         }
                         if keep {
@@ -869,16 +948,8 @@ fn scan(
     if let Some(i) = listed.seen.iter().position(|seen| !seen) {
         return Err(BundleError::Missing { key: listed.manifest.objects[i].key.clone() });
     }
-    let derived: Vec<PackageInfo> = packages.into_values().collect();
-    if derived != listed.manifest.packages {
-        let differs = derived.iter().zip(&listed.manifest.packages).find(|(a, b)| a != b);
-        let reason = match differs {
-            Some((package, _)) => format!("the package entry of {:?} does not match its tarball", package.key),
-            None => {
-                format!("it lists {} packages, the tarballs make {}", listed.manifest.packages.len(), derived.len())
-            }
-        };
-        return Err(BundleError::ManifestInvalid { reason });
+    if let Some(i) = listed.packages_seen.iter().position(|seen| !seen) {
+        return Err(package_mismatch(&listed.manifest.packages[i].key));
     }
     Ok((listed.manifest, hex::encode(reader.hasher.finalize())))
 }
@@ -1063,7 +1134,7 @@ fn parse_manifest(bytes: &[u8], limits: &Limits) -> Result<Listed, BundleError> 
         },
     }
     let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
-    if canonical_json(&manifest).map_err(|e| invalid(e.to_string()))? != bytes {
+    if !is_canonical(&manifest, bytes) {
         return Err(invalid("not in canonical form (pretty-printed, sorted keys, final newline)".into()));
     }
     if manifest.created_by.is_empty()
@@ -1079,9 +1150,13 @@ fn parse_manifest(bytes: &[u8], limits: &Limits) -> Result<Listed, BundleError> 
         return Err(BundleError::TooManyObjects { count, limit: limits.max_objects });
     }
     let mut total = 0u64;
-    let mut index = HashMap::with_capacity(manifest.objects.len());
     check_objects(&manifest.objects)?;
-    for (i, object) in manifest.objects.iter().enumerate() {
+    if let Some(pair) = manifest.packages.windows(2).find(|pair| pair[0].key >= pair[1].key) {
+        let reason =
+            format!("packages are not sorted by key without repeats: {:?} after {:?}", pair[1].key, pair[0].key);
+        return Err(invalid(reason));
+    }
+    for object in manifest.objects.iter() {
         if !is_sha256_hex(&object.sha256) {
             return Err(invalid(format!("sha256 of {:?} is not 64 lowercase hex digits", object.key)));
         }
@@ -1093,7 +1168,6 @@ fn parse_manifest(bytes: &[u8], limits: &Limits) -> Result<Listed, BundleError> 
             });
         }
         total = total.saturating_add(object.size);
-        index.insert(object.key.clone(), i);
     }
     if total > limits.max_total_bytes {
         return Err(BundleError::TooLarge {
@@ -1115,7 +1189,13 @@ fn parse_manifest(bytes: &[u8], limits: &Limits) -> Result<Listed, BundleError> 
         )));
     }
     let seen = vec![false; manifest.objects.len()];
-    Ok(Listed { manifest, index, seen })
+    let packages_seen = vec![false; manifest.packages.len()];
+    Ok(Listed { manifest, seen, packages_seen })
+}
+
+/// A package entry that no tarball makes, or a tarball whose entry is missing or differs.
+fn package_mismatch(key: &str) -> BundleError {
+    BundleError::ManifestInvalid { reason: format!("the package entry of {key:?} does not match its tarball") }
 }
 
 fn check_base(base: Option<&BaseInfo>) -> Result<(), BundleError> {
@@ -1822,6 +1902,68 @@ mod tests {
         bad_base.base = None;
         bad_base.objects[0].sha256 = bad_base.objects[0].sha256.to_uppercase();
         assert!(matches!(read_err(&with_manifest(json(&bad_base))), BundleError::ManifestInvalid { .. }));
+    }
+
+    /// The package list is checked entry by entry against the tarballs as they are read: an
+    /// entry no tarball makes, a tarball without its entry, a repeated or unsorted list.
+    #[test]
+    fn the_package_list_must_be_exactly_what_the_tarballs_make() {
+        let objects = demo_objects();
+        let manifest = manifest_for(&objects, None);
+        assert!(manifest.packages.len() >= 2, "the demo carries several tarballs");
+        let rebuilt = |manifest: &Manifest| {
+            let mut members = demo_members();
+            members[0].1 = json(manifest);
+            tar_of_owned(&members)
+        };
+        // As written: read back.
+        assert_eq!(read(rebuilt(&manifest).as_slice(), &Limits::default()).unwrap().manifest, manifest);
+        // An entry no tarball makes (a second copy under another key, totals adjusted).
+        let mut extra = manifest.clone();
+        let mut ghost = extra.packages[0].clone();
+        ghost.key = format!("{}~", ghost.key);
+        extra.packages.insert(1, ghost.clone());
+        extra.totals.packages += 1;
+        let err = read_err(&rebuilt(&extra));
+        assert!(
+            matches!(&err, BundleError::ManifestInvalid { reason } if reason.contains(&format!("{:?}", ghost.key))),
+            "{err:?}"
+        );
+        // A tarball whose entry is missing.
+        let mut missing = manifest.clone();
+        let dropped = missing.packages.remove(0);
+        missing.totals.packages -= 1;
+        let err = read_err(&rebuilt(&missing));
+        assert!(
+            matches!(&err, BundleError::ManifestInvalid { reason } if reason.contains(&format!("{:?}", dropped.key))),
+            "{err:?}"
+        );
+        // Repeated, and out of order.
+        let mut twice = manifest.clone();
+        twice.packages.insert(0, twice.packages[0].clone());
+        twice.totals.packages += 1;
+        let err = read_err(&rebuilt(&twice));
+        assert!(matches!(&err, BundleError::ManifestInvalid { reason } if reason.contains("not sorted")), "{err:?}");
+        let mut unsorted = manifest.clone();
+        unsorted.packages.swap(0, 1);
+        let err = read_err(&rebuilt(&unsorted));
+        assert!(matches!(&err, BundleError::ManifestInvalid { reason } if reason.contains("not sorted")), "{err:?}");
+    }
+
+    /// The manifest is streamed into the archive, never held as text: the bytes are still
+    /// exactly its canonical JSON, and `archive_len` counts them without keeping them.
+    #[test]
+    fn the_streamed_manifest_is_the_canonical_one() {
+        let bundle = demo_bundle();
+        let members = demo_members();
+        let manifest = read(bundle.as_slice(), &Limits::default()).unwrap().manifest;
+        assert_eq!(members[0].1, json(&manifest));
+        assert_eq!(archive_len(&manifest).unwrap(), bundle.len() as u64);
+        assert!(is_canonical(&manifest, &members[0].1));
+        let mut longer = members[0].1.clone();
+        longer.push(b' ');
+        assert!(!is_canonical(&manifest, &longer));
+        assert!(!is_canonical(&manifest, &members[0].1[..members[0].1.len() - 1]));
     }
 
     #[test]
