@@ -380,25 +380,35 @@ struct StagedObject {
     present: bool,
 }
 
-/// What a committing import writes before it changes the store: with it, an import interrupted
-/// half-way through its commit is completed (or undone) by the next import or server start.
+/// The first line of a journal; one [`StagedObject`] per line follows.
 #[derive(Debug, Serialize, Deserialize)]
-struct Journal {
+struct JournalHead {
     digest: String,
-    objects: Vec<StagedObject>,
+    objects: u64,
 }
 
-const JOURNAL: &str = "journal.json";
+/// What a committing import writes before it changes the store: with it, an import interrupted
+/// half-way through its commit is completed (or undone) by the next import or server start.
+/// One line per object, read one at a time: a whole repository's journal is never in memory.
+const JOURNAL: &str = "journal.jsonl";
+/// The staged objects, one line each, appended as they are staged.
+const INDEX: &str = "staged.jsonl";
 const STAGED: &str = "objects";
 
 /// Verified objects waiting in one file under the data directory until the whole bundle has
-/// verified. The directory is removed when this is dropped, unless a commit was interrupted
-/// after its journal was written (see [`recover`]).
+/// verified, described one line each in an index file beside it (memory keeps only the staged
+/// objects a detached signature signs). The directory is removed when this is dropped, unless a
+/// commit was interrupted after its journal was written (see [`recover`]).
 struct Staging {
     dir: PathBuf,
     file: std::fs::File,
     written: u64,
-    staged: BTreeMap<String, (CacheKey, StagedObject)>,
+    index: std::io::BufWriter<std::fs::File>,
+    count: usize,
+    /// Keys whose detached signature (`KEY.signed`) the bundle carries.
+    signed: std::collections::HashSet<String>,
+    /// The staged objects of `signed`, for their signatures' verification at the end.
+    signed_objects: HashMap<String, StagedObject>,
     keep: bool,
 }
 
@@ -408,23 +418,31 @@ impl Staging {
         let fail = |e: std::io::Error| TransferError::Staging(format!("{}: {e}", dir.display()));
         tokio::fs::create_dir_all(&dir).await.map_err(fail)?;
         LIVE.lock().unwrap_or_else(|p| p.into_inner()).push(dir.clone());
-        let file = std::fs::OpenOptions::new()
-            .create_new(true)
-            .read(true)
-            .append(true)
-            .open(dir.join(STAGED))
-            .map_err(fail)?;
-        Ok(Staging { dir, file, written: 0, staged: BTreeMap::new(), keep: false })
+        let create = |name: &str| {
+            std::fs::OpenOptions::new().create_new(true).read(true).append(true).open(dir.join(name)).map_err(fail)
+        };
+        let file = create(STAGED)?;
+        let index = std::io::BufWriter::new(create(INDEX)?);
+        Ok(Staging {
+            dir,
+            file,
+            written: 0,
+            index,
+            count: 0,
+            signed: Default::default(),
+            signed_objects: HashMap::new(),
+            keep: false,
+        })
     }
 
-    fn fail(&self, e: std::io::Error) -> TransferError {
-        TransferError::Staging(format!("{}: {e}", self.dir.join(STAGED).display()))
+    fn fail(&self, name: &str, e: impl std::fmt::Display) -> TransferError {
+        TransferError::Staging(format!("{}: {e}", self.dir.join(name).display()))
     }
 
     async fn stage(&mut self, key: CacheKey, entry: &Entry) -> Result<(), TransferError> {
         use std::io::Write;
         let bytes = entry.bytes();
-        self.file.write_all(bytes).map_err(|e| self.fail(e))?;
+        self.file.write_all(bytes).map_err(|e| self.fail(STAGED, e))?;
         let object = StagedObject {
             key: key.to_string(),
             meta: entry.stored_meta(),
@@ -433,25 +451,51 @@ impl Staging {
             present: false,
         };
         self.written += bytes.len() as u64;
-        self.staged.insert(object.key.clone(), (key, object));
+        let mut line = serde_json::to_vec(&object).map_err(|e| self.fail(INDEX, e))?;
+        line.push(b'\n');
+        self.index.write_all(&line).map_err(|e| self.fail(INDEX, e))?;
+        self.count += 1;
+        if self.signed.contains(&object.key) {
+            self.signed_objects.insert(object.key.clone(), object);
+        }
         Ok(())
     }
 
     fn bytes(&self, object: &StagedObject) -> Result<Bytes, TransferError> {
-        read_staged(&self.file, object).map_err(|e| self.fail(e))
+        read_staged(&self.file, object).map_err(|e| self.fail(STAGED, e))
     }
 
-    /// Makes the staged bytes durable and writes the journal: from here on the import is
-    /// completed even if this process dies.
-    fn write_journal(&mut self, digest: &str) -> Result<(), TransferError> {
-        self.file.sync_all().map_err(|e| self.fail(e))?;
-        let journal =
-            Journal { digest: digest.to_string(), objects: self.staged.values().map(|(_, o)| o.clone()).collect() };
-        let text = serde_json::to_vec(&journal).map_err(|e| TransferError::Staging(e.to_string()))?;
+    /// Makes the staged bytes durable and writes the journal, noting for each object whether
+    /// the store already holds exactly its bytes (`present` says which): from here on the
+    /// import is completed even if this process dies.
+    async fn write_journal(&mut self, mirror: &Mirror, report: &mut ImportReport) -> Result<(), TransferError> {
+        use std::io::{BufRead, Write};
+        self.index.flush().map_err(|e| self.fail(INDEX, e))?;
+        self.file.sync_all().map_err(|e| self.fail(STAGED, e))?;
         let tmp = self.dir.join("journal.partial");
         let fail = |e: std::io::Error| TransferError::Staging(format!("{}: {e}", tmp.display()));
-        let mut file = std::fs::File::create(&tmp).map_err(fail)?;
-        std::io::Write::write_all(&mut file, &text).map_err(fail)?;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(fail)?);
+        let head = JournalHead { digest: report.digest.clone(), objects: self.count as u64 };
+        let mut line = serde_json::to_vec(&head).map_err(|e| self.fail(JOURNAL, e))?;
+        line.push(b'\n');
+        out.write_all(&line).map_err(fail)?;
+        let index = std::fs::File::open(self.dir.join(INDEX)).map_err(|e| self.fail(INDEX, e))?;
+        for line in std::io::BufReader::new(index).lines() {
+            let line = line.map_err(|e| self.fail(INDEX, e))?;
+            let mut object: StagedObject = serde_json::from_str(&line).map_err(|e| self.fail(INDEX, e))?;
+            let key = CacheKey::parse(&object.key).ok_or_else(|| TransferError::NotAKey(object.key.clone()))?;
+            // Read whole (not just the record): a damaged stored copy is replaced by the import.
+            let existing = mirror.store().get(&key).await.ok().flatten().map(|(meta, _)| meta.sha256);
+            object.present = existing.as_deref() == Some(object.meta.sha256.as_str());
+            match object.present {
+                true => report.unchanged += 1,
+                false => report.new += 1,
+            }
+            let mut line = serde_json::to_vec(&object).map_err(|e| self.fail(JOURNAL, e))?;
+            line.push(b'\n');
+            out.write_all(&line).map_err(fail)?;
+        }
+        let file = out.into_inner().map_err(|e| fail(e.into_error()))?;
         file.sync_all().map_err(fail)?;
         std::fs::rename(&tmp, self.dir.join(JOURNAL)).map_err(fail)?;
         if let Ok(dir) = std::fs::File::open(&self.dir) {
@@ -478,28 +522,68 @@ fn read_staged(file: &std::fs::File, object: &StagedObject) -> std::io::Result<B
     Ok(Bytes::from(bytes))
 }
 
+/// A journal read one object at a time: its head, then its objects.
+struct JournalReader {
+    head: JournalHead,
+    lines: std::io::Lines<std::io::BufReader<std::fs::File>>,
+    path: PathBuf,
+}
+
+impl JournalReader {
+    /// The journal under `dir`, or `None` when the import never reached its commit.
+    fn open(dir: &Path) -> Option<Result<JournalReader, TransferError>> {
+        use std::io::BufRead;
+        let path = dir.join(JOURNAL);
+        let file = std::fs::File::open(&path).ok()?;
+        let mut lines = std::io::BufReader::new(file).lines();
+        let head = lines
+            .next()
+            .and_then(|line| line.ok())
+            .and_then(|line| serde_json::from_str::<JournalHead>(&line).ok())
+            .ok_or_else(|| TransferError::Staging(format!("{}: no journal head", path.display())));
+        Some(head.map(|head| JournalReader { head, lines, path }))
+    }
+}
+
+impl Iterator for JournalReader {
+    type Item = Result<StagedObject, TransferError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let line = self.lines.next()?;
+        let fail = |e: String| TransferError::Staging(format!("{}: {e}", self.path.display()));
+        Some(
+            line.map_err(|e| fail(e.to_string()))
+                .and_then(|l| serde_json::from_str(&l).map_err(|e| fail(e.to_string()))),
+        )
+    }
+}
+
 /// Writes a journal's objects to the store. On a failure (a full disk, say) the objects this
 /// commit added are removed again, so the store is left as it was, and the error returned.
-async fn commit(mirror: &Mirror, file: &std::fs::File, journal: &Journal) -> Result<(), TransferError> {
-    let mut added: Vec<CacheKey> = Vec::new();
+async fn commit(mirror: &Mirror, dir: &Path, file: &std::fs::File) -> Result<(), TransferError> {
+    let reader = || JournalReader::open(dir).unwrap_or_else(|| Err(TransferError::Staging("no journal".into())));
+    // How many objects, in the journal's order, the store may have been written for.
+    let mut written = 0usize;
     let result: Result<(), TransferError> = async {
-        let mut selected = Vec::with_capacity(journal.objects.len());
-        for object in &journal.objects {
+        let journal = reader()?;
+        let mut selected = Vec::with_capacity(journal.head.objects.min(1 << 20) as usize);
+        for (i, object) in journal.enumerate() {
+            let object = object?;
             let key = CacheKey::parse(&object.key).ok_or_else(|| TransferError::NotAKey(object.key.clone()))?;
             if object.present {
                 mirror.pin(&key).await?;
             } else {
-                let bytes = read_staged(file, object).map_err(|e| TransferError::Staging(e.to_string()))?;
+                let bytes = read_staged(file, &object).map_err(|e| TransferError::Staging(e.to_string()))?;
                 // Staged bytes are checked again: the journal vouches only for what it describes.
                 if hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)) != object.meta.sha256 {
                     return Err(TransferError::Staging(format!("{}: the staged copy changed", object.key)));
                 }
-                added.push(key.clone());
+                written = i + 1;
                 if let Err(source) = mirror.store_imported_bytes(&key, &object.meta, bytes).await {
                     return Err(TransferError::Write { key, source });
                 }
             }
-            selected.push(object.key.clone());
+            selected.push(object.key);
         }
         mirror.store().select(selected).await?;
         mirror.store().flush().await?;
@@ -507,8 +591,10 @@ async fn commit(mirror: &Mirror, file: &std::fs::File, journal: &Journal) -> Res
     }
     .await;
     if result.is_err() {
-        for key in &added {
-            if let Err(e) = mirror.remove(key).await {
+        // What this commit added goes again: the objects up to the last written that were new.
+        let undo = reader().into_iter().flatten().take(written).flatten().filter(|object| !object.present);
+        for key in undo.filter_map(|object| CacheKey::parse(&object.key)) {
+            if let Err(e) = mirror.remove(&key).await {
                 tracing::error!(key = %key, error = %e, "import: cannot undo a partly committed import");
             }
         }
@@ -530,15 +616,14 @@ pub async fn recover(mirror: &Mirror) -> usize {
         if live.contains(&path) {
             continue;
         }
-        let journal = std::fs::read(path.join(JOURNAL)).ok().and_then(|t| serde_json::from_slice::<Journal>(&t).ok());
-        match (journal, std::fs::File::open(path.join(STAGED))) {
-            (Some(journal), Ok(file)) => match commit(mirror, &file, &journal).await {
+        match (JournalReader::open(&path), std::fs::File::open(path.join(STAGED))) {
+            (Some(Ok(journal)), Ok(file)) => match commit(mirror, &path, &file).await {
                 Ok(()) => {
                     completed += 1;
-                    tracing::info!(sha256 = %journal.digest, objects = journal.objects.len(), "import: completed an interrupted import");
+                    tracing::info!(sha256 = %journal.head.digest, objects = journal.head.objects, "import: completed an interrupted import");
                 }
                 Err(e) => {
-                    tracing::error!(sha256 = %journal.digest, error = %e, "import: an interrupted import cannot be completed; undone, import the bundle again")
+                    tracing::error!(sha256 = %journal.head.digest, error = %e, "import: an interrupted import cannot be completed; undone, import the bundle again")
                 }
             },
             _ => {
@@ -595,7 +680,8 @@ where
             records.insert((key.namespace().to_string(), name.clone()), Arc::new(entry));
         }
     }
-    let (manifest, digest) = finish_pass(handle).await?;
+    let (mut manifest, digest) = finish_pass(handle).await?;
+    staging.signed = signatures.keys().filter_map(|key| key.strip_suffix(".signed")).map(String::from).collect();
 
     // An incremental bundle needs its base imported first: said before its tarballs and
     // signatures are checked against records only the base carried.
@@ -610,7 +696,10 @@ where
     // When the bundle's writer first saw its releases (unsigned, like the rest of the manifest:
     // as trustworthy as whoever wrote the bundle): this store keeps the earlier time, before its
     // cooldown judges the tarballs below.
-    mirror.seen_merge_earlier(manifest.first_seen.clone());
+    mirror.seen_merge_earlier(std::mem::take(&mut manifest.first_seen));
+    // Only its counts are needed from here on (the second read checks its own copy).
+    let totals = manifest.totals;
+    drop(manifest);
     let refused = |key: &str| {
         let (key, base) = (key.to_string(), base.clone());
         move |reason| match (reason, base) {
@@ -651,8 +740,8 @@ where
     // The signature files, against the staged bytes they sign.
     for (key_text, bytes) in std::mem::take(&mut signatures) {
         let key = parse(&key_text)?;
-        let signs = match key_text.strip_suffix(".signed").and_then(|signed| staging.staged.get(signed)) {
-            Some((_, object)) => Some(staging.bytes(object)?),
+        let signs = match key_text.strip_suffix(".signed").and_then(|signed| staging.signed_objects.get(signed)) {
+            Some(object) => Some(staging.bytes(object)?),
             None => None,
         };
         let entry =
@@ -662,23 +751,10 @@ where
 
     // Everything verified: note what the store already holds, write the journal, then write
     // the store one object at a time.
-    let mut report = ImportReport { digest, objects: staging.staged.len(), blocked, ..Default::default() };
-    debug_assert_eq!((report.objects + report.blocked.len()) as u64, manifest.totals.objects);
-    for (key, object) in staging.staged.values_mut() {
-        // Read whole (not just the record): a damaged stored copy is replaced by the import.
-        let existing = mirror.store().get(key).await.ok().flatten().map(|(meta, _)| meta.sha256);
-        object.present = existing.as_deref() == Some(object.meta.sha256.as_str());
-        match object.present {
-            true => report.unchanged += 1,
-            false => report.new += 1,
-        }
-    }
-    staging.write_journal(&report.digest)?;
-    let journal = Journal {
-        digest: report.digest.clone(),
-        objects: std::mem::take(&mut staging.staged).into_values().map(|(_, o)| o).collect(),
-    };
-    let committed = commit(mirror, &staging.file, &journal).await;
+    let mut report = ImportReport { digest, objects: staging.count, blocked, ..Default::default() };
+    debug_assert_eq!((report.objects + report.blocked.len()) as u64, totals.objects);
+    staging.write_journal(mirror, &mut report).await?;
+    let committed = commit(mirror, &staging.dir, &staging.file).await;
     // Committed, or undone: either way nothing is left to recover.
     staging.keep = false;
     committed?;

@@ -194,7 +194,7 @@ async fn an_import_killed_while_it_commits_is_completed_at_the_next_start() {
                 .into_iter()
                 .flatten()
                 .flatten()
-                .map(|e| e.path().join("journal.json"))
+                .map(|e| e.path().join("journal.jsonl"))
                 .find(|p| p.exists());
             if let Some(journal) = found {
                 child.kill().unwrap();
