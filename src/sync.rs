@@ -145,8 +145,8 @@ struct Planner<'a> {
     mirror: &'a Mirror,
     summary: Summary,
     selected: BTreeSet<String>,
-    /// Tarballs to fetch: (repo, name, version).
-    tarballs: BTreeSet<(Option<String>, String, String)>,
+    /// Tarballs to fetch: (repo, name, version), with the sha256 the verified record lists.
+    tarballs: BTreeMap<(Option<String>, String, String), Option<[u8; 32]>>,
     /// The releases of each verified package record visited (`None`: it could not be had).
     records: HashMap<(Option<String>, String), Option<Arc<Releases>>>,
     events: &'a (dyn Fn(Event) + Send + Sync),
@@ -349,7 +349,7 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
         mirror,
         summary: Summary::default(),
         selected: BTreeSet::new(),
-        tarballs: BTreeSet::new(),
+        tarballs: BTreeMap::new(),
         records: HashMap::new(),
         events,
         pace: pace.as_ref(),
@@ -434,7 +434,6 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
     // Resolve the closure from verified records.
     // In waves: the records a wave needs are fetched at once (bounded), then its wants are
     // resolved from them, queueing the dependencies they declare for the next wave.
-    let mut visited: BTreeSet<(Option<String>, String, String)> = BTreeSet::new();
     // What a spec or a lockfile asked for by name: blocked when fetched, the sync fails.
     let mut explicit_releases: BTreeSet<(Option<String>, String, String)> = BTreeSet::new();
     while !queue.is_empty() {
@@ -559,10 +558,10 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
                 if explicit {
                     explicit_releases.insert(id.clone());
                 }
-                if !visited.insert(id.clone()) {
+                if planner.tarballs.contains_key(&id) {
                     continue;
                 }
-                planner.tarballs.insert(id);
+                planner.tarballs.insert(id, release.outer_checksum);
                 if !request.dependencies || matches!(want.pick, Pick::Locked(_)) {
                     // A lockfile already lists the whole closure.
                     continue;
@@ -591,21 +590,16 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
         }
     }
 
-    let tarballs: Vec<_> = std::mem::take(&mut planner.tarballs).into_iter().collect();
+    let tarballs = std::mem::take(&mut planner.tarballs);
     (planner.events)(Event::Planned { releases: tarballs.len(), packages: planner.records.len() });
+    // The plan holds what each tarball needs (its checksum): the records are not kept for it.
+    planner.records = HashMap::new();
     // Each result is reported as it lands, and dropped: nothing is gathered.
-    let planned: Vec<_> = tarballs
+    let planned = tarballs
         .into_iter()
-        .map(|(repo, name, version)| {
-            let checksum = planner
-                .records
-                .get(&(repo.clone(), name.clone()))
-                .and_then(|r| r.as_ref()?.release(&version)?.outer_checksum);
-            (repo, Resource::Tarball { name, version }, checksum)
-        })
-        .collect();
+        .map(|((repo, name, version), checksum)| (repo, Resource::Tarball { name, version }, checksum));
     let pace = planner.pace;
-    let mut landing = stream::iter(planned.into_iter().map(|(repo, resource, checksum)| async move {
+    let mut landing = stream::iter(planned.map(|(repo, resource, checksum)| async move {
         if let Some(key) = already_synced(mirror, &repo, &resource, checksum).await {
             return (repo, resource, Landed::Stored(key));
         }
