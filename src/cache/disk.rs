@@ -131,6 +131,16 @@ pub struct Sweep {
     pub dangling_records: u64,
 }
 
+/// The 40 bytes a blob's file name (`SHA256-KEYHASH`, lowercase hex) encodes, if it is one.
+fn blob_id(name: &str) -> Option<[u8; 40]> {
+    let (sha256, key_hash) = name.split_once('-')?;
+    let mut id = [0u8; 40];
+    hex::decode_to_slice(sha256, &mut id[..32]).ok()?;
+    hex::decode_to_slice(key_hash, &mut id[32..]).ok()?;
+    // Only the exact spelling `blob_path` writes: an upper-case twin is not the live blob.
+    (hex::encode(id) == name.replace('-', "")).then_some(id)
+}
+
 impl Local {
     fn open(root: &Path) -> Result<(Local, Sweep), StoreError> {
         blocking_work();
@@ -218,7 +228,9 @@ impl Local {
             fs::remove_file(entry?.path())?;
             sweep.temp_files += 1;
         }
-        let mut live = std::collections::HashSet::new();
+        // Each live blob by the 40 bytes its file name encodes (sha256 and key hash), not its
+        // path: the set holds every entry of the store.
+        let mut live: std::collections::HashSet<[u8; 40]> = std::collections::HashSet::new();
         let (mut entries, mut bytes) = (0, 0);
         for item in self.index.iter() {
             let (k, v) = item?;
@@ -232,7 +244,7 @@ impl Local {
                 (Some(path), Some(meta)) if fs::metadata(&path).is_ok_and(|m| m.len() == meta.len) => {
                     entries += 1;
                     bytes += meta.len;
-                    live.insert(path);
+                    live.extend(path.file_name().and_then(|name| blob_id(&name.to_string_lossy())));
                 }
                 _ => {
                     self.index.remove(&k)?;
@@ -247,7 +259,8 @@ impl Local {
             }
             for blob in fs::read_dir(&shard)? {
                 let path = blob?.path();
-                if !live.contains(&path) {
+                let id = path.file_name().and_then(|name| blob_id(&name.to_string_lossy()));
+                if !id.is_some_and(|id| live.contains(&id)) {
                     fs::remove_file(&path)?;
                     sweep.orphan_blobs += 1;
                 }
@@ -434,12 +447,19 @@ impl Local {
         self.refuse_writes()?;
         let _selecting = self.selecting.lock().expect("never poisoned: no panics while held");
         let mut selection = SelectionFile { keys: self.selected()? };
+        let before = selection.keys.len();
         selection.keys.extend(keys);
+        if selection.keys.len() == before {
+            // Nothing new (a re-run): the file stays as it is.
+            return Ok(());
+        }
         let tmp = self.root.join(format!("{SELECTION_FILE}.tmp"));
         {
-            let mut file = File::create(&tmp)?;
-            file.write_all(&serde_json::to_vec_pretty(&selection).expect("selection serializes"))?;
-            file.sync_all()?;
+            // Written as it is serialized, never held whole: a whole repository selects
+            // hundreds of thousands of keys.
+            let mut file = std::io::BufWriter::new(File::create(&tmp)?);
+            serde_json::to_writer_pretty(&mut file, &selection).map_err(std::io::Error::other)?;
+            file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
         fs::rename(tmp, self.root.join(SELECTION_FILE))?;
         Ok(())
