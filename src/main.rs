@@ -301,7 +301,26 @@ impl From<&str> for Failure {
     }
 }
 
+/// glibc gives threads that allocate at the same time arenas of their own (up to eight per CPU)
+/// and keeps what is freed in each: with tokio's worker and blocking threads that is tens of
+/// megabytes of resident memory no data needs. Two arenas: a re-sync of 55,000 entries peaked
+/// at 121 MiB instead of 180 MiB, an export at 177 MiB instead of 208 MiB, in the same time.
+/// Called before any thread starts; `MALLOC_ARENA_MAX` in the environment still decides.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; no other thread exists yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     // Whether anything names the data directory; when nothing does, the commands that only
     // read or maintain a store do not fall back on an absent `./data`.
