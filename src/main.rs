@@ -613,6 +613,9 @@ fn where_it_works(file: Option<&std::path::Path>, config: &Config) -> String {
     line
 }
 
+/// The largest memory tier of a command that opens the store itself (no server).
+const ONE_SHOT_MEMORY_TIER: u64 = 32 << 20;
+
 async fn open(config: Config, need: Need) -> Result<Store, Failure> {
     let data_dir = config.data_dir.display().to_string();
     if config.store == hexmirror::config::StoreConfig::Local {
@@ -627,6 +630,11 @@ async fn open(config: Config, need: Need) -> Result<Store, Failure> {
         tracing::debug!(url = admin.url(), "using the running server's admin endpoint");
         return Ok(Store::Remote(Box::new(admin)));
     }
+    // A command on the store itself reads each entry about once and exits: a memory tier the
+    // size of a server's would only fill with what is dropped at exit (a whole-repository sync
+    // held the configured 256 MiB in tarballs on top of everything else).
+    let mut config = config;
+    config.memory_cache_bytes = config.memory_cache_bytes.min(ONE_SHOT_MEMORY_TIER);
     let metrics = hexmirror::metrics_for(&config);
     let opened = match need {
         Need::Create => Mirror::open(config, metrics).await,
@@ -838,7 +846,11 @@ impl Drop for Progress {
     }
 }
 
-async fn sync(config: Config, request: SyncRequest) -> Result<ExitCode, Failure> {
+async fn sync(mut config: Config, request: SyncRequest) -> Result<ExitCode, Failure> {
+    // On the store itself, a stale record is revalidated before it is used: answered at once
+    // and revalidated behind, it would be planned from and then left stale when the command
+    // exits (a running server, which lives on, keeps its own setting).
+    config.stale_while_revalidate = std::time::Duration::ZERO;
     let progress = std::sync::Arc::new(Progress::new());
     let summary = std::sync::Arc::new(std::sync::Mutex::new(None));
     let (p, s) = (progress.clone(), summary.clone());

@@ -121,6 +121,10 @@ fn newest_install_row(csv: &[u8]) -> Option<(String, Vec<String>)> {
     Some((version, cells.map(String::from).collect()))
 }
 
+/// Selected keys held before they are added to the store's selection: a sync of a whole
+/// repository adds them in batches instead of holding every key to the end.
+const SELECTION_BATCH: usize = 16_384;
+
 /// A package to visit: where, which, and which versions.
 #[derive(Debug, Clone)]
 struct Want {
@@ -169,6 +173,15 @@ impl Planner<'_> {
             }
         }
         (self.events)(Event::Item { resource, outcome, detail, bytes });
+    }
+
+    /// Adds what was selected so far to the store's selection (its entries are pinned and
+    /// durable already), so that the set held here stays small.
+    async fn save_selection(&mut self) {
+        let selected = std::mem::take(&mut self.selected);
+        if let Err(e) = self.mirror.store().select(selected.into_iter().collect()).await {
+            self.item("store: selection".into(), Outcome::Failed, Some(e.to_string()));
+        }
     }
 
     /// Fetches (with retries) and records one resource; returns the reply, whose facts are what
@@ -630,14 +643,14 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
                 planner.item_of(label_of(&repo, &resource), Outcome::Present, None, Some(len));
             }
         }
+        if planner.selected.len() >= SELECTION_BATCH {
+            planner.save_selection().await;
+        }
     }
 
     // Every selected entry was pinned, durable, when it was fetched.
     mirror.save_seen().await;
-    let selected = std::mem::take(&mut planner.selected);
-    if let Err(e) = mirror.store().select(selected.into_iter().collect()).await {
-        planner.item("store: selection".into(), Outcome::Failed, Some(e.to_string()));
-    }
+    planner.save_selection().await;
     if let Err(e) = mirror.store().flush().await {
         planner.item("store: flush".into(), Outcome::Failed, Some(e.to_string()));
     }

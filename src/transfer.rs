@@ -522,6 +522,29 @@ fn read_staged(file: &std::fs::File, object: &StagedObject) -> std::io::Result<B
     Ok(Bytes::from(bytes))
 }
 
+/// The journal of earlier versions: one JSON document.
+const OLD_JOURNAL: &str = "journal.json";
+
+/// Rewrites a journal of [`OLD_JOURNAL`]'s form as the lines [`JOURNAL`] holds.
+fn rewrite_old_journal(old: &[u8], path: &Path) -> Result<(), String> {
+    #[derive(Deserialize)]
+    struct Journal {
+        digest: String,
+        objects: Vec<StagedObject>,
+    }
+    let journal: Journal = serde_json::from_slice(old).map_err(|e| e.to_string())?;
+    let head = JournalHead { digest: journal.digest, objects: journal.objects.len() as u64 };
+    let mut text = serde_json::to_vec(&head).map_err(|e| e.to_string())?;
+    for object in &journal.objects {
+        text.push(b'\n');
+        text.extend(serde_json::to_vec(object).map_err(|e| e.to_string())?);
+    }
+    text.push(b'\n');
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, &text).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+}
+
 /// A journal read one object at a time: its head, then its objects.
 struct JournalReader {
     head: JournalHead,
@@ -534,6 +557,13 @@ impl JournalReader {
     fn open(dir: &Path) -> Option<Result<JournalReader, TransferError>> {
         use std::io::BufRead;
         let path = dir.join(JOURNAL);
+        if !path.exists() {
+            // Written by an earlier version as one document: rewritten as lines, then read.
+            let old = std::fs::read(dir.join(OLD_JOURNAL)).ok()?;
+            if let Err(e) = rewrite_old_journal(&old, &path) {
+                return Some(Err(TransferError::Staging(format!("{}: {e}", dir.join(OLD_JOURNAL).display()))));
+            }
+        }
         let file = std::fs::File::open(&path).ok()?;
         let mut lines = std::io::BufReader::new(file).lines();
         let head = lines

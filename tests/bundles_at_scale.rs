@@ -175,6 +175,28 @@ async fn a_running_server_imports_and_exports_a_bundle_larger_than_its_memory_bo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_killed_while_it_commits_is_completed_at_the_next_start() {
+    killed_while_committing(false).await;
+}
+
+/// A journal left by an earlier version (one JSON document, `journal.json`) is completed too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_versions_interrupted_import_is_completed_at_the_next_start() {
+    killed_while_committing(true).await;
+}
+
+/// Rewrites a journal as earlier versions wrote it: `{"digest": ..., "objects": [...]}`.
+fn as_old_journal(journal: &std::path::Path) {
+    let text = std::fs::read_to_string(journal).unwrap();
+    let mut lines = text.lines();
+    let head: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let objects: Vec<serde_json::Value> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(head["objects"].as_u64(), Some(objects.len() as u64));
+    let old = serde_json::json!({ "digest": head["digest"], "objects": objects });
+    std::fs::write(journal.with_file_name("journal.json"), serde_json::to_vec(&old).unwrap()).unwrap();
+    std::fs::remove_file(journal).unwrap();
+}
+
+async fn killed_while_committing(old_journal: bool) {
     let bundle = large_bundle();
     for attempt in 0..5 {
         let site = empty_site();
@@ -211,6 +233,9 @@ async fn an_import_killed_while_it_commits_is_completed_at_the_next_start() {
             continue;
         };
         eprintln!("attempt {attempt}: killed with {} left", journal.display());
+        if old_journal {
+            as_old_journal(&journal);
+        }
         let logs = captured_logs();
         let mirror = site.start().await;
         let stored = mirror.stored().await;
