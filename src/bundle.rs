@@ -585,37 +585,12 @@ fn canonical_len(manifest: &Manifest) -> io::Result<u64> {
     Ok(counter.0)
 }
 
-/// Whether `bytes` are exactly the manifest's canonical bytes, compared as they are produced.
-fn is_canonical(manifest: &Manifest, bytes: &[u8]) -> bool {
-    let mut compare = Compare { rest: bytes, equal: true };
-    write_canonical(manifest, &mut compare).is_ok() && compare.equal && compare.rest.is_empty()
-}
-
 /// Counts what is written to it.
 struct Counter(u64);
 
 impl Write for Counter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0 += buf.len() as u64;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Compares what is written to it with the bytes it holds, in order.
-struct Compare<'a> {
-    rest: &'a [u8],
-    equal: bool,
-}
-
-impl Write for Compare<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.rest.strip_prefix(buf) {
-            Some(rest) if self.equal => self.rest = rest,
-            _ => self.equal = false,
-        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -870,8 +845,7 @@ fn scan(
                     if size > limit {
                         return Err(BundleError::TooLarge { what: format!("member {path:?}"), size, limit });
                     }
-                    let bytes = read_member(&mut entry, size, &path, &failure, &last)?;
-                    listed = Some(parse_manifest(&bytes, limits)?);
+                    listed = Some(read_manifest_member(&mut entry, size, &path, &failure, &last, limits)?);
                 }
                 Some(listed) => {
                     if path == MANIFEST_NAME {
@@ -1118,14 +1092,112 @@ pub fn is_release_key(release: &str) -> bool {
 }
 
 /// Parses and checks the manifest against itself and the limits, before any object is read.
-fn parse_manifest(bytes: &[u8], limits: &Limits) -> Result<Listed, BundleError> {
-    let invalid = |reason: String| BundleError::ManifestInvalid { reason };
-    #[derive(Deserialize)]
-    struct Probe {
-        format: Option<serde_json::Value>,
+/// The manifest as it is parsed: every field optional and unknown fields named, so that a
+/// manifest of an unknown format is refused as such whatever else it holds.
+#[derive(Default)]
+struct Incoming {
+    base: Option<Option<BaseInfo>>,
+    created_by: Option<String>,
+    first_seen: Option<BTreeMap<String, u64>>,
+    format: Option<serde_json::Value>,
+    objects: Option<Vec<ObjectInfo>>,
+    packages: Option<Vec<PackageInfo>>,
+    totals: Option<Totals>,
+    unknown: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Incoming {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        fn once<T, E: serde::de::Error>(slot: &mut Option<T>, value: T, key: &str) -> Result<(), E> {
+            match slot.replace(value) {
+                Some(_) => Err(E::custom(format!("duplicate field `{key}`"))),
+                None => Ok(()),
+            }
+        }
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Incoming;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a bundle manifest (a JSON object)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Incoming, A::Error> {
+                let mut m = Incoming::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "base" => once(&mut m.base, map.next_value()?, &key)?,
+                        "created_by" => once(&mut m.created_by, map.next_value()?, &key)?,
+                        "first_seen" => once(&mut m.first_seen, map.next_value()?, &key)?,
+                        "format" => once(&mut m.format, map.next_value()?, &key)?,
+                        "objects" => once(&mut m.objects, map.next_value()?, &key)?,
+                        "packages" => once(&mut m.packages, map.next_value()?, &key)?,
+                        "totals" => once(&mut m.totals, map.next_value()?, &key)?,
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            m.unknown.get_or_insert(key);
+                        }
+                    }
+                }
+                Ok(m)
+            }
+        }
+        deserializer.deserialize_map(Fields)
     }
-    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
-    match probe.format {
+}
+
+/// Hashes and counts what passes through it.
+struct Digesting<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: Read> Read for Digesting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+impl<W: Write> Write for Digesting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Parses the manifest member as it streams past (its text is never held: a whole
+/// repository's manifest is a hundred megabytes and more), then checks it. The text must be
+/// exactly the canonical form: the same length and sha256 as the manifest re-serialized.
+fn read_manifest_member(
+    entry: &mut impl Read,
+    size: u64,
+    path: &str,
+    failure: &Failure<'_>,
+    last: &Option<String>,
+    limits: &Limits,
+) -> Result<Listed, BundleError> {
+    let invalid = |reason: String| BundleError::ManifestInvalid { reason };
+    let mut text = Digesting { inner: entry.take(size), hasher: Sha256::new(), count: 0 };
+    let mut buffered = io::BufReader::with_capacity(64 << 10, &mut text);
+    let parsed: Result<Incoming, serde_json::Error> = serde_json::from_reader(&mut buffered);
+    // The rest (after a parse error, say) is read too: the member's length is checked whole.
+    io::copy(&mut buffered, &mut io::sink()).map_err(|e| failure(last, e))?;
+    drop(buffered);
+    if text.count != size {
+        return Err(BundleError::Truncated { context: format!("in member {path:?}") });
+    }
+    let incoming = parsed.map_err(|e| match e.is_io() {
+        true => failure(last, io::Error::from(e)),
+        false => invalid(e.to_string()),
+    })?;
+    match &incoming.format {
         None => return Err(invalid("missing field `format`".into())),
         Some(value) => match value.as_u64() {
             Some(found) if found == u64::from(FORMAT) || found == u64::from(FORMAT_FIRST_SEEN) => {}
@@ -1133,10 +1205,30 @@ fn parse_manifest(bytes: &[u8], limits: &Limits) -> Result<Listed, BundleError> 
             None => return Err(invalid(format!("`format` is {value}, not a number"))),
         },
     }
-    let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
-    if !is_canonical(&manifest, bytes) {
+    if let Some(field) = &incoming.unknown {
+        return Err(invalid(format!("unknown field `{field}`")));
+    }
+    let missing = |field: &str| invalid(format!("missing field `{field}`"));
+    let manifest = Manifest {
+        base: incoming.base.flatten(),
+        created_by: incoming.created_by.ok_or_else(|| missing("created_by"))?,
+        first_seen: incoming.first_seen.unwrap_or_default(),
+        format: incoming.format.and_then(|f| f.as_u64()).unwrap_or_default() as u32,
+        objects: incoming.objects.ok_or_else(|| missing("objects"))?,
+        packages: incoming.packages.ok_or_else(|| missing("packages"))?,
+        totals: incoming.totals.ok_or_else(|| missing("totals"))?,
+    };
+    let mut canonical = Digesting { inner: io::sink(), hasher: Sha256::new(), count: 0 };
+    write_canonical(&manifest, &mut canonical).map_err(|e| invalid(e.to_string()))?;
+    if canonical.count != size || canonical.hasher.finalize() != text.hasher.finalize() {
         return Err(invalid("not in canonical form (pretty-printed, sorted keys, final newline)".into()));
     }
+    check_manifest(manifest, limits)
+}
+
+/// Checks a parsed manifest and makes the reader's view of it.
+fn check_manifest(manifest: Manifest, limits: &Limits) -> Result<Listed, BundleError> {
+    let invalid = |reason: String| BundleError::ManifestInvalid { reason };
     if manifest.created_by.is_empty()
         || manifest.created_by.len() > 128
         || manifest.created_by.chars().any(char::is_control)
@@ -1959,11 +2051,23 @@ mod tests {
         let manifest = read(bundle.as_slice(), &Limits::default()).unwrap().manifest;
         assert_eq!(members[0].1, json(&manifest));
         assert_eq!(archive_len(&manifest).unwrap(), bundle.len() as u64);
-        assert!(is_canonical(&manifest, &members[0].1));
-        let mut longer = members[0].1.clone();
+        // The text is compared by length and digest with the canonical form as it streams past.
+        let with_text = |text: Vec<u8>| {
+            let mut members = members.clone();
+            members[0].1 = text;
+            tar_of_owned(&members)
+        };
+        assert_eq!(read(with_text(json(&manifest)).as_slice(), &Limits::default()).unwrap().manifest, manifest);
+        let mut longer = json(&manifest);
         longer.push(b' ');
-        assert!(!is_canonical(&manifest, &longer));
-        assert!(!is_canonical(&manifest, &members[0].1[..members[0].1.len() - 1]));
+        // A tab for an indenting space: still the same JSON, the same length.
+        let mut same_length = json(&manifest);
+        assert_eq!(&same_length[..3], b"{\n ");
+        same_length[2] = b'\t';
+        for text in [longer, same_length] {
+            let err = read_err(&with_text(text));
+            assert!(matches!(&err, BundleError::ManifestInvalid { reason } if reason.contains("canonical")), "{err:?}");
+        }
     }
 
     #[test]
