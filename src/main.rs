@@ -1102,6 +1102,9 @@ async fn import(config: Config, files: Vec<PathBuf>) -> Result<ExitCode, Failure
         "import: {} objects verified; {} new, {} already present\nsha256: {}",
         report.objects, report.new, report.unchanged, report.digest
     );
+    if report.resumed > 0 {
+        println!("  resumed: {} objects verified by an interrupted import of this bundle were kept", report.resumed);
+    }
     for blocked in &report.blocked {
         println!("  left out, blocked by policy: {blocked}");
     }

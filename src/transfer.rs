@@ -76,6 +76,9 @@ pub struct ImportReport {
     pub objects: usize,
     pub new: usize,
     pub unchanged: usize,
+    /// Objects an interrupted import of the same bundle had verified and staged, kept.
+    #[serde(default)]
+    pub resumed: usize,
     /// Releases left out because this site's policy blocks them: `KEY: rule: reason`.
     #[serde(default)]
     pub blocked: Vec<String>,
@@ -394,27 +397,85 @@ const JOURNAL: &str = "journal.jsonl";
 /// The staged objects, one line each, appended as they are staged.
 const INDEX: &str = "staged.jsonl";
 const STAGED: &str = "objects";
+/// In a staging directory without a journal: the digest of the bundle being imported. An
+/// import of the same bundle interrupted before its commit (killed, or its input failing) is
+/// resumed from it: what was verified and staged is kept, not verified and staged again.
+const RESUME: &str = "bundle.sha256";
+/// How long an interrupted import stays resumable before its staging is removed.
+const RESUMABLE_FOR: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+/// Staged bytes between checkpoints: what a resumed import may have to stage again.
+const CHECKPOINT_BYTES: u64 = 32 << 20;
+
+/// An index line: a staged object, or a checkpoint (every object listed before it is durable).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+#[allow(clippy::large_enum_variant)] // one line at a time, never stored in bulk
+enum IndexLine {
+    Checkpoint { checkpoint: u64 },
+    Object(StagedObject),
+}
 
 /// Verified objects waiting in one file under the data directory until the whole bundle has
 /// verified, described one line each in an index file beside it (memory keeps only the staged
-/// objects a detached signature signs). The directory is removed when this is dropped, unless a
-/// commit was interrupted after its journal was written (see [`recover`]).
+/// objects a detached signature signs, and the keys of a resumed import's objects). The
+/// directory is removed when this is dropped, unless a commit was interrupted after its journal
+/// was written (see [`recover`]) or the import can be resumed.
 struct Staging {
     dir: PathBuf,
     file: std::fs::File,
     written: u64,
     index: std::io::BufWriter<std::fs::File>,
     count: usize,
+    since_checkpoint: u64,
     /// Keys whose detached signature (`KEY.signed`) the bundle carries.
     signed: std::collections::HashSet<String>,
     /// The staged objects of `signed`, for their signatures' verification at the end.
     signed_objects: HashMap<String, StagedObject>,
+    /// Objects an interrupted import of this bundle verified and staged.
+    adopted: std::collections::HashSet<String>,
+    /// Adopted objects this site's policy now blocks: left out of the journal.
+    dropped: std::collections::HashSet<String>,
     keep: bool,
 }
 
 impl Staging {
-    async fn new(mirror: &Mirror) -> Result<Staging, TransferError> {
-        let dir = staging_root(&mirror.config().data_dir).join(unique_name(""));
+    /// Staging for the bundle with `digest`: an interrupted import's, when one of the same
+    /// bundle is there, or a new one. Staging of other interrupted imports is removed (one
+    /// import is resumable at a time: each may hold a whole repository's bytes).
+    async fn for_bundle(
+        mirror: &Mirror,
+        digest: &str,
+        signed: std::collections::HashSet<String>,
+    ) -> Result<Staging, TransferError> {
+        let root = staging_root(&mirror.config().data_dir);
+        let mut adopted = None;
+        for (dir, of) in resumable(&root) {
+            if of == digest && adopted.is_none() {
+                match Staging::adopt(&dir, &signed) {
+                    Ok(staging) => adopted = Some(staging),
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "import: cannot resume from an interrupted import's staging; starting again")
+                    }
+                }
+            } else {
+                tracing::info!(dir = %dir.display(), sha256 = %of, "import: removing the staging of an interrupted import of another bundle");
+            }
+            if adopted.as_ref().is_none_or(|s| s.dir != dir) {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+        let mut staging = match adopted {
+            Some(staging) => staging,
+            None => Staging::new(&root, signed).await?,
+        };
+        let marker = staging.dir.join(RESUME);
+        std::fs::write(&marker, digest).map_err(|e| staging.fail(RESUME, e))?;
+        staging.checkpoint()?;
+        Ok(staging)
+    }
+
+    async fn new(root: &Path, signed: std::collections::HashSet<String>) -> Result<Staging, TransferError> {
+        let dir = root.join(unique_name(""));
         let fail = |e: std::io::Error| TransferError::Staging(format!("{}: {e}", dir.display()));
         tokio::fs::create_dir_all(&dir).await.map_err(fail)?;
         LIVE.lock().unwrap_or_else(|p| p.into_inner()).push(dir.clone());
@@ -429,8 +490,68 @@ impl Staging {
             written: 0,
             index,
             count: 0,
-            signed: Default::default(),
+            since_checkpoint: 0,
+            signed,
             signed_objects: HashMap::new(),
+            adopted: Default::default(),
+            dropped: Default::default(),
+            keep: false,
+        })
+    }
+
+    /// Takes over an interrupted import's staging: the objects its index lists up to its last
+    /// checkpoint (durable, and checked again against their digests when committed); anything
+    /// after it is cut off.
+    fn adopt(dir: &Path, signed: &std::collections::HashSet<String>) -> std::io::Result<Staging> {
+        use std::io::{BufRead, Seek};
+        let open = |name: &str| std::fs::OpenOptions::new().read(true).write(true).open(dir.join(name));
+        let (file, index_file) = (open(STAGED)?, open(INDEX)?);
+        let (file_len, index_len) = (file.metadata()?.len(), index_file.metadata()?.len());
+        let (mut kept, mut kept_end, mut written) = (Vec::new(), 0u64, 0u64);
+        let mut pending = Vec::new();
+        let (mut at, mut pending_written) = (0u64, 0u64);
+        for line in std::io::BufReader::new(&index_file).split(b'\n') {
+            let line = line?;
+            at += line.len() as u64 + 1;
+            match serde_json::from_slice::<IndexLine>(&line) {
+                Ok(IndexLine::Object(object))
+                    if object.offset == pending_written && object.offset + object.len <= file_len =>
+                {
+                    pending_written = object.offset + object.len;
+                    pending.push(object);
+                }
+                Ok(IndexLine::Checkpoint { checkpoint })
+                    if checkpoint == (kept.len() + pending.len()) as u64 && at <= index_len =>
+                {
+                    kept.append(&mut pending);
+                    (kept_end, written) = (at, pending_written);
+                }
+                _ => break,
+            }
+        }
+        file.set_len(written)?;
+        index_file.set_len(kept_end)?;
+        let mut index_file = index_file;
+        index_file.seek(std::io::SeekFrom::End(0))?;
+        let file = std::fs::OpenOptions::new().append(true).read(true).open(dir.join(STAGED))?;
+        let signed_objects =
+            kept.iter().filter(|o| signed.contains(&o.key)).map(|o| (o.key.clone(), o.clone())).collect();
+        let count = kept.len();
+        let adopted = kept.into_iter().map(|o| o.key).collect();
+        drop(index_file);
+        let index = std::fs::OpenOptions::new().append(true).open(dir.join(INDEX))?;
+        LIVE.lock().unwrap_or_else(|p| p.into_inner()).push(dir.to_path_buf());
+        Ok(Staging {
+            dir: dir.to_path_buf(),
+            file,
+            written,
+            index: std::io::BufWriter::new(index),
+            count,
+            since_checkpoint: 0,
+            signed: signed.clone(),
+            signed_objects,
+            adopted,
+            dropped: Default::default(),
             keep: false,
         })
     }
@@ -439,8 +560,16 @@ impl Staging {
         TransferError::Staging(format!("{}: {e}", self.dir.join(name).display()))
     }
 
+    /// Whether an interrupted import of this bundle verified and staged `key` already.
+    fn holds(&self, key: &str) -> bool {
+        self.adopted.contains(key)
+    }
+
     async fn stage(&mut self, key: CacheKey, entry: &Entry) -> Result<(), TransferError> {
         use std::io::Write;
+        if self.holds(key.as_str()) {
+            return Ok(());
+        }
         let bytes = entry.bytes();
         self.file.write_all(bytes).map_err(|e| self.fail(STAGED, e))?;
         let object = StagedObject {
@@ -458,6 +587,26 @@ impl Staging {
         if self.signed.contains(&object.key) {
             self.signed_objects.insert(object.key.clone(), object);
         }
+        self.since_checkpoint += bytes.len() as u64;
+        if self.since_checkpoint >= CHECKPOINT_BYTES {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Makes what was staged so far durable, then says so in the index: a resumed import
+    /// keeps the objects listed before its last checkpoint.
+    fn checkpoint(&mut self) -> Result<(), TransferError> {
+        use std::io::Write;
+        self.index.flush().map_err(|e| self.fail(INDEX, e))?;
+        self.file.sync_data().map_err(|e| self.fail(STAGED, e))?;
+        let mut line = serde_json::to_vec(&IndexLine::Checkpoint { checkpoint: self.count as u64 })
+            .map_err(|e| self.fail(INDEX, e))?;
+        line.push(b'\n');
+        self.index.write_all(&line).map_err(|e| self.fail(INDEX, e))?;
+        self.index.flush().map_err(|e| self.fail(INDEX, e))?;
+        self.index.get_ref().sync_data().map_err(|e| self.fail(INDEX, e))?;
+        self.since_checkpoint = 0;
         Ok(())
     }
 
@@ -475,14 +624,19 @@ impl Staging {
         let tmp = self.dir.join("journal.partial");
         let fail = |e: std::io::Error| TransferError::Staging(format!("{}: {e}", tmp.display()));
         let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(fail)?);
-        let head = JournalHead { digest: report.digest.clone(), objects: self.count as u64 };
+        let head = JournalHead { digest: report.digest.clone(), objects: (self.count - self.dropped.len()) as u64 };
         let mut line = serde_json::to_vec(&head).map_err(|e| self.fail(JOURNAL, e))?;
         line.push(b'\n');
         out.write_all(&line).map_err(fail)?;
         let index = std::fs::File::open(self.dir.join(INDEX)).map_err(|e| self.fail(INDEX, e))?;
+        let mut objects = 0u64;
         for line in std::io::BufReader::new(index).lines() {
             let line = line.map_err(|e| self.fail(INDEX, e))?;
-            let mut object: StagedObject = serde_json::from_str(&line).map_err(|e| self.fail(INDEX, e))?;
+            let mut object = match serde_json::from_str(&line).map_err(|e| self.fail(INDEX, e))? {
+                IndexLine::Object(object) if !self.dropped.contains(&object.key) => object,
+                _ => continue,
+            };
+            objects += 1;
             let key = CacheKey::parse(&object.key).ok_or_else(|| TransferError::NotAKey(object.key.clone()))?;
             // Read whole (not just the record): a damaged stored copy is replaced by the import.
             let existing = mirror.store().get(&key).await.ok().flatten().map(|(meta, _)| meta.sha256);
@@ -495,6 +649,7 @@ impl Staging {
             line.push(b'\n');
             out.write_all(&line).map_err(fail)?;
         }
+        debug_assert_eq!(objects, head.objects);
         let file = out.into_inner().map_err(|e| fail(e.into_error()))?;
         file.sync_all().map_err(fail)?;
         std::fs::rename(&tmp, self.dir.join(JOURNAL)).map_err(fail)?;
@@ -632,10 +787,26 @@ async fn commit(mirror: &Mirror, dir: &Path, file: &std::fs::File) -> Result<(),
     result
 }
 
+/// Staging directories of interrupted imports that can be resumed, with their bundles' digests.
+fn resumable(root: &Path) -> Vec<(PathBuf, String)> {
+    let live: Vec<PathBuf> = LIVE.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
+    entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|dir| !live.contains(dir) && !dir.join(JOURNAL).exists() && !dir.join(OLD_JOURNAL).exists())
+        .filter_map(|dir| {
+            let digest = std::fs::read_to_string(dir.join(RESUME)).ok()?;
+            Some((dir, digest.trim().to_string()))
+        })
+        .collect()
+}
+
 /// Finishes what interrupted imports left under the data directory: a commit whose journal was
-/// written is completed (an import whose staged bytes no longer match is undone instead), and
-/// staging that never reached its journal (the store was not touched) is removed. Called before
-/// every import and when the server starts. Returns the number of imports completed.
+/// written is completed (an import whose staged bytes no longer match is undone instead),
+/// staging of an import that can be resumed is kept for a week, and other staging that never
+/// reached its journal (the store was not touched) is removed. Called before every import and
+/// when the server starts. Returns the number of imports completed.
 pub async fn recover(mirror: &Mirror) -> usize {
     let root = staging_root(&mirror.config().data_dir);
     let Ok(entries) = std::fs::read_dir(&root) else { return 0 };
@@ -645,6 +816,13 @@ pub async fn recover(mirror: &Mirror) -> usize {
         let path = entry.path();
         if live.contains(&path) {
             continue;
+        }
+        if path.join(RESUME).exists() && !path.join(JOURNAL).exists() && !path.join(OLD_JOURNAL).exists() {
+            let age = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+            if age.is_some_and(|age| age < RESUMABLE_FOR) {
+                // Verified and staged before it was interrupted: kept for a resumed import.
+                continue;
+            }
         }
         match (JournalReader::open(&path), std::fs::File::open(path.join(STAGED))) {
             (Some(Ok(journal)), Ok(file)) => match commit(mirror, &path, &file).await {
@@ -680,8 +858,9 @@ where
 {
     let open = Arc::new(open);
     recover(mirror).await;
-    let mut staging = Staging::new(mirror).await?;
     let mut records = HashMap::new();
+    // Verified in the first read, staged once the bundle's digest says where (see `Staging`).
+    let mut first: Vec<(CacheKey, Option<Entry>)> = Vec::new();
     let mut signatures: BTreeMap<String, Bytes> = BTreeMap::new();
     let mut blocked = Vec::new();
     fn parse(text: &str) -> Result<CacheKey, TransferError> {
@@ -701,17 +880,35 @@ where
             .verify_import(&key, object.bytes, None, None, &records)
             .await
             .map_err(|reason| TransferError::Refused { key: object.key.clone(), reason })?;
-        staging.stage(key.clone(), &entry).await?;
         if let Resource::Package(name) = key.resource() {
             // A bundle's record is seen when it is imported (once, not per tarball).
             if let crate::verify::Facts::Releases(releases) = entry.content.facts() {
                 mirror.note_listed(key.namespace(), name, releases);
             }
             records.insert((key.namespace().to_string(), name.clone()), Arc::new(entry));
+            first.push((key, None));
+        } else {
+            first.push((key, Some(entry)));
         }
     }
     let (mut manifest, digest) = finish_pass(handle).await?;
-    staging.signed = signatures.keys().filter_map(|key| key.strip_suffix(".signed")).map(String::from).collect();
+    let signed = signatures.keys().filter_map(|key| key.strip_suffix(".signed")).map(String::from).collect();
+    let mut staging = Staging::for_bundle(mirror, &digest, signed).await?;
+    let resumed = staging.adopted.len();
+    if resumed > 0 {
+        tracing::info!(sha256 = %digest, objects = resumed, "import: resuming an interrupted import of this bundle; what it verified and staged is kept");
+    }
+    for (key, entry) in first {
+        let entry = match (&entry, key.resource()) {
+            (Some(entry), _) => entry,
+            (None, Resource::Package(name)) => match records.get(&(key.namespace().to_string(), name.clone())) {
+                Some(entry) => entry.as_ref(),
+                None => continue,
+            },
+            (None, _) => continue,
+        };
+        staging.stage(key.clone(), entry).await?;
+    }
 
     // An incremental bundle needs its base imported first: said before its tarballs and
     // signatures are checked against records only the base carried.
@@ -741,29 +938,51 @@ where
         }
     };
 
-    // Second read: everything else but the signature files.
-    let (mut rx, handle) = read_pass(open.clone(), |key| !key.ends_with(".signed") && rank_of(key) != 0);
-    while let Some(object) = rx.recv().await {
-        let key = parse(&object.key)?;
-        let signature =
-            signatures.get(&format!("{}.signed", object.key)).and_then(|s| String::from_utf8(s.to_vec()).ok());
-        let entry =
-            mirror.verify_import(&key, object.bytes, signature, None, &records).await.map_err(refused(&object.key))?;
-        // This site's policy: a release it blocks is left out, and listed.
-        if let Some(decision) = mirror.blocked_tarball(&key, entry.bytes(), &records).await {
-            blocked.push(format!("{}: {}: {}", object.key, decision.rule.as_str(), decision.reason));
-            continue;
+    // Second read: everything else but the signature files. If it fails on its input (a
+    // volume that cannot be read, say), what was staged is kept for a resumed import.
+    let second = async {
+        let (mut rx, handle) = read_pass(open.clone(), |key| !key.ends_with(".signed") && rank_of(key) != 0);
+        while let Some(object) = rx.recv().await {
+            let key = parse(&object.key)?;
+            if staging.holds(&object.key) {
+                // Verified and staged by the interrupted import; this site's policy judges it again.
+                if let Some(decision) = mirror.blocked_tarball(&key, &object.bytes, &records).await {
+                    blocked.push(format!("{}: {}: {}", object.key, decision.rule.as_str(), decision.reason));
+                    staging.dropped.insert(object.key);
+                }
+                continue;
+            }
+            let signature =
+                signatures.get(&format!("{}.signed", object.key)).and_then(|s| String::from_utf8(s.to_vec()).ok());
+            let entry = mirror
+                .verify_import(&key, object.bytes, signature, None, &records)
+                .await
+                .map_err(refused(&object.key))?;
+            // This site's policy: a release it blocks is left out, and listed.
+            if let Some(decision) = mirror.blocked_tarball(&key, entry.bytes(), &records).await {
+                blocked.push(format!("{}: {}: {}", object.key, decision.rule.as_str(), decision.reason));
+                continue;
+            }
+            staging.stage(key, &entry).await?;
         }
-        staging.stage(key, &entry).await?;
-    }
-    let (_, again) = finish_pass(handle).await?;
-    if again != digest {
-        return Err(TransferError::Malformed(BundleError::Read {
-            context: "while importing".into(),
-            source: std::io::Error::other(format!(
-                "the file changed while it was read (sha256 {digest}, then {again})"
-            )),
-        }));
+        let (_, again) = finish_pass(handle).await?;
+        if again != digest {
+            return Err(TransferError::Malformed(BundleError::Read {
+                context: "while importing".into(),
+                source: std::io::Error::other(format!(
+                    "the file changed while it was read (sha256 {digest}, then {again})"
+                )),
+            }));
+        }
+        Ok(())
+    };
+    if let Err(e) = second.await {
+        if matches!(e, TransferError::Malformed(BundleError::Read { .. } | BundleError::Truncated { .. })) {
+            staging.keep = true;
+            staging.checkpoint()?;
+            tracing::info!(dir = %staging.dir.display(), "import: what was verified is kept; importing the same bundle again resumes from it");
+        }
+        return Err(e);
     }
     drop(records);
 
@@ -781,7 +1000,8 @@ where
 
     // Everything verified: note what the store already holds, write the journal, then write
     // the store one object at a time.
-    let mut report = ImportReport { digest, objects: staging.count, blocked, ..Default::default() };
+    let objects = staging.count - staging.dropped.len();
+    let mut report = ImportReport { digest, objects, resumed, blocked, ..Default::default() };
     debug_assert_eq!((report.objects + report.blocked.len()) as u64, totals.objects);
     staging.write_journal(mirror, &mut report).await?;
     let committed = commit(mirror, &staging.dir, &staging.file).await;

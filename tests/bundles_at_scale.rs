@@ -251,3 +251,89 @@ async fn killed_while_committing(old_journal: bool) {
     }
     panic!("the import always finished before the kill landed: the commit was never interrupted");
 }
+
+/// The staging directory of an import that has passed at least one checkpoint holding
+/// objects (everything listed before it is durable) and has not reached its journal.
+fn checkpointed_staging(staging: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(staging).ok()?.flatten().map(|e| e.path()).find(|dir| {
+        !dir.join("journal.jsonl").exists()
+            && std::fs::read_to_string(dir.join("staged.jsonl")).is_ok_and(|index| {
+                index
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .any(|line| line.get("checkpoint").and_then(|c| c.as_u64()).is_some_and(|c| c >= 1))
+            })
+    })
+}
+
+/// An import killed while it verifies and stages (before its commit) leaves the store as it
+/// was, and the next import of the same bundle resumes it: the objects staged up to the last
+/// checkpoint are kept, not verified and staged again. The staging of an interrupted import of
+/// another bundle is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_killed_while_it_verifies_is_resumed_by_the_next_import_of_the_same_bundle() {
+    let bundle = large_bundle();
+    for attempt in 0..5 {
+        let site = empty_site();
+        let config = site.write_config();
+        let file = site.dir().join("large.hxb");
+        std::fs::write(&file, &bundle).unwrap();
+        let staging = site.data_dir().join("import-staging");
+        let mut child = hexmirror_command(&config)
+            .args(["import", file.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let killed = loop {
+            if let Some(dir) = checkpointed_staging(&staging) {
+                child.kill().unwrap();
+                break Some(dir);
+            }
+            if child.try_wait().unwrap().is_some() {
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        child.wait().unwrap();
+        let Some(dir) = killed.filter(|dir| !dir.join("journal.jsonl").exists()) else {
+            eprintln!("attempt {attempt}: the import reached its commit before it was killed; again");
+            continue;
+        };
+        let mirror = site.start().await;
+        assert_eq!(mirror.stored().await.len(), 0, "nothing was stored before the commit");
+        mirror.stop().await;
+        assert!(dir.join("bundle.sha256").exists(), "a server start keeps a resumable import's staging");
+
+        // An interrupted import of another bundle: removed when this one resumes.
+        let other = staging.join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("bundle.sha256"), "0".repeat(64)).unwrap();
+        for name in ["objects", "staged.jsonl"] {
+            std::fs::write(other.join(name), b"").unwrap();
+        }
+
+        let resumed = run_hexmirror(&config, &["import", file.to_str().unwrap()]);
+        let stdout = String::from_utf8_lossy(&resumed.stdout);
+        assert!(resumed.status.success(), "{stdout}{}", String::from_utf8_lossy(&resumed.stderr));
+        let kept: usize = stdout
+            .split("resumed: ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("the import says it resumed: {stdout}"));
+        eprintln!("attempt {attempt}: resumed with {kept} of {LARGE_OBJECTS} objects kept");
+        assert!((1..=LARGE_OBJECTS).contains(&kept), "{stdout}");
+        assert!(stdout.contains(&format!("{LARGE_OBJECTS} objects verified; {LARGE_OBJECTS} new")), "{stdout}");
+        assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0, "no staging is left, the other bundle's neither");
+        let mirror = site.start().await;
+        let stored = mirror.stored().await;
+        assert_eq!(stored.len(), LARGE_OBJECTS);
+        assert!(stored.iter().all(|(_, meta)| meta.pinned));
+        let report = hexmirror::audit::run(&mirror.mirror, false).await.unwrap();
+        assert!(report.ok(), "{report:?}");
+        mirror.stop().await;
+        return;
+    }
+    panic!("the import always reached its commit before the kill landed: it was never interrupted while verifying");
+}
