@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 
+use futures::StreamExt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{CacheKey, StoreError};
@@ -69,35 +71,62 @@ pub async fn run_with(mirror: &Mirror, options: Options) -> Result<AuditReport, 
     let mut report = AuditReport::default();
     mirror.settle_writes().await;
     let store = mirror.store();
-    let mut stored = store.list_all("").await?;
     if prune {
-        for (key, _) in stored.iter().filter(|(_, meta)| !meta.pinned) {
-            mirror.remove(key).await?;
+        // Collected first: the listing is not read while entries are removed from it.
+        let mut listing = store.list("");
+        let mut unpinned = Vec::new();
+        while let Some(item) = listing.next().await {
+            let (key, meta) = item?;
+            if !meta.pinned {
+                unpinned.push(key);
+            }
+        }
+        drop(listing);
+        for key in unpinned {
+            mirror.remove(&key).await?;
             report.pruned += 1;
         }
-        stored.retain(|(_, meta)| meta.pinned);
         report.swept = store.sweep_unreferenced().await?;
     }
-    let stored_keys: std::collections::BTreeSet<String> = stored.iter().map(|(k, _)| k.to_string()).collect();
-    let pinned_bytes: u64 = stored.iter().filter(|(_, meta)| meta.pinned).map(|(_, meta)| meta.len).sum();
-    let budget = mirror.config().disk_cache_bytes;
-    if budget > 0 && pinned_bytes > budget {
-        report.pinned_over_budget = Some((pinned_bytes, budget));
-    }
-    for (key, _) in &stored {
+    // Walked as a stream: nothing per entry is kept (a whole repository is 200,000 entries).
+    let mut pinned_bytes = 0u64;
+    let mut listing = store.list("");
+    while let Some(item) = listing.next().await {
+        let (key, meta) = item?;
+        if meta.pinned {
+            pinned_bytes += meta.len;
+        }
         report.checked += 1;
-        match mirror.check_stored(key).await {
+        match mirror.check_stored(&key).await {
             Ok(true) => report.intact += 1,
             Ok(false) => {}
             Err(reason) => report.damaged.push((key.to_string(), reason.to_string())),
         }
     }
+    drop(listing);
+    let budget = mirror.config().disk_cache_bytes;
+    if budget > 0 && pinned_bytes > budget {
+        report.pinned_over_budget = Some((pinned_bytes, budget));
+    }
     let selection = store.selected().await?;
+    let damaged: std::collections::HashSet<&str> = report.damaged.iter().map(|(key, _)| key.as_str()).collect();
+    let mut missing = Vec::new();
     for key in &selection {
-        if !stored_keys.contains(key) {
-            report.missing.push(key.clone());
+        // Missing: not a key, or no readable record (what the listing leaves out); a damaged
+        // entry (removed when it was found) is reported as damaged only.
+        if damaged.contains(key.as_str()) {
+            continue;
+        }
+        let held = match CacheKey::parse(key) {
+            Some(parsed) => matches!(store.head(&parsed).await, Ok(Some(_))),
+            None => false,
+        };
+        if !held {
+            missing.push(key.clone());
         }
     }
+    drop(damaged);
+    report.missing = missing;
     // Releases the selected records list that nobody selected, read from the records' verified
     // facts (the stored bytes are verified as anything from outside the mirror's memory is).
     for key in &selection {

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::{self, BundleError, Manifest};
@@ -118,8 +119,10 @@ pub async fn export_to<W: std::io::Write>(
     // Entries answered moments ago may still be on their way to disk.
     mirror.settle_writes().await;
     let store = mirror.store();
-    let listed = store.list_all("").await?;
-    let selection = store.selected().await?;
+    let selection = match request.selected_only {
+        true => store.selected().await?,
+        false => Default::default(),
+    };
     let known: HashMap<&str, &bundle::ObjectInfo> = match &request.base {
         Some(base) => base.objects.iter().map(|o| (o.key.as_str(), o)).collect(),
         None => HashMap::new(),
@@ -127,7 +130,10 @@ pub async fn export_to<W: std::io::Write>(
     let mut described = Vec::new();
     let mut verified = 0usize;
     let mut blocked = Vec::new();
-    for (key, meta) in listed {
+    // Walked as a stream: what is kept per entry is its description in the manifest.
+    let mut listing = store.list("");
+    while let Some(item) = listing.next().await {
+        let (key, meta) = item?;
         if request.filter.as_deref().is_some_and(|f| !key.as_str().contains(f)) {
             continue;
         }
@@ -158,6 +164,7 @@ pub async fn export_to<W: std::io::Write>(
         }
         described.push((info, package));
     }
+    drop(listing);
     if verified == 0 {
         let what = match (&request.filter, request.selected_only) {
             (Some(filter), true) => format!("no selected entry's key contains {filter:?}"),
@@ -198,11 +205,11 @@ pub async fn export_to<W: std::io::Write>(
         .collect();
     let manifest = manifest.with_first_seen(first_seen);
     let totals = manifest.totals;
-    let keys: Vec<String> = manifest.objects.iter().map(|o| o.key.clone()).collect();
     let len = bundle::archive_len(&manifest).map_err(TransferError::Bundle)?;
     let out = create(len).map_err(|e| TransferError::Bundle(BundleError::Write(e)))?;
     let mut writer = bundle::Writer::new(manifest, out).map_err(TransferError::Bundle)?;
-    for key_text in keys {
+    for i in 0.. {
+        let Some(key_text) = writer.manifest().objects.get(i).map(|o| o.key.clone()) else { break };
         let key = CacheKey::parse(&key_text).ok_or_else(|| TransferError::NotAKey(key_text.clone()))?;
         let body = match store.get(&key).await? {
             Some((_, body)) => body,
