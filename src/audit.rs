@@ -88,11 +88,21 @@ pub async fn run_with(mirror: &Mirror, options: Options) -> Result<AuditReport, 
         }
         report.swept = store.sweep_unreferenced().await?;
     }
-    // Walked as a stream: nothing per entry is kept (a whole repository is 200,000 entries).
+    // Walked as a stream beside the selection (both in key order): nothing per entry is kept
+    // (a whole repository is 200,000 entries); a selected key the walk passes without seeing
+    // is a candidate for missing, confirmed by asking the store for it.
+    let selection = store.selected().await?;
+    let mut selected = selection.iter().peekable();
+    let mut candidates = Vec::new();
     let mut pinned_bytes = 0u64;
     let mut listing = store.list("");
     while let Some(item) = listing.next().await {
         let (key, meta) = item?;
+        while let Some(next) = selected.next_if(|next| next.as_str() <= key.as_str()) {
+            if next.as_str() != key.as_str() {
+                candidates.push(next);
+            }
+        }
         if meta.pinned {
             pinned_bytes += meta.len;
         }
@@ -104,14 +114,14 @@ pub async fn run_with(mirror: &Mirror, options: Options) -> Result<AuditReport, 
         }
     }
     drop(listing);
+    candidates.extend(selected);
     let budget = mirror.config().disk_cache_bytes;
     if budget > 0 && pinned_bytes > budget {
         report.pinned_over_budget = Some((pinned_bytes, budget));
     }
-    let selection = store.selected().await?;
     let damaged: std::collections::HashSet<&str> = report.damaged.iter().map(|(key, _)| key.as_str()).collect();
     let mut missing = Vec::new();
-    for key in &selection {
+    for key in candidates {
         // Missing: not a key, or no readable record (what the listing leaves out); a damaged
         // entry (removed when it was found) is reported as damaged only.
         if damaged.contains(key.as_str()) {
