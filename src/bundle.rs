@@ -399,14 +399,27 @@ pub fn manifest_of(
     base: Option<&BaseInfo>,
     created_by: &str,
 ) -> Manifest {
-    let mut entries = entries;
-    entries.sort_by(|a, b| a.0.key.cmp(&b.0.key));
     let mut infos = Vec::with_capacity(entries.len());
     let mut packages = Vec::new();
     for (info, package) in entries {
         packages.extend(package);
         infos.push(info);
     }
+    manifest_from_parts(infos, packages, base, created_by)
+}
+
+/// The manifest of objects described by [`describe_object`] and the package entries of its
+/// tarballs, each list in any order (what a streaming writer collects: no pairs kept).
+pub fn manifest_from_parts(
+    mut infos: Vec<ObjectInfo>,
+    mut packages: Vec<PackageInfo>,
+    base: Option<&BaseInfo>,
+    created_by: &str,
+) -> Manifest {
+    infos.sort_by(|a, b| a.key.cmp(&b.key));
+    packages.sort_by(|a, b| a.key.cmp(&b.key));
+    infos.shrink_to_fit();
+    packages.shrink_to_fit();
     let totals = Totals {
         bytes: infos.iter().map(|o| o.size).sum(),
         objects: infos.len() as u64,

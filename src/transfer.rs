@@ -127,7 +127,8 @@ pub async fn export_to<W: std::io::Write>(
         Some(base) => base.objects.iter().map(|o| (o.key.as_str(), o)).collect(),
         None => HashMap::new(),
     };
-    let mut described = Vec::new();
+    // The manifest's two lists, built as the store is walked.
+    let (mut described, mut packages) = (Vec::new(), Vec::new());
     let mut verified = 0usize;
     let mut blocked = Vec::new();
     // Walked as a stream: what is kept per entry is its description in the manifest.
@@ -162,7 +163,8 @@ pub async fn export_to<W: std::io::Write>(
         if known.get(info.key.as_str()).is_some_and(|base| base.pinned == info.pinned && base.sha256 == info.sha256) {
             continue;
         }
-        described.push((info, package));
+        described.push(info);
+        packages.extend(package);
     }
     drop(listing);
     if verified == 0 {
@@ -183,7 +185,7 @@ pub async fn export_to<W: std::io::Write>(
         .base
         .as_ref()
         .map(|manifest| bundle::BaseInfo::of(manifest, request.base_digest.as_deref().unwrap_or_default()));
-    let manifest = bundle::manifest_of(described, base.as_ref(), bundle::CREATED_BY);
+    let manifest = bundle::manifest_from_parts(described, packages, base.as_ref(), bundle::CREATED_BY);
     // When this store first saw the releases of the packages the bundle carries (format 2), so
     // that the importing site's cooldown counts from then.
     let packages: std::collections::HashSet<String> = manifest
@@ -195,14 +197,11 @@ pub async fn export_to<W: std::io::Write>(
             _ => None,
         })
         .collect();
-    let first_seen: BTreeMap<String, u64> = mirror
-        .seen_export()
-        .into_iter()
-        .filter(|(release, _)| {
-            let package = release.rsplit_once('/').map(|(package, _)| format!("{package}/"));
-            package.is_some_and(|p| packages.contains(&p)) && bundle::is_release_key(release)
-        })
-        .collect();
+    let first_seen: BTreeMap<String, u64> = mirror.seen_export_where(|release| {
+        let package = release.rsplit_once('/').map(|(package, _)| format!("{package}/"));
+        package.is_some_and(|p| packages.contains(&p)) && bundle::is_release_key(release)
+    });
+    drop(packages);
     let manifest = manifest.with_first_seen(first_seen);
     let totals = manifest.totals;
     let len = bundle::archive_len(&manifest).map_err(TransferError::Bundle)?;

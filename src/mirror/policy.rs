@@ -115,6 +115,11 @@ impl Mirror {
         self.inner.seen.export()
     }
 
+    /// The first-seen times of the releases `wanted` accepts (copied, the rest never is).
+    pub fn seen_export_where(&self, wanted: impl Fn(&str) -> bool) -> BTreeMap<String, u64> {
+        self.inner.seen.export_where(wanted)
+    }
+
     /// Takes the earlier of each given first-seen time and the one held (a bundle's, on
     /// import); returns how many changed. Saved with the next [`Mirror::save_seen`].
     pub fn seen_merge_earlier(&self, map: BTreeMap<String, u64>) -> usize {

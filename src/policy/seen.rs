@@ -51,7 +51,12 @@ impl SeenLog {
 
     /// Every first-seen time (what a bundle carries).
     pub fn export(&self) -> BTreeMap<String, u64> {
-        self.times().iter().map(|(k, v)| (k.clone(), *v)).collect()
+        self.export_where(|_| true)
+    }
+
+    /// The first-seen times of the keys `wanted` accepts.
+    pub fn export_where(&self, wanted: impl Fn(&str) -> bool) -> BTreeMap<String, u64> {
+        self.times().iter().filter(|(k, _)| wanted(k)).map(|(k, v)| (k.clone(), *v)).collect()
     }
 
     /// Takes the earlier of each time in `map` and the one held (a bundle's, another
