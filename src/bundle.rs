@@ -509,14 +509,8 @@ impl<W: Write> Writer<W> {
         // Serialized straight into the archive (twice: once to count its bytes for the member's
         // header), never held as text: a whole-repository manifest is tens of megabytes.
         let len = canonical_len(&manifest).map_err(BundleError::Write)?;
-        let mut header = fixed_header(tar::EntryType::Regular, len).map_err(BundleError::Write)?;
-        header.set_path(MANIFEST_NAME).map_err(BundleError::Write)?;
-        header.set_cksum();
-        let inner = builder.get_mut();
-        inner.write_all(header.as_bytes()).map_err(BundleError::Write)?;
-        write_canonical(&manifest, &mut *inner).map_err(BundleError::Write)?;
-        let padding = (BLOCK - len % BLOCK) % BLOCK;
-        inner.write_all(&[0u8; BLOCK as usize][..padding as usize]).map_err(BundleError::Write)?;
+        append_member_with(&mut builder, MANIFEST_NAME, len, |out| write_canonical(&manifest, out))
+            .map_err(BundleError::Write)?;
         Ok(Writer { builder, manifest, next: 0 })
     }
 
@@ -625,7 +619,18 @@ fn fixed_header(entry_type: tar::EntryType, size: u64) -> io::Result<tar::Header
 }
 
 fn append_member<W: Write>(builder: &mut tar::Builder<W>, path: &str, data: &[u8]) -> io::Result<()> {
-    let mut header = fixed_header(tar::EntryType::Regular, data.len() as u64)?;
+    append_member_with(builder, path, data.len() as u64, |out| out.write_all(data))
+}
+
+/// Appends a member of `len` bytes that `write` writes (exactly that many) after its header:
+/// its data need not be held anywhere.
+fn append_member_with<W: Write>(
+    builder: &mut tar::Builder<W>,
+    path: &str,
+    len: u64,
+    write: impl FnOnce(&mut W) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut header = fixed_header(tar::EntryType::Regular, len)?;
     if header.set_path(path).is_err() {
         // Too long for ustar's name and prefix fields: a pax header carries the path.
         let record = pax_record("path", path);
@@ -635,11 +640,15 @@ fn append_member<W: Write>(builder: &mut tar::Builder<W>, path: &str, data: &[u8
         builder.append(&pax, record.as_slice())?;
         // The ustar name is only what readers without pax support see: the file name, cut.
         let name = path.rsplit('/').next().unwrap_or(path);
-        header = fixed_header(tar::EntryType::Regular, data.len() as u64)?;
+        header = fixed_header(tar::EntryType::Regular, len)?;
         header.set_path(name.get(..100).unwrap_or(name))?;
     }
     header.set_cksum();
-    builder.append(&header, data)
+    let out = builder.get_mut();
+    out.write_all(header.as_bytes())?;
+    write(out)?;
+    let padding = (BLOCK - len % BLOCK) % BLOCK;
+    out.write_all(&[0u8; BLOCK as usize][..padding as usize])
 }
 
 /// One pax record: `LEN key=value\n`, where LEN counts the whole record including itself.
@@ -784,7 +793,7 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// The manifest as read, with an index from key to position in its object list.
+/// The manifest as read, with which of its objects and package entries were met.
 struct Listed {
     /// Its objects sorted by key (checked), so a member is found by binary search.
     manifest: Manifest,
@@ -1104,7 +1113,6 @@ pub fn is_release_key(release: &str) -> bool {
     kind_of(&key).is_ok() && crate::route::package_name(name).is_ok() && !version.contains('/')
 }
 
-/// Parses and checks the manifest against itself and the limits, before any object is read.
 /// The manifest as it is parsed: every field optional and unknown fields named, so that a
 /// manifest of an unknown format is refused as such whatever else it holds.
 #[derive(Default)]
@@ -1157,37 +1165,10 @@ impl<'de> Deserialize<'de> for Incoming {
     }
 }
 
-/// Hashes and counts what passes through it.
-struct Digesting<R> {
-    inner: R,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<R: Read> Read for Digesting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-}
-
-impl<W: Write> Write for Digesting<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Parses the manifest member as it streams past (its text is never held: a whole
-/// repository's manifest is a hundred megabytes and more), then checks it. The text must be
-/// exactly the canonical form: the same length and sha256 as the manifest re-serialized.
+/// repository's manifest is a hundred megabytes and more), then checks it against itself and
+/// the limits, before any object is read. The text must be exactly the canonical form: the
+/// same length and sha256 as the manifest re-serialized.
 fn read_manifest_member(
     entry: &mut impl Read,
     size: u64,
@@ -1197,13 +1178,14 @@ fn read_manifest_member(
     limits: &Limits,
 ) -> Result<Listed, BundleError> {
     let invalid = |reason: String| BundleError::ManifestInvalid { reason };
-    let mut text = Digesting { inner: entry.take(size), hasher: Sha256::new(), count: 0 };
+    let read = Rc::new(Position::default());
+    let mut text = HashingReader { inner: entry.take(size), hasher: Sha256::new(), position: read.clone() };
     let mut buffered = io::BufReader::with_capacity(64 << 10, &mut text);
     let parsed: Result<Incoming, serde_json::Error> = serde_json::from_reader(&mut buffered);
     // The rest (after a parse error, say) is read too: the member's length is checked whole.
     io::copy(&mut buffered, &mut io::sink()).map_err(|e| failure(last, e))?;
     drop(buffered);
-    if text.count != size {
+    if read.offset.get() != size {
         return Err(BundleError::Truncated { context: format!("in member {path:?}") });
     }
     let incoming = parsed.map_err(|e| match e.is_io() {
@@ -1231,9 +1213,9 @@ fn read_manifest_member(
         packages: incoming.packages.ok_or_else(|| missing("packages"))?,
         totals: incoming.totals.ok_or_else(|| missing("totals"))?,
     };
-    let mut canonical = Digesting { inner: io::sink(), hasher: Sha256::new(), count: 0 };
+    let mut canonical = HashingWriter { inner: Counter(0), hasher: Sha256::new() };
     write_canonical(&manifest, &mut canonical).map_err(|e| invalid(e.to_string()))?;
-    if canonical.count != size || canonical.hasher.finalize() != text.hasher.finalize() {
+    if canonical.inner.0 != size || canonical.hasher.finalize() != text.hasher.finalize() {
         return Err(invalid("not in canonical form (pretty-printed, sorted keys, final newline)".into()));
     }
     check_manifest(manifest, limits)

@@ -616,7 +616,7 @@ fn where_it_works(file: Option<&std::path::Path>, config: &Config) -> String {
 /// The largest memory tier of a command that opens the store itself (no server).
 const ONE_SHOT_MEMORY_TIER: u64 = 32 << 20;
 
-async fn open(config: Config, need: Need) -> Result<Store, Failure> {
+async fn open(mut config: Config, need: Need) -> Result<Store, Failure> {
     let data_dir = config.data_dir.display().to_string();
     if config.store == hexmirror::config::StoreConfig::Local {
         // Looked at before admin.json, which an unusable directory cannot hold anyway.
@@ -633,7 +633,6 @@ async fn open(config: Config, need: Need) -> Result<Store, Failure> {
     // A command on the store itself reads each entry about once and exits: a memory tier the
     // size of a server's would only fill with what is dropped at exit (a whole-repository sync
     // held the configured 256 MiB in tarballs on top of everything else).
-    let mut config = config;
     config.memory_cache_bytes = config.memory_cache_bytes.min(ONE_SHOT_MEMORY_TIER);
     let metrics = hexmirror::metrics_for(&config);
     let opened = match need {

@@ -571,10 +571,10 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
                 if explicit {
                     explicit_releases.insert(id.clone());
                 }
-                if planner.tarballs.contains_key(&id) {
-                    continue;
-                }
-                planner.tarballs.insert(id, release.outer_checksum);
+                match planner.tarballs.entry(id) {
+                    std::collections::btree_map::Entry::Occupied(_) => continue,
+                    std::collections::btree_map::Entry::Vacant(planned) => planned.insert(release.outer_checksum),
+                };
                 if !request.dependencies || matches!(want.pick, Pick::Locked(_)) {
                     // A lockfile already lists the whole closure.
                     continue;

@@ -412,6 +412,13 @@ const RESUMABLE_FOR: std::time::Duration = std::time::Duration::from_secs(7 * 24
 /// Staged bytes between checkpoints: what a resumed import may have to stage again.
 const CHECKPOINT_BYTES: u64 = 32 << 20;
 
+/// `value` as one line of a JSON-lines file (the index, the journal).
+fn json_line(value: &impl Serialize) -> Result<Vec<u8>, serde_json::Error> {
+    let mut line = serde_json::to_vec(value)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
 /// An index line: a staged object, or a checkpoint (every object listed before it is durable).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -509,7 +516,7 @@ impl Staging {
     /// checkpoint (durable, and checked again against their digests when committed); anything
     /// after it is cut off.
     fn adopt(dir: &Path, signed: &std::collections::HashSet<String>) -> std::io::Result<Staging> {
-        use std::io::{BufRead, Seek};
+        use std::io::BufRead;
         let open = |name: &str| std::fs::OpenOptions::new().read(true).write(true).open(dir.join(name));
         let (file, index_file) = (open(STAGED)?, open(INDEX)?);
         let (file_len, index_len) = (file.metadata()?.len(), index_file.metadata()?.len());
@@ -537,14 +544,13 @@ impl Staging {
         }
         file.set_len(written)?;
         index_file.set_len(kept_end)?;
-        let mut index_file = index_file;
-        index_file.seek(std::io::SeekFrom::End(0))?;
+        drop((file, index_file));
+        // Opened again to append after what is kept.
         let file = std::fs::OpenOptions::new().append(true).read(true).open(dir.join(STAGED))?;
         let signed_objects =
             kept.iter().filter(|o| signed.contains(&o.key)).map(|o| (o.key.clone(), o.clone())).collect();
         let count = kept.len();
         let adopted = kept.into_iter().map(|o| o.key).collect();
-        drop(index_file);
         let index = std::fs::OpenOptions::new().append(true).open(dir.join(INDEX))?;
         LIVE.lock().unwrap_or_else(|p| p.into_inner()).push(dir.to_path_buf());
         Ok(Staging {
@@ -586,8 +592,7 @@ impl Staging {
             present: false,
         };
         self.written += bytes.len() as u64;
-        let mut line = serde_json::to_vec(&object).map_err(|e| self.fail(INDEX, e))?;
-        line.push(b'\n');
+        let line = json_line(&object).map_err(|e| self.fail(INDEX, e))?;
         self.index.write_all(&line).map_err(|e| self.fail(INDEX, e))?;
         self.count += 1;
         if self.signed.contains(&object.key) {
@@ -606,9 +611,8 @@ impl Staging {
         use std::io::Write;
         self.index.flush().map_err(|e| self.fail(INDEX, e))?;
         self.file.sync_data().map_err(|e| self.fail(STAGED, e))?;
-        let mut line = serde_json::to_vec(&IndexLine::Checkpoint { checkpoint: self.count as u64 })
-            .map_err(|e| self.fail(INDEX, e))?;
-        line.push(b'\n');
+        let line =
+            json_line(&IndexLine::Checkpoint { checkpoint: self.count as u64 }).map_err(|e| self.fail(INDEX, e))?;
         self.index.write_all(&line).map_err(|e| self.fail(INDEX, e))?;
         self.index.flush().map_err(|e| self.fail(INDEX, e))?;
         self.index.get_ref().sync_data().map_err(|e| self.fail(INDEX, e))?;
@@ -631,9 +635,7 @@ impl Staging {
         let fail = |e: std::io::Error| TransferError::Staging(format!("{}: {e}", tmp.display()));
         let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(fail)?);
         let head = JournalHead { digest: report.digest.clone(), objects: (self.count - self.dropped.len()) as u64 };
-        let mut line = serde_json::to_vec(&head).map_err(|e| self.fail(JOURNAL, e))?;
-        line.push(b'\n');
-        out.write_all(&line).map_err(fail)?;
+        out.write_all(&json_line(&head).map_err(|e| self.fail(JOURNAL, e))?).map_err(fail)?;
         let index = std::fs::File::open(self.dir.join(INDEX)).map_err(|e| self.fail(INDEX, e))?;
         let mut objects = 0u64;
         for line in std::io::BufReader::new(index).lines() {
@@ -651,9 +653,7 @@ impl Staging {
                 true => report.unchanged += 1,
                 false => report.new += 1,
             }
-            let mut line = serde_json::to_vec(&object).map_err(|e| self.fail(JOURNAL, e))?;
-            line.push(b'\n');
-            out.write_all(&line).map_err(fail)?;
+            out.write_all(&json_line(&object).map_err(|e| self.fail(JOURNAL, e))?).map_err(fail)?;
         }
         debug_assert_eq!(objects, head.objects);
         let file = out.into_inner().map_err(|e| fail(e.into_error()))?;
@@ -695,12 +695,10 @@ fn rewrite_old_journal(old: &[u8], path: &Path) -> Result<(), String> {
     }
     let journal: Journal = serde_json::from_slice(old).map_err(|e| e.to_string())?;
     let head = JournalHead { digest: journal.digest, objects: journal.objects.len() as u64 };
-    let mut text = serde_json::to_vec(&head).map_err(|e| e.to_string())?;
+    let mut text = json_line(&head).map_err(|e| e.to_string())?;
     for object in &journal.objects {
-        text.push(b'\n');
-        text.extend(serde_json::to_vec(object).map_err(|e| e.to_string())?);
+        text.extend(json_line(object).map_err(|e| e.to_string())?);
     }
-    text.push(b'\n');
     let tmp = path.with_extension("partial");
     std::fs::write(&tmp, &text).map_err(|e| e.to_string())?;
     std::fs::rename(&tmp, path).map_err(|e| e.to_string())
@@ -793,6 +791,15 @@ async fn commit(mirror: &Mirror, dir: &Path, file: &std::fs::File) -> Result<(),
     result
 }
 
+/// The digest of the bundle whose interrupted import `dir` holds, if it can be resumed: marked,
+/// and without a journal (a commit under way is completed instead).
+fn resumable_digest(dir: &Path) -> Option<String> {
+    if dir.join(JOURNAL).exists() || dir.join(OLD_JOURNAL).exists() {
+        return None;
+    }
+    Some(std::fs::read_to_string(dir.join(RESUME)).ok()?.trim().to_string())
+}
+
 /// Staging directories of interrupted imports that can be resumed, with their bundles' digests.
 fn resumable(root: &Path) -> Vec<(PathBuf, String)> {
     let live: Vec<PathBuf> = LIVE.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -800,11 +807,8 @@ fn resumable(root: &Path) -> Vec<(PathBuf, String)> {
     entries
         .flatten()
         .map(|entry| entry.path())
-        .filter(|dir| !live.contains(dir) && !dir.join(JOURNAL).exists() && !dir.join(OLD_JOURNAL).exists())
-        .filter_map(|dir| {
-            let digest = std::fs::read_to_string(dir.join(RESUME)).ok()?;
-            Some((dir, digest.trim().to_string()))
-        })
+        .filter(|dir| !live.contains(dir))
+        .filter_map(|dir| resumable_digest(&dir).map(|digest| (dir, digest)))
         .collect()
 }
 
@@ -823,7 +827,7 @@ pub async fn recover(mirror: &Mirror) -> usize {
         if live.contains(&path) {
             continue;
         }
-        if path.join(RESUME).exists() && !path.join(JOURNAL).exists() && !path.join(OLD_JOURNAL).exists() {
+        if resumable_digest(&path).is_some() {
             let age = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
             if age.is_some_and(|age| age < RESUMABLE_FOR) {
                 // Verified and staged before it was interrupted: kept for a resumed import.
@@ -866,7 +870,7 @@ where
     recover(mirror).await;
     let mut records = HashMap::new();
     // Verified in the first read, staged once the bundle's digest says where (see `Staging`).
-    let mut first: Vec<(CacheKey, Option<Entry>)> = Vec::new();
+    let mut first: Vec<(CacheKey, Arc<Entry>)> = Vec::new();
     let mut signatures: BTreeMap<String, Bytes> = BTreeMap::new();
     let mut blocked = Vec::new();
     fn parse(text: &str) -> Result<CacheKey, TransferError> {
@@ -886,16 +890,15 @@ where
             .verify_import(&key, object.bytes, None, None, &records)
             .await
             .map_err(|reason| TransferError::Refused { key: object.key.clone(), reason })?;
+        let entry = Arc::new(entry);
         if let Resource::Package(name) = key.resource() {
             // A bundle's record is seen when it is imported (once, not per tarball).
             if let crate::verify::Facts::Releases(releases) = entry.content.facts() {
                 mirror.note_listed(key.namespace(), name, releases);
             }
-            records.insert((key.namespace().to_string(), name.clone()), Arc::new(entry));
-            first.push((key, None));
-        } else {
-            first.push((key, Some(entry)));
+            records.insert((key.namespace().to_string(), name.clone()), entry.clone());
         }
+        first.push((key, entry));
     }
     let (mut manifest, digest) = finish_pass(handle).await?;
     let signed = signatures.keys().filter_map(|key| key.strip_suffix(".signed")).map(String::from).collect();
@@ -905,15 +908,7 @@ where
         tracing::info!(sha256 = %digest, objects = resumed, "import: resuming an interrupted import of this bundle; what it verified and staged is kept");
     }
     for (key, entry) in first {
-        let entry = match (&entry, key.resource()) {
-            (Some(entry), _) => entry,
-            (None, Resource::Package(name)) => match records.get(&(key.namespace().to_string(), name.clone())) {
-                Some(entry) => entry.as_ref(),
-                None => continue,
-            },
-            (None, _) => continue,
-        };
-        staging.stage(key.clone(), entry).await?;
+        staging.stage(key, &entry).await?;
     }
 
     // An incremental bundle needs its base imported first: said before its tarballs and
@@ -950,26 +945,34 @@ where
         let (mut rx, handle) = read_pass(open.clone(), |key| !key.ends_with(".signed") && rank_of(key) != 0);
         while let Some(object) = rx.recv().await {
             let key = parse(&object.key)?;
-            if staging.holds(&object.key) {
-                // Verified and staged by the interrupted import; this site's policy judges it again.
-                if let Some(decision) = mirror.blocked_tarball(&key, &object.bytes, &records).await {
-                    blocked.push(format!("{}: {}: {}", object.key, decision.rule.as_str(), decision.reason));
+            // Verified and staged already by an interrupted import of this bundle: not again.
+            let held = staging.holds(&object.key);
+            let entry = match held {
+                true => None,
+                false => {
+                    let signature = signatures
+                        .get(&format!("{}.signed", object.key))
+                        .and_then(|s| String::from_utf8(s.to_vec()).ok());
+                    let entry = mirror
+                        .verify_import(&key, object.bytes.clone(), signature, None, &records)
+                        .await
+                        .map_err(refused(&object.key))?;
+                    Some(entry)
+                }
+            };
+            // This site's policy (judging held objects again): a release it blocks is left
+            // out, and listed.
+            let bytes = entry.as_ref().map_or(&object.bytes, |entry| entry.bytes());
+            if let Some(decision) = mirror.blocked_tarball(&key, bytes, &records).await {
+                blocked.push(format!("{}: {}: {}", object.key, decision.rule.as_str(), decision.reason));
+                if held {
                     staging.dropped.insert(object.key);
                 }
                 continue;
             }
-            let signature =
-                signatures.get(&format!("{}.signed", object.key)).and_then(|s| String::from_utf8(s.to_vec()).ok());
-            let entry = mirror
-                .verify_import(&key, object.bytes, signature, None, &records)
-                .await
-                .map_err(refused(&object.key))?;
-            // This site's policy: a release it blocks is left out, and listed.
-            if let Some(decision) = mirror.blocked_tarball(&key, entry.bytes(), &records).await {
-                blocked.push(format!("{}: {}: {}", object.key, decision.rule.as_str(), decision.reason));
-                continue;
+            if let Some(entry) = entry {
+                staging.stage(key, &entry).await?;
             }
-            staging.stage(key, &entry).await?;
         }
         let (_, again) = finish_pass(handle).await?;
         if again != digest {

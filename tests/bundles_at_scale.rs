@@ -196,6 +196,29 @@ fn as_old_journal(journal: &std::path::Path) {
     std::fs::remove_file(journal).unwrap();
 }
 
+/// Runs `import FILE` and kills it the moment `when` finds what it looks for (returned), or
+/// returns `None` if the import ended first.
+fn import_killed_when(config: &Path, file: &Path, when: impl Fn() -> Option<PathBuf>) -> Option<PathBuf> {
+    let mut child = hexmirror_command(config)
+        .args(["import", file.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let found = loop {
+        if let Some(found) = when() {
+            child.kill().unwrap();
+            break Some(found);
+        }
+        if child.try_wait().unwrap().is_some() {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    child.wait().unwrap();
+    found
+}
+
 async fn killed_while_committing(old_journal: bool) {
     let bundle = large_bundle();
     for attempt in 0..5 {
@@ -204,30 +227,15 @@ async fn killed_while_committing(old_journal: bool) {
         let file = site.dir().join("large.hxb");
         std::fs::write(&file, &bundle).unwrap();
         let staging = site.data_dir().join("import-staging");
-        let mut child = hexmirror_command(&config)
-            .args(["import", file.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
         // Killed the moment its journal exists: everything verified, the commit under way.
-        let journal = loop {
-            let found = std::fs::read_dir(&staging)
+        let journal = import_killed_when(&config, &file, || {
+            std::fs::read_dir(&staging)
                 .into_iter()
                 .flatten()
                 .flatten()
                 .map(|e| e.path().join("journal.jsonl"))
-                .find(|p| p.exists());
-            if let Some(journal) = found {
-                child.kill().unwrap();
-                break Some(journal);
-            }
-            if child.try_wait().unwrap().is_some() {
-                break None;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        };
-        child.wait().unwrap();
+                .find(|p| p.exists())
+        });
         let Some(journal) = journal.filter(|j| j.exists()) else {
             eprintln!("attempt {attempt}: the import finished before it was killed; again");
             continue;
@@ -279,23 +287,7 @@ async fn an_import_killed_while_it_verifies_is_resumed_by_the_next_import_of_the
         let file = site.dir().join("large.hxb");
         std::fs::write(&file, &bundle).unwrap();
         let staging = site.data_dir().join("import-staging");
-        let mut child = hexmirror_command(&config)
-            .args(["import", file.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let killed = loop {
-            if let Some(dir) = checkpointed_staging(&staging) {
-                child.kill().unwrap();
-                break Some(dir);
-            }
-            if child.try_wait().unwrap().is_some() {
-                break None;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        };
-        child.wait().unwrap();
+        let killed = import_killed_when(&config, &file, || checkpointed_staging(&staging));
         let Some(dir) = killed.filter(|dir| !dir.join("journal.jsonl").exists()) else {
             eprintln!("attempt {attempt}: the import reached its commit before it was killed; again");
             continue;

@@ -133,12 +133,15 @@ pub struct Sweep {
 
 /// The 40 bytes a blob's file name (`SHA256-KEYHASH`, lowercase hex) encodes, if it is one.
 fn blob_id(name: &str) -> Option<[u8; 40]> {
+    // Only the exact spelling `blob_path` writes: an upper-case twin is not the live blob.
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
     let (sha256, key_hash) = name.split_once('-')?;
     let mut id = [0u8; 40];
     hex::decode_to_slice(sha256, &mut id[..32]).ok()?;
     hex::decode_to_slice(key_hash, &mut id[32..]).ok()?;
-    // Only the exact spelling `blob_path` writes: an upper-case twin is not the live blob.
-    (hex::encode(id) == name.replace('-', "")).then_some(id)
+    Some(id)
 }
 
 impl Local {
