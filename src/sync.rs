@@ -13,11 +13,12 @@
 //! works from are the facts `verify` decoded while verifying each reply
 //! ([`crate::mirror::Reply::facts`], [`crate::verify::Facts`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
+use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 
 use crate::lockfile::{self, LockedPackage};
@@ -54,6 +55,11 @@ pub struct SyncRequest {
     /// At most this many requests a second (`None`: no limit). A 429's `Retry-After` is
     /// honoured either way.
     pub rate: Option<f64>,
+    /// How many releases of verified package records the plan keeps for dependencies still to
+    /// be resolved (default [`RECENT_RELEASES`]); not part of the request a server is sent.
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub recent_releases: Option<u64>,
 }
 
 /// One step of a sync, reported as it happens.
@@ -145,16 +151,71 @@ enum Pick {
     Locked(LockedPackage),
 }
 
+/// A package record's identity: its repository (`None`: the root) and the package's name.
+type PackageId = (Option<String>, String);
+
+/// Planned tarballs held before they are fetched: past this many, tarballs are fetched before
+/// more records are asked for, so a whole repository's plan is never held at once.
+const TARBALL_BACKLOG: usize = 4_096;
+
+/// Releases of verified package records kept for dependencies resolved later (a few hundred
+/// bytes each). A record pushed out is read again (from the store, verified again) when a
+/// dependency on it still has to be resolved.
+pub const RECENT_RELEASES: u64 = 32_768;
+
+/// 128 bits of the sha256 of a repository and two names (a release, or a dependency and its
+/// requirement): what the plan keeps of each instead of the names, a few MiB for a whole
+/// repository. Length-prefixed, so no two different triples are hashed alike.
+fn plan_digest(repo: &Option<String>, first: &str, second: &str) -> [u8; 16] {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    match repo {
+        None => hash.update([0]),
+        Some(repo) => {
+            hash.update([1]);
+            hash.update((repo.len() as u64).to_le_bytes());
+            hash.update(repo.as_bytes());
+        }
+    }
+    for part in [first, second] {
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part.as_bytes());
+    }
+    hash.finalize()[..16].try_into().expect("16 of 32 bytes")
+}
+
 struct Planner<'a> {
     mirror: &'a Mirror,
+    request: &'a SyncRequest,
     summary: Summary,
     selected: BTreeSet<String>,
-    /// Tarballs to fetch: (repo, name, version), with the sha256 the verified record lists.
-    tarballs: BTreeMap<(Option<String>, String, String), Option<[u8; 32]>>,
-    /// The releases of each verified package record visited (`None`: it could not be had).
-    records: HashMap<(Option<String>, String), Option<Arc<Releases>>>,
+    /// Every package record asked for so far.
+    visited: HashSet<PackageId>,
+    /// The records that could not be had: what needs them is resolved as missing at once.
+    unavailable: HashSet<PackageId>,
+    /// The releases of recently verified records, for the dependencies on them still to come.
+    recent: moka::sync::Cache<PackageId, Arc<Releases>>,
+    /// What waits for a record being fetched, in the order it was asked for.
+    waiting: HashMap<PackageId, Vec<Want>>,
+    /// Records to fetch; `true` for one fetched before and pushed out of `recent` (it is not
+    /// reported or selected again).
+    to_fetch: VecDeque<(PackageId, bool)>,
+    /// Every release planned ([`plan_digest`]): each tarball is fetched once.
+    planned: HashSet<[u8; 16]>,
+    /// Every dependency (repository, package, requirement) resolved: each is resolved once.
+    followed: HashSet<[u8; 16]>,
+    /// Planned tarballs not yet asked for, with the sha256 the verified record lists.
+    backlog: VecDeque<(Option<String>, Resource, Option<[u8; 32]>)>,
+    /// What a spec or a lockfile asked for by name: blocked when fetched, the sync fails.
+    explicit_releases: BTreeSet<(Option<String>, String, String)>,
     events: &'a (dyn Fn(Event) + Send + Sync),
     pace: Option<&'a Pace>,
+}
+
+/// What one of the plan's requests came back with.
+enum Done {
+    Record { id: PackageId, again: bool, result: Result<Reply, MirrorError> },
+    Tarball { repo: Option<String>, resource: Resource, landed: Landed },
 }
 
 impl Planner<'_> {
@@ -215,23 +276,282 @@ impl Planner<'_> {
         }
     }
 
-    /// Fetches the package records of `wanted` that no earlier wave fetched, `concurrency` at
-    /// a time, noting each as it arrives; only the releases they list are kept.
-    async fn fetch_records(&mut self, wanted: BTreeSet<(Option<String>, String)>, concurrency: usize) {
+    /// Resolves `wants` and what they depend on, and fetches what they plan: package records
+    /// (`concurrency` requests at once) and tarballs as the records resolve. Records go first
+    /// while fewer than [`TARBALL_BACKLOG`] tarballs wait; `Planned` is reported when the
+    /// last record is resolved. Each result is reported as it lands, and dropped.
+    async fn fetch_planned(&mut self, wants: VecDeque<Want>, concurrency: usize) {
         let (mirror, pace) = (self.mirror, self.pace);
-        let wanted: Vec<_> = wanted.into_iter().filter(|id| !self.records.contains_key(id)).collect();
-        let mut arriving = stream::iter(wanted.into_iter().map(|(repo, name)| async move {
-            let resource = Resource::Package(name.clone());
-            let result = fetch_one(mirror, &repo, &resource, pace).await;
-            (repo, name, resource, result)
-        }))
-        .buffer_unordered(concurrency);
-        while let Some((repo, name, resource, result)) = arriving.next().await {
-            let releases = match self.note(&repo, &resource, result).map(|r| r.facts) {
-                Some(Facts::Releases(releases)) => Some(releases),
-                _ => None,
-            };
-            self.records.insert((repo, name), releases);
+        self.settle(wants);
+        let mut in_flight = stream::FuturesUnordered::new();
+        let mut records_in_flight = 0usize;
+        let mut announced = false;
+        loop {
+            while in_flight.len() < concurrency {
+                let tarball_first = self.backlog.len() >= TARBALL_BACKLOG || self.to_fetch.is_empty();
+                if let Some((repo, resource, checksum)) = tarball_first.then(|| self.backlog.pop_front()).flatten() {
+                    in_flight.push(
+                        async move {
+                            let landed = match already_synced(mirror, &repo, &resource, checksum).await {
+                                Some(key) => Landed::Stored(key),
+                                None => Landed::Fetched(fetch_one(mirror, &repo, &resource, pace).await),
+                            };
+                            Done::Tarball { repo, resource, landed }
+                        }
+                        .boxed(),
+                    );
+                } else if let Some((id, again)) = self.to_fetch.pop_front() {
+                    records_in_flight += 1;
+                    in_flight.push(
+                        async move {
+                            let resource = Resource::Package(id.1.clone());
+                            let result = fetch_one(mirror, &id.0, &resource, pace).await;
+                            Done::Record { id, again, result }
+                        }
+                        .boxed(),
+                    );
+                } else {
+                    break;
+                }
+            }
+            if !announced && self.to_fetch.is_empty() && records_in_flight == 0 {
+                announced = true;
+                (self.events)(Event::Planned { releases: self.planned.len(), packages: self.visited.len() });
+            }
+            let Some(done) = in_flight.next().await else { break };
+            match done {
+                Done::Record { id, again, result } => {
+                    records_in_flight -= 1;
+                    let resource = Resource::Package(id.1.clone());
+                    let reply = match (again, result) {
+                        // Read again for a dependency: reported and selected the first time.
+                        (true, Ok(reply)) => Some(reply),
+                        (_, result) => self.note(&id.0, &resource, result),
+                    };
+                    let releases = match reply.map(|r| r.facts) {
+                        Some(Facts::Releases(releases)) => Some(releases),
+                        _ => None,
+                    };
+                    self.arrived(id, releases);
+                }
+                Done::Tarball { repo, resource, landed } => self.landed(repo, resource, landed),
+            }
+            if self.selected.len() >= SELECTION_BATCH {
+                self.save_selection().await;
+            }
+        }
+    }
+
+    /// A record came back (`None`: it could not be had): what waited for it is resolved.
+    fn arrived(&mut self, id: PackageId, releases: Option<Arc<Releases>>) {
+        let wants = self.waiting.remove(&id).unwrap_or_default();
+        let mut next = VecDeque::new();
+        match releases {
+            Some(releases) => {
+                self.recent.insert(id, releases.clone());
+                for want in wants {
+                    next.extend(self.resolve(&want, &releases));
+                }
+            }
+            None => {
+                self.unavailable.insert(id);
+                wants.iter().for_each(|want| self.missing(want));
+            }
+        }
+        self.settle(next);
+    }
+
+    /// Resolves each of `wants` whose record is at hand, with what it depends on in turn; the
+    /// others wait for their record, which is asked for once.
+    fn settle(&mut self, mut wants: VecDeque<Want>) {
+        while let Some(want) = wants.pop_front() {
+            let id = (want.repo.clone(), want.name.clone());
+            if let Some(releases) = self.recent.get(&id) {
+                wants.extend(self.resolve(&want, &releases));
+            } else if self.unavailable.contains(&id) {
+                self.missing(&want);
+            } else if let Some(waiting) = self.waiting.get_mut(&id) {
+                waiting.push(want);
+            } else {
+                let again = !self.visited.insert(id.clone());
+                self.to_fetch.push_back((id.clone(), again));
+                self.waiting.insert(id, vec![want]);
+            }
+        }
+    }
+
+    /// A want whose package has no verified record: a failure when it was asked for by name.
+    fn missing(&mut self, want: &Want) {
+        if let Some(spec) = &want.requested {
+            self.item(spec.clone(), Outcome::Failed, Some("no verified registry record for this package".into()));
+        }
+    }
+
+    /// Resolves one want from its package's verified releases: plans the releases it chooses
+    /// (each once) and returns what they depend on, each dependency once.
+    fn resolve(&mut self, want: &Want, record: &Releases) -> Vec<Want> {
+        let (mirror, request) = (self.mirror, self.request);
+        let mut releases: Vec<(semver::Version, &Release)> =
+            record.iter().filter_map(|r| parse_version(&r.version).ok().map(|v| (v, r))).collect();
+        releases.sort_by(|a, b| a.0.cmp(&b.0));
+        let eligible = |(v, r): &(semver::Version, &Release)| {
+            (request.include_prereleases || v.pre.is_empty()) && (request.include_retired || !r.retired)
+        };
+        // The supply-chain policy: a blocked release is never selected (the licence rule,
+        // which needs the tarball, is applied when it is fetched).
+        let namespace = mirror.target(want.repo.as_deref()).namespace;
+        let verdict = |r: &Release| mirror.decide(&namespace, &want.name, r, None).filter(|d| d.enforced);
+        let passes = |pair: &&(semver::Version, &Release)| verdict(pair.1).is_none();
+        let blocked_text = |r: &Release| {
+            verdict(r).map(|d| {
+                format!("{} {} is blocked by policy ({}): {}", want.name, r.version, d.rule.as_str(), d.reason)
+            })
+        };
+        // What the policy alone kept from being chosen, reported by name.
+        let mut held_back: Vec<String> = Vec::new();
+        let chosen: Vec<&Release> = match &want.pick {
+            Pick::All(req) => {
+                let matching: Vec<&(semver::Version, &Release)> = releases
+                    .iter()
+                    .filter(|pair| eligible(pair))
+                    .filter(|(v, _)| req.as_ref().is_none_or(|req| req.matches(v, request.include_prereleases)))
+                    .collect();
+                held_back.extend(matching.iter().filter_map(|(_, r)| blocked_text(r)));
+                matching.into_iter().filter(passes).map(|(_, r)| *r).collect()
+            }
+            Pick::Highest(req) => {
+                let highest = releases
+                    .iter()
+                    .rev()
+                    .filter(|pair| eligible(pair))
+                    .find(|(v, _)| req.matches(v, request.include_prereleases))
+                    .or_else(|| releases.iter().rev().find(|(v, _)| req.matches(v, true)));
+                let allowed = releases
+                    .iter()
+                    .rev()
+                    .filter(|pair| eligible(pair) && passes(pair))
+                    .find(|(v, _)| req.matches(v, request.include_prereleases))
+                    .or_else(|| releases.iter().rev().filter(passes).find(|(v, _)| req.matches(v, true)));
+                if let (Some((_, wanted)), None) = (highest, allowed) {
+                    held_back.extend(blocked_text(wanted));
+                }
+                allowed.map(|(_, r)| vec![*r]).unwrap_or_default()
+            }
+            Pick::Locked(locked) => match releases.iter().find(|(_, r)| r.version == locked.version) {
+                Some((_, release)) if verdict(release).is_some() => {
+                    // A lockfile asks for exactly this release: the sync fails, naming the rule.
+                    let why = blocked_text(release).unwrap_or_default();
+                    self.item(format!("{} {}", locked.name, locked.version), Outcome::Failed, Some(why));
+                    vec![]
+                }
+                Some((_, release)) => match lock_mismatch(locked, release) {
+                    None => vec![*release],
+                    Some(why) => {
+                        self.item(format!("{} {}", locked.name, locked.version), Outcome::Failed, Some(why));
+                        vec![]
+                    }
+                },
+                None => {
+                    self.item(
+                        format!("{} {}", locked.name, locked.version),
+                        Outcome::Failed,
+                        Some("version is not in the verified registry record".into()),
+                    );
+                    vec![]
+                }
+            },
+        };
+        let explicit = want.requested.is_some() || matches!(want.pick, Pick::Locked(_));
+        if chosen.is_empty() && !held_back.is_empty() && (explicit || matches!(want.pick, Pick::Highest(_))) {
+            // Asked for by name, or needed as a dependency, and only blocked releases match.
+            let newest = held_back.last().cloned().unwrap_or_default();
+            let label = want.requested.clone().unwrap_or_else(|| want.name.clone());
+            self.item(label, Outcome::Failed, Some(format!("only blocked releases match; {newest}")));
+        } else if !held_back.is_empty() {
+            for text in &held_back {
+                self.item(want.name.clone(), Outcome::Skipped, Some(text.clone()));
+            }
+        }
+        if chosen.is_empty() && held_back.is_empty() && matches!(want.pick, Pick::All(_) | Pick::Highest(_)) {
+            match &want.requested {
+                // What the operator asked for by name matched nothing: a failure, not a skip.
+                Some(spec) => {
+                    let newest = releases.last().map(|(v, _)| format!("; newest release: {v}")).unwrap_or_default();
+                    let filters = match (request.include_prereleases, request.include_retired) {
+                        (false, false) => " (pre-releases and retired releases need --pre and --retired)",
+                        (false, true) => " (pre-releases need --pre)",
+                        (true, false) => " (retired releases need --retired)",
+                        (true, true) => "",
+                    };
+                    self.item(spec.clone(), Outcome::Failed, Some(format!("no release matches{filters}{newest}")));
+                }
+                None => self.item(want.name.clone(), Outcome::Skipped, Some("no release matches".into())),
+            }
+        }
+        let mut dependencies = Vec::new();
+        for release in chosen {
+            if explicit {
+                self.explicit_releases.insert((want.repo.clone(), want.name.clone(), release.version.clone()));
+            }
+            if !self.planned.insert(plan_digest(&want.repo, &want.name, &release.version)) {
+                continue;
+            }
+            let resource = Resource::Tarball { name: want.name.clone(), version: release.version.clone() };
+            self.backlog.push_back((want.repo.clone(), resource, release.outer_checksum));
+            if !request.dependencies || matches!(want.pick, Pick::Locked(_)) {
+                // A lockfile already lists the whole closure.
+                continue;
+            }
+            for dep in release.dependencies.iter() {
+                if dep.optional && !request.include_optional {
+                    continue;
+                }
+                let repo = dependency_repo(&want.repo, dep.repository.as_deref());
+                if !self.followed.insert(plan_digest(&repo, &dep.package, &dep.requirement)) {
+                    continue;
+                }
+                let Ok(requirement) = Requirement::parse(&dep.requirement) else {
+                    self.item(
+                        dep.package.clone(),
+                        Outcome::Failed,
+                        Some(format!("bad requirement {:?}", dep.requirement)),
+                    );
+                    continue;
+                };
+                dependencies.push(Want {
+                    repo,
+                    name: dep.package.clone(),
+                    pick: Pick::Highest(requirement),
+                    requested: None,
+                });
+            }
+        }
+        dependencies
+    }
+
+    /// A planned tarball was fetched, or found already synced: reported, and selected.
+    fn landed(&mut self, repo: Option<String>, resource: Resource, landed: Landed) {
+        match landed {
+            // Blocked when its tarball was read (the licence rule): a failure when asked for by
+            // name, otherwise left out like any release the policy blocks.
+            Landed::Fetched(Err(MirrorError::Blocked { release, decision }))
+                if !self.explicit_releases.contains(&(
+                    repo.clone(),
+                    resource_name(&resource),
+                    resource_version(&resource),
+                )) =>
+            {
+                let why = format!("{release} is blocked by policy ({}): {}", decision.rule.as_str(), decision.reason);
+                self.item(label_of(&repo, &resource), Outcome::Skipped, Some(why));
+            }
+            Landed::Fetched(result) => {
+                self.note(&repo, &resource, result);
+            }
+            // Present and pinned with the bytes the record names: selected as it is.
+            Landed::Stored((key, len)) => {
+                self.selected.insert(key.to_string());
+                self.item_of(label_of(&repo, &resource), Outcome::Present, None, Some(len));
+            }
         }
     }
 }
@@ -361,9 +681,20 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
     let mut planner = Planner {
         mirror,
         summary: Summary::default(),
+        request,
         selected: BTreeSet::new(),
-        tarballs: BTreeMap::new(),
-        records: HashMap::new(),
+        visited: HashSet::new(),
+        unavailable: HashSet::new(),
+        recent: moka::sync::Cache::builder()
+            .max_capacity(request.recent_releases.unwrap_or(RECENT_RELEASES))
+            .weigher(|_, releases: &Arc<Releases>| releases.len().clamp(1, u32::MAX as usize) as u32)
+            .build(),
+        waiting: HashMap::new(),
+        to_fetch: VecDeque::new(),
+        planned: HashSet::new(),
+        followed: HashSet::new(),
+        backlog: VecDeque::new(),
+        explicit_releases: BTreeSet::new(),
         events,
         pace: pace.as_ref(),
     };
@@ -444,209 +775,8 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
         }
     }
 
-    // Resolve the closure from verified records.
-    // In waves: the records a wave needs are fetched at once (bounded), then its wants are
-    // resolved from them, queueing the dependencies they declare for the next wave.
-    // What a spec or a lockfile asked for by name: blocked when fetched, the sync fails.
-    let mut explicit_releases: BTreeSet<(Option<String>, String, String)> = BTreeSet::new();
-    while !queue.is_empty() {
-        let wanted = queue.iter().map(|w| (w.repo.clone(), w.name.clone())).collect();
-        planner.fetch_records(wanted, concurrency).await;
-        let wave: Vec<Want> = queue.drain(..).collect();
-        for want in wave {
-            let known = planner.records.get(&(want.repo.clone(), want.name.clone())).cloned().flatten();
-            let Some(record) = known else {
-                if let Some(spec) = &want.requested {
-                    planner.item(
-                        spec.clone(),
-                        Outcome::Failed,
-                        Some("no verified registry record for this package".into()),
-                    );
-                }
-                continue;
-            };
-            let mut releases: Vec<(semver::Version, &Release)> =
-                record.iter().filter_map(|r| parse_version(&r.version).ok().map(|v| (v, r))).collect();
-            releases.sort_by(|a, b| a.0.cmp(&b.0));
-            let eligible = |(v, r): &(semver::Version, &Release)| {
-                (request.include_prereleases || v.pre.is_empty()) && (request.include_retired || !r.retired)
-            };
-            // The supply-chain policy: a blocked release is never selected (the licence rule,
-            // which needs the tarball, is applied when it is fetched).
-            let namespace = mirror.target(want.repo.as_deref()).namespace;
-            let verdict = |r: &Release| mirror.decide(&namespace, &want.name, r, None).filter(|d| d.enforced);
-            let passes = |pair: &&(semver::Version, &Release)| verdict(pair.1).is_none();
-            let blocked_text = |r: &Release| {
-                verdict(r).map(|d| {
-                    format!("{} {} is blocked by policy ({}): {}", want.name, r.version, d.rule.as_str(), d.reason)
-                })
-            };
-            // What the policy alone kept from being chosen, reported by name.
-            let mut held_back: Vec<String> = Vec::new();
-            let chosen: Vec<&Release> = match &want.pick {
-                Pick::All(req) => {
-                    let matching: Vec<&(semver::Version, &Release)> = releases
-                        .iter()
-                        .filter(|pair| eligible(pair))
-                        .filter(|(v, _)| req.as_ref().is_none_or(|req| req.matches(v, request.include_prereleases)))
-                        .collect();
-                    held_back.extend(matching.iter().filter_map(|(_, r)| blocked_text(r)));
-                    matching.into_iter().filter(passes).map(|(_, r)| *r).collect()
-                }
-                Pick::Highest(req) => {
-                    let highest = releases
-                        .iter()
-                        .rev()
-                        .filter(|pair| eligible(pair))
-                        .find(|(v, _)| req.matches(v, request.include_prereleases))
-                        .or_else(|| releases.iter().rev().find(|(v, _)| req.matches(v, true)));
-                    let allowed = releases
-                        .iter()
-                        .rev()
-                        .filter(|pair| eligible(pair) && passes(pair))
-                        .find(|(v, _)| req.matches(v, request.include_prereleases))
-                        .or_else(|| releases.iter().rev().filter(passes).find(|(v, _)| req.matches(v, true)));
-                    if let (Some((_, wanted)), None) = (highest, allowed) {
-                        held_back.extend(blocked_text(wanted));
-                    }
-                    allowed.map(|(_, r)| vec![*r]).unwrap_or_default()
-                }
-                Pick::Locked(locked) => match releases.iter().find(|(_, r)| r.version == locked.version) {
-                    Some((_, release)) if verdict(release).is_some() => {
-                        // A lockfile asks for exactly this release: the sync fails, naming the rule.
-                        let why = blocked_text(release).unwrap_or_default();
-                        planner.item(format!("{} {}", locked.name, locked.version), Outcome::Failed, Some(why));
-                        vec![]
-                    }
-                    Some((_, release)) => match lock_mismatch(locked, release) {
-                        None => vec![*release],
-                        Some(why) => {
-                            planner.item(format!("{} {}", locked.name, locked.version), Outcome::Failed, Some(why));
-                            vec![]
-                        }
-                    },
-                    None => {
-                        planner.item(
-                            format!("{} {}", locked.name, locked.version),
-                            Outcome::Failed,
-                            Some("version is not in the verified registry record".into()),
-                        );
-                        vec![]
-                    }
-                },
-            };
-            let explicit = want.requested.is_some() || matches!(want.pick, Pick::Locked(_));
-            if chosen.is_empty() && !held_back.is_empty() && (explicit || matches!(want.pick, Pick::Highest(_))) {
-                // Asked for by name, or needed as a dependency, and only blocked releases match.
-                let newest = held_back.last().cloned().unwrap_or_default();
-                let label = want.requested.clone().unwrap_or_else(|| want.name.clone());
-                planner.item(label, Outcome::Failed, Some(format!("only blocked releases match; {newest}")));
-            } else if !held_back.is_empty() {
-                for text in &held_back {
-                    planner.item(want.name.clone(), Outcome::Skipped, Some(text.clone()));
-                }
-            }
-            if chosen.is_empty() && held_back.is_empty() && matches!(want.pick, Pick::All(_) | Pick::Highest(_)) {
-                match &want.requested {
-                    // What the operator asked for by name matched nothing: a failure, not a skip.
-                    Some(spec) => {
-                        let newest = releases.last().map(|(v, _)| format!("; newest release: {v}")).unwrap_or_default();
-                        let filters = match (request.include_prereleases, request.include_retired) {
-                            (false, false) => " (pre-releases and retired releases need --pre and --retired)",
-                            (false, true) => " (pre-releases need --pre)",
-                            (true, false) => " (retired releases need --retired)",
-                            (true, true) => "",
-                        };
-                        planner.item(
-                            spec.clone(),
-                            Outcome::Failed,
-                            Some(format!("no release matches{filters}{newest}")),
-                        );
-                    }
-                    None => planner.item(want.name.clone(), Outcome::Skipped, Some("no release matches".into())),
-                }
-            }
-            for release in chosen {
-                let id = (want.repo.clone(), want.name.clone(), release.version.clone());
-                if explicit {
-                    explicit_releases.insert(id.clone());
-                }
-                match planner.tarballs.entry(id) {
-                    std::collections::btree_map::Entry::Occupied(_) => continue,
-                    std::collections::btree_map::Entry::Vacant(planned) => planned.insert(release.outer_checksum),
-                };
-                if !request.dependencies || matches!(want.pick, Pick::Locked(_)) {
-                    // A lockfile already lists the whole closure.
-                    continue;
-                }
-                for dep in release.dependencies.iter() {
-                    if dep.optional && !request.include_optional {
-                        continue;
-                    }
-                    let Ok(requirement) = Requirement::parse(&dep.requirement) else {
-                        planner.item(
-                            dep.package.clone(),
-                            Outcome::Failed,
-                            Some(format!("bad requirement {:?}", dep.requirement)),
-                        );
-                        continue;
-                    };
-                    let repo = dependency_repo(&want.repo, dep.repository.as_deref());
-                    queue.push_back(Want {
-                        repo,
-                        name: dep.package.clone(),
-                        pick: Pick::Highest(requirement),
-                        requested: None,
-                    });
-                }
-            }
-        }
-    }
-
-    let tarballs = std::mem::take(&mut planner.tarballs);
-    (planner.events)(Event::Planned { releases: tarballs.len(), packages: planner.records.len() });
-    // The plan holds what each tarball needs (its checksum): the records are not kept for it.
-    planner.records = HashMap::new();
-    // Each result is reported as it lands, and dropped: nothing is gathered.
-    let planned = tarballs
-        .into_iter()
-        .map(|((repo, name, version), checksum)| (repo, Resource::Tarball { name, version }, checksum));
-    let pace = planner.pace;
-    let mut landing = stream::iter(planned.map(|(repo, resource, checksum)| async move {
-        if let Some(key) = already_synced(mirror, &repo, &resource, checksum).await {
-            return (repo, resource, Landed::Stored(key));
-        }
-        let result = fetch_one(mirror, &repo, &resource, pace).await;
-        (repo, resource, Landed::Fetched(result))
-    }))
-    .buffer_unordered(concurrency);
-    while let Some((repo, resource, result)) = landing.next().await {
-        match result {
-            // Blocked when its tarball was read (the licence rule): a failure when asked for by
-            // name, otherwise left out like any release the policy blocks.
-            Landed::Fetched(Err(MirrorError::Blocked { release, decision }))
-                if !explicit_releases.contains(&(
-                    repo.clone(),
-                    resource_name(&resource),
-                    resource_version(&resource),
-                )) =>
-            {
-                let why = format!("{release} is blocked by policy ({}): {}", decision.rule.as_str(), decision.reason);
-                planner.item(label_of(&repo, &resource), Outcome::Skipped, Some(why));
-            }
-            Landed::Fetched(result) => {
-                planner.note(&repo, &resource, result);
-            }
-            // Present and pinned with the bytes the record names: selected as it is.
-            Landed::Stored((key, len)) => {
-                planner.selected.insert(key.to_string());
-                planner.item_of(label_of(&repo, &resource), Outcome::Present, None, Some(len));
-            }
-        }
-        if planner.selected.len() >= SELECTION_BATCH {
-            planner.save_selection().await;
-        }
-    }
+    // Resolve the closure from verified records, fetching each tarball as it is planned.
+    planner.fetch_planned(queue, concurrency).await;
 
     // Every selected entry was pinned, durable, when it was fetched.
     mirror.save_seen().await;

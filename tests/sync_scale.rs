@@ -108,3 +108,87 @@ async fn a_rate_limit_spaces_the_requests() {
     assert!(took >= least, "{n} requests in {took:?} at 4 a second");
     mirror.stop().await;
 }
+
+/// Every tarball the upstream was asked for, with how many times.
+fn tarball_requests(upstream: &TestUpstream) -> Vec<(&'static str, usize)> {
+    HEXPM_TARBALLS.iter().map(|path| (*path, upstream.requests_for(path))).filter(|(_, n)| *n > 0).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tarballs_are_fetched_while_package_records_are_still_arriving() {
+    let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+    upstream.state.lock().unwrap().delays = vec![("/packages/hexdemo_top".into(), Duration::from_millis(600))];
+    let mirror = TestMirror::builder().upstream(&upstream.url()).start().await;
+    let (events, sink) = collect_events();
+    let summary = hexmirror::sync::run(&mirror.mirror, &all(), &sink).await;
+    assert!(summary.ok(), "{summary:?}");
+    let events = events.lock().unwrap().clone();
+    let position = |wanted: &dyn Fn(&str) -> bool| {
+        events.iter().position(|e| matches!(e, Event::Item { resource, .. } if wanted(resource))).unwrap()
+    };
+    let first_tarball = position(&|r| r.contains("/tarballs/"));
+    let slow_record = position(&|r| r == "/packages/hexdemo_top");
+    let planned = events.iter().position(|e| matches!(e, Event::Planned { .. })).unwrap();
+    assert!(first_tarball < slow_record, "no tarball was fetched before the last record arrived");
+    assert!(slow_record < planned, "planned before every record was resolved");
+    match &events[planned] {
+        Event::Planned { releases, packages } => assert_eq!((*releases, *packages), (5, 3)),
+        _ => unreachable!(),
+    }
+    assert_eq!(tarball_requests(&upstream).len(), 5, "every release but the retired one");
+    assert!(tarball_requests(&upstream).iter().all(|(_, n)| *n == 1), "{:?}", tarball_requests(&upstream));
+    mirror.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_pushed_out_of_the_plan_is_read_again_for_a_dependency() {
+    // hexdemo_mid arrives first and is resolved; hexdemo_top, later, depends on it. With room
+    // for no release the plan has to read hexdemo_mid's record again (with a TTL of zero, a
+    // revalidation the upstream sees), and still plans, reports and fetches each thing once.
+    let mut asked_for_mid = Vec::new();
+    for recent_releases in [None, Some(1)] {
+        let upstream = TestUpstream::start(demo_files("hexpm", "")).await;
+        upstream.state.lock().unwrap().delays = vec![("/packages/hexdemo_top".into(), Duration::from_millis(400))];
+        let mirror = TestMirror::builder()
+            .upstream(&upstream.url())
+            .registry_ttl("0s")
+            .set("stale_while_revalidate", "0s")
+            .start()
+            .await;
+        let (events, sink) = collect_events();
+        let request = SyncRequest {
+            packages: vec!["hexdemo_top".into(), "hexdemo_mid".into()],
+            recent_releases,
+            ..SyncRequest { all: false, ..all() }
+        };
+        let summary = hexmirror::sync::run(&mirror.mirror, &request, &sink).await;
+        assert!(summary.ok(), "{summary:?}");
+        let reported = |path: &str| {
+            events
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| matches!(e, Event::Item { resource, .. } if resource == path))
+                .count()
+        };
+        for record in ["/packages/hexdemo_top", "/packages/hexdemo_mid", "/packages/hexdemo_base"] {
+            assert_eq!(reported(record), 1, "{record} reported {} times", reported(record));
+        }
+        let tarballs = tarball_requests(&upstream);
+        assert_eq!(
+            tarballs.iter().map(|(path, _)| *path).collect::<Vec<_>>(),
+            [
+                "/tarballs/hexdemo_base-1.1.0.tar",
+                "/tarballs/hexdemo_mid-0.1.0.tar",
+                "/tarballs/hexdemo_mid-0.2.0.tar",
+                "/tarballs/hexdemo_top-2.0.0.tar",
+                "/tarballs/hexdemo_top-2.0.1.tar"
+            ],
+            "recent_releases {recent_releases:?}"
+        );
+        assert!(tarballs.iter().all(|(_, n)| *n == 1), "{tarballs:?}");
+        asked_for_mid.push(upstream.requests_for("/packages/hexdemo_mid"));
+        mirror.stop().await;
+    }
+    assert_eq!(asked_for_mid, [1, 2], "hexdemo_mid's record asked for (kept, then pushed out)");
+}
