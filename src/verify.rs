@@ -193,6 +193,32 @@ pub enum Facts {
     Installs(Arc<Vec<InstallRow>>),
 }
 
+impl Facts {
+    /// About how many bytes of heap the decoded facts hold beyond the file's own bytes: the
+    /// memory tier counts them with the body, since a package record's decoded releases can
+    /// take more room than its compressed file.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Facts::None | Facts::Versions(_) | Facts::Policy { .. } => 0,
+            Facts::Names(names) => names.text.capacity() + names.ends.capacity() * std::mem::size_of::<usize>(),
+            Facts::Releases(releases) => releases.heap_bytes,
+            Facts::Installs(rows) => rows
+                .iter()
+                .map(|row| {
+                    std::mem::size_of::<InstallRow>()
+                        + row.version.capacity()
+                        + row.digest.capacity()
+                        + row
+                            .elixir_versions
+                            .iter()
+                            .map(|v| v.capacity() + std::mem::size_of::<String>())
+                            .sum::<usize>()
+                })
+                .sum(),
+        }
+    }
+}
+
 /// The names of a `/names` file, held in one string (a repository can list tens of thousands).
 #[derive(Debug, Default)]
 pub struct PackageNames {
@@ -237,6 +263,8 @@ pub struct Releases {
     list: Vec<Release>,
     /// Index into `list` by version; a version listed twice is found as its last listing.
     by_version: HashMap<String, usize>,
+    /// About how many bytes of heap all of this holds (see [`Facts::heap_bytes`]).
+    heap_bytes: usize,
 }
 
 impl Releases {
@@ -338,6 +366,24 @@ pub struct Dependency {
     pub optional: bool,
     /// The repository, when the record names one (unset: the parent's).
     pub repository: Option<String>,
+}
+
+impl Release {
+    /// The heap this release holds itself (its dependency list is shared, counted apart).
+    fn own_heap_bytes(&self) -> usize {
+        self.version.capacity()
+            + self.inner_checksum.len()
+            + self.retirement.as_ref().and_then(|r| r.message.as_ref()).map_or(0, String::capacity)
+    }
+}
+
+impl Dependency {
+    fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<Dependency>()
+            + self.package.capacity()
+            + self.requirement.capacity()
+            + self.repository.as_ref().map_or(0, String::capacity)
+    }
 }
 
 /// What a tarball must hash to. `Outer` is authoritative; `Inner` only for old releases.
@@ -532,7 +578,12 @@ fn releases_of(package: &Package) -> Result<Releases, VerifyError> {
             dependencies,
         });
     }
-    Ok(Releases { list, by_version })
+    let heap_bytes = list.iter().map(Release::own_heap_bytes).sum::<usize>()
+        + shared.iter().map(|deps| deps.iter().map(Dependency::heap_bytes).sum::<usize>()).sum::<usize>()
+        + list.capacity() * std::mem::size_of::<Release>()
+        + by_version.keys().map(|v| v.capacity()).sum::<usize>()
+        + by_version.capacity() * (std::mem::size_of::<(String, usize)>() + 1);
+    Ok(Releases { list, by_version, heap_bytes })
 }
 
 /// Verifies a release tarball against the checksum from its verified package record.
@@ -684,6 +735,53 @@ pub(crate) mod tests {
         let want = hex::decode("97569ddada83f077c6d8caf0411139e454fc3bcff6311615342f338bbe095f6d").unwrap();
         assert_eq!(releases.get("0.5.0"), Some(&ReleaseChecksum::Outer(want.try_into().unwrap())));
         assert_eq!(verified.get().bytes, REAL_EXFMT, "bytes must be served unchanged");
+    }
+
+    #[test]
+    fn a_records_decoded_releases_are_counted_and_can_outweigh_its_file() {
+        // exfmt's real record: ten releases decoded take more heap than its gzip file.
+        let verified =
+            registry_file(RegistryFile::Package("exfmt"), "hexpm", Bytes::from_static(REAL_EXFMT), &real_key(), LIMIT)
+                .unwrap();
+        let facts = &verified.get().facts;
+        let Facts::Releases(releases) = facts else { panic!("no releases") };
+        let least = releases.len() * (std::mem::size_of::<Release>() + "0.0.0".len() + 32);
+        assert!(facts.heap_bytes() >= least, "{} bytes counted for {} releases", facts.heap_bytes(), releases.len());
+        assert!(facts.heap_bytes() > REAL_EXFMT.len(), "{} <= {}", facts.heap_bytes(), REAL_EXFMT.len());
+        // A shared dependency list is counted once: 200 releases declaring the same one.
+        let dependency = registry::Dependency {
+            package: "a_dependency".into(),
+            requirement: "~> 1.0".into(),
+            optional: None,
+            app: None,
+            repository: None,
+        };
+        let record = |releases: usize| Package {
+            releases: (0..releases)
+                .map(|i| registry::Release {
+                    version: format!("1.{i}.0"),
+                    inner_checksum: vec![1; 32],
+                    dependencies: vec![dependency.clone()],
+                    retired: None,
+                    outer_checksum: Some(vec![2; 32]),
+                    published_at: None,
+                })
+                .collect(),
+            name: "p".into(),
+            repository: "acme".into(),
+        };
+        let heap = |releases: usize| {
+            let body = sign(&record(releases).encode_to_vec()).into();
+            let verified = registry_file(RegistryFile::Package("p"), "acme", body, &test_key(), LIMIT).unwrap();
+            verified.get().facts.heap_bytes()
+        };
+        let (one, many) = (heap(1), heap(201));
+        let per_release = (many - one) / 200;
+        assert!(per_release >= std::mem::size_of::<Release>(), "{per_release} bytes a release");
+        assert!(
+            per_release < std::mem::size_of::<Release>() + 200,
+            "the shared list counted per release: {per_release}"
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@ use moka::notification::RemovalCause;
 
 use super::{CacheKey, Entry};
 
-/// Bytes counted for an entry beyond its body (key, metadata, bookkeeping).
+/// Bytes counted for an entry beyond its body and its decoded facts (key, metadata,
+/// bookkeeping).
 const OVERHEAD: usize = 512;
 
 #[derive(Clone)]
@@ -23,7 +24,8 @@ impl MemoryTier {
         let cache = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &CacheKey, entry: &Arc<Entry>| {
-                (entry.bytes().len() + key.as_str().len() + OVERHEAD).try_into().unwrap_or(u32::MAX)
+                let facts = entry.content.facts().heap_bytes();
+                (entry.bytes().len() + facts + key.as_str().len() + OVERHEAD).try_into().unwrap_or(u32::MAX)
             })
             .eviction_listener(move |_key, _value, cause| {
                 if cause == RemovalCause::Size {
