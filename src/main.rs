@@ -319,6 +319,32 @@ fn limit_malloc_arenas() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn limit_malloc_arenas() {}
 
+/// glibc returns freed memory to the system only from the top of each heap: a command that
+/// keeps some entries (the memory tier, the store's index) while it reads and drops a great
+/// many others ends up resident in the holes between them. Once a second, a thread hands the
+/// free pages back (`malloc_trim`): a re-sync of 110,002 entries peaked at 160 MiB instead of
+/// 318 MiB with the same heap (120 MiB), in the same time. Started once, for the commands that
+/// open the store themselves.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_freed_memory() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let trimmer = std::thread::Builder::new().name("malloc-trim".into()).spawn(|| loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            // SAFETY: malloc_trim only releases free memory; it is safe from any thread.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        });
+        if let Err(e) = trimmer {
+            tracing::debug!(error = %e, "no thread to return freed memory");
+        }
+    });
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_freed_memory() {}
+
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
@@ -634,6 +660,7 @@ async fn open(mut config: Config, need: Need) -> Result<Store, Failure> {
     // size of a server's would only fill with what is dropped at exit (a whole-repository sync
     // held the configured 256 MiB in tarballs on top of everything else).
     config.memory_cache_bytes = config.memory_cache_bytes.min(ONE_SHOT_MEMORY_TIER);
+    trim_freed_memory();
     let metrics = hexmirror::metrics_for(&config);
     let opened = match need {
         Need::Create => Mirror::open(config, metrics).await,
