@@ -444,28 +444,137 @@ impl Local {
         Ok(file.keys)
     }
 
-    /// Adds `keys` and writes the file crash-safely (temp file, fsync, rename).
+    /// Adds `keys` and writes the file crash-safely (temp file, fsync, rename). The file is
+    /// read as a stream, twice: once to find which keys are new (none: it stays as it is),
+    /// once to merge them in, in order; only the keys added are held. A file whose keys are
+    /// out of order (not as this store writes it) is read whole and written back sorted.
     fn select(&self, keys: Vec<String>) -> Result<(), StoreError> {
         blocking_work();
         self.refuse_writes()?;
         let _selecting = self.selecting.lock().expect("never poisoned: no panics while held");
-        let mut selection = SelectionFile { keys: self.selected()? };
-        let before = selection.keys.len();
-        selection.keys.extend(keys);
-        if selection.keys.len() == before {
+        let path = self.root.join(SELECTION_FILE);
+        let mut keys = keys;
+        keys.sort_unstable();
+        keys.dedup();
+        let mut held = vec![false; keys.len()];
+        let mut last: Option<String> = None;
+        let mut sorted = true;
+        each_selected(&path, |key| {
+            if let Ok(i) = keys.binary_search(&key) {
+                held[i] = true;
+            }
+            sorted &= last.as_ref().is_none_or(|last| *last < key);
+            last = Some(key);
+            Ok(())
+        })?;
+        let added: Vec<String> = keys.into_iter().zip(held).filter(|(_, held)| !held).map(|(key, _)| key).collect();
+        if added.is_empty() {
             // Nothing new (a re-run): the file stays as it is.
             return Ok(());
         }
         let tmp = self.root.join(format!("{SELECTION_FILE}.tmp"));
         {
-            // Written as it is serialized, never held whole: a whole repository selects
-            // hundreds of thousands of keys.
             let mut file = std::io::BufWriter::new(File::create(&tmp)?);
-            serde_json::to_writer_pretty(&mut file, &selection).map_err(std::io::Error::other)?;
+            let mut first = true;
+            let mut write_key = |file: &mut std::io::BufWriter<File>, key: &str| -> std::io::Result<()> {
+                file.write_all(if first { b"\n    " } else { b",\n    " })?;
+                first = false;
+                serde_json::to_writer(&mut *file, key).map_err(std::io::Error::other)
+            };
+            file.write_all(b"{\n  \"keys\": [")?;
+            if sorted {
+                let mut added = added.iter().peekable();
+                each_selected(&path, |key| {
+                    while let Some(new) = added.next_if(|new| **new < key) {
+                        write_key(&mut file, new)?;
+                    }
+                    Ok(write_key(&mut file, &key)?)
+                })?;
+                for new in added {
+                    write_key(&mut file, new)?;
+                }
+            } else {
+                let mut all = self.selected()?;
+                all.extend(added);
+                for key in &all {
+                    write_key(&mut file, key)?;
+                }
+            }
+            file.write_all(if first { b"]\n}\n" } else { b"\n  ]\n}\n" })?;
             file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
-        fs::rename(tmp, self.root.join(SELECTION_FILE))?;
+        fs::rename(tmp, path)?;
         Ok(())
+    }
+}
+
+/// Calls `each` with every key of the selection file at `path` as it is parsed, in the file's
+/// order (a missing file has none). Damage is [`StoreError::Damaged`], as for `selected`.
+fn each_selected(path: &Path, each: impl FnMut(String) -> Result<(), StoreError>) -> Result<(), StoreError> {
+    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    struct Keys<'a, F>(&'a mut F, &'a mut Option<StoreError>);
+    impl<'de, F: FnMut(String) -> Result<(), StoreError>> DeserializeSeed<'de> for Keys<'_, F> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+            deserializer.deserialize_seq(self)
+        }
+    }
+    impl<'de, F: FnMut(String) -> Result<(), StoreError>> Visitor<'de> for Keys<'_, F> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of keys")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while let Some(key) = seq.next_element::<String>()? {
+                if let Err(e) = (self.0)(key) {
+                    *self.1 = Some(e);
+                    return Err(de::Error::custom("stopped"));
+                }
+            }
+            Ok(())
+        }
+    }
+    struct Selection<F>(F, Option<StoreError>);
+    impl<'de, F: FnMut(String) -> Result<(), StoreError>> Visitor<'de> for &mut Selection<F> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a selection: {\"keys\": [...]}")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = false;
+            while let Some(field) = map.next_key::<String>()? {
+                match field.as_str() {
+                    "keys" if seen => return Err(de::Error::duplicate_field("keys")),
+                    "keys" => {
+                        seen = true;
+                        map.next_value_seed(Keys(&mut self.0, &mut self.1))?;
+                    }
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            if !seen {
+                return Err(de::Error::missing_field("keys"));
+            }
+            Ok(())
+        }
+    }
+
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut reader = serde_json::Deserializer::from_reader(std::io::BufReader::new(file));
+    let mut selection = Selection(each, None);
+    let parsed = de::Deserializer::deserialize_map(&mut reader, &mut selection).and_then(|()| reader.end());
+    match (selection.1, parsed) {
+        (Some(stopped), _) => Err(stopped),
+        (None, Err(e)) if e.is_io() => Err(StoreError::Io(std::io::Error::other(e))),
+        (None, Err(e)) => Err(StoreError::Damaged(format!("{SELECTION_FILE}: {e}"))),
+        (None, Ok(())) => Ok(()),
     }
 }
 
@@ -822,6 +931,54 @@ mod tests {
         fs::write(dir.path().join(SELECTION_FILE), b"{\"keys\": [").unwrap();
         assert!(matches!(store.selected().await, Err(StoreError::Damaged(_))));
         assert!(store.select(vec!["c".into()]).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn keys_selected_in_batches_are_merged_in_order_into_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = DiskStore::open(dir.path()).await.unwrap();
+        let mut model = BTreeSet::new();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for batch in 0..12 {
+            let keys: Vec<String> = (0..40)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    format!("public/hexpm/tarballs/p{}-1.0.{}.tar", state % 97, batch % 3)
+                })
+                .collect();
+            model.extend(keys.iter().cloned());
+            store.select(keys).await.unwrap();
+            let text = fs::read_to_string(dir.path().join(SELECTION_FILE)).unwrap();
+            let file: SelectionFile = serde_json::from_str(&text).unwrap();
+            assert_eq!(file.keys, model, "batch {batch}");
+            let listed: Vec<String> = serde_json::from_str::<serde_json::Value>(&text).unwrap()["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k.as_str().unwrap().to_string())
+                .collect();
+            assert_eq!(listed, model.iter().cloned().collect::<Vec<_>>(), "written in order, once each");
+        }
+        // Nothing new: the file is not written again.
+        let before = fs::metadata(dir.path().join(SELECTION_FILE)).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        store.select(model.iter().take(5).cloned().collect()).await.unwrap();
+        assert_eq!(fs::metadata(dir.path().join(SELECTION_FILE)).unwrap().modified().unwrap(), before);
+        // A file out of order (not as the store writes it) is read whole and written sorted;
+        // other fields are ignored as before.
+        fs::write(dir.path().join(SELECTION_FILE), br#"{"note": [1, {"x": 2}], "keys": ["c", "a", "c"]}"#).unwrap();
+        store.select(vec!["b".into(), "d".into()]).await.unwrap();
+        assert_eq!(store.selected().await.unwrap().into_iter().collect::<Vec<_>>(), ["a", "b", "c", "d"]);
+        let text = fs::read_to_string(dir.path().join(SELECTION_FILE)).unwrap();
+        assert_eq!(text, "{\n  \"keys\": [\n    \"a\",\n    \"b\",\n    \"c\",\n    \"d\"\n  ]\n}\n");
+        // A key that is not a string, or a second list: damaged, and left as it is.
+        for damaged in [&br#"{"keys": ["a", 3]}"#[..], br#"{"keys": ["a"], "keys": ["b"]}"#, br#"{"key": []}"#] {
+            fs::write(dir.path().join(SELECTION_FILE), damaged).unwrap();
+            assert!(matches!(store.select(vec!["z".into()]).await, Err(StoreError::Damaged(_))));
+            assert_eq!(fs::read(dir.path().join(SELECTION_FILE)).unwrap(), damaged);
+        }
     }
 
     /// The blocking work of every operation runs off the runtime's threads: in a
