@@ -640,7 +640,7 @@ fn where_it_works(file: Option<&std::path::Path>, config: &Config) -> String {
 }
 
 /// The largest memory tier of a command that opens the store itself (no server).
-const ONE_SHOT_MEMORY_TIER: u64 = 32 << 20;
+const ONE_SHOT_MEMORY_TIER: u64 = 8 << 20;
 
 async fn open(mut config: Config, need: Need) -> Result<Store, Failure> {
     let data_dir = config.data_dir.display().to_string();
