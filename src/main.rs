@@ -731,8 +731,11 @@ struct Progress {
 struct Counts {
     /// Releases planned, and when the plan was made.
     planned: Option<(u64, std::time::Instant)>,
-    /// Releases done (fetched, present or failed) since the plan.
+    /// Releases done (fetched, present or failed): those the plan found done (tarballs are
+    /// fetched while it is made), then one an item.
     done: u64,
+    /// What `done` was when the plan was made (the ETA is from what was done since).
+    done_at_plan: u64,
     /// Bytes of what was fetched or found stored, from the start.
     bytes: u64,
     items: u64,
@@ -756,10 +759,10 @@ impl Counts {
             Some((planned, since)) => {
                 let elapsed = since.elapsed().as_secs_f64();
                 let rate = if elapsed > 0.0 { self.bytes as f64 / elapsed } else { 0.0 };
-                let eta = match self.done {
+                let eta = match self.done - self.done_at_plan {
                     0 => "ETA unknown".to_string(),
-                    done => {
-                        let left = elapsed / done as f64 * (planned - done) as f64;
+                    since_plan => {
+                        let left = elapsed / since_plan as f64 * (planned - self.done) as f64;
                         format!(
                             "ETA {}",
                             humantime::format_duration(std::time::Duration::from_secs(left.round() as u64))
@@ -795,7 +798,11 @@ impl Progress {
         let counted = {
             let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
             match event {
-                Event::Planned { releases, .. } => counts.planned = Some((*releases as u64, std::time::Instant::now())),
+                Event::Planned { releases, landed, .. } => {
+                    counts.planned = Some((*releases as u64, std::time::Instant::now()));
+                    counts.done = (*landed as u64).min(*releases as u64);
+                    counts.done_at_plan = counts.done;
+                }
                 Event::Item { bytes, .. } => counts.note(*bytes),
                 _ => {}
             }
@@ -812,17 +819,17 @@ impl Progress {
                     None => eprintln!("{line}"),
                 }
             }
-            (Event::Planned { releases, packages }, Some(bar)) => {
+            (Event::Planned { releases, packages, landed }, Some(bar)) => {
                 bar.set_style(
                     indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {msg}")
                         .expect("valid template"),
                 );
                 bar.set_length(*releases as u64);
-                bar.set_position(0);
+                bar.set_position((*landed).min(*releases) as u64);
                 bar.set_message(format!("({packages} package records)"));
             }
-            (Event::Planned { releases, packages }, None) => {
-                eprintln!("planned: {packages} package records, {releases} releases")
+            (Event::Planned { releases, packages, landed }, None) => {
+                eprintln!("planned: {packages} package records, {releases} releases ({landed} done already)")
             }
             (Event::Item { resource, outcome, detail, .. }, Some(bar)) => {
                 match bar.length() {
@@ -1536,7 +1543,9 @@ mod tests {
             progress.event(&item(outcome));
             assert_eq!(bar.length(), None, "a spinner until the plan");
         }
-        progress.event(&Event::Planned { releases: 8, packages: 2 });
+        // Three tarballs landed while the plan was made: the bar starts there.
+        progress.event(&Event::Planned { releases: 8, packages: 2, landed: 3 });
+        assert_eq!(bar.position(), 3);
         for _ in 0..12 {
             progress.event(&item(Outcome::Fetched));
             assert!(bar.position() <= bar.length().unwrap(), "{}/{:?}", bar.position(), bar.length());

@@ -72,9 +72,13 @@ pub enum Event {
         releases: usize,
         approx_bytes: u64,
     },
+    /// Every record is resolved: `releases` tarballs are planned, of which `landed` were
+    /// fetched (or found) already, as each is fetched as soon as its record is resolved.
     Planned {
         releases: usize,
         packages: usize,
+        #[serde(default)]
+        landed: usize,
     },
     Item {
         resource: String,
@@ -208,6 +212,8 @@ struct Planner<'a> {
     backlog: VecDeque<(Option<String>, Resource, Option<[u8; 32]>)>,
     /// What a spec or a lockfile asked for by name: blocked when fetched, the sync fails.
     explicit_releases: BTreeSet<(Option<String>, String, String)>,
+    /// Planned tarballs done so far (whatever their outcome).
+    landed: usize,
     events: &'a (dyn Fn(Event) + Send + Sync),
     pace: Option<&'a Pace>,
 }
@@ -316,7 +322,11 @@ impl Planner<'_> {
             }
             if !announced && self.to_fetch.is_empty() && records_in_flight == 0 {
                 announced = true;
-                (self.events)(Event::Planned { releases: self.planned.len(), packages: self.visited.len() });
+                (self.events)(Event::Planned {
+                    releases: self.planned.len(),
+                    packages: self.visited.len(),
+                    landed: self.landed,
+                });
             }
             let Some(done) = in_flight.next().await else { break };
             match done {
@@ -531,6 +541,7 @@ impl Planner<'_> {
 
     /// A planned tarball was fetched, or found already synced: reported, and selected.
     fn landed(&mut self, repo: Option<String>, resource: Resource, landed: Landed) {
+        self.landed += 1;
         match landed {
             // Blocked when its tarball was read (the licence rule): a failure when asked for by
             // name, otherwise left out like any release the policy blocks.
@@ -695,6 +706,7 @@ pub async fn run(mirror: &Mirror, request: &SyncRequest, events: &(dyn Fn(Event)
         followed: HashSet::new(),
         backlog: VecDeque::new(),
         explicit_releases: BTreeSet::new(),
+        landed: 0,
         events,
         pace: pace.as_ref(),
     };

@@ -132,7 +132,14 @@ async fn tarballs_are_fetched_while_package_records_are_still_arriving() {
     assert!(first_tarball < slow_record, "no tarball was fetched before the last record arrived");
     assert!(slow_record < planned, "planned before every record was resolved");
     match &events[planned] {
-        Event::Planned { releases, packages } => assert_eq!((*releases, *packages), (5, 3)),
+        Event::Planned { releases, packages, landed } => {
+            assert_eq!((*releases, *packages), (5, 3));
+            let before = events[..planned]
+                .iter()
+                .filter(|e| matches!(e, Event::Item { resource, .. } if resource.contains("/tarballs/")))
+                .count();
+            assert!(*landed >= 1 && *landed == before, "{landed} landed before the plan, {before} reported");
+        }
         _ => unreachable!(),
     }
     assert_eq!(tarball_requests(&upstream).len(), 5, "every release but the retired one");
