@@ -136,6 +136,24 @@ async fn refusals_name_the_url_and_time_and_are_kept_across_restarts() {
 }
 
 #[tokio::test]
+async fn refusals_saved_in_the_background_land_in_order_before_the_store_closes() {
+    let (upstream, mirror) = setup().await;
+    upstream.set_file("/packages/hexdemo_mid", tamper_signed(&demo_file("hexpm", "packages/hexdemo_mid")));
+    for _ in 0..12 {
+        assert_eq!(mirror.get("/packages/hexdemo_mid").await.status, 502);
+    }
+    let refused = mirror.mirror.refusals().len();
+    assert!(refused > 1, "{refused} refusals");
+    // Stopped at once: every save must have landed (the newest last) and the store be closed,
+    // so the same store opens again at once and holds all of them.
+    let site = mirror.site().clone();
+    mirror.stop().await;
+    let again = site.try_start().await.expect("the store is closed once the server has stopped");
+    assert_eq!(again.mirror.refusals().len(), refused, "the newest save landed last");
+    again.stop().await;
+}
+
+#[tokio::test]
 async fn wrong_origin_and_another_packages_record_are_refused() {
     let (upstream, mirror) = setup().await;
     // Validly signed, but for the organization `acme`.

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::future::FutureExt;
 use futures::stream::TryStreamExt;
 
 use super::access::ClientCredentials;
@@ -365,9 +366,9 @@ impl Mirror {
         self.keep_refusal(refusal, false);
     }
 
-    /// Keeps a refusal (the last [`REFUSALS_KEPT`]) and saves them in the background; with
-    /// `skip_repeat`, one that repeats the newest (same repository, resource and reason) is not
-    /// kept again.
+    /// Keeps a refusal (the last [`REFUSALS_KEPT`]) and saves them in the background, each save
+    /// after the one before (shutdown waits for the last); with `skip_repeat`, one that repeats
+    /// the newest (same repository, resource and reason) is not kept again.
     pub(super) fn keep_refusal(&self, refusal: Refusal, skip_repeat: bool) {
         let saved = {
             let mut refusals = self.inner.refusals.lock().expect("never poisoned");
@@ -384,11 +385,14 @@ impl Mirror {
             serde_json::to_vec(&*refusals).expect("refusals serialize")
         };
         let store = self.inner.store.clone();
-        tokio::spawn(async move {
-            if let Err(e) = store.write_doc(super::REFUSALS_DOC, saved.into()).await {
-                tracing::warn!(error = %e, "store: cannot save the refusals");
+        self.inner.writes.chain(
+            async move {
+                if let Err(e) = store.write_doc(super::REFUSALS_DOC, saved.into()).await {
+                    tracing::warn!(error = %e, "store: cannot save the refusals");
+                }
             }
-        });
+            .boxed(),
+        );
     }
 }
 

@@ -27,12 +27,30 @@ pub(super) struct Writes {
     pending: Arc<Mutex<HashMap<CacheKey, (u64, Pending)>>>,
     next_id: AtomicU64,
     slots: Arc<Semaphore>,
+    /// The last of the small documents saved with [`Writes::chain`].
+    chained: Mutex<Option<Pending>>,
 }
 
 impl Default for Writes {
     fn default() -> Self {
-        Writes { pending: Arc::default(), next_id: AtomicU64::new(0), slots: Arc::new(Semaphore::new(WRITERS)) }
+        Writes {
+            pending: Arc::default(),
+            next_id: AtomicU64::new(0),
+            slots: Arc::new(Semaphore::new(WRITERS)),
+            chained: Mutex::new(None),
+        }
     }
+}
+
+/// A spawned job as a future any number of waiters can share.
+fn shared(task: tokio::task::JoinHandle<()>) -> Pending {
+    async move {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "store: background write task failed");
+        }
+    }
+    .boxed()
+    .shared()
 }
 
 impl Writes {
@@ -55,22 +73,31 @@ impl Writes {
                 map.remove(&task_key);
             }
         });
-        let write: Pending = async move {
-            if let Err(e) = task.await {
-                tracing::error!(error = %e, "store: background write task failed");
-            }
-        }
-        .boxed()
-        .shared();
-        pending.insert(key, (id, write));
+        pending.insert(key, (id, shared(task)));
     }
 
-    /// Waits until every write submitted before this call has finished.
+    /// Runs `job` in the background after the job chained before it, without waiting for a
+    /// slot: for a small document saved whole from code that cannot wait (each save a snapshot,
+    /// so a later one must never land first). [`Writes::settled`] waits for it too.
+    pub(super) fn chain(&self, job: BoxFuture<'static, ()>) {
+        let mut chained = self.chained.lock().expect("never poisoned: no panics while held");
+        let earlier = chained.take();
+        let task = tokio::spawn(async move {
+            if let Some(earlier) = earlier {
+                earlier.await;
+            }
+            job.await;
+        });
+        *chained = Some(shared(task));
+    }
+
+    /// Waits until every write submitted or chained before this call has finished.
     pub(super) async fn settled(&self) {
-        let writes: Vec<Pending> = {
+        let mut writes: Vec<Pending> = {
             let pending = self.pending.lock().expect("never poisoned: no panics while held");
             pending.values().map(|(_, write)| write.clone()).collect()
         };
+        writes.extend(self.chained.lock().expect("never poisoned: no panics while held").clone());
         futures::future::join_all(writes).await;
     }
 
@@ -97,6 +124,25 @@ mod tests {
 
     fn key(name: &str) -> CacheKey {
         CacheKey::new("hexpm", &Resource::Package(name.into()), false)
+    }
+
+    #[tokio::test]
+    async fn chained_saves_land_in_order_and_settle_with_the_rest() {
+        let writes = Writes::default();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        // The first save is the slowest: unchained, the later snapshots would land first.
+        for (i, delay) in [(1, 80), (2, 0), (3, 30), (4, 0)] {
+            let log = log.clone();
+            writes.chain(
+                async move {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    log.lock().unwrap().push(i);
+                }
+                .boxed(),
+            );
+        }
+        writes.settled().await;
+        assert_eq!(*log.lock().unwrap(), [1, 2, 3, 4], "settled before every save landed, or out of order");
     }
 
     #[tokio::test]
