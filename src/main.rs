@@ -16,6 +16,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod allocator;
+
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use hexmirror::admin::{AdminClient, CacheRow, Refused};
@@ -301,52 +303,7 @@ impl From<&str> for Failure {
     }
 }
 
-/// glibc gives threads that allocate at the same time arenas of their own (up to eight per CPU)
-/// and keeps what is freed in each: with tokio's worker and blocking threads that is tens of
-/// megabytes of resident memory no data needs. Two arenas: a re-sync of 55,000 entries peaked
-/// at 121 MiB instead of 180 MiB, an export at 177 MiB instead of 208 MiB, in the same time.
-/// Called before any thread starts; `MALLOC_ARENA_MAX` in the environment still decides.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn limit_malloc_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets an allocator parameter; no other thread exists yet.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
-
-/// glibc returns freed memory to the system only from the top of each heap: a command that
-/// keeps some entries (the memory tier, the store's index) while it reads and drops a great
-/// many others ends up resident in the holes between them. Once a second, a thread hands the
-/// free pages back (`malloc_trim`): a re-sync of 110,002 entries peaked at 160 MiB instead of
-/// 318 MiB with the same heap (120 MiB), in the same time. Started once, for the commands that
-/// open the store themselves.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim_freed_memory() {
-    static STARTED: std::sync::Once = std::sync::Once::new();
-    STARTED.call_once(|| {
-        let trimmer = std::thread::Builder::new().name("malloc-trim".into()).spawn(|| loop {
-            std::thread::sleep(std::time::Duration::from_secs(1));
-            // SAFETY: malloc_trim only releases free memory; it is safe from any thread.
-            unsafe {
-                libc::malloc_trim(0);
-            }
-        });
-        if let Err(e) = trimmer {
-            tracing::debug!(error = %e, "no thread to return freed memory");
-        }
-    });
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim_freed_memory() {}
-
 fn main() -> ExitCode {
-    limit_malloc_arenas();
     let cli = Cli::parse();
     // Whether anything names the data directory; when nothing does, the commands that only
     // read or maintain a store do not fall back on an absent `./data`.
@@ -392,7 +349,11 @@ fn main() -> ExitCode {
     for name in hexmirror::config::ignored_environment() {
         tracing::debug!(variable = %name, "environment: not a configuration key (the config path or a Kubernetes service link); ignored");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        allocator::run_lean(&mut runtime);
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("hexmirror: cannot start the runtime: {e}");
@@ -660,7 +621,6 @@ async fn open(mut config: Config, need: Need) -> Result<Store, Failure> {
     // size of a server's would only fill with what is dropped at exit (a whole-repository sync
     // held the configured 256 MiB in tarballs on top of everything else).
     config.memory_cache_bytes = config.memory_cache_bytes.min(ONE_SHOT_MEMORY_TIER);
-    trim_freed_memory();
     let metrics = hexmirror::metrics_for(&config);
     let opened = match need {
         Need::Create => Mirror::open(config, metrics).await,
